@@ -1,0 +1,89 @@
+"""The SQLite backend: one file, shared by the CLI and any number of agent processes."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from flowspec.backend.base import Backend, Tx
+from flowspec.errors import BackendError
+
+BUSY_TIMEOUT_S = 30.0
+
+
+class SQLiteBackend(Backend):
+    """A backend in a SQLite file (WAL mode), safe for several processes on one machine.
+
+    Every writing transaction starts with `BEGIN IMMEDIATE`: it takes the file's write lock up
+    front, so writers queue on the busy timeout instead of failing when a read turns into a write.
+    """
+
+    types = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "REAL", "bigint": "INTEGER"}
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path).expanduser()
+        super().__init__(f"sqlite:///{path}")
+        if not path.parent.is_dir():
+            raise BackendError(
+                f"cannot open the SQLite backend {path}: the directory {path.parent} does not exist",
+                hint="create the directory, or set FLOWSPEC_BACKEND to another path",
+            )
+        self.path = path
+        self._lock = threading.RLock()  # one connection, shared by an agent's threads
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so sqlite3 never opens
+        # a deferred transaction behind our back.
+        self._conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            with self._errors():
+                self._configure()
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _configure(self) -> None:
+        # WAL lets readers run beside the one writer. synchronous=NORMAL in WAL mode survives a
+        # killed process (only a power cut may lose the last commits) and avoids an fsync per write.
+        self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[Tx]:
+        with self._lock, self._errors():
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            cursor = self._conn.cursor()
+            try:
+                yield Tx(cursor)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # some errors end the transaction themselves
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                cursor.close()
+
+    def _serialize(self, tx: Tx, name: str) -> None:
+        pass  # BEGIN IMMEDIATE already lets one writer in at a time
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn a locked, unreadable or corrupt database into a BackendError."""
+        try:
+            yield
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # our bug or a caller's, not the file's
+        except sqlite3.DatabaseError as exc:
+            raise BackendError(
+                f"the SQLite backend {self.path} cannot be used: {exc}",
+                hint="if another process holds it, retry; if the file is damaged, restore or"
+                " move it away (a new one is created)",
+            ) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

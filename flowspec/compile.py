@@ -1,0 +1,371 @@
+"""Validated data → FlowSpec. Semantic checks that a schema cannot express, all reported at once."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from types import MappingProxyType
+
+from flowspec import references as refs
+from flowspec.diagnostics import Diagnostic
+from flowspec.loader import Document, LoadError, load_file
+from flowspec.params import type_error
+from flowspec.schema import check as schema_check
+from flowspec.schema import did_you_mean
+from flowspec.spec import DriverSpec, EnvironmentSpec, FlowSpec, ParameterSpec, TaskSpec
+
+NEEDS_DOCKER_STORAGE = ("kubernetes-job", "dask-kubernetes", "fargate-task")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Keys and variable names that hold secrets: their values must come from ${{ env.NAME }}.
+_SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?|api_?key|token|credential|private_key",
+                         re.I)
+_SECRET_VAR = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
+_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+
+
+def parse_duration(value) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(value)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def compile_file(path: str, strict: bool = False) -> tuple[FlowSpec | None, list[Diagnostic]]:
+    """Load, schema-check and compile one spec file. Returns the spec only when there is no error."""
+    try:
+        doc = load_file(path)
+    except LoadError as exc:
+        return None, exc.diagnostics
+    return compile_document(doc, strict=strict)
+
+
+def compile_document(doc: Document, strict: bool = False) -> tuple[FlowSpec | None, list[Diagnostic]]:
+    if doc.data is None:
+        return None, [doc.diag((), "the spec is empty", "a flow needs at least 'version: 1', 'name' and 'tasks'")]
+    diags = schema_check(doc)
+    checker = _Checker(doc)
+    if isinstance(doc.data, dict):
+        checker.run()
+    diags += checker.diags
+    if diags:
+        return None, sorted(diags, key=Diagnostic.sort_key)
+    spec = checker.build()
+    if strict:
+        from flowspec.callables import add_import_path
+
+        add_import_path(spec.base_dir)
+        diags = import_problems(spec)
+    return (None if diags else spec), sorted(diags, key=Diagnostic.sort_key)
+
+
+def import_problems(spec: FlowSpec) -> list[Diagnostic]:
+    """Import every callable the spec names and check that task arguments fit the signatures."""
+    from flowspec.callables import CallableError, load_callable, signature_problems
+
+    doc: Document = spec.document
+    out = []
+    targets = [(("tasks", t.name, "run"), t.run, t) for t in spec.tasks.values()]
+    env = spec.environment
+    targets += [(("environment", k), v, None) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]
+    for path, target, task in targets:
+        try:
+            fn = load_callable(target, spec.base_dir)
+        except CallableError as exc:
+            out.append(doc.diag(path, exc.message, exc.hint))
+            continue
+        if task is not None:
+            given = set(task.with_args) | set(task.map_args)
+            for problem in signature_problems(fn, given):
+                out.append(doc.diag(path, f"{target}: {problem}",
+                                    "arguments come from 'with' and 'map'; they must match the function's parameters"))
+    return out
+
+
+class _Checker:
+    """Semantic checks over schema-shaped data; skips parts whose shape is already wrong."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.data: dict = doc.data
+        self.diags: list[Diagnostic] = []
+        self.tasks = self._mapping("tasks")
+        self.params = self._mapping("parameters")
+        self.compiled: dict = {}  # task name → {"with": ..., "map": ...} compiled values
+
+    def _mapping(self, key: str) -> dict:
+        value = self.data.get(key)
+        return {k: v for k, v in value.items() if isinstance(v, dict)} if isinstance(value, dict) else {}
+
+    def error(self, path: tuple, message: str, hint: str | None = None, key: bool = False) -> None:
+        self.diags.append(self.doc.diag(path, message, hint, key=key))
+
+    def run(self) -> None:
+        self.check_parameters()
+        for name, task in self.tasks.items():
+            self.check_task(name, task)
+        self.check_cycles()
+        self.check_platform()
+
+    # -- parameters ---------------------------------------------------------------------------
+    def check_parameters(self) -> None:
+        for name, p in self.params.items():
+            declared = p.get("type") if isinstance(p.get("type"), str) else None
+            enum = p.get("enum") if isinstance(p.get("enum"), list) else None
+            for i, choice in enumerate(enum or []):
+                if (why := type_error(choice, declared)):
+                    self.error(("parameters", name, "enum", i), f"enum value: {why}")
+            if "default" in p and (why := type_error(p["default"], declared, tuple(enum) if enum else None)):
+                self.error(("parameters", name, "default"), f"default of parameter '{name}': {why}",
+                           "quote it if it is meant as a string" if declared == "string" else None)
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def check_task(self, name: str, task: dict) -> None:
+        base = ("tasks", name)
+        compiled = {}
+        for section in ("with", "map"):
+            values = task.get(section)
+            if isinstance(values, dict):
+                compiled[section] = {k: self.compile_value(base + (section, k), v) for k, v in values.items()}
+        self.compiled[name] = compiled
+        for key in set(compiled.get("with", {})) & set(compiled.get("map", {})):
+            self.error(base + ("map", key), f"argument '{key}' is given in both 'with' and 'map'", key=True)
+        for key, value in compiled.get("map", {}).items():
+            self.check_map_value(base + ("map", key), value)
+        after = task.get("after")
+        for i, other in enumerate(after if isinstance(after, list) else []):
+            if other == name:
+                self.error(base + ("after", i), f"task '{name}' cannot wait for itself")
+            elif isinstance(other, str) and other not in self.tasks:
+                self.error(base + ("after", i), f"unknown task '{other}' in after",
+                           did_you_mean(other, self.tasks) or _known("tasks", self.tasks))
+        timeout = task.get("timeout")
+        if _is_duration(timeout) and parse_duration(timeout) <= 0:
+            self.error(base + ("timeout",), "timeout must be greater than zero", "remove it for no time limit")
+
+    def compile_value(self, path: tuple, value):
+        """Compile references in a `with`/`map` value, reporting bad syntax and unknown names."""
+        try:
+            compiled = refs.compile_value(value)
+        except refs.ReferenceError_:
+            compiled = self._compile_each(path, value)
+        for sub, ref in refs.iter_refs(compiled):
+            self.check_ref(path + sub, ref)
+        return compiled
+
+    def _compile_each(self, path: tuple, value):
+        """Slow path, only on error: find each bad string so that each is reported."""
+        if isinstance(value, list):
+            return [self._compile_each(path + (i,), v) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self._compile_each(path + (k,), v) for k, v in value.items()}
+        if isinstance(value, str):
+            try:
+                return refs.parse_string(value)
+            except refs.ReferenceError_ as exc:
+                self.diags.append(self.ref_diag(path, exc.offset, str(exc), exc.hint))
+        return value
+
+    def ref_diag(self, path: tuple, offset: int, message: str, hint: str | None = None) -> Diagnostic:
+        d = self.doc.diag(path, message, hint)
+        return Diagnostic(d.file, d.line, self.doc.column_of(path, offset), d.path, d.message, d.hint)
+
+    def check_ref(self, path: tuple, ref: refs.Ref) -> None:
+        table = {"params": self.params, "tasks": self.tasks}.get(ref.kind)
+        if table is None or ref.name in table:
+            return
+        noun = "parameter" if ref.kind == "params" else "task"
+        hint = did_you_mean(ref.name, table) or _known("parameters" if ref.kind == "params" else "tasks", table)
+        self.diags.append(self.ref_diag(path, ref.offset, f"unknown {noun} '{ref.name}' in {ref}", hint))
+
+    def check_map_value(self, path: tuple, value) -> None:
+        if isinstance(value, list):
+            return
+        if isinstance(value, refs.Ref):
+            if ref_type := self._param_type(value):
+                if ref_type != "array":
+                    self.error(path, f"cannot map over {value}: parameter '{value.name}' is of type {ref_type}",
+                               "map takes a list: declare the parameter 'type: array'")
+                return
+            if value.kind == "env":
+                self.error(path, f"cannot map over {value}: environment variables are strings, not lists")
+            return
+        self.error(path, f"a map value must be a list or a reference to one, got {_shape(value)}",
+                   "write a YAML list, or ${{ params.NAME }} / ${{ tasks.NAME }}")
+
+    def _param_type(self, ref: refs.Ref) -> str | None:
+        if ref.kind != "params" or ref.name not in self.params:
+            return None
+        declared = self.params[ref.name].get("type")
+        return declared if isinstance(declared, str) else None
+
+    def upstream(self, name: str) -> tuple[list[str], list[str]]:
+        """(data upstreams, all upstreams) of a task, in first-mention order, known tasks only."""
+        data = []
+        for section in self.compiled.get(name, {}).values():
+            for _, ref in refs.iter_refs(section):
+                if ref.kind == "tasks" and ref.name in self.tasks and ref.name not in data:
+                    data.append(ref.name)
+        after = self.tasks[name].get("after")
+        extra = [a for a in (after if isinstance(after, list) else []) if a in self.tasks and a not in data]
+        return data, data + extra
+
+    def check_cycles(self) -> None:
+        graph = {name: self.upstream(name)[1] for name in self.tasks}
+        state: dict = {}
+        reported: set = set()
+
+        def visit(node: str, stack: list) -> None:
+            state[node] = "active"
+            stack.append(node)
+            for up in graph[node]:
+                if state.get(up) == "active":
+                    cycle = stack[stack.index(up):] + [up]
+                    key = frozenset(cycle)
+                    if key not in reported and up != node:
+                        reported.add(key)
+                        self.error(("tasks", cycle[0]), f"dependency cycle: {' -> '.join(cycle)}",
+                                   "a task cannot depend on its own results; remove one of these references",
+                                   key=True)
+                    elif up == node and key not in reported:
+                        reported.add(key)
+                        self.error(("tasks", node), f"task '{node}' references its own result", key=True)
+                elif up not in state:
+                    visit(up, stack)
+            stack.pop()
+            state[node] = "done"
+
+        for name in self.tasks:
+            if name not in state:
+                visit(name, [])
+
+    # -- executor, storage, environment ---------------------------------------------------------
+    def check_platform(self) -> None:
+        for section in ("executor", "storage", "environment"):
+            value = self.data.get(section)
+            if isinstance(value, dict):
+                self.check_env_refs_only((section,), value)
+                self.check_secrets((section,), value)
+        env = self.data.get("environment")
+        storage = self.data.get("storage")
+        if isinstance(env, dict) and env.get("type") in NEEDS_DOCKER_STORAGE:
+            storage_type = storage.get("type", "local") if isinstance(storage, dict) else "local"
+            if storage_type != "docker":
+                self.error(("environment", "type"),
+                           f"environment '{env['type']}' runs the flow from an image and needs docker storage,"
+                           f" but storage is '{storage_type}'",
+                           "add 'storage: {type: docker, image_name: ...}'")
+        self.check_aws_key_ids((), self.data)
+
+    def check_env_refs_only(self, path: tuple, value) -> None:
+        try:
+            compiled = refs.compile_value(value)
+        except refs.ReferenceError_:
+            compiled = self._compile_each(path, value)
+        for sub, ref in refs.iter_refs(compiled):
+            if ref.kind != "env":
+                self.diags.append(self.ref_diag(path + sub, ref.offset,
+                                                f"{ref}: only env references are allowed in '{path[0]}'"))
+
+    def check_secrets(self, path: tuple, value) -> None:
+        if isinstance(value, dict):
+            is_env = path[-1] in ("env", "env_vars", "environment") and len(path) >= 2
+            for k, v in value.items():
+                secret = _SECRET_VAR.search(k) if is_env else _SECRET_KEY.search(k)
+                if secret and isinstance(v, str) and v and not isinstance(refs.compile_value(v), refs.Ref):
+                    self.error(path + (k,), f"'{k}' looks like a credential written as a literal value",
+                               f"credentials never go in a spec: write ${{{{ env.{k.upper() if is_env else 'NAME'} }}}} "
+                               "and set it in the environment, or rely on the platform's credential chain")
+                else:
+                    self.check_secrets(path + (k,), v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self.check_secrets(path + (i,), v)
+
+    def check_aws_key_ids(self, path: tuple, value) -> None:
+        if isinstance(value, str) and _AWS_KEY_ID.search(value):
+            self.error(path, "this looks like an AWS access key id written into the spec",
+                       "credentials come from the AWS credential chain or ${{ env.NAME }}")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                self.check_aws_key_ids(path + (k,), v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self.check_aws_key_ids(path + (i,), v)
+
+    # -- build ----------------------------------------------------------------------------------
+    def build(self) -> FlowSpec:
+        d = self.data
+        params = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
+                                      required="default" not in p, description=p.get("description", ""),
+                                      enum=tuple(p["enum"]) if "enum" in p else None)
+                  for name, p in self.params.items()}
+        tasks = {name: self.build_task(name) for name in self.order()}
+        env = d.get("environment", {})
+        env_own = {k: v for k, v in env.items() if k not in ("type", "labels", "env", "on_start", "on_exit")}
+        environment = EnvironmentSpec(
+            type=env.get("type", "local"), labels=tuple(env.get("labels", ())),
+            env=MappingProxyType(refs.compile_value({k: _env_str(v) for k, v in env.get("env", {}).items()})),
+            on_start=env.get("on_start"), on_exit=env.get("on_exit"), options=MappingProxyType(env_own))
+        path = os.path.abspath(self.doc.file)
+        return FlowSpec(
+            name=d["name"], path=path, base_dir=os.path.dirname(path),
+            checksum=hashlib.sha256(self.doc.text.encode()).hexdigest(), version=d["version"],
+            description=d.get("description", ""), project=d.get("project", "default"),
+            parameters=MappingProxyType(params), tasks=MappingProxyType(tasks),
+            executor=_driver(d.get("executor")), storage=_driver(d.get("storage")),
+            environment=environment, source=self.doc.text, document=self.doc)
+
+    def build_task(self, name: str) -> TaskSpec:
+        t = self.tasks[name]
+        compiled = self.compiled[name]
+        data_up, all_up = self.upstream(name)
+        map_args = compiled.get("map", {})
+        per_child = tuple(v.name for v in map_args.values()
+                          if isinstance(v, refs.Ref) and v.kind == "tasks" and "map" in self.tasks[v.name])
+        return TaskSpec(
+            name=name, run=t["run"], with_args=MappingProxyType(compiled.get("with", {})),
+            map_args=MappingProxyType(map_args), after=tuple(t.get("after", ())),
+            retries=t.get("retries", 0), retry_delay=parse_duration(t.get("retry_delay", 0)),
+            timeout=parse_duration(t["timeout"]) if "timeout" in t else None,
+            trigger=t.get("trigger", "all_successful"), description=t.get("description", ""),
+            upstream=tuple(all_up), data_upstream=tuple(data_up), per_child=per_child)
+
+    def order(self) -> list[str]:
+        """Topological order, keeping declaration order among tasks that are ready together."""
+        pending = {name: set(self.upstream(name)[1]) for name in self.tasks}
+        done: list[str] = []
+        while pending:
+            ready = [n for n, ups in pending.items() if not ups - set(done)]
+            done.extend(ready)
+            for n in ready:
+                del pending[n]
+        return done
+
+
+def _driver(value) -> DriverSpec:
+    value = value or {}
+    return DriverSpec(value.get("type", "local"),
+                      MappingProxyType({k: v for k, v in value.items() if k != "type"}))
+
+
+def _env_str(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _is_duration(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) or (
+        isinstance(value, str) and bool(_DURATION.match(value)))
+
+
+def _shape(value) -> str:
+    if isinstance(value, refs.Template):
+        return "a string with references inside"
+    return {dict: "a mapping", str: "a string", bool: "a boolean", type(None): "nothing"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def _known(noun: str, table) -> str:
+    return f"known {noun}: {', '.join(table)}" if table else f"the flow declares no {noun}"

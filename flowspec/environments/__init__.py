@@ -1,0 +1,1 @@
+"""Environments decide WHERE the flow runner runs: see base.Environment."""

@@ -1,0 +1,96 @@
+"""The environment interface (setup, execute) and the in-process run both local kinds share."""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+
+from flowspec import references as refs
+from flowspec.errors import SpecError
+
+
+class Environment(ABC):
+    """Base class of environments: `setup()` prepares the platform, `execute()` runs a flow run."""
+
+    def __init__(self, spec) -> None:
+        self.spec = spec
+
+    def setup(self) -> None:
+        """Create what the platform needs before runs (e.g. a task definition). Default: nothing."""
+
+    @abstractmethod
+    def execute(self, params: dict, observers=(), run_id: str | None = None):
+        """Run one flow run with these parameter values; return its runner.RunResult."""
+
+
+def run_in_process(spec, params: dict, observers=(), run_id: str | None = None):
+    """Apply `environment.env`, import the callables, run on the spec's executor, restore env."""
+    from flowspec.drivers import load_driver
+    from flowspec.runner import FlowRunner
+
+    saved = apply_env(spec)
+    try:
+        check_env_refs(spec)
+        callables = import_callables(spec)
+        options = refs.resolve(refs.compile_value(dict(spec.executor.options)), refs.env_lookup(os.environ))
+        executor = load_driver("executor", spec.executor.type)(**options)
+        return FlowRunner(spec, params, executor, callables, observers, run_id).run()
+    finally:
+        restore_env(saved)
+
+
+def apply_env(spec) -> dict:
+    """Set the flow's variables; return what they replaced so that restore_env can undo it."""
+    lookup = refs.env_lookup(os.environ)
+    values = {}
+    diags = []
+    for name, value in spec.environment.env.items():
+        try:
+            values[name] = refs.resolve(value, lookup)
+        except refs.UnsetEnvError as exc:
+            diags.append(spec.document.diag(("environment", "env", name), str(exc),
+                                            f"export it before the run, or write ${{{{ env.NAME || 'default' }}}}"))
+    if diags:
+        raise SpecError(diags)
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    return saved
+
+
+def restore_env(saved: dict) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def check_env_refs(spec) -> None:
+    """Every `${{ env.NAME }}` without a fallback must be set before any task runs."""
+    diags = []
+    for task in spec.tasks.values():
+        for section, values in (("with", task.with_args), ("map", task.map_args)):
+            for path, ref in refs.iter_refs(dict(values)):
+                if ref.kind == "env" and ref.fallback is None and ref.name not in os.environ:
+                    diags.append(spec.document.diag(("tasks", task.name, section) + path,
+                                                    f"environment variable {ref.name} is not set (referenced as {ref})",
+                                                    f"set it, add it to environment.env, or write "
+                                                    f"${{{{ env.{ref.name} || 'default' }}}}"))
+    if diags:
+        raise SpecError(diags)
+
+
+def import_callables(spec) -> dict:
+    """Import task callables and hooks (after env is applied: modules may read it on import)."""
+    from flowspec.callables import add_import_path, load_callable
+    from flowspec.compile import import_problems
+
+    add_import_path(spec.base_dir)
+    diags = import_problems(spec)
+    if diags:
+        raise SpecError(diags)
+    out = {name: load_callable(task.run, spec.base_dir) for name, task in spec.tasks.items()}
+    for key in ("on_start", "on_exit"):
+        target = getattr(spec.environment, key)
+        if target:
+            out[key] = load_callable(target, spec.base_dir)
+    return out

@@ -1,0 +1,1 @@
+"""Executors decide HOW task runs execute: see base.Executor."""

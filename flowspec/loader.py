@@ -1,0 +1,230 @@
+"""YAML → plain data plus the position of every key and value.
+
+One pass: PyYAML composes the node graph (safe loader, so no Python objects are ever built),
+then `_Builder` turns nodes into dicts/lists/scalars while recording marks per path. Doing the
+construction ourselves is what lets us refuse duplicate keys (PyYAML keeps the last one),
+unknown tags such as `!!python/object`, and alias bombs (sizes are counted on the node graph,
+where an alias is shared, before anything is expanded).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from flowspec.diagnostics import Diagnostic
+
+MAX_BYTES = 4 * 1024 * 1024  # a flow spec is a few KiB; this leaves room for large defaults
+MAX_NODES = 200_000  # after alias expansion; a billion-laughs document is far above it
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+
+Path = tuple  # a path into the data: keys (str) and indices (int)
+
+
+@dataclass
+class Document:
+    """Loaded YAML: the data, and 1-based (line, column) of each path's key and value."""
+
+    file: str
+    data: object
+    values: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
+    text: str = field(default="", repr=False)
+
+    def column_of(self, path: Path, offset: int) -> int:
+        """Column of the character `offset` into the string at `path` (for a one-line scalar)."""
+        line, col = self.mark(path)
+        lines = self.text.splitlines()
+        src = lines[line - 1] if 0 < line <= len(lines) else ""
+        start = col - 1 + (1 if src[col - 1:col] in ("'", '"') else 0)
+        return start + offset + 1 if src[start + offset:start + offset + 3] == "${{" else col
+
+    def mark(self, path: Path, prefer_key: bool = False) -> tuple[int, int]:
+        """Position for a diagnostic at `path`; falls back to the closest known parent."""
+        path = tuple(path)
+        while True:
+            if prefer_key and path in self.keys:
+                return self.keys[path]
+            if path in self.values:
+                return self.values[path]
+            if not path:
+                return (1, 1)
+            path = path[:-1]
+
+    def diag(self, path: Path, message: str, hint: str | None = None, key: bool = False) -> Diagnostic:
+        line, col = self.mark(path, prefer_key=key)
+        return Diagnostic(self.file, line, col, format_path(path), message, hint)
+
+
+def format_path(path: Path) -> str:
+    """`('tasks', 'a', 'after', 0)` → `tasks.a.after[0]`; the root is `(root)`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+class LoadError(Exception):
+    """The document cannot be turned into data; carries diagnostics."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        super().__init__(diagnostics[0].message)
+        self.diagnostics = diagnostics
+
+
+def read_text(path: str) -> str:
+    """Read a spec file, refusing oversized ones before reading them."""
+    size = os.path.getsize(path)
+    if size > MAX_BYTES:
+        raise LoadError([Diagnostic(path, 1, 1, "(root)",
+                                    f"the file is {size} bytes; flowspec reads at most {MAX_BYTES}",
+                                    "split large data out of the spec and pass it as a parameter file")])
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def load_file(path: str) -> Document:
+    try:
+        text = read_text(path)
+    except UnicodeDecodeError as exc:
+        raise LoadError([Diagnostic(path, 1, 1, "(root)", f"the file is not UTF-8 text ({exc.reason})")]) from None
+    return load_text(text, path)
+
+
+def load_text(text: str, file: str = "<string>") -> Document:
+    """Parse one YAML document into a Document, or raise LoadError with positioned diagnostics."""
+    if len(text) > MAX_BYTES:
+        raise LoadError([Diagnostic(file, 1, 1, "(root)", f"the document is larger than {MAX_BYTES} bytes")])
+    try:
+        node = _compose(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        msg = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        raise LoadError([Diagnostic(file, line, col, "(root)", f"invalid YAML: {msg}")]) from None
+    except yaml.YAMLError as exc:
+        raise LoadError([Diagnostic(file, 1, 1, "(root)", f"invalid YAML: {exc}")]) from None
+    if node is None:
+        return Document(file, None, {(): (1, 1)}, {}, text)
+    builder = _Builder(file)
+    if _expanded_size(node, {}) > MAX_NODES:
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        raise LoadError([Diagnostic(file, line, col, "(root)",
+                                    f"the document expands to more than {MAX_NODES} nodes through aliases",
+                                    "this looks like an alias bomb; write the data out instead of nesting aliases")])
+    data = builder.build(node, ())
+    if builder.errors:
+        raise LoadError(sorted(builder.errors, key=Diagnostic.sort_key))
+    return Document(file, data, builder.values, builder.keys, text)
+
+
+def _compose(text: str):
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()  # raises ComposerError on a second document
+    finally:
+        loader.dispose()
+    return node
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Node count with aliases expanded, computed on the shared graph (linear in its size)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_NODES + 1  # a recursive structure counts as too large
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[key] = min(size, MAX_NODES + 1)
+    return memo[key]
+
+
+class _Builder:
+    """Turns a composed node graph into data, recording marks and collecting errors."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.values: dict = {}
+        self.keys: dict = {}
+        self.errors: list[Diagnostic] = []
+        self._scalars = yaml.constructor.SafeConstructor()
+
+    def error(self, node, path: Path, message: str, hint: str | None = None) -> None:
+        m = node.start_mark
+        self.errors.append(Diagnostic(self.file, m.line + 1, m.column + 1, format_path(path), message, hint))
+
+    def build(self, node, path: Path):
+        self.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            self._check_tag(node, path, _TAG + "seq")
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _check_tag(self, node, path: Path, expected: str) -> bool:
+        if node.tag == expected:
+            return True
+        self.error(node, path, f"unsupported YAML tag '{node.tag}'",
+                   "flowspec reads plain YAML data only; remove the tag")
+        return False
+
+    def _scalar(self, node, path: Path):
+        if node.tag not in _SCALAR_TAGS:
+            self._check_tag(node, path, _TAG + "str")
+            return node.value
+        if node.tag in (_TAG + "str", _TAG + "timestamp"):
+            return node.value  # timestamps stay strings: a date is rarely meant as a datetime here
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:  # e.g. an explicit !!int on a non-number
+            self.error(node, path, f"invalid value: {exc}")
+            return node.value
+
+    def _mapping(self, node, path: Path) -> dict:
+        if not self._check_tag(node, path, _TAG + "map"):
+            return {}
+        out: dict = {}
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _TAG + "merge":
+                self._merge(value_node, path, out)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in (_TAG + "str",):
+                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
+                self.error(key_node, path, f"mapping keys must be strings, found {shown!r}",
+                           "quote the key, e.g. 'on': ..." if isinstance(key_node, yaml.ScalarNode) else None)
+                continue
+            key = key_node.value
+            kmark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if key in seen:
+                first = seen[key]
+                self.error(key_node, path + (key,), f"duplicate key '{key}' (first defined at line {first[0]})",
+                           "remove one of the two; YAML would silently keep only the last")
+                continue
+            seen[key] = kmark
+            self.keys[path + (key,)] = kmark
+            out[key] = self.build(value_node, path + (key,))
+        return out
+
+    def _merge(self, value_node, path: Path, out: dict) -> None:
+        """`<<: *base` merges keys that the mapping does not set itself."""
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for src in sources:
+            if not isinstance(src, yaml.MappingNode):
+                self.error(src, path, "a merge key '<<' takes a mapping or a list of mappings")
+                continue
+            merged = self._mapping(src, path)
+            for key, value in merged.items():
+                out.setdefault(key, value)

@@ -1,0 +1,29 @@
+"""Log lines as they happen, on stderr: `12:03:04.567 INFO    say_hello[2] | message`."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+class LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        label = getattr(record, "task", None) or "flow"
+        text = f"{stamp} {record.levelname:<7} {label} | {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure(level: int = logging.INFO, stream=None) -> logging.Handler:
+    """Send flowspec's and the tasks' log lines to `stream` (stderr by default)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(LineFormatter())
+    root = logging.getLogger("flowspec")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    return handler

@@ -1,0 +1,115 @@
+"""Parameter values: types, parsing of `--param` and `--params-file`, and the final check."""
+from __future__ import annotations
+
+import json
+
+from flowspec.diagnostics import Diagnostic
+from flowspec.errors import UsageError
+
+_CHECKS = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def type_error(value: object, declared: str | None, enum: tuple | None = None) -> str | None:
+    """Why `value` does not fit the declared type (and enum), or None when it fits."""
+    if declared and not _CHECKS[declared](value):
+        return f"expected {declared}, got {_show(value)}"
+    if enum is not None and value not in enum:
+        return f"{_show(value)} is not one of: {' | '.join(json.dumps(e) for e in enum)}"
+    return None
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value, default=str)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+    return f"{kind} {text}"
+
+
+def parse_flag(text: str, parameters) -> tuple[str, object]:
+    """`NAME=VALUE` → (name, value): raw for string parameters, else a YAML scalar or collection."""
+    import yaml
+
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise UsageError(f"--param {text!r}: expected NAME=VALUE", "e.g. --param people='[Arthur, Ford]'")
+    spec = parameters.get(name)
+    if spec is not None and spec.type == "string":
+        return name, raw
+    try:
+        return name, yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark else ""
+        raise UsageError(f"--param {name}: cannot parse {raw!r} as YAML{where}",
+                         "quote strings that contain ':' or '#', e.g. --param x='\"a: b\"'") from None
+
+
+def load_params_file(path: str) -> tuple[dict, object]:
+    """A YAML mapping of name → value; returns the values and the Document for positions."""
+    from flowspec.loader import LoadError, load_file
+
+    try:
+        doc = load_file(path)
+    except OSError as exc:
+        raise UsageError(f"--params-file {path}: cannot read it ({exc.strerror})") from None
+    except LoadError as exc:
+        raise ParamsError(exc.diagnostics) from None
+    if doc.data is None:
+        return {}, doc
+    if not isinstance(doc.data, dict):
+        raise ParamsError([doc.diag((), "a params file must be a mapping of parameter name to value")])
+    return doc.data, doc
+
+
+class ParamsError(UsageError):
+    """Parameter problems found in a params file, with their positions."""
+
+    def __init__(self, diagnostics: list[Diagnostic], problems: list[str] = ()) -> None:
+        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        self.problems = list(problems)
+        super().__init__("\n".join([d.text() for d in self.diagnostics] + self.problems))
+
+
+def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: list[tuple[str, object]]) -> dict:
+    """Merge defaults < params file < --param flags; every problem reported at once."""
+    problems: list[str] = []
+    diags: list[Diagnostic] = []
+    values: dict = {}
+    for name, value in file_values.items():
+        if name not in parameters:
+            diags.append(file_doc.diag((name,), f"unknown parameter '{name}'", _known(name, parameters), key=True))
+        elif (why := type_error(value, parameters[name].type, parameters[name].enum)):
+            diags.append(file_doc.diag((name,), f"parameter '{name}': {why}"))
+        values[name] = value
+    for name, value in flag_values:
+        if name not in parameters:
+            problems.append(f"--param {name}: unknown parameter '{name}' ({_known(name, parameters)})")
+        elif (why := type_error(value, parameters[name].type, parameters[name].enum)):
+            problems.append(f"--param {name}: {why}")
+        values[name] = value
+    for name, spec in parameters.items():
+        if name not in values:
+            if spec.required:
+                problems.append(f"missing required parameter '{name}'"
+                                f" (give it with --param {name}=VALUE or in --params-file)")
+            else:
+                values[name] = spec.default
+    if diags or problems:
+        raise ParamsError(diags, problems)
+    return {name: values[name] for name in parameters}
+
+
+def _known(name: str, parameters) -> str:
+    from flowspec.schema import did_you_mean
+
+    return did_you_mean(name, list(parameters)) or (
+        f"known parameters: {', '.join(parameters)}" if parameters else "the flow declares no parameters")

@@ -1,0 +1,437 @@
+"""The flow runner: task states, triggers, mapping, retries, timeouts and hooks.
+
+The runner is an explicit state machine. Each task waits for its upstreams (a counter per task,
+so scheduling is linear in the graph's size); when they are all finished its trigger decides
+whether it runs, and its task runs (one, or one per mapped index) go to the executor as
+self-contained units: `run_unit` performs every attempt of one task run and returns an Outcome.
+No exception is used for control flow except the two that come from outside: a timeout alarm
+and the user's Ctrl-C.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from types import MappingProxyType
+
+from flowspec import context as ctxmod
+from flowspec import references as refs
+from flowspec.executors.base import Executor
+
+PENDING, RUNNING, RETRYING, SUCCESS = "Pending", "Running", "Retrying", "Success"
+FAILED, TIMED_OUT, TRIGGER_FAILED = "Failed", "TimedOut", "TriggerFailed"
+SKIPPED, CANCELLED = "Skipped", "Cancelled"
+TASK_STATES = (PENDING, RUNNING, RETRYING, SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED)
+FINAL_STATES = frozenset((SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED))
+FAILED_STATES = frozenset((FAILED, TIMED_OUT, TRIGGER_FAILED))  # what `any_failed` looks for
+FLOW_FAILING = FAILED_STATES | {CANCELLED}  # a task in one of these fails the flow run
+
+log = logging.getLogger("flowspec.runner")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class TaskTimeout(BaseException):
+    """Raised inside a task attempt at its deadline. A BaseException, so that a task's own
+    `except Exception` cannot swallow it."""
+
+
+class Outcome:
+    """What one task run came to after all its attempts."""
+
+    __slots__ = ("state", "result", "attempts", "start", "end", "message")
+
+    def __init__(self, state, result, attempts, start, end, message=None) -> None:
+        self.state, self.result, self.attempts = state, result, attempts
+        self.start, self.end, self.message = start, end, message
+
+
+# -- one task run, all attempts: runs on the executor -------------------------------------------
+def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: float,
+             timeout: float | None, notify=None) -> Outcome:
+    start = time.time()
+    attempt = 0
+    while True:
+        attempt += 1
+        ctx.attempt = attempt
+        if notify is not None:
+            notify(ctx.task_name, ctx.map_index, RUNNING, attempt, None)
+        token = ctxmod.set_current(ctx)
+        try:
+            value = fn(**kwargs) if timeout is None else call_with_timeout(fn, kwargs, timeout)
+            return Outcome(SUCCESS, value, attempt, start, time.time())
+        except TaskTimeout:
+            state, message = TIMED_OUT, f"attempt {attempt} exceeded the timeout of {timeout:g}s"
+            ctx.logger.error("timed out: %s", message)
+        except Exception as exc:
+            state, message = FAILED, f"{type(exc).__name__}: {exc}"
+            ctx.logger.error("failed (attempt %d): %s\n%s", attempt, message, user_traceback(exc))
+        finally:
+            ctxmod.reset(token)
+        if attempt > retries:
+            return Outcome(state, None, attempt, start, time.time(), message)
+        ctx.logger.warning("retrying in %gs (retry %d of %d)", retry_delay, attempt, retries)
+        if notify is not None:
+            notify(ctx.task_name, ctx.map_index, RETRYING, attempt, message)
+        if retry_delay:
+            time.sleep(retry_delay)
+
+
+def call_with_timeout(fn, kwargs, timeout: float):
+    """Call fn(**kwargs), raising TaskTimeout at the deadline.
+
+    On the main thread a SIGALRM timer interrupts the task itself, so a timed-out attempt really
+    stops. Elsewhere (a thread of a pool) Python cannot stop a thread: the attempt is marked
+    TimedOut on time and its thread is left to finish in the background."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        def on_alarm(signum, frame):
+            raise TaskTimeout()
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return fn(**kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    box: dict = {}
+    run_in = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            box["value"] = run_in.run(fn, **kwargs)
+        except BaseException as exc:  # handed over to the waiting thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True, name="flowspec-timeout")
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TaskTimeout()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of the task's own code, without flowspec's frames."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+
+
+# -- records ------------------------------------------------------------------------------------
+class TaskRecord:
+    """A task's state in a flow run; for a mapped task, also each child's state and result."""
+
+    __slots__ = ("name", "state", "result", "attempts", "start", "end", "message", "children",
+                 "child_results", "open")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = PENDING
+        self.result = None
+        self.attempts = 0
+        self.start = self.end = None
+        self.message = None
+        self.children = None  # list of child states when the task was mapped
+        self.child_results = None
+        self.open = 0  # children not finished yet
+
+    @property
+    def duration(self) -> float:
+        return (self.end - self.start) if self.start is not None and self.end is not None else 0.0
+
+    def child_counts(self) -> dict:
+        counts: dict = {}
+        for s in self.children or ():
+            counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    def to_json(self) -> dict:
+        return {"state": self.state, "attempts": self.attempts, "duration_s": round(self.duration, 6),
+                "children": self.child_counts(), "message": self.message}
+
+
+class RunResult:
+    """The outcome of a flow run; `to_json()` is the shape `flowspec run --format json` prints."""
+
+    def __init__(self, flow: str, run_id: str, params: dict, tasks: dict) -> None:
+        self.flow, self.run_id, self.params, self.tasks = flow, run_id, params, tasks
+        self.state = PENDING
+        self.message = None
+        self.start = self.end = None
+
+    @property
+    def duration(self) -> float:
+        return (self.end or time.time()) - self.start if self.start else 0.0
+
+    def to_json(self) -> dict:
+        return {"flow": self.flow, "run_id": self.run_id, "state": self.state,
+                "duration_s": round(self.duration, 6), "message": self.message,
+                "tasks": {name: rec.to_json() for name, rec in self.tasks.items()}}
+
+
+def frozen(value):
+    """A read-only deep copy of JSON-like data, handed to hooks."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
+def aggregate(states: list[str]) -> str:
+    """The state of a mapped task from its children's states (no children: Success)."""
+    present = set(states)
+    for state in (CANCELLED, FAILED, TIMED_OUT, TRIGGER_FAILED):
+        if state in present:
+            return FAILED if state == TIMED_OUT else state
+    if present == {SKIPPED}:
+        return SKIPPED
+    return SUCCESS
+
+
+def trigger_decision(trigger: str, upstream: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """(None, None) to run, or (final state, reason) when the trigger says not to."""
+    failed = [(n, s) for n, s in upstream if s in FAILED_STATES or s == CANCELLED]
+    if trigger == "all_finished":
+        return None, None
+    if trigger == "any_failed":
+        if any(s in FAILED_STATES for _, s in upstream):
+            return None, None
+        return SKIPPED, "no upstream task failed (trigger any_failed)"
+    if failed:
+        names = ", ".join(f"{n} ({s})" for n, s in failed)
+        return TRIGGER_FAILED, f"upstream did not succeed: {names}"
+    skipped = [n for n, s in upstream if s == SKIPPED]
+    if skipped:
+        return SKIPPED, f"upstream skipped: {', '.join(skipped)}"
+    return None, None
+
+
+class MapError(Exception):
+    """A mapped argument that is not a list, or lists of different lengths."""
+
+
+# -- the runner ---------------------------------------------------------------------------------
+class FlowRunner:
+    """Runs one flow run of a compiled FlowSpec on an executor.
+
+    `observers` receive `task_state(task, index, state, attempt, message)` and
+    `flow_state(result)` calls (the backend recorder and the progress display use them)."""
+
+    def __init__(self, spec, params: dict, executor: Executor, callables: dict,
+                 observers=(), run_id: str | None = None) -> None:
+        self.spec = spec
+        self.params = MappingProxyType(dict(params))
+        self.executor = executor
+        self.callables = callables  # task name / hook key → the imported callable
+        self.observers = list(observers)
+        self.notify = self._notify_task if self.observers else None
+        self.run_id = run_id or uuid.uuid4().hex
+        self.records = {name: TaskRecord(name) for name in spec.tasks}
+        self.result = RunResult(spec.name, self.run_id, dict(params), self.records)
+        self.base_ctx = ctxmod.TaskContext(self.run_id, spec.name, self.params)
+        self._downstream: dict = {name: [] for name in spec.tasks}
+        for task in spec.tasks.values():
+            for up in task.upstream:
+                self._downstream[up].append(task.name)
+        self._waiting = {name: len(t.upstream) for name, t in spec.tasks.items()}
+        self._ready: deque = deque(n for n, c in self._waiting.items() if c == 0)
+        self._in_flight: dict = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Run every task, then on_exit; Ctrl-C cancels what has not finished."""
+        result = self.result
+        result.start = time.time()
+        self._set_flow_state(RUNNING)
+        token = ctxmod.set_current(self.base_ctx)
+        try:
+            if self._call_hook("on_start"):
+                with self.executor:
+                    self._schedule()
+                result.state = FAILED if any(r.state in FLOW_FAILING for r in self.records.values()) else SUCCESS
+            else:
+                result.state = FAILED
+        except KeyboardInterrupt:
+            self._cancel_all()
+            result.state, result.message = CANCELLED, "interrupted by the user"
+        finally:
+            result.end = time.time()
+            self._call_hook("on_exit")
+            ctxmod.reset(token)
+            self._set_flow_state(result.state)
+        return result
+
+    def _call_hook(self, key: str) -> bool:
+        fn = self.callables.get(key)
+        if fn is None:
+            return True
+        from flowspec.callables import takes_argument
+
+        try:
+            fn(frozen(self.result.to_json() | {"parameters": dict(self.params)})) if takes_argument(fn) else fn()
+            return True
+        except Exception as exc:
+            message = f"{key} hook {getattr(self.spec.environment, key)} failed: {type(exc).__name__}: {exc}"
+            log.error("%s\n%s", message, user_traceback(exc))
+            self.result.message = self.result.message or message
+            return False
+
+    def _cancel_all(self) -> None:
+        try:
+            self.executor.shutdown(cancel=True)
+        except Exception:  # shutting down after Ctrl-C must never hide the cancellation
+            log.debug("executor shutdown after cancel failed", exc_info=True)
+        now = time.time()
+        for rec in self.records.values():
+            if rec.state in FINAL_STATES:
+                continue
+            if rec.children is not None:
+                rec.children = [CANCELLED if s not in FINAL_STATES else s for s in rec.children]
+            rec.state, rec.message, rec.end = CANCELLED, "the flow run was cancelled", now
+            self._notify_task(rec.name, None, CANCELLED, rec.attempts, rec.message)
+
+    # -- scheduling --------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        ready, in_flight = self._ready, self._in_flight
+        while ready or in_flight:
+            while ready:
+                self._launch(self.spec.tasks[ready.popleft()])
+            if in_flight:
+                for future in self.executor.wait(list(in_flight)):
+                    name, index = in_flight.pop(future)
+                    self._record(name, index, future.result())
+
+    def _upstream_states(self, task, index: int | None = None) -> list[tuple[str, str]]:
+        out = []
+        for up in task.upstream:
+            rec = self.records[up]
+            if index is not None and up in task.per_child and rec.children is not None:
+                out.append((f"{up}[{index}]", rec.children[index]))
+            elif index is None and up in task.per_child and rec.children is not None:
+                continue  # judged child by child
+            else:
+                out.append((up, rec.state))
+        return out
+
+    def _launch(self, task) -> None:
+        rec = self.records[task.name]
+        rec.start = time.time()
+        state, reason = trigger_decision(task.trigger, self._upstream_states(task))
+        if state is not None:
+            return self._finish(rec, state, reason)
+        try:
+            kwargs = refs.resolve(dict(task.with_args), self._lookup) if task.with_args else {}
+            lists = self._map_lists(task) if task.mapped else None
+        except (MapError, refs.UnsetEnvError) as exc:
+            return self._finish(rec, FAILED, str(exc))
+        fn = self.callables[task.name]
+        rec.state = RUNNING
+        if lists is None:
+            ctx = self.base_ctx.for_task(task.name, None, 0)
+            future = self.executor.submit(run_unit, fn, kwargs, ctx, task.retries, task.retry_delay,
+                                          task.timeout, self.notify)
+            return self._collect(task.name, None, future)
+        self._launch_children(task, rec, fn, kwargs, lists)
+
+    def _launch_children(self, task, rec: TaskRecord, fn, kwargs: dict, lists: dict) -> None:
+        n = len(next(iter(lists.values())))
+        rec.children, rec.child_results, rec.open = [PENDING] * n, [None] * n, n
+        if n == 0:
+            return self._finish(rec, SUCCESS, None, result=[])
+        names = list(lists)
+        columns = [lists[k] for k in names]
+        units = []
+        for i in range(n):
+            if task.per_child:
+                state, reason = trigger_decision(task.trigger, self._upstream_states(task, i))
+                if state is not None:
+                    self._record(task.name, i, Outcome(state, None, 0, rec.start, time.time(), reason))
+                    continue
+            child_kwargs = dict(kwargs)
+            for k, col in zip(names, columns):
+                child_kwargs[k] = col[i]
+            units.append((i, (fn, child_kwargs, self.base_ctx.for_task(task.name, i, 0), task.retries,
+                              task.retry_delay, task.timeout, self.notify)))
+        futures = self.executor.submit_many(run_unit, [args for _, args in units])
+        for (i, _), future in zip(units, futures):
+            self._collect(task.name, i, future)
+
+    def _collect(self, name: str, index: int | None, future) -> None:
+        if self.executor.synchronous:
+            self._record(name, index, future.result())
+        else:
+            self._in_flight[future] = (name, index)
+
+    def _map_lists(self, task) -> dict:
+        lists = {}
+        for key, value in task.map_args.items():
+            resolved = refs.resolve(value, self._lookup)
+            if not isinstance(resolved, (list, tuple)):
+                raise MapError(f"map argument '{key}' resolved to {type(resolved).__name__}, not a list")
+            lists[key] = resolved
+        lengths = {k: len(v) for k, v in lists.items()}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k}={n}" for k, n in lengths.items())
+            raise MapError(f"mapped arguments have different lengths ({shown}); they are zipped and must match")
+        return lists
+
+    def _lookup(self, ref: refs.Ref):
+        if ref.kind == "params":
+            return self.params[ref.name]
+        if ref.kind == "tasks":
+            return self.records[ref.name].result
+        if ref.name in os.environ:
+            return os.environ[ref.name]
+        if ref.fallback is not None:
+            return ref.fallback
+        raise refs.UnsetEnvError(f"environment variable {ref.name} is not set (referenced as {ref})")
+
+    # -- recording ---------------------------------------------------------------------------
+    def _record(self, name: str, index: int | None, outcome: Outcome) -> None:
+        rec = self.records[name]
+        rec.attempts += outcome.attempts
+        if self.notify is not None:
+            self.notify(name, index, outcome.state, outcome.attempts, outcome.message)
+        if index is None:
+            return self._finish(rec, outcome.state, outcome.message, outcome.result, outcome.start, outcome.end)
+        rec.children[index] = outcome.state
+        rec.child_results[index] = outcome.result
+        if outcome.message and rec.message is None:
+            rec.message = f"[{index}] {outcome.message}"
+        rec.open -= 1
+        if rec.open == 0:
+            self._finish(rec, aggregate(rec.children), rec.message, rec.child_results)
+
+    def _finish(self, rec: TaskRecord, state: str, message: str | None, result=None,
+                start: float | None = None, end: float | None = None) -> None:
+        rec.state, rec.message, rec.result = state, message, result
+        rec.start = start if start is not None else rec.start
+        rec.end = end if end is not None else time.time()
+        if state in (TRIGGER_FAILED, SKIPPED) and self.notify is not None and rec.children is None:
+            self.notify(rec.name, None, state, 0, message)
+        if state in (TRIGGER_FAILED, SKIPPED, FAILED) and rec.attempts == 0 and message:
+            log.log(logging.WARNING if state != SKIPPED else logging.INFO, "%s: %s (%s)", rec.name, state, message)
+        for down in self._downstream[rec.name]:
+            self._waiting[down] -= 1
+            if self._waiting[down] == 0:
+                self._ready.append(down)
+
+    # -- observers ---------------------------------------------------------------------------
+    def _notify_task(self, task: str, index, state: str, attempt: int, message) -> None:
+        for obs in self.observers:
+            obs.task_state(task, index, state, attempt, message)
+
+    def _set_flow_state(self, state: str) -> None:
+        self.result.state = state
+        for obs in self.observers:
+            obs.flow_state(self.result)

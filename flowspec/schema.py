@@ -1,0 +1,107 @@
+"""The shipped JSON Schema, and its errors turned into positioned diagnostics."""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from functools import lru_cache
+
+from flowspec.diagnostics import Diagnostic
+from flowspec.loader import Document
+
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schemas", "flow.schema.json")
+SUPPORTED_VERSIONS = (1,)
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def did_you_mean(word: object, choices) -> str | None:
+    if not isinstance(word, str):
+        return None
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def check(doc: Document) -> list[Diagnostic]:
+    """Every schema error of the document, positioned and worded for people."""
+    from jsonschema import Draft202012Validator  # deferred: only validation needs it
+
+    validator = Draft202012Validator(load_schema())
+    out: list[Diagnostic] = []
+    for error in validator.iter_errors(doc.data):
+        out.extend(_diagnose(doc, error))
+    return _dedupe(out)
+
+
+def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
+    seen, out = set(), []
+    for d in diags:
+        if (d.line, d.column, d.message) not in seen:
+            seen.add((d.line, d.column, d.message))
+            out.append(d)
+    return out
+
+
+def _describe(value: object) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string",
+             list: "list", dict: "mapping", type(None): "null"}
+    kind = names.get(type(value), type(value).__name__)
+    if isinstance(value, (dict, list)):
+        return f"a {kind}"
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{kind} {shown}"
+
+
+def _diagnose(doc: Document, error) -> list[Diagnostic]:
+    path = tuple(error.absolute_path)
+    kind = error.validator
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(schema.get("properties", {}))
+        extras = [k for k in error.instance if k not in allowed]
+        return [doc.diag(path + (k,), f"unknown key '{k}'",
+                         did_you_mean(k, allowed) or _allowed_hint(allowed), key=True) for k in extras]
+    if kind == "required":
+        missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
+        return [doc.diag(path, f"missing required key '{k}'") for k in missing]
+    if kind == "propertyNames":
+        bad = error.instance
+        return [doc.diag(path + (bad,), f"invalid name '{bad}': must start with a letter or '_' and "
+                         "contain only letters, digits, '_' and '-'", key=True)]
+    if kind == "enum" and path == ("version",):
+        versions = ", ".join(map(str, SUPPORTED_VERSIONS))
+        return [doc.diag(path, f"unsupported spec version {error.instance!r}; this release reads version {versions}",
+                         "set 'version: 1'")]
+    if kind in ("enum", "const"):
+        choices = error.validator_value if kind == "enum" else [error.validator_value]
+        listed = " | ".join(str(c) for c in choices)
+        return [doc.diag(path, f"{_describe(error.instance)} is not one of: {listed}",
+                         did_you_mean(error.instance, choices))]
+    if kind == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return [doc.diag(path, f"expected {expected}, got {_describe(error.instance)}", _type_hint(error.instance))]
+    if kind == "pattern":
+        msg = schema.get("patternErrorMessage") or f"does not match {error.validator_value}"
+        return [doc.diag(path, f"{error.instance!r}: {msg}")]
+    if kind == "minProperties" and error.validator_value == 1:
+        return [doc.diag(path, "must not be empty")]
+    if kind == "uniqueItems":
+        return [doc.diag(path, "items must be unique")]
+    return [doc.diag(path, error.message)]
+
+
+def _allowed_hint(allowed: list[str]) -> str | None:
+    return f"allowed keys: {', '.join(allowed)}" if allowed else None
+
+
+def _type_hint(value: object) -> str | None:
+    if isinstance(value, str) and value.strip().lstrip("-").replace(".", "", 1).isdigit():
+        return "remove the quotes to write a number"
+    if value is None:
+        return "the value is empty; write one after the colon or remove the key"
+    return None

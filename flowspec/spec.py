@@ -1,0 +1,78 @@
+"""The compiled flow: frozen dataclasses that drivers and the runner read (never YAML)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+EMPTY = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    type: str | None = None  # None: any type
+    default: object = None
+    required: bool = True
+    description: str = ""
+    enum: tuple | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task. `with_args`/`map_args` hold compiled values (constants, Ref, Template)."""
+
+    name: str
+    run: str
+    with_args: MappingProxyType = field(default_factory=lambda: EMPTY)
+    map_args: MappingProxyType = field(default_factory=lambda: EMPTY)
+    after: tuple = ()
+    retries: int = 0
+    retry_delay: float = 0.0
+    timeout: float | None = None
+    trigger: str = "all_successful"
+    description: str = ""
+    upstream: tuple = ()  # every task this one waits for: data references and `after`
+    data_upstream: tuple = ()  # tasks whose results it takes
+    per_child: tuple = ()  # mapped upstreams that it maps over child to child
+
+    @property
+    def mapped(self) -> bool:
+        return bool(self.map_args)
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """An executor or storage choice: its `type` and its own keys."""
+
+    type: str
+    options: MappingProxyType = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    type: str = "local"
+    labels: tuple = ()
+    env: MappingProxyType = field(default_factory=lambda: EMPTY)  # values may hold env references, resolved when the run starts
+    on_start: str | None = None
+    on_exit: str | None = None
+    options: MappingProxyType = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """A validated flow. `tasks` is in execution (topological) order."""
+
+    name: str
+    path: str  # absolute path of the spec file
+    base_dir: str  # its folder: first on the import path, base of relative paths
+    checksum: str  # sha256 of the spec text
+    version: int = 1
+    description: str = ""
+    project: str = "default"
+    parameters: MappingProxyType = field(default_factory=lambda: EMPTY)
+    tasks: MappingProxyType = field(default_factory=lambda: EMPTY)
+    executor: DriverSpec = DriverSpec("local")
+    storage: DriverSpec = DriverSpec("local")
+    environment: EnvironmentSpec = EnvironmentSpec()
+    source: str = field(default="", repr=False, compare=False)  # the spec text, for storage
+    document: object = field(default=None, repr=False, compare=False)  # loader.Document, for positions

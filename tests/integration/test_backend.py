@@ -1,0 +1,392 @@
+"""The backend against a real SQLite file and a real PostgreSQL server (each test runs on both)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flowspec.backend import (
+    CANCELLED,
+    CANCELLING,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    SUBMITTED,
+    SUCCESS,
+    Backend,
+    NotFoundError,
+    open_backend,
+)
+from flowspec.errors import BackendError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def new_run(backend: Backend, *labels: str) -> str:
+    return backend.create_flow_run(None, {}, labels, flow_name="f").id
+
+
+def finish(backend: Backend, run_id: str, state: str = SUCCESS) -> None:
+    assert backend.set_run_state(run_id, state)
+
+
+def states(backend: Backend, run_id: str) -> list[str]:
+    return [event.state for event in backend.run_history(run_id)]
+
+
+def child_env() -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+# ------------------------------------------------------------------------------- flows
+
+
+def test_register_keeps_version_when_unchanged_and_bumps_it_otherwise(backend: Backend) -> None:
+    args = ({"type": "local", "location": "x"}, "sum1", "spec: 1", {"type": "local"})
+    flow, created = backend.register_flow("proj", "etl", ["dev"], *args)
+    assert (flow.version, created, flow.labels) == (1, True, ("dev",))
+    again, created = backend.register_flow("proj", "etl", ["dev"], *args)
+    assert (again.id, again.version, created) == (flow.id, 1, False)
+    changed, created = backend.register_flow("proj", "etl", ["dev"], args[0], "sum2", "spec: 2", args[3])
+    assert (changed.version, created) == (2, True)
+    relabelled, created = backend.register_flow("proj", "etl", ["dev", "gpu"], args[0], "sum2", "spec: 2", args[3])
+    assert (relabelled.version, created) == (3, True)
+    other, _ = backend.register_flow("other", "etl", [], *args)
+    assert other.version == 1  # versions count per (project, name)
+
+    assert backend.get_flow("etl", project="proj").version == 3
+    assert backend.get_flow("etl", project="proj", version=1).spec_text == "spec: 1"
+    assert backend.get_flow("missing") is None
+    assert [(f.project, f.name, f.version) for f in backend.list_flows()] == [("other", "etl", 1), ("proj", "etl", 3)]
+    assert [f.version for f in backend.list_flows(project="proj")] == [3]
+    assert backend.list_projects() == ["other", "proj"]
+
+
+def test_flow_runs_take_the_flows_labels_plus_their_own(backend: Backend) -> None:
+    flow, _ = backend.register_flow("p", "etl", ["dev"], {"type": "local"}, "c", "s", {})
+    run = backend.create_flow_run(flow.id, {"n": 3}, ["gpu"])
+    assert (run.flow_name, run.labels, run.parameters, run.state) == ("etl", ("dev", "gpu"), {"n": 3}, SCHEDULED)
+    local = backend.create_flow_run(None, {}, state=RUNNING, flow_name="adhoc")
+    assert (local.flow_id, local.flow_name, backend.get_run(local.id).state) == (None, "adhoc", RUNNING)
+    with pytest.raises(NotFoundError):
+        backend.create_flow_run(9999, {})
+
+
+# ------------------------------------------------------------------------- label rule
+
+LABEL_CASES = [
+    (("dev",), ("dev", "staging"), True),
+    (("dev", "staging"), ("dev",), False),
+    ((), (), True),
+    ((), ("dev",), False),
+    (("dev",), (), False),
+    (("dev", "staging"), ("staging", "dev"), True),
+]
+
+
+def test_an_agent_takes_only_runs_whose_labels_it_covers(backend: Backend) -> None:
+    for run_labels, agent_labels, taken in LABEL_CASES:
+        run_id = new_run(backend, *run_labels)
+        claimed = backend.claim_run("agent", agent_labels)
+        assert (claimed is not None and claimed.id == run_id) == taken, (run_labels, agent_labels)
+        backend.cancel_run(run_id)
+
+
+def test_waiting_reason_names_the_agents_when_none_covers_the_labels(backend: Backend) -> None:
+    run_id = new_run(backend, "gpu")
+    backend.agent_heartbeat("a1", ["dev"], starting=True)
+    reason = backend.waiting_reason(run_id)
+    assert "no agent seen in the last 60 s has labels covering [gpu]" in reason
+    assert "a1 [dev]" in reason
+    backend.agent_heartbeat("a2", ["gpu", "dev"])
+    assert backend.waiting_reason(run_id) is None
+    assert [a.name for a in backend.list_agents(seen_within_s=60)] == ["a1", "a2"]
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+def test_two_slots_then_queued_with_reason_until_a_slot_is_freed(backend: Backend) -> None:
+    backend.set_limit("dev", 2)
+    first, second, third = (new_run(backend, "dev") for _ in range(3))
+    assert backend.claim_run("a", ["dev"]).id == first
+    assert backend.claim_run("a", ["dev"]).id == second
+    for _ in range(3):  # polling again must not add history entries
+        assert backend.claim_run("a", ["dev"]) is None
+    queued = backend.get_run(third)
+    assert queued.state == QUEUED
+    assert queued.message == f"label 'dev' is at its limit of 2 (held by runs {first}, {second})"
+    assert states(backend, third) == [SCHEDULED, QUEUED]
+    backend.agent_heartbeat("a", ["dev"])
+    assert backend.waiting_reason(third) == queued.message
+    [limit] = backend.list_limits()
+    assert (limit.label, limit.limit, limit.in_use, limit.holders) == ("dev", 2, 2, (first, second))
+
+    finish(backend, first)
+    claimed = backend.claim_run("a", ["dev"])
+    assert (claimed.id, claimed.state, claimed.agent) == (third, SUBMITTED, "a")
+    assert states(backend, third) == [SCHEDULED, QUEUED, SUBMITTED]
+    assert backend.list_limits()[0].in_use == 2
+
+
+def test_a_freed_slot_goes_to_the_oldest_queued_run(backend: Backend) -> None:
+    backend.set_limit("dev", 1)
+    holder, waiting = new_run(backend, "dev"), new_run(backend, "dev")
+    assert backend.claim_run("a", ["dev", "prod"]).id == holder
+    assert backend.claim_run("a", ["dev", "prod"]) is None
+    later = new_run(backend, "dev")  # Scheduled, newer than the Queued run
+    other = new_run(backend, "prod")
+    # A run needing only labels with room goes ahead of the blocked ones.
+    assert backend.claim_run("a", ["dev", "prod"]).id == other
+    finish(backend, holder)
+    assert backend.claim_run("a", ["dev", "prod"]).id == waiting
+    assert backend.get_run(later).state == QUEUED
+
+
+def test_labels_without_a_limit_never_constrain(backend: Backend) -> None:
+    backend.set_limit("dev", 1)
+    backend.set_limit("unused", 0)
+    runs = [new_run(backend, "prod") for _ in range(5)] + [new_run(backend, "prod", "reporting")]
+    claimed = [backend.claim_run("a", ["prod", "reporting", "dev"]) for _ in runs]
+    assert [run.id for run in claimed] == runs
+
+
+def test_a_run_needs_a_slot_in_each_limited_label(backend: Backend) -> None:
+    backend.set_limit("a", 1)
+    backend.set_limit("b", 2)
+    only_a = new_run(backend, "a")
+    both = new_run(backend, "a", "b")
+    only_b = new_run(backend, "b")
+    labels = ["a", "b"]
+    assert backend.claim_run("x", labels).id == only_a
+    assert backend.claim_run("x", labels).id == only_b  # `both` waits for 'a'
+    assert backend.get_run(both).message == f"label 'a' is at its limit of 1 (held by runs {only_a})"
+    assert backend.delete_limit("a") and not backend.delete_limit("a")
+    backend.set_limit("a", 1)
+    finish(backend, only_a)
+    assert backend.claim_run("x", labels).id == both
+    assert {(l.label, l.in_use, l.limit) for l in backend.list_limits()} == {("a", 1, 1), ("b", 2, 2)}
+    blocked = new_run(backend, "a", "b")
+    assert backend.claim_run("x", labels) is None
+    message = backend.get_run(blocked).message
+    assert "label 'a' is at its limit of 1" in message and "label 'b' is at its limit of 2" in message
+
+
+def test_limit_must_be_a_non_negative_integer(backend: Backend) -> None:
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError):
+            backend.set_limit("dev", bad)
+    assert backend.list_limits() == []
+
+
+# ------------------------------------------------------------------------ state changes
+
+
+def test_compare_and_set_moves_a_run_only_from_the_expected_states(backend: Backend) -> None:
+    run_id = new_run(backend)
+    assert backend.set_run_state(run_id, SUBMITTED, expected_from={SCHEDULED, QUEUED})
+    assert not backend.set_run_state(run_id, SUBMITTED, expected_from={SCHEDULED, QUEUED})
+    assert backend.set_run_state(run_id, RUNNING, "started", expected_from={SUBMITTED})
+    assert backend.set_run_state(run_id, SUCCESS, expected_from={RUNNING}, exit_code=0)
+    run = backend.get_run(run_id)
+    assert (run.state, run.exit_code) == (SUCCESS, 0)
+    assert states(backend, run_id) == [SCHEDULED, SUBMITTED, RUNNING, SUCCESS]
+    assert backend.run_history(run_id)[2].message == "started"
+    with pytest.raises(NotFoundError):
+        backend.set_run_state("nope", RUNNING, expected_from={SCHEDULED})
+    with pytest.raises(ValueError):
+        backend.set_run_state(run_id, "Exploded")
+
+
+def test_cancel_depends_on_where_the_run_is(backend: Backend) -> None:
+    waiting, active, done = new_run(backend), new_run(backend), new_run(backend)
+    backend.set_run_state(active, RUNNING)
+    finish(backend, done)
+    assert backend.cancel_run(waiting) == CANCELLED
+    assert backend.cancel_run(active) == CANCELLING
+    assert backend.run_heartbeat(active) == CANCELLING  # how the agent learns of it
+    assert backend.cancel_run(done) == SUCCESS
+    assert states(backend, done) == [SCHEDULED, SUCCESS]
+    assert backend.claim_run("a", []) is None
+
+
+def test_stale_runs_are_active_runs_without_a_recent_heartbeat(backend: Backend) -> None:
+    claimed = new_run(backend)
+    assert backend.claim_run("a", []).id == claimed
+    never_claimed, done = new_run(backend), new_run(backend)
+    finish(backend, done)
+    time.sleep(0.3)
+    assert [run.id for run in backend.stale_runs(0.2)] == [claimed]
+    assert backend.run_heartbeat(claimed) == SUBMITTED
+    assert backend.stale_runs(0.2) == []
+    assert backend.get_run(never_claimed).state == SCHEDULED
+
+
+def test_task_states_latest_per_task_and_index(backend: Backend) -> None:
+    run_id = new_run(backend)
+    backend.add_task_state(run_id, "extract", "Running")
+    backend.add_task_state(run_id, "extract", "Retrying", attempt=1, message="boom")
+    backend.add_task_state(run_id, "extract", "Success", attempt=2)
+    for index in (0, 1):
+        backend.add_task_state(run_id, "load", "Running", map_index=index)
+    backend.add_task_state(run_id, "load", "Failed", map_index=1, message="bad row")
+    latest = {(s.task, s.map_index): (s.state, s.attempt) for s in backend.task_states(run_id)}
+    assert latest == {("extract", None): ("Success", 2), ("load", 0): ("Running", 1), ("load", 1): ("Failed", 1)}
+    assert len(backend.task_states(run_id, history=True)) == 6
+
+
+def test_logs_are_read_incrementally(backend: Backend) -> None:
+    run_id, other = new_run(backend), new_run(backend)
+    now = time.time()
+    assert backend.add_logs(run_id, [(now, "INFO", None, f"line {i}") for i in range(3)]) == 3
+    backend.add_logs(other, [(now, "INFO", None, "elsewhere")])
+    first = backend.logs(run_id)
+    assert [line.message for line in first] == ["line 0", "line 1", "line 2"]
+    backend.add_logs(run_id, [(now, "ERROR", "load[1]", "line 3"), (now, "INFO", None, "line 4")])
+    more = backend.logs(run_id, after_id=first[-1].id)
+    assert [(line.level, line.task, line.message) for line in more] == [
+        ("ERROR", "load[1]", "line 3"), ("INFO", None, "line 4")]
+    assert backend.logs(run_id, after_id=more[-1].id) == []
+    assert len(backend.logs(run_id, limit=2)) == 2
+
+
+# ------------------------------------------------------------------ schema and failures
+
+
+def _stamp_version(url: str, version: int) -> None:
+    if url.startswith("sqlite://"):
+        conn = sqlite3.connect(url[len("sqlite://"):])
+        try:
+            with conn:
+                conn.execute("UPDATE schema_version SET version = ?", (version,))
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version = %s", (version,))
+
+
+def test_a_database_from_a_newer_flowspec_is_refused(backend_url: str) -> None:
+    with open_backend(backend_url) as backend:
+        assert backend.schema_version() == 1
+    with open_backend(backend_url) as backend:  # reopening an up-to-date database is fine
+        assert backend.schema_version() == 1
+    _stamp_version(backend_url, 99)
+    with pytest.raises(BackendError) as caught:
+        open_backend(backend_url)
+    assert "schema version 99" in str(caught.value) and "upgrade flowspec" in str(caught.value)
+
+
+def test_committed_work_survives_kill_9_of_the_client(backend_url: str) -> None:
+    script = (
+        "import sys, time\n"
+        "from flowspec.backend import open_backend\n"
+        "b = open_backend(sys.argv[1])\n"
+        "run = b.create_flow_run(None, {}, flow_name='f')\n"
+        "b.add_logs(run.id, [(time.time(), 'INFO', None, 'kept')])\n"
+        "print(run.id, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, backend_url], stdout=subprocess.PIPE,
+                             text=True, env=child_env())
+    run_id = child.stdout.readline().strip()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    with open_backend(backend_url) as backend:
+        assert backend.get_run(run_id).state == SCHEDULED
+        assert [line.message for line in backend.logs(run_id)] == ["kept"]
+
+
+def test_unreachable_postgres_is_named_without_its_password() -> None:
+    with pytest.raises(BackendError) as caught:
+        open_backend("postgresql://flowspec:s3cret@127.0.0.1:1/db")
+    assert "postgresql://flowspec@127.0.0.1:1/db" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_file_that_is_not_a_database_is_a_backend_error(tmp_path: Path) -> None:
+    path = tmp_path / "flowspec.db"
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(BackendError, match="cannot be used"):
+        open_backend(str(path))
+
+
+def test_default_backend_lives_in_a_private_flowspec_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOWSPEC_BACKEND", raising=False)
+    monkeypatch.setenv("FLOWSPEC_HOME", str(tmp_path / "home"))
+    with open_backend() as backend:
+        assert backend.schema_version() == 1
+    assert (tmp_path / "home" / "flowspec.db").is_file()
+    assert (tmp_path / "home").stat().st_mode & 0o777 == 0o700
+    with pytest.raises(BackendError, match="unsupported backend URL"):
+        open_backend("mysql://x@y/z")
+
+
+# ------------------------------------------------------------------------- concurrency
+
+WORKER = """
+import json, sys, time
+from flowspec.backend import open_backend
+
+url, name = sys.argv[1], sys.argv[2]
+claims = []
+with open_backend(url) as backend:
+    deadline = time.time() + 40
+    while time.time() < deadline:
+        run = backend.claim_run(name, ["dev"])
+        if run is None:
+            if not backend.list_runs(states=["Scheduled", "Queued"]):
+                break
+            time.sleep(0.001)
+            continue
+        start = time.time()  # after the claim committed: inside the real slot interval
+        assert backend.set_run_state(run.id, "Running", expected_from={"Submitted"})
+        time.sleep(0.005)
+        end = time.time()  # before Success commits: still inside it
+        assert backend.set_run_state(run.id, "Success", expected_from={"Running"})
+        claims.append([run.id, start, end])
+print(json.dumps(claims))
+"""
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    # Ends sort before starts at the same instant: touching intervals do not overlap.
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+@pytest.mark.slow
+def test_four_agent_processes_never_exceed_the_limit(backend: Backend, backend_url: str) -> None:
+    backend.set_limit("dev", 2)
+    run_ids = {new_run(backend, "dev") for _ in range(40)}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, backend_url, f"agent{i}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+        for i in range(4)
+    ]
+    claims = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=55)
+        assert worker.returncode == 0, err
+        claims += json.loads(out)
+    claimed = [run_id for run_id, _, _ in claims]
+    assert sorted(claimed) == sorted(run_ids)  # every run exactly once
+    assert max_overlap([(start, end) for _, start, end in claims]) <= 2
+    for run_id in run_ids:
+        assert states(backend, run_id).count(SUBMITTED) == 1
+        assert backend.get_run(run_id).state == SUCCESS
