@@ -1,7 +1,6 @@
 """Validated data → FlowSpec. Semantic checks that a schema cannot express, all reported at once."""
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from types import MappingProxyType
@@ -295,6 +294,8 @@ class _Checker:
 
     # -- build ----------------------------------------------------------------------------------
     def build(self) -> FlowSpec:
+        import hashlib  # deferred: only needed once a spec is valid
+
         d = self.data
         params = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
                                       required="default" not in p, description=p.get("description", ""),
