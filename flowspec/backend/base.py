@@ -496,8 +496,7 @@ class Backend(ABC):
             where.append("flow_name = ?")
             params.append(flow_name)
         with self._transaction(write=False) as tx:
-            runs = self._runs(tx, " AND ".join(where), *params, newest_first=True)
-        return runs[:limit] if limit is not None else runs
+            return self._runs(tx, " AND ".join(where), *params, newest_first=True, limit=limit)
 
     def set_run_state(
         self,
@@ -563,10 +562,15 @@ class Backend(ABC):
                 *ACTIVE_STATES, time.time() - timeout_s,
             )
 
-    def _runs(self, tx: Tx, where: str, *params: Any, newest_first: bool = False) -> list[FlowRun]:
-        order = "seq DESC" if newest_first else "seq"
-        rows = tx.all(f"SELECT {_RUN_COLS} FROM flow_runs WHERE {where} ORDER BY {order}", *params)
-        return [_run(row) for row in rows]
+    def _runs(
+        self, tx: Tx, where: str, *params: Any, newest_first: bool = False, limit: int | None = None
+    ) -> list[FlowRun]:
+        sql = f"SELECT {_RUN_COLS} FROM flow_runs WHERE {where} ORDER BY seq"
+        sql += " DESC" if newest_first else ""
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (int(limit),)
+        return [_run(row) for row in tx.all(sql, *params)]
 
     def _state_of(self, tx: Tx, run_id: str) -> str:
         row = tx.one("SELECT state FROM flow_runs WHERE id = ?", run_id)

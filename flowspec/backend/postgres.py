@@ -31,24 +31,32 @@ class PostgresBackend(Backend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._pg = require("psycopg", "postgres", "the PostgreSQL backend")
+        self._raw_url = url
         self._lock = threading.RLock()  # one connection, shared by an agent's threads
-        try:
-            self._conn = self._pg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-        except self._pg.OperationalError as exc:
-            raise BackendError(
-                f"cannot connect to the PostgreSQL backend at {self.url}: {_first_line(exc)}",
-                hint="check that the server is running and that the URL (FLOWSPEC_BACKEND) is right",
-            ) from None
+        self._conn = self._connect()
         try:
             self._migrate()
         except BaseException:
             self._conn.close()
             raise
 
+    def _connect(self):  # -> psycopg.Connection
+        try:
+            return self._pg.connect(self._raw_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except self._pg.OperationalError as exc:
+            raise BackendError(
+                f"cannot connect to the PostgreSQL backend at {self.url}: {_first_line(exc)}",
+                hint="check that the server is running and that the URL (FLOWSPEC_BACKEND) is right",
+            ) from None
+
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[Tx]:
-        with self._lock, self._errors(), self._conn.transaction(), self._conn.cursor() as cursor:
-            yield Tx(cursor, to_pyformat)
+        with self._lock:
+            if self._conn.broken:  # the server restarted or the network dropped: an agent lives on
+                self._conn.close()
+                self._conn = self._connect()
+            with self._errors(), self._conn.transaction(), self._conn.cursor() as cursor:
+                yield Tx(cursor, to_pyformat)
 
     def _serialize(self, tx: Tx, name: str) -> None:
         # Released at commit or rollback, and by the server if the client dies mid-transaction.

@@ -34,9 +34,10 @@ class SQLiteBackend(Backend):
         self._lock = threading.RLock()  # one connection, shared by an agent's threads
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so sqlite3 never opens
         # a deferred transaction behind our back.
-        self._conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        with self._errors():
+            self._conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
         try:
             with self._errors():
                 self._configure()
