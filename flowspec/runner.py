@@ -66,16 +66,17 @@ def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: flo
             value = fn(**kwargs) if timeout is None else call_with_timeout(fn, kwargs, timeout)
             return Outcome(SUCCESS, value, attempt, start, time.time())
         except TaskTimeout:
-            state, message = TIMED_OUT, f"attempt {attempt} exceeded the timeout of {timeout:g}s"
-            ctx.logger.error("timed out: %s", message)
+            state, message, detail = TIMED_OUT, f"attempt {attempt} exceeded the timeout of {timeout:g}s", ""
         except Exception as exc:
             state, message = FAILED, f"{type(exc).__name__}: {exc}"
-            ctx.logger.error("failed (attempt %d): %s\n%s", attempt, message, user_traceback(exc))
+            detail = "\n" + user_traceback(exc)
         finally:
             ctxmod.reset(token)
         if attempt > retries:
+            ctx.logger.error("%s: %s%s", state, message, detail)
             return Outcome(state, None, attempt, start, time.time(), message)
-        ctx.logger.warning("retrying in %gs (retry %d of %d)", retry_delay, attempt, retries)
+        ctx.logger.warning("attempt %d %s: %s; retrying in %gs (retry %d of %d)", attempt,
+                           "timed out" if state == TIMED_OUT else "failed", message, retry_delay, attempt, retries)
         if notify is not None:
             notify(ctx.task_name, ctx.map_index, RETRYING, attempt, message)
         if retry_delay:
