@@ -1,6 +1,7 @@
 """Validated data → FlowSpec. Semantic checks that a schema cannot express, all reported at once."""
 from __future__ import annotations
 
+import math
 import os
 import re
 from types import MappingProxyType
@@ -16,6 +17,7 @@ from flowspec.spec import DriverSpec, EnvironmentSpec, FlowSpec, ParameterSpec, 
 NEEDS_DOCKER_STORAGE = ("kubernetes-job", "dask-kubernetes", "fargate-task")
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION = 30 * 24 * 3600.0
 # Keys and variable names that hold secrets: their values must come from ${{ env.NAME }}.
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?|api_?key|token|credential|private_key",
                          re.I)
@@ -138,9 +140,15 @@ class _Checker:
             elif isinstance(other, str) and other not in self.tasks:
                 self.error(base + ("after", i), f"unknown task '{other}' in after",
                            did_you_mean(other, self.tasks) or _known("tasks", self.tasks))
-        timeout = task.get("timeout")
-        if _is_duration(timeout) and parse_duration(timeout) <= 0:
-            self.error(base + ("timeout",), "timeout must be greater than zero", "remove it for no time limit")
+        for key in ("timeout", "retry_delay"):
+            value = task.get(key)
+            if not _is_duration(value):
+                continue
+            seconds = parse_duration(value)
+            if not math.isfinite(seconds) or seconds > MAX_DURATION:
+                self.error(base + (key,), f"{key} must be a finite duration of at most {MAX_DURATION:g}s (30 days)")
+            elif key == "timeout" and seconds <= 0:
+                self.error(base + (key,), "timeout must be greater than zero", "remove it for no time limit")
 
     def compile_value(self, path: tuple, value):
         """Compile references in a `with`/`map` value, reporting bad syntax and unknown names."""

@@ -17,6 +17,7 @@ from flowspec.diagnostics import Diagnostic
 
 MAX_BYTES = 4 * 1024 * 1024  # a flow spec is a few KiB; this leaves room for large defaults
 MAX_NODES = 200_000  # after alias expansion; a billion-laughs document is far above it
+MAX_DEPTH = 64  # nesting; deeper data is no flow spec, and would exhaust recursion further on
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
@@ -103,6 +104,14 @@ def load_text(text: str, file: str = "<string>") -> Document:
     if len(text) > MAX_BYTES:
         raise LoadError([Diagnostic(file, 1, 1, "(root)", f"the document is larger than {MAX_BYTES} bytes")])
     try:
+        return _load(text, file)
+    except RecursionError:
+        raise LoadError([Diagnostic(file, 1, 1, "(root)", f"the document nests deeper than {MAX_DEPTH} levels",
+                                    "flatten the data")]) from None
+
+
+def _load(text: str, file: str) -> Document:
+    try:
         node = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -166,6 +175,9 @@ class _Builder:
 
     def build(self, node, path: Path):
         self.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if len(path) > MAX_DEPTH:
+            self.error(node, path, f"the data nests deeper than {MAX_DEPTH} levels", "flatten the data")
+            return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):

@@ -67,7 +67,8 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
                          did_you_mean(k, allowed) or _allowed_hint(allowed), key=True) for k in extras]
     if kind == "required":
         missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
-        return [doc.diag(path, f"missing required key '{k}'") for k in missing]
+        # Point at the key that owns the incomplete mapping: that is where the user looks.
+        return [doc.diag(path, f"missing required key '{k}'", key=True) for k in missing]
     if kind == "propertyNames":
         bad = error.instance
         return [doc.diag(path + (bad,), f"invalid name '{bad}': must start with a letter or '_' and "
