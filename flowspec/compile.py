@@ -146,7 +146,7 @@ class _Checker:
                 continue
             seconds = parse_duration(value)
             if not math.isfinite(seconds) or seconds > MAX_DURATION:
-                self.error(base + (key,), f"{key} must be a finite duration of at most {MAX_DURATION:g}s (30 days)")
+                self.error(base + (key,), f"{key} must be a finite duration of at most 30 days")
             elif key == "timeout" and seconds <= 0:
                 self.error(base + (key,), "timeout must be greater than zero", "remove it for no time limit")
 
