@@ -67,7 +67,7 @@ def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: flo
             return Outcome(SUCCESS, value, attempt, start, time.time())
         except TaskTimeout:
             state, message, detail = TIMED_OUT, f"attempt {attempt} exceeded the timeout of {timeout:g}s", ""
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a task's sys.exit() fails the task, not the flow run
             state, message = FAILED, f"{type(exc).__name__}: {exc}"
             detail = "\n" + user_traceback(exc)
         finally:
