@@ -1,0 +1,292 @@
+"""`flowspec plan`: what a run of a flow would do, worked out without running or importing anything.
+
+The plan is plain data (the `--format json` output); `render_text` prints it for people.
+Task code is never imported here: importing a module runs its top-level code, and a plan must be
+safe to make for any spec.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from flowspec import references as refs
+from flowspec.drivers import TABLES
+from flowspec.schema import load_schema
+
+MASK = "****"
+# What each driver kind does, in a few words, for the text plan.
+ABOUT = {
+    "executor": {"local": "tasks one after another in this process",
+                 "local-dask": "a pool of threads or processes on this machine",
+                 "dask": "a Dask distributed cluster (a temporary local one without `address`)"},
+    "storage": {"local": "the compiled flow in a file under the flowspec home",
+                "docker": "an image holding the flow and its code", "s3": "the compiled flow in an S3 object"},
+    "environment": {"local": "the flow runner runs in this process",
+                    "remote": "the runner runs here, tasks go wherever the executor sends them",
+                    "kubernetes-job": "a Kubernetes Job from the docker storage image",
+                    "dask-kubernetes": "a Job with a temporary Dask cluster on Kubernetes",
+                    "fargate-task": "an AWS ECS Fargate task"},
+}
+
+
+def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None, environ=None) -> dict:
+    """The plan of one run of `spec` with these resolved parameter values."""
+    environ = os.environ if environ is None else environ
+    warnings: list[str] = []
+    plan = {
+        "flow": spec.name, "project": spec.project, "file": spec.path, "description": spec.description,
+        "parameters": [_parameter(p, params[name], sources.get(name, "default"))
+                       for name, p in spec.parameters.items()],
+        "tasks": _tasks(spec, params, warnings),
+        "executor": _driver("executor", spec.executor.type, spec.executor.options, environ, warnings),
+        "storage": _driver("storage", spec.storage.type, spec.storage.options, environ, warnings),
+        "environment": _environment(spec, environ, warnings),
+        "env_references": _env_references(spec, environ, warnings),
+    }
+    plan["backend"] = backend_view(backend_url, spec.environment.labels)
+    plan["warnings"] = warnings
+    return plan
+
+
+def is_secret(name: str, env_var: bool = True) -> bool:
+    """Does a variable (or settings key) name say that its value is a credential?"""
+    # The same rules `flowspec validate` uses to refuse literal credentials in a spec.
+    from flowspec.compile import _SECRET_KEY, _SECRET_VAR
+
+    return bool((_SECRET_VAR if env_var else _SECRET_KEY).search(name))
+
+
+def _parameter(p, value, source: str) -> dict:
+    secret = is_secret(p.name)
+    return {"name": p.name, "type": p.type or "any", "value": MASK if secret else value,
+            "source": source, "masked": secret, "description": p.description}
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+def _tasks(spec, params: dict, warnings: list[str]) -> list[dict]:
+    runs: dict[str, int | None] = {}  # task → number of child runs, when it is known before the run
+    out = []
+    for task in spec.tasks.values():
+        mapped = {arg: _map_source(value, params, runs, task.per_child) for arg, value in task.map_args.items()}
+        runs[task.name] = _child_count(task.name, mapped, warnings) if task.mapped else None
+        out.append({
+            "name": task.name, "run": task.run, "description": task.description,
+            "upstream": list(task.upstream), "data_upstream": list(task.data_upstream),
+            "after": list(task.after), "map": mapped or None, "children": runs[task.name],
+            "retries": task.retries, "retry_delay_s": task.retry_delay, "timeout_s": task.timeout,
+            "trigger": task.trigger,
+        })
+    return out
+
+
+def _map_source(value, params: dict, runs: dict, per_child: tuple) -> dict:
+    """What one mapped argument iterates over, and how many items, when that is known now."""
+    if isinstance(value, refs.Ref) and value.kind == "params":
+        items = params.get(value.name)
+        return {"over": f"params.{value.name}", "items": len(items) if isinstance(items, list) else None}
+    if isinstance(value, refs.Ref) and value.kind == "tasks":
+        # Over a mapped task: child i feeds child i. Over a plain task: its result, a list of any length.
+        child_to_child = value.name in per_child
+        return {"over": f"tasks.{value.name}", "items": runs.get(value.name) if child_to_child else None,
+                "per_child": child_to_child}
+    if isinstance(value, list):
+        return {"over": "a list in the spec", "items": len(value)}
+    return {"over": str(value), "items": None}
+
+
+def _child_count(name: str, mapped: dict, warnings: list[str]) -> int | None:
+    counts = {arg: m["items"] for arg, m in mapped.items()}
+    known = set(c for c in counts.values() if c is not None)
+    if len(known) > 1:
+        shown = ", ".join(f"{a}={n}" for a, n in counts.items() if n is not None)
+        warnings.append(f"task '{name}': mapped arguments have different lengths ({shown}); the task would fail")
+        return None
+    return known.pop() if known and None not in counts.values() else None
+
+
+# -- executor, storage, environment --------------------------------------------------------------
+def _driver(table: str, kind: str, options, environ, warnings: list[str]) -> dict:
+    available = TABLES[table].get(kind) is not None
+    if not available:
+        # `flowspec run` needs the environment and executor; storage matters to build and register.
+        stops = "`flowspec register` could not store the flow" if table == "storage" else \
+            "`flowspec run` would stop before any task runs"
+        warnings.append(f"the {table} type '{kind}' is not available in this release of flowspec: {stops}")
+    settings, defaults = {}, []
+    for key, value in _schema_defaults(table, kind).items():
+        if key not in options:
+            settings[key] = value
+            defaults.append(key)
+    for key, value in options.items():
+        settings[key] = _effective(value, environ, warnings, f"{table}.{key}", is_secret(key, env_var=False))
+    return {"type": kind, "about": ABOUT[table].get(kind, ""), "available": available,
+            "settings": settings, "defaults": defaults}
+
+
+def _schema_defaults(table: str, kind: str) -> dict:
+    """Defaults that the schema documents for this driver's own keys."""
+    branch = load_schema()["$defs"].get(f"{table}_{kind.replace('-', '_')}", {})
+    return {key: prop["default"] for key, prop in branch.get("properties", {}).items()
+            if isinstance(prop, dict) and "default" in prop and key != "type"}
+
+
+def _effective(value, environ, warnings: list[str], where: str, secret: bool = False):
+    """A setting's value with `${{ env.NAME }}` references resolved against the environment;
+    masked when its name, or a variable it reads, looks like a credential."""
+    if isinstance(value, dict):  # mask key by key: `env_vars`, `task_definition`, ...
+        return {k: _effective(v, environ, warnings, f"{where}.{k}", secret or is_secret(k) or is_secret(k, False))
+                for k, v in value.items()}
+    compiled = refs.compile_value(value)
+    secret = secret or any(ref.kind == "env" and is_secret(ref.name) for _, ref in refs.iter_refs(compiled))
+    try:
+        value = refs.resolve(compiled, refs.env_lookup(environ))
+    except LookupError as exc:  # an unset variable without a fallback
+        warnings.append(f"{where}: {exc}; the run would stop before any task runs")
+    return MASK if secret else value
+
+
+def _environment(spec, environ, warnings: list[str]) -> dict:
+    env = spec.environment
+    view = _driver("environment", env.type, env.options, environ, warnings)
+    variables = {}
+    for name, value in env.env.items():
+        variables[name] = _effective(value, environ, warnings, f"environment.env.{name}", is_secret(name))
+    view.update(labels=list(env.labels), env=variables, on_start=env.on_start, on_exit=env.on_exit)
+    return view
+
+
+def _env_references(spec, environ, warnings: list[str]) -> list[dict]:
+    """Every environment variable the tasks read through `${{ env.NAME }}`, and whether it is set."""
+    seen: dict[str, dict] = {}
+    provided = set(spec.environment.env)
+    for task in spec.tasks.values():
+        for section in (task.with_args, task.map_args):
+            for _, ref in refs.iter_refs(dict(section)):
+                if ref.kind == "env" and ref.name not in seen:
+                    is_set = ref.name in environ or ref.name in provided
+                    seen[ref.name] = {"name": ref.name, "task": task.name, "set": is_set,
+                                      "fallback": ref.fallback}
+                    if not is_set and ref.fallback is None:
+                        warnings.append(f"task '{task.name}' reads ${{{{ env.{ref.name} }}}}, which is not set: "
+                                        "the run would stop before any task runs")
+    return list(seen.values())
+
+
+# -- backend -------------------------------------------------------------------------------------
+def backend_view(url: str | None, labels) -> dict:
+    """Agents seen recently that could take this flow, and the concurrency limits on its labels."""
+    from flowspec.errors import FlowspecError
+
+    try:
+        from flowspec.backend import flowspec_home, labels_match, open_backend
+        from flowspec.backend.base import AGENT_SEEN_WINDOW_S
+    except ImportError as exc:
+        return {"reachable": False, "url": url, "reason": f"backend support is not installed ({exc})"}
+    url = url or os.environ.get("FLOWSPEC_BACKEND") or str(flowspec_home() / "flowspec.db")
+    sqlite_path = _sqlite_path(url)
+    if sqlite_path is not None and not os.path.exists(os.path.expanduser(sqlite_path)):
+        # Opening it would create it, which a plan must not do.
+        return {"reachable": False, "url": url, "reason": f"no backend database at {sqlite_path}"}
+    try:
+        with open_backend(url) as backend:
+            agents = backend.list_agents(seen_within_s=AGENT_SEEN_WINDOW_S)
+            limits = backend.list_limits()
+            shown_url = sqlite_path or backend.url  # backend.url hides a PostgreSQL password
+    except FlowspecError as exc:
+        return {"reachable": False, "url": url, "reason": exc.message}
+    return {
+        "reachable": True, "url": shown_url, "reason": None, "agents_seen_within_s": AGENT_SEEN_WINDOW_S,
+        "agents": [{"name": a.name, "labels": list(a.labels), "can_run": labels_match(labels, a.labels)}
+                   for a in agents],
+        "limits": [{"label": lim.label, "limit": lim.limit, "in_use": lim.in_use}
+                   for lim in limits if lim.label in labels],
+    }
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of a SQLite backend URL (`sqlite:///PATH` or a plain path); None for other URLs."""
+    if "://" in url and not url.startswith("sqlite://"):
+        return None
+    return url[len("sqlite://"):] if url.startswith("sqlite://") else url
+
+
+# -- text ----------------------------------------------------------------------------------------
+def render_text(plan: dict) -> str:
+    """The plan for people: one section per part of the run."""
+    lines = [f"Plan for flow '{plan['flow']}' (project {plan['project']}); nothing has been run.", ""]
+    lines += _text_parameters(plan["parameters"])
+    lines += _text_tasks(plan["tasks"])
+    lines += _text_platform(plan)
+    lines += _text_backend(plan["backend"])
+    if plan["warnings"]:
+        lines += ["", "Warnings"] + [f"  ! {w}" for w in plan["warnings"]]
+    return "\n".join(lines)
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _text_parameters(params: list[dict]) -> list[str]:
+    if not params:
+        return ["Parameters: none", ""]
+    width = max(len(p["name"]) for p in params)
+    rows = [f"  {p['name']:<{width}}  {p['type']:<7}  {_show(p['value'])}  ({p['source']})" for p in params]
+    return ["Parameters"] + rows + [""]
+
+
+def _text_tasks(tasks: list[dict]) -> list[str]:
+    lines = ["Tasks, in execution order"]
+    for i, t in enumerate(tasks, 1):
+        lines.append(f"  {i}. {t['name']}  ({t['run']})")
+        if t["upstream"]:
+            kinds = [f"{u} ({'data' if u in t['data_upstream'] else 'after'})" for u in t["upstream"]]
+            lines.append(f"       waits for: {', '.join(kinds)}")
+        for arg, m in (t["map"] or {}).items():
+            count = f", {m['items']} items" if m["items"] is not None else ""
+            how = "child by child" if m.get("per_child") else ""
+            lines.append(f"       maps {arg} over {m['over']}{count}{' ' + how if how else ''}")
+        if t["map"]:
+            lines.append(f"       child runs: {t['children'] if t['children'] is not None else 'known at run time'}")
+        extras = [f"retries {t['retries']}" if t["retries"] else "",
+                  f"retry delay {t['retry_delay_s']:g}s" if t["retry_delay_s"] else "",
+                  f"timeout {t['timeout_s']:g}s" if t["timeout_s"] else "",
+                  f"trigger {t['trigger']}" if t["trigger"] != "all_successful" else ""]
+        if any(extras):
+            lines.append("       " + ", ".join(e for e in extras if e))
+    return lines + [""]
+
+
+def _text_platform(plan: dict) -> list[str]:
+    lines = []
+    for table in ("executor", "storage", "environment"):
+        d = plan[table]
+        note = "" if d["available"] else "  (not available in this release)"
+        lines.append(f"{table.capitalize():<12} {d['type']}: {d['about']}{note}")
+        for key, value in d["settings"].items():
+            lines.append(f"  {key}: {_show(value)}{' (default)' if key in d['defaults'] else ''}")
+    env = plan["environment"]
+    lines.append(f"  labels: {', '.join(env['labels']) or '(none)'}")
+    lines += [f"  env {name}={value}" for name, value in env["env"].items()]
+    lines += [f"  {hook}: {env[hook]}" for hook in ("on_start", "on_exit") if env[hook]]
+    for ref in plan["env_references"]:
+        state = "set" if ref["set"] else (f"unset, fallback '{ref['fallback']}'" if ref["fallback"] is not None
+                                          else "NOT SET")
+        lines.append(f"  reads ${{{{ env.{ref['name']} }}}} in task {ref['task']} ({state})")
+    return lines + [""]
+
+
+def _text_backend(b: dict) -> list[str]:
+    if not b["reachable"]:
+        return [f"Backend      not reachable ({b['reason']})"]
+    lines = [f"Backend      {b['url']}"]
+    if not b["agents"]:
+        lines.append(f"  no agent seen in the last {b['agents_seen_within_s']:g}s")
+    for a in b["agents"]:
+        verdict = "could run it" if a["can_run"] else "cannot run it (labels do not cover the flow's)"
+        lines.append(f"  agent {a['name']} [{', '.join(a['labels'])}]: {verdict}")
+    for lim in b["limits"]:
+        lines.append(f"  concurrency limit on label '{lim['label']}': {lim['in_use']}/{lim['limit']} in use")
+    if not b["limits"]:
+        lines.append("  no concurrency limit applies to its labels")
+    return lines
