@@ -27,7 +27,10 @@ _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 
 def parse_duration(value) -> float:
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a huge YAML integer: reported as out of range, never a crash
+            return math.inf
     m = _DURATION.match(value)
     return float(m.group(1)) * _UNITS[m.group(2)]
 
@@ -45,9 +48,10 @@ def compile_document(doc: Document, strict: bool = False) -> tuple[FlowSpec | No
     if doc.data is None:
         return None, [doc.diag((), "the spec is empty", "a flow needs at least 'version: 1', 'name' and 'tasks'")]
     diags = schema_check(doc)
+    if not isinstance(doc.data, dict):  # a list or a scalar at the top: the schema said so
+        return None, sorted(diags, key=Diagnostic.sort_key)
     checker = _Checker(doc)
-    if isinstance(doc.data, dict):
-        checker.run()
+    checker.run()
     diags += checker.diags
     if diags:
         return None, sorted(diags, key=Diagnostic.sort_key)
@@ -118,7 +122,8 @@ class _Checker:
                     self.error(("parameters", name, "enum", i), f"enum value: {why}")
             if "default" in p and (why := type_error(p["default"], declared, tuple(enum) if enum else None)):
                 self.error(("parameters", name, "default"), f"default of parameter '{name}': {why}",
-                           "quote it if it is meant as a string" if declared == "string" else None)
+                           "quote it if it is meant as a string"
+                           if declared == "string" and not isinstance(p["default"], str) else None)
 
     # -- tasks ----------------------------------------------------------------------------------
     def check_task(self, name: str, task: dict) -> None:
@@ -214,7 +219,9 @@ class _Checker:
                 if ref.kind == "tasks" and ref.name in self.tasks and ref.name not in data:
                     data.append(ref.name)
         after = self.tasks[name].get("after")
-        extra = [a for a in (after if isinstance(after, list) else []) if a in self.tasks and a not in data]
+        # `after: [itself]` is reported by check_task; leaving it out here avoids a second error.
+        extra = [a for a in (after if isinstance(after, list) else [])
+                 if isinstance(a, str) and a in self.tasks and a not in data and a != name]
         return data, data + extra
 
     def check_cycles(self) -> None:
@@ -372,8 +379,8 @@ def _is_duration(value) -> bool:
 def _shape(value) -> str:
     if isinstance(value, refs.Template):
         return "a string with references inside"
-    return {dict: "a mapping", str: "a string", bool: "a boolean", type(None): "nothing"}.get(
-        type(value), f"a {type(value).__name__}")
+    return {dict: "a mapping", str: "a string", bool: "a boolean", type(None): "nothing", int: "an integer",
+            float: "a number"}.get(type(value), f"a {type(value).__name__}")
 
 
 def _known(noun: str, table) -> str:

@@ -20,16 +20,22 @@ class Diagnostic:
         return (self.file, self.line, self.column, self.path, self.message)
 
     def text(self) -> str:
-        head = f"{self.file}:{self.line}:{self.column}: error: {self.path}: {self.message}"
-        return head if not self.hint else f"{head}\n  hint: {self.hint}"
+        head = f"{self.file}:{self.line}:{self.column}: error: {_one_line(self.path)}: {_one_line(self.message)}"
+        return head if not self.hint else f"{head}\n  hint: {_one_line(self.hint)}"
 
     def github(self) -> str:
         """A GitHub Actions workflow command that annotates the line in a pull request."""
         def esc(s: str) -> str:
             return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
         body = f"{self.path}: {self.message}" + (f" (hint: {self.hint})" if self.hint else "")
-        props = f"file={esc(self.file)},line={self.line},col={self.column},title=flowspec"
-        return f"::error {props.replace('::', '%3A%3A')}::{esc(body)}"
+        # Property values also escape ':' and ',' (they end the properties and separate them).
+        file = esc(self.file).replace(":", "%3A").replace(",", "%2C")
+        return f"::error file={file},line={self.line},col={self.column},title=flowspec::{esc(body)}"
+
+
+def _one_line(text: str) -> str:
+    """Control characters from a user's keys or values are escaped: one diagnostic, one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def count_line(n: int, files: int = 1) -> str:

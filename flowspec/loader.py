@@ -112,14 +112,20 @@ def load_text(text: str, file: str = "<string>") -> Document:
 
 def _load(text: str, file: str) -> Document:
     try:
-        node = _compose(text)
+        deep = _too_deep(text)
+        node = None if deep else _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         msg = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         raise LoadError([Diagnostic(file, line, col, "(root)", f"invalid YAML: {msg}")]) from None
+    except yaml.reader.ReaderError as exc:
+        raise LoadError([_reader_diagnostic(text, file, exc)]) from None
     except yaml.YAMLError as exc:
         raise LoadError([Diagnostic(file, 1, 1, "(root)", f"invalid YAML: {exc}")]) from None
+    if deep:
+        raise LoadError([Diagnostic(file, deep.line + 1, deep.column + 1, "(root)",
+                                    f"the document nests deeper than {MAX_DEPTH} levels", "flatten the data")])
     if node is None:
         return Document(file, None, {(): (1, 1)}, {}, text)
     builder = _Builder(file)
@@ -132,6 +138,39 @@ def _load(text: str, file: str) -> Document:
     if builder.errors:
         raise LoadError(sorted(builder.errors, key=Diagnostic.sort_key))
     return Document(file, data, builder.values, builder.keys, text)
+
+
+def _reader_diagnostic(text: str, file: str, exc) -> Diagnostic:
+    """A character YAML does not allow. libyaml reports a byte offset, so find the character
+    itself: its first occurrence is the one reported, since an earlier one would have been."""
+    char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    i = max(text.find(chr(char)), 0)
+    line, col = text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
+    escape = f"\\x{char:02X}" if char < 0x100 else f"\\u{char:04X}"
+    return Diagnostic(file, line, col, "(root)", f"invalid YAML: character #x{char:04X} is not allowed ({exc.reason})",
+                      f"remove it, or write it as an escape ({escape}) inside a double-quoted string")
+
+
+def _too_deep(text: str):
+    """The mark of the first collection nested deeper than MAX_DEPTH, or None.
+
+    libyaml's composer recurses in C once per level: some ten thousand levels down it crashes
+    the interpreter, with no RecursionError to catch. The event stream has no recursion, so
+    depth is measured there before anything is composed."""
+    loader = _Loader(text)
+    depth = 0
+    try:
+        while not loader.check_event(yaml.StreamEndEvent):
+            event = loader.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return event.start_mark
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        loader.dispose()
+    return None
 
 
 def _compose(text: str):
@@ -188,7 +227,8 @@ class _Builder:
     def _check_tag(self, node, path: Path, expected: str) -> bool:
         if node.tag == expected:
             return True
-        self.error(node, path, f"unsupported YAML tag '{node.tag}'",
+        shown = "!!" + node.tag[len(_TAG):] if node.tag.startswith(_TAG) else node.tag  # as the user wrote it
+        self.error(node, path, f"unsupported YAML tag '{shown}'",
                    "flowspec reads plain YAML data only; remove the tag")
         return False
 
@@ -200,8 +240,9 @@ class _Builder:
             return node.value  # timestamps stay strings: a date is rarely meant as a datetime here
         try:
             return self._scalars.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:  # e.g. an explicit !!int on a non-number
-            self.error(node, path, f"invalid value: {exc}")
+        except (yaml.YAMLError, ValueError, KeyError):  # an explicit !!int/!!float/!!bool on other text
+            self.error(node, path, f"invalid {node.tag.rpartition(':')[2]} value {node.value!r}",
+                       "remove the tag, or write a value of that type")
             return node.value
 
     def _mapping(self, node, path: Path) -> dict:
@@ -224,6 +265,7 @@ class _Builder:
                 first = seen[key]
                 self.error(key_node, path + (key,), f"duplicate key '{key}' (first defined at line {first[0]})",
                            "remove one of the two; YAML would silently keep only the last")
+                self.build(value_node, path + (key,))  # only for the errors inside it: all at once
                 continue
             seen[key] = kmark
             self.keys[path + (key,)] = kmark

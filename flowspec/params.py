@@ -18,7 +18,8 @@ _CHECKS = {
 
 def type_error(value: object, declared: str | None, enum: tuple | None = None) -> str | None:
     """Why `value` does not fit the declared type (and enum), or None when it fits."""
-    if declared and not _CHECKS[declared](value):
+    check = _CHECKS.get(declared)  # an unknown type name is the schema's error, reported there
+    if check is not None and not check(value):
         return f"expected {declared}, got {_show(value)}"
     if enum is not None and value not in enum:
         return f"{_show(value)} is not one of: {' | '.join(json.dumps(e) for e in enum)}"
@@ -35,7 +36,7 @@ def _show(value: object) -> str:
 
 def parse_flag(text: str, parameters) -> tuple[str, object]:
     """`NAME=VALUE` → (name, value): raw for string parameters, else a YAML scalar or collection."""
-    import yaml
+    from flowspec.loader import LoadError, load_text
 
     name, sep, raw = text.partition("=")
     name = name.strip()
@@ -44,12 +45,13 @@ def parse_flag(text: str, parameters) -> tuple[str, object]:
     spec = parameters.get(name)
     if spec is not None and spec.type == "string":
         return name, raw
-    try:
-        return name, yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at column {mark.column + 1}" if mark else ""
-        raise UsageError(f"--param {name}: cannot parse {raw!r} as YAML{where}",
+    try:  # the spec's own loader: the same YAML rules as in flow.yaml (dates stay strings, no tags)
+        return name, load_text(raw, "--param").data if raw.strip() else raw
+    except LoadError as exc:
+        d = exc.diagnostics[0]
+        where = f"at column {d.column}" if d.line <= raw.count("\n") + 1 else "at the end"
+        why = d.message.removeprefix("invalid YAML: ")
+        raise UsageError(f"--param {name}: cannot parse {raw!r} as YAML {where}: {why}",
                          "quote strings that contain ':' or '#', e.g. --param x='\"a: b\"'") from None
 
 

@@ -41,7 +41,7 @@ class Ref:
     offset: int = 0  # where it starts in its string, for diagnostics
 
     def __str__(self) -> str:
-        fb = f" || '{self.fallback}'" if self.fallback is not None else ""
+        fb = " || '" + self.fallback.replace("'", "''") + "'" if self.fallback is not None else ""
         return f"${{{{ {self.kind}.{self.name}{fb} }}}}"
 
 

@@ -52,6 +52,8 @@ def _describe(value: object) -> str:
     kind = names.get(type(value), type(value).__name__)
     if isinstance(value, (dict, list)):
         return f"a {kind}"
+    if value is None or isinstance(value, bool):  # as written in YAML, not Python's None/True
+        return kind if value is None else f"{kind} {str(value).lower()}"
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     return f"{kind} {shown}"
 
@@ -88,7 +90,11 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
         return [doc.diag(path, f"expected {expected}, got {_describe(error.instance)}", _type_hint(error.instance))]
     if kind == "pattern":
         msg = schema.get("patternErrorMessage") or f"does not match {error.validator_value}"
-        return [doc.diag(path, f"{error.instance!r}: {msg}")]
+        diag = doc.diag(path, f"{error.instance!r}: {msg}")
+        if "propertyNames" in error.absolute_schema_path:  # a bad name: point at that key, not the first
+            line, column = doc.mark(path + (error.instance,), prefer_key=True)
+            diag = Diagnostic(diag.file, line, column, diag.path, diag.message, diag.hint)
+        return [diag]
     if kind == "minProperties" and error.validator_value == 1:
         return [doc.diag(path, "must not be empty")]
     if kind == "uniqueItems":

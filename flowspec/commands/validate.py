@@ -31,7 +31,9 @@ def main(args) -> int:
             diags.extend(compile_file(path, strict=args.strict)[1])
         except OSError as exc:
             unreadable.append(f"flowspec: error: {path}: cannot read it ({exc.strerror})")
-    print(render(diags, args.format, files=len(args.files)))
+    checked = len(args.files) - len(unreadable)
+    if checked or args.format == "json":  # a JSON reader always gets a document, [] at least
+        print(render(diags, args.format, files=checked))
     for line in unreadable:
         print(line, file=sys.stderr)
     return 2 if unreadable else (1 if diags else 0)
