@@ -53,9 +53,9 @@ class Outcome:
 
 # -- one task run, all attempts: runs on the executor -------------------------------------------
 def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: float,
-             timeout: float | None, notify=None) -> Outcome:
+             timeout: float | None, notify=None, first_attempt: int = 1) -> Outcome:
     start = time.time()
-    attempt = 0
+    attempt = first_attempt - 1  # > 0 when an executor resumes a unit whose worker died
     while True:
         attempt += 1
         ctx.attempt = attempt
@@ -88,7 +88,11 @@ def call_with_timeout(fn, kwargs, timeout: float):
 
     On the main thread a SIGALRM timer interrupts the task itself, so a timed-out attempt really
     stops. Elsewhere (a thread of a pool) Python cannot stop a thread: the attempt is marked
-    TimedOut on time and its thread is left to finish in the background."""
+    TimedOut on time and its thread is left to finish in the background. A callable with its
+    own `call_with_timeout` (a task sent to a child process) enforces the deadline itself."""
+    own = getattr(fn, "call_with_timeout", None)
+    if own is not None:
+        return own(kwargs, timeout)
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
         def on_alarm(signum, frame):
             raise TaskTimeout()
@@ -121,6 +125,9 @@ def call_with_timeout(fn, kwargs, timeout: float):
 
 def user_traceback(exc: BaseException) -> str:
     """The traceback of the task's own code, without flowspec's frames."""
+    shipped = getattr(exc, "_flowspec_traceback", None)  # formatted in the process that ran the task
+    if shipped is not None:
+        return shipped
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         tb = tb.tb_next
@@ -217,6 +224,15 @@ def trigger_decision(trigger: str, upstream: list[tuple[str, str]]) -> tuple[str
     return None, None
 
 
+def formats_task_result(value) -> bool:
+    """Whether a task's result is formatted into a string inside `value` (a compiled argument)."""
+    if isinstance(value, refs.Template):
+        return any(r.kind == "tasks" for r in value.refs())
+    if isinstance(value, (list, dict)):
+        return any(formats_task_result(v) for v in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
 class MapError(Exception):
     """A mapped argument that is not a list, or lists of different lengths."""
 
@@ -234,6 +250,11 @@ class FlowRunner:
         self.params = MappingProxyType(dict(params))
         self.executor = executor
         self.callables = callables  # task name / hook key → the imported callable
+        # An executor that keeps results where they were computed (dask) has `fetch`: a result
+        # formatted into a string, split for `map` or kept in the RunResult is brought here.
+        self._fetch = getattr(executor, "fetch", None)
+        self._fetch_first = () if self._fetch is None else {
+            t.name for t in spec.tasks.values() if formats_task_result(dict(t.with_args))}
         self.observers = list(observers)
         self.notify = self._notify_task if self.observers else None
         self.run_id = run_id or uuid.uuid4().hex
@@ -259,6 +280,8 @@ class FlowRunner:
             if self._call_hook("on_start"):
                 with self.executor:
                     self._schedule()
+                    if self._fetch is not None:
+                        self._fetch_results()
                 result.state = FAILED if any(r.state in FLOW_FAILING for r in self.records.values()) else SUCCESS
             else:
                 result.state = FAILED
@@ -308,7 +331,7 @@ class FlowRunner:
             while ready:
                 self._launch(self.spec.tasks[ready.popleft()])
             if in_flight:
-                for future in self.executor.wait(list(in_flight)):
+                for future in self.executor.wait(in_flight.keys()):  # a view: no copy per wait
                     name, index = in_flight.pop(future)
                     self._record(name, index, future.result())
 
@@ -331,7 +354,8 @@ class FlowRunner:
         if state is not None:
             return self._finish(rec, state, reason)
         try:
-            kwargs = refs.resolve(dict(task.with_args), self._lookup) if task.with_args else {}
+            lookup = self._lookup_here if task.name in self._fetch_first else self._lookup
+            kwargs = refs.resolve(dict(task.with_args), lookup) if task.with_args else {}
             lists = self._map_lists(task) if task.mapped else None
         except (MapError, refs.UnsetEnvError) as exc:
             return self._finish(rec, FAILED, str(exc))
@@ -377,6 +401,8 @@ class FlowRunner:
         lists = {}
         for key, value in task.map_args.items():
             resolved = refs.resolve(value, self._lookup)
+            if self._fetch is not None and not isinstance(resolved, (list, tuple)):
+                resolved = self._fetch(resolved)  # an unmapped task's list: the client splits it
             if not isinstance(resolved, (list, tuple)):
                 raise MapError(f"map argument '{key}' resolved to {type(resolved).__name__}, not a list")
             lists[key] = resolved
@@ -396,6 +422,19 @@ class FlowRunner:
         if ref.fallback is not None:
             return ref.fallback
         raise refs.UnsetEnvError(f"environment variable {ref.name} is not set (referenced as {ref})")
+
+    def _lookup_here(self, ref: refs.Ref):
+        value = self._lookup(ref)
+        return self._fetch(value) if ref.kind == "tasks" else value
+
+    def _fetch_results(self) -> None:
+        """Every task's result, brought here from the executor in one round trip."""
+        recs = [rec for rec in self.records.values() if rec.result is not None]
+        values = self._fetch([rec.result for rec in recs]) or [None] * len(recs)
+        for rec, value in zip(recs, values):
+            rec.result = value
+            if rec.child_results is not None:
+                rec.child_results = value
 
     # -- recording ---------------------------------------------------------------------------
     def _record(self, name: str, index: int | None, outcome: Outcome) -> None:

@@ -5,7 +5,7 @@ import os
 from abc import ABC, abstractmethod
 
 from flowspec import references as refs
-from flowspec.errors import SpecError
+from flowspec.errors import FlowspecError, SpecError
 
 
 class Environment(ABC):
@@ -22,18 +22,27 @@ class Environment(ABC):
         """Run one flow run with these parameter values; return its runner.RunResult."""
 
 
-def run_in_process(spec, params: dict, observers=(), run_id: str | None = None):
-    """Apply `environment.env`, import the callables, run on the spec's executor, restore env."""
+def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, callables: dict | None = None):
+    """Apply `environment.env`, import the callables (unless given, e.g. loaded from storage),
+    run on the spec's executor, restore env."""
     from flowspec.drivers import load_driver
     from flowspec.runner import FlowRunner
 
     saved = apply_env(spec)
     try:
         check_env_refs(spec)
-        callables = import_callables(spec)
+        callables = import_callables(spec) if callables is None else callables
         options = refs.resolve(refs.compile_value(dict(spec.executor.options)), refs.env_lookup(os.environ))
         executor = load_driver("executor", spec.executor.type)(**options)
+        if getattr(executor, "ships_code", False):  # tasks run in other processes: send the spec's modules by value
+            from flowspec.serialize import register_by_value
+
+            register_by_value(spec.base_dir)
         return FlowRunner(spec, params, executor, callables, observers, run_id).run()
+    except FlowspecError as exc:
+        if getattr(exc, "spec_path", None) is None or spec.document is None:  # an executor that cannot start
+            raise  # names its spec key, when there is a document to point into
+        raise SpecError([spec.document.diag(exc.spec_path, exc.message, exc.hint)]) from None
     finally:
         restore_env(saved)
 

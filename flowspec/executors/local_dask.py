@@ -1,0 +1,429 @@
+"""The `local-dask` executor: a pool of threads or processes on this machine.
+
+It needs no extra package: the pool is flowspec's own (the name is Prefect's), built to add as
+little as possible per task run. With `scheduler: threads` the runner's units run on `workers`
+threads of this process. With `scheduler: processes` each of those threads drives one child
+process (started when first needed, with `spawn`); the task's function and arguments go to it
+cloudpickled, by value for the spec's own modules, and its log lines come back through the pipe.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Set as AbstractSet
+from types import MappingProxyType
+
+from flowspec import serialize
+from flowspec.executors.base import Executor
+
+
+def default_workers() -> int:
+    """Enough threads for I/O-bound tasks (those that wait: sleep, network, disk) on small
+    machines too: as concurrent.futures.ThreadPoolExecutor, min(32, cores + 4)."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+class Job:
+    """A submitted call and, once a pool thread has run it, its value or exception."""
+
+    __slots__ = ("fn", "args", "value", "error", "finished")
+
+    def __init__(self, fn, args) -> None:
+        self.fn, self.args = fn, args
+        self.value = self.error = None
+        self.finished = False
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn(*self.args)
+        except BaseException as exc:  # handed to whoever asks for the result (a Ctrl-C included)
+            self.error = exc
+        self.finished = True
+
+    def done(self) -> bool:
+        return self.finished
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class ThreadPool:
+    """`size` threads taking jobs from one queue. Cheap per job: deque operations, and the
+    waiting thread is woken only when it is actually waiting."""
+
+    def __init__(self, size: int, name: str = "flowspec-pool") -> None:
+        self.todo: deque = deque()
+        self.finished: deque = deque()
+        self.held: list = []  # done, but not among the futures of the last wait()
+        self.work = threading.Condition(threading.Lock())
+        self.done = threading.Condition(threading.Lock())
+        self.waiting = self.closed = False
+        self.threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(size)]
+        for thread in self.threads:
+            thread.start()
+
+    def put(self, jobs: list) -> None:
+        self.todo.extend(jobs)
+        with self.work:
+            self.work.notify(len(jobs))
+
+    def _work(self) -> None:
+        todo, finished = self.todo, self.finished
+        while True:
+            try:
+                job = todo.popleft()
+            except IndexError:
+                with self.work:
+                    while not todo and not self.closed:
+                        self.work.wait()
+                    if self.closed:
+                        return
+                continue
+            job.run()
+            finished.append(job)
+            if self.waiting:
+                with self.done:
+                    self.done.notify()
+
+    def wait(self, futures) -> list:
+        """Block until one of `futures` is done; return all of them that are."""
+        wanted = futures if isinstance(futures, (AbstractSet, dict)) else set(futures)
+        while True:
+            ready, self.held = self.held, []
+            finished = self.finished
+            while finished:
+                ready.append(finished.popleft())
+            out = [job for job in ready if job in wanted]
+            if len(out) < len(ready):
+                self.held = [job for job in ready if job not in wanted]
+            if out:
+                return out
+            with self.done:
+                self.waiting = True
+                if not finished:
+                    self.done.wait(1.0)
+                self.waiting = False
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the threads once the queue is empty; with cancel, empty it first. A running
+        thread cannot be stopped: it finishes its job in the background (daemon threads)."""
+        if cancel:
+            self.todo.clear()
+        with self.work:
+            self.closed = True
+            self.work.notify_all()
+        if not cancel:
+            for thread in self.threads:
+                thread.join()
+
+
+class LocalDaskExecutor(Executor):
+    """A pool on this machine. YAML keys: `scheduler` (`threads`, the default, or
+    `processes`), `workers` (pool size; default min(32, cores + 4), which suits tasks that
+    wait on I/O; for CPU-bound Python code use `processes` and about one worker per core).
+
+    Timeouts: with threads, an attempt past its timeout is marked TimedOut on time but its
+    thread cannot be stopped and finishes in the background; with processes, the child
+    process running it is killed at the deadline and replaced."""
+
+    def __init__(self, scheduler: str = "threads", workers: int | None = None, **options) -> None:
+        super().__init__(scheduler=scheduler, workers=workers, **options)
+        self.scheduler = scheduler
+        self.workers = workers or default_workers()
+        self.ships_code = scheduler == "processes"  # run_in_process registers the spec's modules by value
+        self.pool: ThreadPool | None = None
+        self.children = None
+
+    def start(self) -> None:
+        if self.ships_code:
+            self.children = Children()
+        self.pool = ThreadPool(self.workers, f"flowspec-{self.scheduler}")
+
+    def submit(self, fn, *args) -> Job:
+        return self.submit_many(fn, (args,))[0]
+
+    def submit_many(self, fn, arg_tuples) -> list:
+        if self.children is None:
+            jobs = [Job(fn, args) for args in arg_tuples]
+        else:
+            jobs = [Job(*self.children.adapt(fn, args)) for args in arg_tuples]
+        self.pool.put(jobs)
+        return jobs
+
+    def wait(self, futures) -> list:
+        return self.pool.wait(futures)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        if self.children is not None:
+            self.children.close(cancel)
+        if self.pool is not None:
+            self.pool.close(cancel)
+
+
+# -- processes: one child process per pool thread -----------------------------------------------
+STARTUP_S = 60.0  # a child that is not up by then is taken as dead
+class WorkerDied(Exception):
+    """The process running a task died (killed, crashed, or os._exit) before it answered."""
+
+
+class PoolClosed(BaseException):
+    """The executor was shut down (Ctrl-C) while a task was waiting for its child process."""
+
+
+class Children:
+    """The child processes of a `processes` pool: one per pool thread, started on first use."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.alive: set = set()
+        self.calls: dict = {}  # id(fn) -> ChildCall, so a function is pickled once per run
+        self.closed = False
+
+    def adapt(self, fn, args: tuple) -> tuple:
+        """(fn, args) to run on a pool thread: a unit's task function is swapped for a proxy
+        that runs it in a child process; any other call runs in a child process as a whole."""
+        from flowspec.runner import run_unit
+
+        if fn is run_unit:
+            return fn, (self.proxy(args[0]),) + args[1:]
+        return self.proxy(fn), args
+
+    def proxy(self, fn) -> "ChildCall":
+        call = self.calls.get(id(fn))
+        if call is None or call.fn is not fn:
+            serialize.ship(fn)
+            call = self.calls[id(fn)] = ChildCall(self, fn)
+        return call
+
+    def child(self) -> "Child":
+        child = getattr(self.local, "child", None)
+        if child is None or child.gone or child.proc.poll() is not None:
+            child = self.local.child = Child()
+            with self.lock:
+                if self.closed:
+                    child.kill()
+                    raise PoolClosed()
+                self.alive.add(child)
+        return child
+
+    def discard(self, child: "Child") -> None:
+        child.kill()
+        self.local.child = None
+        with self.lock:
+            self.alive.discard(child)
+
+    def close(self, cancel: bool) -> None:
+        """Stop every child: at once when cancelling (running tasks stop), else when idle."""
+        with self.lock:
+            self.closed = True
+            children, self.alive = list(self.alive), set()
+        for child in children:
+            child.kill() if cancel else child.stop()
+
+
+class ChildCall:
+    """Calls `fn` in the calling pool thread's child process, with the current task context.
+    The runner uses `call_with_timeout` instead of its own timer: at the deadline the child
+    is killed (the attempt really stops) and replaced on the next call."""
+
+    __slots__ = ("children", "fn", "blob")
+
+    def __init__(self, children: Children, fn) -> None:
+        self.children, self.fn = children, fn
+        self.blob = serialize.dumps(fn)
+
+    def __call__(self, *args, **kwargs):
+        return self.call_with_timeout(kwargs, None, args)
+
+    def call_with_timeout(self, kwargs: dict, timeout: float | None, args: tuple = ()):
+        from flowspec import context
+
+        children = self.children
+        if children.closed:
+            raise PoolClosed()
+        child = children.child()
+        ctx = context.current()
+        fields = (ctx.run_id, ctx.flow_name, dict(ctx.params), ctx.task_name, ctx.map_index, ctx.attempt)
+        try:
+            return child.call(id(self.fn), self.blob, (args, kwargs, fields), timeout)
+        except BaseException:
+            if not child.ready:  # timed out, died, or interrupted mid-call: its state is unknown
+                children.discard(child)
+            raise
+
+
+class Child:
+    """One child process and the parent's end of its socket. A fresh interpreter (not a fork
+    of this process, which has threads; not multiprocessing's spawn, which re-imports the
+    caller's main script) that imports only what the tasks need."""
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        stdout_is_stderr = _fileno(sys.stdout) == 2  # `run --format json` sends print() to stderr
+        level = logging.getLogger("flowspec.task").getEffectiveLevel()
+        code = f"from {__name__} import child_main; child_main({theirs.fileno()}, {level}, {stdout_is_stderr})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
+                                     stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.known: set = set()  # functions this child has already been sent
+        self.ready = True
+        self.gone = False
+        if not self.conn.poll(STARTUP_S):  # a task's timeout starts once its child is up
+            self.kill()
+            raise WorkerDied(f"a pool process did not start within {STARTUP_S:g}s")
+        self.receive(None)
+
+    def call(self, key: int, blob: bytes, payload: tuple, timeout: float | None):
+        self.ready = False
+        try:
+            if key not in self.known:
+                self.conn.send_bytes(serialize.dumps(("fn", key, blob)))
+                self.known.add(key)
+            self.conn.send_bytes(serialize.dumps(("call", key) + payload))
+        except OSError:
+            raise self.died() from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            kind, body = self.receive(deadline)
+            if kind == "log":
+                serialize.emit_forwarded(body)
+                continue
+            self.ready = True
+            if kind == "ok":
+                return body
+            raise rebuild_error(*body)
+
+    def receive(self, deadline: float | None) -> tuple:
+        from flowspec.runner import TaskTimeout
+
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and (remaining <= 0 or not self.conn.poll(remaining)):
+            raise TaskTimeout()
+        try:
+            return serialize.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            raise self.died() from None
+
+    def died(self) -> WorkerDied:
+        try:
+            code = self.proc.wait(5)
+        except Exception:  # still running though its socket broke: say so
+            code = None
+        how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        return WorkerDied(f"the pool process running the task died ({how})")
+
+    def stop(self) -> None:
+        self.conn.close()  # the child sees end-of-file and exits
+        try:
+            self.proc.wait(5)
+        except Exception:
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def rebuild_error(blob: bytes | None, type_name: str, text: str, tb: str) -> BaseException:
+    """The child's exception, or, when it does not unpickle here, one with the same name and
+    message; either way it carries the child's traceback text for the run's log."""
+    exc = None
+    if blob is not None:
+        try:
+            exc = serialize.loads(blob)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = type(type_name, (Exception,), {})(text)
+    exc._flowspec_traceback = tb
+    return exc
+
+
+# -- the child process --------------------------------------------------------------------------
+def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
+    """Run calls sent by the parent until the socket closes. Ctrl-C is the parent's business."""
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    if stdout_is_stderr:
+        sys.stdout = sys.stderr
+    lock = threading.Lock()  # tasks may log from threads of their own
+
+    def send_log(data: dict) -> None:
+        with lock:
+            conn.send_bytes(serialize.dumps(("log", data)))
+
+    logger = logging.getLogger("flowspec")
+    logger.handlers = [serialize.ForwardingHandler(send_log)]
+    logger.setLevel(level)
+    logger.propagate = False
+    functions: dict = {}
+    conn.send_bytes(serialize.dumps(("ready", None)))
+    while True:
+        try:
+            message = serialize.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if message[0] == "fn":
+            functions[message[1]] = serialize.loads(message[2])
+            continue
+        _, key, args, kwargs, fields = message
+        answer = _answer(functions[key], args, kwargs, fields)
+        with lock:
+            conn.send_bytes(answer)
+
+
+def _answer(fn, args: tuple, kwargs: dict, fields: tuple) -> bytes:
+    from flowspec import context
+
+    run_id, flow, params, task, index, attempt = fields
+    token = context.set_current(context.TaskContext(run_id, flow, MappingProxyType(params), task, index, attempt))
+    try:
+        reply = ("ok", fn(*args, **kwargs))
+    except BaseException as exc:  # SystemExit too: the parent decides what it means
+        reply = ("err", _error_body(exc))
+    finally:
+        context.reset(token)
+    try:
+        return serialize.dumps(reply)
+    except Exception as exc:
+        problem = TypeError(f"the task's result cannot be sent back from the pool process: {exc}")
+        return serialize.dumps(("err", _error_body(problem)))
+
+
+def _error_body(exc: BaseException) -> tuple:
+    from flowspec.runner import user_traceback
+
+    try:
+        blob = serialize.dumps(exc)
+        serialize.loads(blob)  # some exceptions pickle but do not unpickle: check here
+    except Exception:
+        blob = None
+    return blob, type(exc).__name__, str(exc), user_traceback(exc)
