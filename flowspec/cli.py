@@ -14,7 +14,8 @@ from flowspec import __version__
 from flowspec.errors import FlowspecError
 
 # Order is the order of `flowspec --help`.
-COMMANDS = ("validate", "run")
+COMMANDS = ("validate", "run", "plan", "graph", "fmt", "init", "schema",
+            "register", "flows", "runs", "agent", "agents", "concurrency_limit")
 EXIT_INTERNAL = 70
 
 

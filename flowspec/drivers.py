@@ -11,12 +11,12 @@ from flowspec.errors import UsageError
 
 EXECUTORS = {
     "local": "flowspec.executors.local:LocalExecutor",
-    "local-dask": None,
-    "dask": None,
+    "local-dask": "flowspec.executors.local_dask:LocalDaskExecutor",
+    "dask": "flowspec.executors.dask:DaskExecutor",
 }
 
 STORAGE = {
-    "local": None,
+    "local": "flowspec.storage.local:LocalStorage",
     "docker": None,
     "s3": None,
 }

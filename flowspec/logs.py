@@ -16,9 +16,32 @@ class LineFormatter(logging.Formatter):
         return text
 
 
+# A live status line (flowspec.progress) at the bottom of the terminal, or None. It has `lock`,
+# `clear()` and `draw()`; a log line clears it, prints, and draws it again below.
+_status = None
+
+
+def set_status_line(status) -> None:
+    global _status
+    _status = status
+
+
+class StatusLineHandler(logging.StreamHandler):
+    """A StreamHandler that keeps a live status line below the log lines it writes."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        status = _status
+        if status is None:
+            return super().emit(record)
+        with status.lock:
+            status.clear()
+            super().emit(record)
+            status.draw()
+
+
 def configure(level: int = logging.INFO, stream=None) -> logging.Handler:
     """Send flowspec's and the tasks' log lines to `stream` (stderr by default)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = StatusLineHandler(stream or sys.stderr)
     handler.setFormatter(LineFormatter())
     root = logging.getLogger("flowspec")
     for old in list(root.handlers):

@@ -43,14 +43,20 @@ def flowspec_home() -> Path:
     return home
 
 
+def backend_url(url: str | None = None) -> str:
+    """The URL that `open_backend(url)` opens: `url`, else `$FLOWSPEC_BACKEND`, else the default file."""
+    if url is None:
+        url = os.environ.get("FLOWSPEC_BACKEND") or str(flowspec_home() / "flowspec.db")
+    return url
+
+
 def open_backend(url: str | None = None) -> Backend:
     """Open (and create or migrate) the backend at `url`.
 
     `url` defaults to `$FLOWSPEC_BACKEND`, else `flowspec.db` in the flowspec home. Accepted:
     `sqlite:///absolute/path.db`, a plain file path, `postgresql://...` or `postgres://...`.
     """
-    if url is None:
-        url = os.environ.get("FLOWSPEC_BACKEND") or str(flowspec_home() / "flowspec.db")
+    url = backend_url(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         from flowspec.backend.postgres import PostgresBackend
@@ -73,5 +79,5 @@ __all__ = [
     "ACTIVE_STATES", "Agent", "Backend", "BackendError", "CANCELLED", "CANCELLING",
     "ConcurrencyLimit", "FAILED", "FINAL_STATES", "Flow", "FlowRun", "LogLine", "NotFoundError",
     "QUEUED", "RUNNING", "RUN_STATES", "SCHEDULED", "SUBMITTED", "SUCCESS", "StateEvent",
-    "TaskRunState", "WAITING_STATES", "flowspec_home", "labels_match", "open_backend",
+    "TaskRunState", "WAITING_STATES", "backend_url", "flowspec_home", "labels_match", "open_backend",
 ]

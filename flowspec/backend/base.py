@@ -483,6 +483,13 @@ class Backend(ABC):
             runs = self._runs(tx, "id = ?", run_id)
         return runs[0] if runs else None
 
+    def runs_by_prefix(self, prefix: str, limit: int = 2) -> list[FlowRun]:
+        """Runs whose id starts with `prefix` (hex digits only), oldest first, at most `limit`."""
+        if not re.fullmatch(r"[0-9a-f]+", prefix):
+            return []
+        with self._transaction(write=False) as tx:
+            return self._runs(tx, "id LIKE ?", prefix + "%", limit=limit)
+
     def list_runs(
         self, *, states: Iterable[str] | None = None, flow_name: str | None = None, limit: int | None = None
     ) -> list[FlowRun]:
@@ -681,11 +688,17 @@ class Backend(ABC):
         attempt: int = 1,
         message: str | None = None,
     ) -> None:
-        with self._transaction() as tx:
-            tx.run(
-                f"INSERT INTO task_states ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                run_id, task, map_index, state, attempt, time.time(), message,
-            )
+        self.add_task_states(run_id, [(task, map_index, state, attempt, time.time(), message)])
+
+    def add_task_states(
+        self, run_id: str, rows: Iterable[tuple[str, int | None, str, int, float, str | None]]
+    ) -> int:
+        """Append `(task, map_index, state, attempt, time, message)` rows in one transaction."""
+        rows = [(run_id, *row) for row in rows]
+        if rows:
+            with self._transaction() as tx:
+                tx.many(f"INSERT INTO task_states ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
 
     def task_states(self, run_id: str, *, history: bool = False) -> list[TaskRunState]:
         """The latest state of each (task, map_index), or with `history` every state recorded."""

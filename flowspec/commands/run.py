@@ -12,12 +12,23 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="validate a flow spec and run it in this process",
                        description="Validate a flow spec, then run it. Exit 0 Success, 1 Failed, "
                                    "2 invalid spec or usage, 130 interrupted.")
-    p.add_argument("file", metavar="FILE", help="the flow spec")
+    p.add_argument("file", metavar="FILE", nargs="?", help="the flow spec (or use --name)")
+    p.add_argument("--name", metavar="NAME", help="create a run of this registered flow for an agent, print its id")
+    p.add_argument("--project", metavar="P", help="with --name: the flow's project")
+    p.add_argument("--label", action="append", default=[], metavar="LABEL",
+                   help="with --name: a label added to the flow's labels (repeatable)")
+    p.add_argument("--watch", action="store_true", help="with --name: stream states and logs, exit with the run's code")
+    p.add_argument("--backend", metavar="URL", help="with --name: the backend (default: $FLOWSPEC_BACKEND)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter value (repeatable); parsed as YAML unless the parameter is a string")
     p.add_argument("--params-file", metavar="FILE", help="a YAML mapping of parameter values")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text: logs and a summary table (default); json: one JSON object on stdout")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                      help="only warnings and errors, no progress display, one result line")
+    loud.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                      help="debug log lines and every task state change")
     p.set_defaults(func=main)
 
 
@@ -25,6 +36,13 @@ def main(args) -> int:
     from flowspec.errors import SpecError, UsageError
     from flowspec.params import ParamsError
 
+    if args.name is not None:
+        from flowspec.commands.runs import run_registered
+
+        return run_registered(args)
+    if args.file is None or args.label or args.watch or args.project or args.backend:
+        raise UsageError("give FILE to run a spec here, or --name NAME (with --project, --label, --watch,"
+                         " --backend) to run a registered flow through an agent")
     try:
         spec = prepare(args.file)
         params = parameters(spec, args)
@@ -35,18 +53,18 @@ def main(args) -> int:
     except UsageError as exc:
         return report_invalid([], args.format, [str(exc)])
     try:
-        result = execute(spec, params, args.format)
+        result = execute(spec, params, args.format, args.verbosity)
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
     if args.format == "json":
         print(json.dumps(result.to_json(), indent=2, default=str))
-    else:
-        print(summary_table(result))
+    else:  # quiet: the last line of the table only, "Flow run 'x' (id): Success in 1.20s"
+        print(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1])
     return EXIT_CODES.get(result.state, 1)
 
 
-def prepare(path: str):
-    """Compile the spec and check that this release has its environment and executor."""
+def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor")):
+    """Compile the spec and check that this release has its drivers of these `tables`."""
     import os
 
     from flowspec.compile import compile_file
@@ -59,7 +77,8 @@ def prepare(path: str):
     if diags:
         raise SpecError(diags)
     missing = []
-    for table, kind in (("environment", spec.environment.type), ("executor", spec.executor.type)):
+    for table in tables:
+        kind = getattr(spec, table).type
         if TABLES[table].get(kind) is None:
             missing.append(spec.document.diag(
                 (table, "type"), f"the {table} type '{kind}' is not available in this release of flowspec",
@@ -77,16 +96,20 @@ def parameters(spec, args) -> dict:
     return resolve_parameters(spec.parameters, file_values, file_doc, flags)
 
 
-def execute(spec, params: dict, fmt: str):
-    from flowspec import logs
-    from flowspec.drivers import load_driver
+def execute(spec, params: dict, fmt: str, verbosity: int = 0):
+    import logging
 
-    logs.configure()
+    from flowspec import logs, progress
+    from flowspec.drivers import load_driver
+    from flowspec.recorder import record_local_run
+
+    logs.configure({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
     environment = load_driver("environment", spec.environment.type)(spec)
     # In json mode stdout carries exactly one JSON document: tasks' print() goes to stderr.
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if fmt == "json" else contextlib.nullcontext()
-    with quiet_stdout:
-        return environment.execute(params)
+    with quiet_stdout, progress.reporter(verbosity) as shown:
+        return record_local_run(spec, params, lambda observers, run_id: environment.execute(
+            params, tuple(observers) + shown, run_id))
 
 
 def report_invalid(diags: list, fmt: str, problems: list[str] = ()) -> int:

@@ -1,0 +1,299 @@
+"""The agent: claims the flow runs its labels allow and runs each in a child process.
+
+One loop, woken every poll interval or as soon as a child exits:
+1. reap children that exited; a child that died without a final state fails its run with its
+   exit code and the last lines of its output;
+2. heartbeat the agent (so `flowspec run --name` knows who is listening);
+3. force-stop children whose run is still Cancelling CANCEL_GRACE_S after the agent saw it
+   (the child itself notices Cancelling through its heartbeat and stops gracefully first);
+4. mark stale runs of any agent (no heartbeat for `heartbeat_timeout`) Failed, freeing slots;
+5. claim runs (the backend applies the label rule and the concurrency limits) while fewer
+   than `max_runs` children are running, and start a child for each.
+
+Heartbeats: each child heartbeats its own run every `run_heartbeat_s`; a child whose agent died
+ends its run and exits. So a run goes stale only when its process is gone without a word
+(machine lost, `kill -9` of the child): any live agent then marks it Failed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowspec.backend import ACTIVE_STATES, CANCELLED, CANCELLING, FAILED, SUBMITTED, Backend, FlowRun
+from flowspec.recorder import HEARTBEAT_INTERVAL_S
+
+AGENT_BEAT_S = 10.0  # well inside the one-minute window in which an agent counts as seen
+CANCEL_CHECK_S = 1.0
+CANCEL_GRACE_S = 10.0
+TAIL_LINES, TAIL_BYTES = 20, 4096
+
+log = logging.getLogger("flowspec.agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What `flowspec agent start` was given (its defaults live there, in commands/agent.py)."""
+
+    name: str
+    backend_url: str
+    labels: tuple[str, ...]
+    env: Mapping[str, str]
+    max_runs: int
+    poll_interval: float
+    heartbeat_timeout: float
+
+    @property
+    def run_heartbeat_s(self) -> float:
+        # Several beats fit in one timeout, so one slow beat never makes a live run look stale.
+        return min(HEARTBEAT_INTERVAL_S, self.heartbeat_timeout / 5)
+
+
+@dataclass
+class Child:
+    """A flow run process of this agent."""
+
+    run: FlowRun
+    proc: subprocess.Popen
+    output: Path
+    cancel_seen: float | None = None
+
+
+class Agent:
+    """Polls a backend and runs the flow runs it claims in child processes (see the module doc)."""
+
+    def __init__(self, backend: Backend, config: AgentConfig, runs_dir: Path) -> None:
+        self.backend, self.config, self.runs_dir = backend, config, runs_dir
+        self.children: dict[str, Child] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._due = {"beat": 0.0, "cancels": 0.0, "stale": 0.0}
+        self._warm: tuple[subprocess.Popen, Path] | None = None
+        self._log = logging.LoggerAdapter(log, {"task": f"agent {config.name}"})
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until `stop()` (or SIGINT/SIGTERM when on the main thread), then stop children."""
+        cfg = self.config
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.backend.agent_heartbeat(cfg.name, cfg.labels, starting=True)
+        self._log.info("started: labels [%s], at most %d runs, polling %s every %gs, heartbeat timeout %gs",
+                       ", ".join(cfg.labels), cfg.max_runs, self.backend.url, cfg.poll_interval,
+                       cfg.heartbeat_timeout)
+        self.warm_up()
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()  # before the step: a child exiting during it wakes the next wait
+                self.step()
+                self._wake.wait(cfg.poll_interval)
+        finally:
+            self.shutdown()
+
+    def stop(self, *_: object) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def step(self) -> None:
+        self.reap()
+        if self._due_now("beat", AGENT_BEAT_S):
+            self.backend.agent_heartbeat(self.config.name, self.config.labels)
+        if self.children and self._due_now("cancels", CANCEL_CHECK_S):
+            self.enforce_cancels()
+        if self._due_now("stale", min(max(self.config.heartbeat_timeout / 4, 0.5), 10.0)):
+            self.reap_stale()
+        self.claim()
+
+    def _due_now(self, what: str, every: float) -> bool:
+        now = time.monotonic()
+        if now < self._due[what]:
+            return False
+        self._due[what] = now + every
+        return True
+
+    def shutdown(self) -> None:
+        """Stop every child (SIGTERM: its run ends Cancelled), then SIGKILL what is left."""
+        self._close_warm()
+        for child in self.children.values():
+            _signal_group(child.proc, signal.SIGTERM)
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        for child in self.children.values():
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(child.proc, signal.SIGKILL)
+                child.proc.wait()
+        self.reap()
+        self._log.info("stopped")
+
+    # -- starting runs -----------------------------------------------------------------------
+    def claim(self) -> None:
+        while len(self.children) < self.config.max_runs and not self._stopping.is_set():
+            run = self.backend.claim_run(self.config.name, self.config.labels)
+            if run is None:
+                return
+            self.spawn(run)
+
+    def spawn(self, run: FlowRun) -> None:
+        """Hand the run to the warm child (or to a new one), then warm the next."""
+        try:
+            proc, output = self._hand_over(run.id)
+        except OSError as exc:
+            message = f"agent {self.config.name} could not start the flow run process: {exc}"
+            self.backend.set_run_state(run.id, FAILED, message, expected_from={SUBMITTED})
+            self._log.error("run %s: %s", run.id, message)
+            return
+        self.children[run.id] = Child(run, proc, output)
+        threading.Thread(target=self._watch, args=(proc,), daemon=True, name=f"watch-{proc.pid}").start()
+        self._log.info("run %s (flow %s) started in process %d", run.id, run.flow_name, proc.pid)
+        self.warm_up()
+
+    def _hand_over(self, run_id: str) -> tuple[subprocess.Popen, Path]:
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            try:
+                return _send(warm, run_id)
+            except OSError:  # it died while it waited: say why, and start a fresh one
+                warm[0].wait()
+                self._log.warning("the process started ahead of time %s: %s", exit_text(warm[0].returncode),
+                                  read_tail(warm[1]))
+                warm[1].unlink(missing_ok=True)
+        return _send(self._start_child(), run_id)
+
+    def warm_up(self) -> None:
+        """Keep one child started and waiting for a run id: a claimed run then starts at once."""
+        if self._warm is None and not self._stopping.is_set():
+            try:
+                self._warm = self._start_child()
+            except OSError as exc:
+                self._log.warning("cannot start a flow run process ahead of time: %s", exc)
+
+    def _start_child(self) -> tuple[subprocess.Popen, Path]:
+        cfg = self.config
+        output = self.runs_dir / f"child-{uuid.uuid4().hex}.log"
+        cmd = [sys.executable, "-m", "flowspec.child", "--agent-pid", str(os.getpid()),
+               "--heartbeat", f"{cfg.run_heartbeat_s:g}"]
+        # Precedence, later wins: the agent's environment, its --env, then (in the child) the
+        # flow's environment.env. The backend URL is the agent's own, whatever --env says.
+        env = {**os.environ, **cfg.env, "FLOWSPEC_BACKEND": cfg.backend_url}
+        with open(output, "wb") as out:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        return proc, output
+
+    def _close_warm(self) -> None:
+        if self._warm is not None:
+            proc, output = self._warm
+            self._warm = None
+            proc.stdin.close()  # end of input: the child exits without running anything
+            proc.wait()
+            output.unlink(missing_ok=True)
+
+    def _watch(self, proc: subprocess.Popen) -> None:
+        proc.wait()
+        self._wake.set()
+
+    # -- ending runs -------------------------------------------------------------------------
+    def reap(self) -> None:
+        for run_id, child in list(self.children.items()):
+            code = child.proc.poll()
+            if code is not None:
+                del self.children[run_id]
+                self.settle(child, code)
+
+    def settle(self, child: Child, code: int) -> None:
+        """A child exited: if it left its run active, end the run with what the child said last."""
+        run = self.backend.get_run(child.run.id)
+        if run is not None and run.state in ACTIVE_STATES:
+            final = CANCELLED if run.state == CANCELLING else FAILED
+            message = f"the flow run process {exit_text(code)} without reporting a final state"
+            tail = read_tail(child.output)
+            message += f"; its last output:\n{tail}" if tail else ""
+            self.backend.set_run_state(run.id, final, message, expected_from={run.state},
+                                       exit_code=code if code >= 0 else 128 - code)
+            self._log.warning("run %s: %s: %s", run.id, final, message)
+        else:
+            state = run.state if run is not None else "gone"
+            self._log.info("run %s finished: %s (exit code %d)", child.run.id, state, code)
+        child.output.unlink(missing_ok=True)
+
+    def enforce_cancels(self) -> None:
+        cancelling = {run.id for run in self.backend.list_runs(states=[CANCELLING])}
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.run.id not in cancelling:
+                continue
+            if child.cancel_seen is None:
+                child.cancel_seen = now
+            elif now - child.cancel_seen > CANCEL_GRACE_S:
+                self._log.warning("run %s: still running %gs after it was cancelled: killing it",
+                                  child.run.id, CANCEL_GRACE_S)
+                _signal_group(child.proc, signal.SIGKILL)
+
+    def reap_stale(self) -> None:
+        timeout = self.config.heartbeat_timeout
+        for run in self.backend.stale_runs(timeout):
+            mine = self.children.get(run.id)
+            if mine is not None and mine.proc.poll() is None:
+                continue  # our child is alive: its heartbeat is late, not lost
+            final = CANCELLED if run.state == CANCELLING else FAILED
+            message = (f"no heartbeat for {timeout:g}s: the process running it (agent {run.agent or '?'})"
+                       f" is gone; marked {final} by agent {self.config.name}")
+            if self.backend.set_run_state(run.id, final, message, expected_from={run.state}):
+                self._log.warning("run %s: %s", run.id, message)
+
+
+def _send(child: tuple[subprocess.Popen, Path], run_id: str) -> tuple[subprocess.Popen, Path]:
+    """Tell a waiting child which run is its own."""
+    child[0].stdin.write(f"{run_id}\n".encode())
+    child[0].stdin.close()
+    return child
+
+
+def exit_text(code: int) -> str:
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name}"
+
+
+def read_tail(path: Path) -> str:
+    """The last TAIL_LINES lines of a file (from its last TAIL_BYTES bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - TAIL_BYTES))
+            data = fh.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", "replace").rstrip().splitlines()
+    return "\n".join(lines[-TAIL_LINES:])
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """Signal the child's process group (it leads one): tasks' own subprocesses go with it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def serve(backend: Backend, config: AgentConfig, runs_dir: Path) -> None:
+    """Run an agent in the foreground; SIGINT and SIGTERM stop it (children are stopped first)."""
+    agent = Agent(backend, config, runs_dir)
+    previous = {sig: signal.signal(sig, agent.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        agent.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

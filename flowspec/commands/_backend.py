@@ -1,0 +1,76 @@
+"""What the backend commands share: the --backend and --format options, tables, times, run lookup."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+BACKEND_HELP = ("the backend: sqlite:///PATH, a file path or postgresql://USER@HOST:PORT/DB"
+                " (default: $FLOWSPEC_BACKEND, else flowspec.db in $FLOWSPEC_HOME or ~/.flowspec)")
+
+
+def add_common(parser) -> None:
+    """`--backend URL` and `--format text|json`, on every backend command."""
+    parser.add_argument("--backend", metavar="URL", default=None, help=BACKEND_HELP)
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text for people (default), json for programs")
+
+
+def subcommands(sub, name: str, help_text: str):
+    """A command with actions of its own (`flowspec runs list`); returns the action subparsers."""
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    return actions
+
+
+def open_from(args):
+    from flowspec.backend import open_backend
+
+    return open_backend(args.backend)
+
+
+def emit_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    rows = [header, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def when(stamp: float | None) -> str:
+    """An epoch time as local `YYYY-MM-DD HH:MM:SS`, or `-`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def clock(stamp: float) -> str:
+    """An epoch time as local `HH:MM:SS.mmm`, as log lines show it."""
+    return time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp * 1000) % 1000:03d}"
+
+
+def labels_text(labels) -> str:
+    return ", ".join(labels) if labels else "-"
+
+
+def find_run(backend, ref: str):
+    """A run by its id or a unique prefix of it (at least 4 characters)."""
+    from flowspec.backend import NotFoundError
+
+    run = backend.get_run(ref)
+    if run is not None:
+        return run
+    matches = backend.runs_by_prefix(ref.lower()) if len(ref) >= 4 else []
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise NotFoundError(f"run id prefix '{ref}' matches several runs", hint="give more of the id")
+    raise NotFoundError(f"no flow run has id '{ref}' in the backend {backend.url}",
+                        hint="list runs with: flowspec runs list")
+
+
+def warn(message: str) -> None:
+    print(f"flowspec: warning: {message}", file=sys.stderr)

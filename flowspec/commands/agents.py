@@ -1,0 +1,33 @@
+"""`flowspec agents list [--backend URL] [--format text|json]`"""
+from __future__ import annotations
+
+import time
+
+from flowspec.commands._backend import add_common, emit_json, labels_text, open_from, subcommands, table, when
+
+
+def register(sub) -> None:
+    actions = subcommands(sub, "agents", "list the agents the backend has seen")
+    p = actions.add_parser("list", help="every agent with its labels and when it was last seen")
+    add_common(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from flowspec.backend.base import AGENT_SEEN_WINDOW_S
+
+    with open_from(args) as backend:
+        agents = backend.list_agents()
+    now = time.time()
+    alive = {a.name: now - a.last_seen <= AGENT_SEEN_WINDOW_S for a in agents}
+    if args.format == "json":
+        emit_json([{"name": a.name, "labels": list(a.labels), "started": a.started, "last_seen": a.last_seen,
+                    "alive": alive[a.name]} for a in agents])
+        return 0
+    if not agents:
+        print("no agent has been seen; start one with: flowspec agent start")
+        return 0
+    rows = [(a.name, labels_text(a.labels), "alive" if alive[a.name] else "gone", when(a.started), when(a.last_seen))
+            for a in agents]
+    print(table(("NAME", "LABELS", "STATUS", "STARTED", "LAST SEEN"), rows))
+    return 0

@@ -1,0 +1,249 @@
+"""`flowspec runs list|show|logs|cancel`, and `flowspec run --name` (a run of a registered flow).
+
+Every action takes `--backend URL` and `--format text|json`. A RUN is a run id or a unique
+prefix of it (4 characters or more).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from flowspec.commands._backend import (
+    add_common, clock, emit_json, find_run, labels_text, open_from, subcommands, table, warn, when)
+
+EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
+FOLLOW_POLL_S = 0.25
+
+
+def register(sub) -> None:
+    actions = subcommands(sub, "runs", "list, inspect, follow and cancel flow runs")
+    p = actions.add_parser("list", help="flow runs, newest first")
+    p.add_argument("--flow", metavar="NAME", help="only runs of this flow")
+    p.add_argument("--state", action="append", metavar="STATE", help="only runs in this state (repeatable)")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (default 50)")
+    add_common(p)
+    p.set_defaults(func=main_list)
+    p = actions.add_parser("show", help="a run's state history, its tasks and, while it waits, why")
+    _run_arg(p, main_show)
+    p = actions.add_parser("logs", help="a run's log lines")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run ends")
+    _run_arg(p, main_logs)
+    p = actions.add_parser("cancel", help="cancel a run: a waiting one at once, a running one through its agent")
+    _run_arg(p, main_cancel)
+
+
+def _run_arg(p, func) -> None:
+    p.add_argument("run", metavar="RUN", help="a run id, or a unique prefix of it")
+    add_common(p)
+    p.set_defaults(func=func)
+
+
+def run_json(run) -> dict:
+    return {"id": run.id, "flow_id": run.flow_id, "flow": run.flow_name, "state": run.state,
+            "labels": list(run.labels), "parameters": run.parameters, "agent": run.agent,
+            "created": run.created, "updated": run.updated, "heartbeat": run.heartbeat,
+            "exit_code": run.exit_code, "message": run.message}
+
+
+# -- list / show / cancel ---------------------------------------------------------------------
+def main_list(args) -> int:
+    from flowspec.backend import RUN_STATES
+    from flowspec.errors import UsageError
+
+    unknown = [s for s in args.state or () if s not in RUN_STATES]
+    if unknown:
+        raise UsageError(f"--state {unknown[0]}: not a flow run state", f"states: {', '.join(RUN_STATES)}")
+    with open_from(args) as backend:
+        runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit)
+    if args.format == "json":
+        emit_json([run_json(r) for r in runs])
+    elif not runs:
+        print("no flow runs match")
+    else:
+        rows = [(r.id, r.flow_name, r.state, labels_text(r.labels), r.agent or "-", when(r.created), when(r.updated))
+                for r in runs]
+        print(table(("ID", "FLOW", "STATE", "LABELS", "AGENT", "CREATED", "UPDATED"), rows))
+    return 0
+
+
+def main_show(args) -> int:
+    with open_from(args) as backend:
+        run = find_run(backend, args.run)
+        flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+        history, tasks = backend.run_history(run.id), backend.task_states(run.id)
+        reason = backend.waiting_reason(run.id)
+    if args.format == "json":
+        emit_json(run_json(run) | {
+            "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
+            "waiting_reason": reason,
+            "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
+            "tasks": [{"task": t.task, "map_index": t.map_index, "state": t.state, "attempt": t.attempt,
+                       "time": t.time, "message": t.message} for t in tasks]})
+        return 0
+    origin = f" (project {flow.project}, version {flow.version})" if flow else " (a local run)"
+    fields = [("run", run.id), ("flow", run.flow_name + origin), ("state", run.state),
+              ("waiting", reason), ("message", run.message), ("labels", labels_text(run.labels)),
+              ("parameters", json.dumps(run.parameters)), ("agent", run.agent),
+              ("exit code", run.exit_code), ("created", when(run.created)), ("updated", when(run.updated))]
+    for name, value in fields:
+        if value is not None:
+            print(f"{name + ':':<12}{_indent(str(value))}")
+    print("\nhistory:")
+    for e in history:
+        print(f"  {when(e.time)}  {e.state:<10}" + (f"  {_indent(e.message, 4)}" if e.message else ""))
+    if tasks:
+        print("\ntasks:")
+        rows = [(_task_label(t.task, t.map_index), t.state, str(t.attempt), t.message or "") for t in tasks]
+        print("\n".join("  " + line for line in table(("TASK", "STATE", "ATTEMPT", "MESSAGE"), rows).splitlines()))
+    return 0
+
+
+def main_cancel(args) -> int:
+    from flowspec.errors import FlowspecError
+
+    with open_from(args) as backend:
+        run = find_run(backend, args.run)
+        state = backend.cancel_run(run.id)
+    if state in ("Success", "Failed"):
+        raise FlowspecError(f"run {run.id} already finished ({state}): nothing to cancel")
+    if args.format == "json":
+        emit_json({"id": run.id, "state": state})
+    elif state == "Cancelling":
+        print(f"run {run.id}: Cancelling (its agent stops the flow run process)")
+    else:
+        print(f"run {run.id}: {state}")
+    return 0
+
+
+# -- logs and watching ------------------------------------------------------------------------
+def main_logs(args) -> int:
+    with open_from(args) as backend:
+        run = find_run(backend, args.run)
+        if args.follow:
+            return follow(backend, run.id, args.format, kinds=("log",))
+        lines = backend.logs(run.id)
+    if args.format == "json":
+        emit_json([_log_event(line) for line in lines])
+    else:
+        for line in lines:
+            print(_text(_log_event(line)))
+    return 0
+
+
+def follow(backend, run_id: str, fmt: str, kinds: tuple[str, ...] = ("state", "task", "log")) -> int:
+    """Print a run's events as they are recorded until it ends; return its exit code.
+
+    Text: one line each; json: one JSON object per line. Ctrl-C stops watching, not the run.
+    """
+    cursor = {"state": 0, "task": 0, "log": 0}
+    try:
+        while True:
+            final = backend.get_run(run_id).state in EXIT_CODES  # read first: nothing after it is missed
+            events = sorted(_new_events(backend, run_id, cursor, kinds), key=lambda e: e["time"])
+            for event in events:
+                print(json.dumps(event, default=str) if fmt == "json" else _text(event), flush=True)
+            if final:
+                break
+            time.sleep(FOLLOW_POLL_S)
+    except KeyboardInterrupt:
+        print(f"stopped watching; run {run_id} goes on (stop it with: flowspec runs cancel {run_id})",
+              file=sys.stderr)
+        return 130
+    run = backend.get_run(run_id)
+    if fmt == "text" and "state" in kinds:
+        print(f"flow run {run_id}: {run.state}" + (f" ({run.message})" if run.message else ""))
+    return EXIT_CODES.get(run.state, 1)
+
+
+def _new_events(backend, run_id: str, cursor: dict, kinds: tuple[str, ...]) -> list[dict]:
+    events: list[dict] = []
+    if "state" in kinds:
+        history = backend.run_history(run_id)
+        events += [{"kind": "state", "time": e.time, "state": e.state, "message": e.message}
+                   for e in history[cursor["state"]:]]
+        cursor["state"] = len(history)
+    if "task" in kinds:
+        tasks = backend.task_states(run_id, history=True)
+        events += [{"kind": "task", "time": t.time, "task": _task_label(t.task, t.map_index), "state": t.state,
+                    "attempt": t.attempt, "message": t.message} for t in tasks[cursor["task"]:]]
+        cursor["task"] = len(tasks)
+    if "log" in kinds:
+        lines = backend.logs(run_id, cursor["log"])
+        events += [_log_event(line) for line in lines]
+        cursor["log"] = lines[-1].id if lines else cursor["log"]
+    return events
+
+
+def _log_event(line) -> dict:
+    return {"kind": "log", "time": line.time, "level": line.level, "task": line.task, "message": line.message}
+
+
+def _text(event: dict) -> str:
+    if event["kind"] == "log":
+        head = f"{event['level']:<7} {event['task'] or 'flow'}"
+        body = event["message"]
+    elif event["kind"] == "task":
+        head, body = f"{'TASK':<7} {event['task']}", f"{event['state']} (attempt {event['attempt']})"
+    else:
+        head, body = f"{'RUN':<7} flow", event["state"]
+    if event["kind"] != "log" and event.get("message"):
+        body += f": {event['message']}"
+    return f"{clock(event['time'])} {head} | {body}"
+
+
+def _task_label(task: str, index: int | None) -> str:
+    return task if index is None else f"{task}[{index}]"
+
+
+def _indent(text: str, by: int = 12) -> str:
+    return text.replace("\n", "\n" + " " * by)
+
+
+# -- flowspec run --name ----------------------------------------------------------------------
+def run_registered(args) -> int:
+    """Create a Scheduled run of a registered flow; warn when no live agent could take it."""
+    from flowspec.backend import NotFoundError
+    from flowspec.backend.base import AGENT_SEEN_WINDOW_S, agent_reason
+    from flowspec.errors import UsageError
+
+    if args.file:
+        raise UsageError("give either FILE (run it here) or --name (run a registered flow), not both")
+    if any(not label for label in args.label):
+        raise UsageError("--label: a label cannot be empty")
+    with open_from(args) as backend:
+        flow = backend.get_flow(args.name, args.project)
+        if flow is None:
+            where = f" in project '{args.project}'" if args.project else ""
+            raise NotFoundError(f"no flow named '{args.name}' is registered{where} in {backend.url}",
+                                hint="register it with: flowspec register FILE (see: flowspec flows list)")
+        params = _parameters(flow, args)
+        run = backend.create_flow_run(flow.id, params, args.label)
+        reason = agent_reason(run.labels, backend.list_agents(AGENT_SEEN_WINDOW_S))
+        if args.format == "json" and not args.watch:
+            emit_json(run_json(run) | {"flow_version": flow.version, "warning": reason})
+        else:
+            print(run.id, flush=True)
+        if reason:
+            warn(f"run {run.id} may wait forever: {reason}")
+        return follow(backend, run.id, args.format) if args.watch else 0
+
+
+def _parameters(flow, args) -> dict:
+    """The run's parameter values, checked against the registered spec's declarations.
+
+    The registered spec was validated when it was registered: only its `parameters` are read
+    here, without a schema check, so that creating a run stays quick.
+    """
+    from types import SimpleNamespace
+
+    from flowspec.commands.run import parameters
+    from flowspec.loader import load_text
+    from flowspec.spec import ParameterSpec
+
+    declared = (load_text(flow.spec_text, f"{flow.name} (registered version {flow.version})").data
+                or {}).get("parameters") or {}
+    specs = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
+                                 required="default" not in p, enum=tuple(p["enum"]) if "enum" in p else None)
+             for name, p in declared.items()}
+    return parameters(SimpleNamespace(parameters=specs), args)

@@ -1,0 +1,207 @@
+"""The backend commands as a user runs them: register, flows, run --name, runs, concurrency-limit,
+agents, and local runs recorded; each against a SQLite backend in a private flowspec home."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+SPEC = """\
+version: 1
+name: greet
+project: {project}
+description: {description}
+parameters:
+  who: {{type: string, default: World}}
+  times: {{type: integer, default: 1}}
+tasks:
+  hello:
+    run: steps:hello
+    with: {{who: "${{{{ params.who }}}}", times: "${{{{ params.times }}}}"}}
+environment:
+  labels: [{labels}]
+"""
+STEPS = """\
+from flowspec import context
+
+def hello(who: str, times: int = 1) -> str:
+    context.logger.info("hello %s x%d", who, times)
+    return who
+"""
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class Home:
+    """A flowspec home with one flow folder; `cli(...)` runs the command against it."""
+
+    def __init__(self, cli, root: Path) -> None:
+        self._cli, self.root = cli, root
+        self.env = {"FLOWSPEC_HOME": str(root / "home"), "FLOWSPEC_BACKEND": ""}
+        self.spec = root / "greet" / "flow.yaml"
+        self.spec.parent.mkdir()
+        self.write()
+        (self.spec.parent / "steps.py").write_text(STEPS)
+
+    def write(self, project: str = "demo", description: str = "one", labels: str = "") -> None:
+        self.spec.write_text(SPEC.format(project=project, description=description, labels=labels))
+
+    def cli(self, *args, env: dict | None = None):
+        return self._cli(*args, env={**self.env, **(env or {})})
+
+    def json(self, *args):
+        done = self.cli(*args, "--format", "json")
+        assert done.rc == 0, done.output
+        return json.loads(done.stdout)
+
+
+@pytest.fixture
+def home(cli, tmp_path: Path) -> Home:
+    return Home(cli, tmp_path)
+
+
+def test_register_keeps_an_unchanged_version_and_bumps_a_changed_spec_or_code(home: Home) -> None:
+    first = home.cli("register", home.spec)
+    assert first.rc == 0, first.output
+    assert first.stdout.startswith("Registered flow 'greet' in project 'demo' as version 1 (labels: -; storage: local ")
+    again = home.cli("register", home.spec)
+    assert again.stdout.strip() == "Flow 'greet' in project 'demo' is unchanged: keeping version 1"
+    (home.spec.parent / "steps.py").write_text(STEPS.replace("hello %s", "hi %s"))
+    assert home.json("register", home.spec)["version"] == 2  # code beside the spec counts
+    home.write(description="two")
+    third = home.json("register", home.spec, "--label", "extra")
+    assert (third["version"], third["created"], third["labels"]) == (3, True, ["extra"])
+    stored = Path(third["storage"]["path"])
+    assert stored.parent == home.root / "home" / "flows" and stored.name == third["storage"]["sha256"] + ".flow"
+    assert home.json("register", home.spec, "--label", "extra")["created"] is False
+    assert home.json("register", home.spec, "--project", "other")["version"] == 1
+    listed = home.json("flows", "list")
+    assert [(f["project"], f["name"], f["version"]) for f in listed] == [("demo", "greet", 3), ("other", "greet", 1)]
+    text = home.cli("flows", "list", "--project", "demo").stdout.splitlines()
+    assert text[0].split() == ["PROJECT", "NAME", "VERSION", "LABELS", "STORAGE", "REGISTERED"]
+    assert text[1].split()[:5] == ["demo", "greet", "3", "extra", "local"]
+    assert home.cli("flows", "list", "--project", "none").stdout.strip() == "no flows registered in project 'none'"
+
+
+def test_register_reports_an_invalid_spec_at_its_position_and_records_nothing(home: Home) -> None:
+    home.spec.write_text(home.spec.read_text().replace("run: steps:hello", "run: steps:hello\n    retries: many"))
+    done = home.cli("register", home.spec)
+    assert done.rc == 1
+    assert re.search(r"flow\.yaml:\d+:\d+: error: tasks\.hello\.retries: ", done.stderr)
+    assert "nothing was registered" in done.stderr
+    assert home.json("flows", "list") == []
+
+
+def test_register_no_build_needs_an_earlier_build_of_the_same_code(home: Home) -> None:
+    early = home.cli("register", home.spec, "--no-build")
+    assert early.rc == 1 and "no intact build of this flow" in early.stderr
+    assert "hint: register without --no-build to build it" in early.stderr
+    built = home.json("register", home.spec)
+    assert home.json("register", home.spec, "--no-build")["storage"] == built["storage"]
+
+
+def test_run_name_creates_a_scheduled_run_and_warns_when_no_agent_could_take_it(home: Home) -> None:
+    home.write(labels="dev")
+    home.cli("register", home.spec)
+    done = home.cli("run", "--name", "greet", "--param", "times=3", "--label", "gpu")
+    assert done.rc == 0, done.output
+    run_id = done.stdout.strip()
+    assert RUN_ID.match(run_id)
+    assert done.stderr.strip() == (
+        f"flowspec: warning: run {run_id} may wait forever: no agent seen in the last 60 s has labels"
+        " covering [dev, gpu]; agents: none")
+    shown = home.json("runs", "show", run_id[:6])
+    assert (shown["state"], shown["labels"], shown["parameters"]) == ("Scheduled", ["dev", "gpu"],
+                                                                      {"who": "World", "times": 3})
+    assert shown["history"][0]["state"] == "Scheduled" and "covering [dev, gpu]" in shown["waiting_reason"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--name", "nope"), "flowspec: error: no flow named 'nope' is registered"),
+    (("--name", "greet", "--param", "times=many"), "--param times: expected integer, got string \"many\""),
+    (("--name", "greet", "--param", "whom=x"), "--param whom: unknown parameter 'whom'"),
+])
+def test_run_name_refuses_unknown_flows_and_bad_parameters(home: Home, args, message) -> None:
+    home.cli("register", home.spec)
+    done = home.cli("run", *args)
+    assert done.rc in (1, 2) and message in done.stderr, done.output
+    assert home.json("runs", "list") == []
+
+
+def test_run_takes_a_file_or_a_name(home: Home) -> None:
+    both = home.cli("run", home.spec, "--name", "greet")
+    assert both.rc == 2 and "not both" in both.stderr
+    neither = home.cli("run", "--watch")
+    assert neither.rc == 2 and "give FILE to run a spec here, or --name NAME" in neither.stderr
+
+
+def test_runs_show_names_the_full_limit_and_cancel_ends_a_waiting_run(home: Home) -> None:
+    home.write(labels="dev")
+    home.cli("register", home.spec)
+    assert home.cli("concurrency-limit", "set", "dev", "0").rc == 0
+    run_id = home.cli("run", "--name", "greet").stdout.strip()
+    shown = home.cli("runs", "show", run_id).stdout
+    assert re.search(r"^waiting: +.*label 'dev' is at its limit of 0$", shown, re.M), shown
+    assert home.cli("runs", "list").stdout.splitlines()[1].split()[:5] == [run_id, "greet", "Scheduled", "dev", "-"]
+    assert home.json("runs", "list", "--state", "Running") == []
+    cancelled = home.cli("runs", "cancel", run_id)
+    assert cancelled.rc == 0 and cancelled.stdout.strip() == f"run {run_id}: Cancelled"
+    assert home.json("runs", "cancel", run_id) == {"id": run_id, "state": "Cancelled"}
+    assert [e["state"] for e in home.json("runs", "show", run_id)["history"]] == ["Scheduled", "Cancelled"]
+    assert [r["id"] for r in home.json("runs", "list", "--state", "Cancelled", "--flow", "greet")] == [run_id]
+
+
+def test_runs_commands_name_what_is_wrong(home: Home) -> None:
+    unknown = home.cli("runs", "show", "0123abcd")
+    assert unknown.rc == 1 and "no flow run has id '0123abcd'" in unknown.stderr
+    assert "hint: list runs with: flowspec runs list" in unknown.stderr
+    bad_state = home.cli("runs", "list", "--state", "Done")
+    assert bad_state.rc == 2 and "--state Done: not a flow run state" in bad_state.stderr
+
+
+def test_concurrency_limits_set_list_delete(home: Home) -> None:
+    assert home.cli("concurrency-limit", "set", "dev", "2").stdout.strip() == "label 'dev': at most 2 active flow runs"
+    home.cli("concurrency-limit", "set", "prod", "5")
+    assert home.json("concurrency-limit", "list") == [
+        {"label": "dev", "limit": 2, "in_use": 0, "holders": []},
+        {"label": "prod", "limit": 5, "in_use": 0, "holders": []}]
+    assert home.cli("concurrency-limit", "list").stdout.splitlines()[1].split() == ["dev", "2", "0/2", "-"]
+    assert home.json("concurrency-limit", "delete", "dev") == {"label": "dev", "deleted": True}
+    missing = home.cli("concurrency-limit", "delete", "dev")
+    assert missing.rc == 1 and "label 'dev' has no concurrency limit" in missing.stderr
+    negative = home.cli("concurrency-limit", "set", "dev", "-1")
+    assert negative.rc == 2 and "expected a whole number >= 0" in negative.stderr
+
+
+def test_a_local_run_is_recorded_with_its_task_states_and_logs(home: Home) -> None:
+    done = home.cli("run", home.spec, "--param", "who=Ford", "--format", "json")
+    assert done.rc == 0, done.output
+    result = json.loads(done.stdout)
+    assert sorted(result) == ["duration_s", "flow", "message", "run_id", "state", "tasks"]
+    [run] = home.json("runs", "list")
+    assert (run["id"], run["flow"], run["state"], run["exit_code"], run["flow_id"]) == (
+        result["run_id"], "greet", "Success", 0, None)
+    shown = home.json("runs", "show", run["id"])
+    assert [e["state"] for e in shown["history"]] == ["Running", "Success"]
+    assert [(t["task"], t["state"]) for t in shown["tasks"]] == [("hello", "Success")]
+    logs = home.cli("runs", "logs", run["id"]).stdout
+    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3} INFO    hello \| hello Ford x1$", logs, re.M), logs
+    assert home.cli("runs", "logs", run["id"], "--follow").stdout == logs  # a finished run: all, then stop
+
+
+def test_a_local_run_goes_on_unrecorded_when_the_backend_is_unreachable(home: Home) -> None:
+    down = {"FLOWSPEC_BACKEND": "postgresql://flowspec@127.0.0.1:1/none"}
+    done = home.cli("run", home.spec, env=down)
+    assert done.rc == 0, done.output
+    warnings = [ln for ln in done.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("flowspec: warning: this run is not recorded in the backend")
+
+
+def test_backend_flag_and_empty_listings(home: Home) -> None:
+    home.cli("register", home.spec)
+    other = f"sqlite://{home.root / 'other.db'}"
+    assert home.cli("flows", "list", "--backend", other).stdout.strip() == "no flows registered"
+    assert home.cli("agents", "list").stdout.strip() == "no agent has been seen; start one with: flowspec agent start"
+    assert home.json("agents", "list", "--backend", other) == []
+    assert home.cli("runs", "list").stdout.strip() == "no flow runs match"
