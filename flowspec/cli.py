@@ -15,7 +15,7 @@ from flowspec.errors import FlowspecError
 
 # Order is the order of `flowspec --help`.
 COMMANDS = ("validate", "run", "plan", "graph", "fmt", "init", "schema",
-            "register", "flows", "runs", "agent", "agents", "concurrency_limit")
+            "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit")
 EXIT_INTERNAL = 70
 
 

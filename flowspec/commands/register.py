@@ -55,12 +55,12 @@ def describe(location: dict) -> str:
     return " ".join(str(v) for v in (location.get("type"), location.get("path")) if v)
 
 
-def report_invalid(diags: list, fmt: str) -> int:
+def report_invalid(diags: list, fmt: str, outcome: str = "nothing was registered") -> int:
     from flowspec.diagnostics import Diagnostic, count_line, render
 
     if fmt == "json":
         print(render(diags, "json"))
     for d in sorted(diags, key=Diagnostic.sort_key):
         print(d.text(), file=sys.stderr)
-    print(count_line(len(diags)) + "; nothing was registered", file=sys.stderr)
+    print(f"{count_line(len(diags))}; {outcome}", file=sys.stderr)
     return 1

@@ -101,6 +101,18 @@ def test_register_no_build_needs_an_earlier_build_of_the_same_code(home: Home) -
     assert home.json("register", home.spec, "--no-build")["storage"] == built["storage"]
 
 
+def test_build_builds_storage_that_register_no_build_then_uses_and_records_nothing(home: Home) -> None:
+    built = home.json("build", home.spec)
+    stored = Path(built["path"])
+    assert stored.is_file() and stored.name == built["sha256"] + ".flow"
+    assert home.json("flows", "list") == []  # a build is not a registration
+    assert home.json("register", home.spec, "--no-build")["storage"] == built
+    (home.spec.parent / "steps.py").write_text("def hello(:\n")
+    broken = home.cli("build", home.spec)
+    assert broken.rc == 1 and "nothing was built" in broken.stderr
+    assert f"{home.spec}:10:10: error: tasks.hello.run: importing 'steps' failed: invalid syntax" in broken.stderr
+
+
 def test_run_name_creates_a_scheduled_run_and_warns_when_no_agent_could_take_it(home: Home) -> None:
     home.write(labels="dev")
     home.cli("register", home.spec)
