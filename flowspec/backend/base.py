@@ -149,32 +149,37 @@ def labels_match(run_labels: Iterable[str], agent_labels: Iterable[str]) -> bool
 
 @dataclass(frozen=True)
 class SlotBlock:
-    """A limited label of a run whose slots are all taken."""
+    """A limited label of a run whose slots are all taken (or kept for older waiting runs)."""
 
     label: str
     limit: int
     holders: tuple[str, ...]
+    kept_for: tuple[str, ...] = ()
 
     @property
     def gist(self) -> str:
         return f"label '{self.label}' is at its limit of {self.limit}"
 
     def __str__(self) -> str:
-        held = f" (held by runs {', '.join(self.holders)})" if self.holders else ""
-        return self.gist + held
+        parts = [f"held by runs {', '.join(self.holders)}"] if self.holders else []
+        if self.kept_for:
+            parts.append(f"kept for older waiting runs {', '.join(self.kept_for)}")
+        return self.gist + (f" ({'; '.join(parts)})" if parts else "")
 
 
-_HELD_BY = re.compile(r" \(held by runs [^)]*\)")
+_HELD_BY = re.compile(r" \((held by|kept for) [^)]*\)")
 
 
 def slot_blocks(
-    labels: Iterable[str], limits: dict[str, int], holders: dict[str, list[str]]
+    labels: Iterable[str], limits: dict[str, int], holders: dict[str, list[str]],
+    kept: dict[str, list[str]] | None = None,
 ) -> list[SlotBlock]:
-    """The limited labels among `labels` that have no free slot."""
+    """The limited labels among `labels` that have no free slot (`kept`: slots set aside)."""
+    kept = kept or {}
     return [
-        SlotBlock(label, limits[label], tuple(holders.get(label, ())))
+        SlotBlock(label, limits[label], tuple(holders.get(label, ())), tuple(kept.get(label, ())))
         for label in sorted(set(labels))
-        if label in limits and len(holders.get(label, ())) >= limits[label]
+        if label in limits and len(holders.get(label, ())) + len(kept.get(label, ())) >= limits[label]
     ]
 
 
@@ -193,18 +198,24 @@ def plan_claim(
 
     `candidates` must be oldest first. The first run the agent may take that has a free slot
     in every limited label wins. A run blocked on a full label stops every later run needing
-    that label too (it is just as full), so a freed slot always goes to the oldest waiting run:
-    no starvation. Runs that need only other labels may go ahead.
+    that label too (it is just as full), and it keeps a slot of each of its other limited
+    labels for itself, so that later runs cannot take those one by one while it waits: a
+    freed slot always goes to the oldest waiting run, and no run starves. Runs that need
+    only labels with room to spare may go ahead.
     """
     agent_labels = set(agent_labels)
+    kept: dict[str, list[str]] = {}
     blocked: list[tuple[FlowRun, list[SlotBlock]]] = []
     for run in candidates:
         if not labels_match(run.labels, agent_labels):
             continue
-        blocks = slot_blocks(run.labels, limits, holders)
+        blocks = slot_blocks(run.labels, limits, holders, kept)
         if not blocks:
             return run, blocked
         blocked.append((run, blocks))
+        full = {block.label for block in blocks}
+        for label in (set(run.labels) & limits.keys()) - full:
+            kept.setdefault(label, []).append(run.id)
     return None, blocked
 
 
@@ -672,9 +683,11 @@ class Backend(ABC):
                 return None
             agents = self._agents(tx, AGENT_SEEN_WINDOW_S)
             limits, holders = self._slots(tx)
-        reasons = [agent_reason(runs[0].labels, agents)]
-        reasons += map(str, slot_blocks(runs[0].labels, limits, holders))
-        return "; ".join(r for r in reasons if r) or None
+        run = runs[0]
+        blocks = [str(block) for block in slot_blocks(run.labels, limits, holders)]
+        if not blocks and run.state == QUEUED and run.message:
+            blocks = [run.message]  # its slots are kept for older waiting runs: the claim said which
+        return "; ".join(r for r in [agent_reason(run.labels, agents), *blocks] if r) or None
 
     # ---- task states and logs
 

@@ -183,6 +183,28 @@ def test_a_run_needs_a_slot_in_each_limited_label(backend: Backend) -> None:
     assert "label 'a' is at its limit of 1" in message and "label 'b' is at its limit of 2" in message
 
 
+def test_a_waiting_run_keeps_its_other_labels_slots_so_later_runs_cannot_starve_it(backend: Backend) -> None:
+    backend.set_limit("a", 1)
+    backend.set_limit("b", 1)
+    holder = new_run(backend, "a")
+    both = new_run(backend, "a", "b")
+    labels = ["a", "b"]
+    assert backend.claim_run("x", labels).id == holder
+    later_b = new_run(backend, "b")  # 'b' is free, but `both` waits for it too and came first
+    assert backend.claim_run("x", labels) is None
+    assert backend.get_run(later_b).message == f"label 'b' is at its limit of 1 (kept for older waiting runs {both})"
+    backend.agent_heartbeat("x", labels)
+    assert backend.waiting_reason(later_b) == backend.get_run(later_b).message
+    assert backend.get_run(both).message == f"label 'a' is at its limit of 1 (held by runs {holder})"
+    finish(backend, holder)
+    assert backend.claim_run("x", labels).id == both
+    assert backend.claim_run("x", labels) is None
+    assert backend.get_run(later_b).message == f"label 'b' is at its limit of 1 (held by runs {both})"
+    assert states(backend, later_b) == [SCHEDULED, QUEUED]  # the reason changed holders, not the gist
+    finish(backend, both)
+    assert backend.claim_run("x", labels).id == later_b
+
+
 def test_limit_must_be_a_non_negative_integer(backend: Backend) -> None:
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError):
