@@ -257,6 +257,8 @@ class ChildCall:
         except BaseException:
             if not child.ready:  # timed out, died, or interrupted mid-call: its state is unknown
                 children.discard(child)
+            if children.closed:  # Ctrl-C: close() killed the child; the attempt was cancelled, it did not fail
+                raise PoolClosed() from None
             raise
 
 
