@@ -8,6 +8,7 @@ cloudpickled, by value for the spec's own modules, and its log lines come back t
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -352,6 +353,14 @@ def _fileno(stream) -> int | None:
         return None
 
 
+def whole_lines(fd: int):
+    """A text stream on `fd` that writes a whole line per system call. Python's own stderr is
+    unbuffered: print() writes its text and then the newline, and a log line that the parent
+    (`flowspec run`) writes on the same stderr in between lands in the middle of the task's line."""
+    return io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w", closefd=False)), line_buffering=True,
+                            encoding=getattr(sys.__stderr__, "encoding", None) or "utf-8", errors="backslashreplace")
+
+
 def rebuild_error(blob: bytes | None, type_name: str, text: str, tb: str) -> BaseException:
     """The child's exception, or, when it does not unpickle here, one with the same name and
     message; either way it carries the child's traceback text for the run's log."""
@@ -374,6 +383,7 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
+    sys.stderr = whole_lines(2)  # the parent writes this child's log lines to the same stderr as they come
     if stdout_is_stderr:
         sys.stdout = sys.stderr
     lock = threading.Lock()  # tasks may log from threads of their own
