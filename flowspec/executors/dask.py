@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -55,11 +56,17 @@ class DaskExecutor(Executor):
         self.plain: set = set()  # futures of calls that are not task runs
         self.uids = iter(range(1, 1 << 62))
         self.topics: set = set()
+        self.stdout_to_stderr = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        from flowspec.executors.local_dask import _fileno
+
         require("distributed", "dask", "the dask executor")
         self.client, self.cluster = connect(self.address, self.workers, self.threads)
+        # The workers of a temporary cluster write to the terminal of `flowspec run`: when its
+        # stdout carries the JSON report (`--format json` sends print() to stderr), so must theirs.
+        self.stdout_to_stderr = self.cluster is not None and _fileno(sys.stdout) == 2
         link = dashboard_link(self.client)
         if link:
             log.info("Dask dashboard: %s", link)
@@ -111,7 +118,8 @@ class DaskExecutor(Executor):
         keys = [(f"{unit.task}-{run8}", -1 if unit.index is None else unit.index, first_attempt) for unit in units]
         futures = self.client.map(remote_unit, [u.uid for u in units], [u.index for u in units],
                                   [pack(u.kwargs) for u in units], key=keys, template=units[0].template,
-                                  first_attempt=first_attempt, pause=retry_delay, pure=False)
+                                  first_attempt=first_attempt, pause=retry_delay,
+                                  stdout_to_stderr=self.stdout_to_stderr, pure=False)
         for unit, future in zip(units, futures):
             unit.future, unit.first_attempt, unit.attempt, unit.misses = future, first_attempt, first_attempt, 0
             self.units[unit.uid] = unit
@@ -380,7 +388,8 @@ def call_plain(shipped: Shipped):
     return fn(*args)
 
 
-def remote_unit(uid: int, index, kwargs: dict, template: Shipped, first_attempt: int = 1, pause: float = 0.0):
+def remote_unit(uid: int, index, kwargs: dict, template: Shipped, first_attempt: int = 1, pause: float = 0.0,
+                stdout_to_stderr: bool = False):
     """Runs on a worker: every attempt of one task run. Reports the outcome as an event and
     returns the task's value, which stays on the worker for the tasks downstream."""
     from types import MappingProxyType
@@ -393,6 +402,8 @@ def remote_unit(uid: int, index, kwargs: dict, template: Shipped, first_attempt:
     fn, run_id, flow, params, task, retries, delay, timeout, notify, level = template.load()
     worker, topic = get_worker(), topic_of(run_id)
     forward_logs(level)
+    if stdout_to_stderr:
+        print_to_stderr()
     ctx = context.TaskContext(run_id, flow, MappingProxyType(params), task, index, 0)
     tell = (lambda *a: worker.log_event(topic, ("state", uid, *a[2:]))) if notify else None
     if pause:  # the retry delay, when the worker of the previous attempt died
@@ -407,6 +418,18 @@ def remote_unit(uid: int, index, kwargs: dict, template: Shipped, first_attempt:
     return outcome.result if outcome.state == SUCCESS else None
 
 
+def print_to_stderr() -> None:
+    """A task's print() on this worker (of a temporary cluster) goes to stderr, a whole line
+    per write, as on the other executors: `flowspec run --format json` keeps stdout for its report."""
+    global _printing_to_stderr
+    if not _printing_to_stderr:
+        from flowspec.executors.local_dask import whole_lines
+
+        _printing_to_stderr = True
+        sys.stdout = whole_lines(2)
+
+
+_printing_to_stderr = False
 _forwarding = None
 _running = threading.local()  # the topic of the task run on this worker thread
 
