@@ -1,11 +1,14 @@
-"""Fixtures that start real servers: a PostgreSQL 15 server, and a backend of each kind."""
+"""Fixtures that start real servers: a PostgreSQL 15 server, a backend of each kind, and a Dask
+scheduler with its workers."""
 from __future__ import annotations
 
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -89,3 +92,87 @@ def backend(backend_url: str) -> Iterator[Backend]:
     """A fresh backend of each kind, closed afterwards."""
     with open_backend(backend_url) as opened:
         yield opened
+
+
+# -- a real Dask cluster on loopback ---------------------------------------------------------------
+class DaskCluster:
+    """A `dask scheduler` and a `dask worker` (a nanny per worker process, which starts a new
+    worker when one dies) running as separate processes. The workers' working directory is an
+    empty folder of their own, so they can import nothing that a test writes beside a spec."""
+
+    nworkers = 2
+
+    def __init__(self, address: str, worker_dir: Path, log_dir: Path) -> None:
+        self.address, self.worker_dir, self.log_dir = address, worker_dir, log_dir
+
+    def client(self):
+        from distributed import Client
+
+        return Client(self.address, timeout=30, set_as_default=False)
+
+    def wait_for_workers(self, timeout: float = 60) -> None:
+        """Until all the workers are connected (after one died, its nanny starts a new one)."""
+        with self.client() as client:
+            client.wait_for_workers(self.nworkers, timeout=timeout)
+
+    def run_on_workers(self, fn, *args) -> dict:
+        """fn(*args) on every worker: {worker address: value}."""
+        with self.client() as client:
+            client.wait_for_workers(self.nworkers, timeout=60)
+            return client.run(fn, *args)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+def _start_group(cmd: list[str], cwd: Path, log: Path, env: dict) -> subprocess.Popen:
+    # A session of its own: teardown stops the process and whatever it started (the worker
+    # processes under their nannies) by this group's id, and a Ctrl-C in the terminal that
+    # runs pytest does not reach it half-way through a test.
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[DaskCluster]:
+    """A scheduler and two worker processes (two threads each) on 127.0.0.1, for the session."""
+    pytest.importorskip("distributed", reason="the dask executor needs `pip install dask[distributed]`")
+    root = Path(tempfile.mkdtemp(prefix="flowspec-dask-"))
+    worker_dir, log_dir = root / "worker-cwd", root / "logs"
+    worker_dir.mkdir()
+    log_dir.mkdir()
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)  # pytest's warning filters are not the cluster's business
+    scheduler = _start_group([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                              "--port", address.rsplit(":", 1)[1], "--no-dashboard",
+                              "--dashboard-address", "127.0.0.1:0"],  # its HTTP server too: no fixed port
+                             root, log_dir / "scheduler.log", env)
+    worker = _start_group([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", str(DaskCluster.nworkers),
+                           "--nthreads", "2", "--host", "127.0.0.1", "--no-dashboard"],
+                          worker_dir, log_dir / "worker.log", env)
+    cluster = DaskCluster(address, worker_dir, log_dir)
+    try:
+        try:
+            cluster.wait_for_workers()
+        except Exception as exc:
+            pytest.fail(f"the Dask cluster did not start: {type(exc).__name__}: {exc}\n{cluster.logs()}")
+        yield cluster
+    finally:
+        _stop_group(worker)
+        _stop_group(scheduler)
+        shutil.rmtree(root, ignore_errors=True)
