@@ -50,3 +50,22 @@ def configure(level: int = logging.INFO, stream=None) -> logging.Handler:
     root.setLevel(level)
     root.propagate = False
     return handler
+
+
+def fileno(stream) -> int | None:
+    """The file descriptor behind a stream, or None (a StringIO, a closed stream)."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def whole_lines(fd: int):
+    """A text stream on `fd` that writes a whole line per system call. Python's own stderr is
+    unbuffered: print() writes its text and then the newline, and a log line written to the same
+    file in between (by another thread, or by `flowspec run` for a pool process) lands in the
+    middle of the task's line."""
+    import io
+
+    return io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w", closefd=False)), line_buffering=True,
+                            encoding=getattr(sys.__stderr__, "encoding", None) or "utf-8", errors="backslashreplace")

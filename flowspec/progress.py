@@ -20,7 +20,7 @@ from flowspec import logs
 from flowspec.runner import FAILED_STATES, FINAL_STATES, RETRYING, RUNNING
 
 CLEAR = "\r\x1b[K"  # back to column 0, erase to the end of the line
-BAD_STATES = FAILED_STATES | {"Cancelled"}
+CANCELLED = "Cancelled"
 log = logging.getLogger("flowspec.progress")
 
 
@@ -45,7 +45,7 @@ class Counts:
 
     def __init__(self, records: dict, seen: dict) -> None:
         self.tasks = len(records)
-        self.tasks_done = self.runs = self.runs_done = self.failed = 0
+        self.tasks_done = self.runs = self.runs_done = self.failed = self.cancelled = 0
         self.running: list[str] = []
         for name, rec in records.items():
             self._add(name, rec, seen)
@@ -54,7 +54,8 @@ class Counts:
         if rec.children is None:
             state = seen.get((name, None), rec.state)
             self.tasks_done += state in FINAL_STATES
-            self.failed += state in BAD_STATES
+            self.failed += state in FAILED_STATES
+            self.cancelled += state == CANCELLED
             if state in (RUNNING, RETRYING):
                 self.running.append(name)
             return
@@ -62,7 +63,8 @@ class Counts:
         done = sum(s in FINAL_STATES for s in states)
         self.runs += len(states)
         self.runs_done += done
-        self.failed += sum(s in BAD_STATES for s in states)
+        self.failed += sum(s in FAILED_STATES for s in states)
+        self.cancelled += states.count(CANCELLED)
         self.tasks_done += done == len(states)
         if done < len(states):
             self.running.append(f"{name} {done}/{len(states)}")
@@ -74,8 +76,9 @@ class Counts:
         text = ", ".join(parts) + " done"
         if self.running:
             text += " | running: " + ", ".join(self.running)
-        if self.failed:
-            text += f" | {self.failed} failed"
+        bad = [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.cancelled, "cancelled")) if n]
+        if bad:
+            text += " | " + ", ".join(bad)
         minutes, seconds = divmod(int(elapsed), 60)
         return text + f" | {minutes:02d}:{seconds:02d}"
 

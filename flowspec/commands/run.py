@@ -105,9 +105,12 @@ def execute(spec, params: dict, fmt: str, verbosity: int = 0):
 
     logs.configure({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
     environment = load_driver("environment", spec.environment.type)(spec)
-    # In json mode stdout carries exactly one JSON document: tasks' print() goes to stderr.
-    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if fmt == "json" else contextlib.nullcontext()
-    with quiet_stdout, progress.reporter(verbosity) as shown:
+    with contextlib.ExitStack() as stack:
+        if fmt == "json":  # stdout carries exactly one JSON document: tasks' print() goes to stderr,
+            # line-buffered, so that a print() from a pool thread is not cut by other threads' log lines
+            printed = stack.enter_context(logs.whole_lines(2))
+            stack.enter_context(contextlib.redirect_stdout(printed))
+        shown = stack.enter_context(progress.reporter(verbosity))
         return record_local_run(spec, params, lambda observers, run_id: environment.execute(
             params, tuple(observers) + shown, run_id))
 

@@ -60,13 +60,13 @@ class DaskExecutor(Executor):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        from flowspec.executors.local_dask import _fileno
+        from flowspec.logs import fileno
 
         require("distributed", "dask", "the dask executor")
         self.client, self.cluster = connect(self.address, self.workers, self.threads)
         # The workers of a temporary cluster write to the terminal of `flowspec run`: when its
         # stdout carries the JSON report (`--format json` sends print() to stderr), so must theirs.
-        self.stdout_to_stderr = self.cluster is not None and _fileno(sys.stdout) == 2
+        self.stdout_to_stderr = self.cluster is not None and fileno(sys.stdout) == 2
         link = dashboard_link(self.client)
         if link:
             log.info("Dask dashboard: %s", link)
@@ -423,7 +423,7 @@ def print_to_stderr() -> None:
     per write, as on the other executors: `flowspec run --format json` keeps stdout for its report."""
     global _printing_to_stderr
     if not _printing_to_stderr:
-        from flowspec.executors.local_dask import whole_lines
+        from flowspec.logs import whole_lines
 
         _printing_to_stderr = True
         sys.stdout = whole_lines(2)

@@ -8,7 +8,6 @@ cloudpickled, by value for the spec's own modules, and its log lines come back t
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from collections import deque
 from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 
-from flowspec import serialize
+from flowspec import logs, serialize
 from flowspec.executors.base import Executor
 
 
@@ -274,7 +273,7 @@ class Child:
         from multiprocessing.connection import Connection
 
         ours, theirs = socket.socketpair()
-        stdout_is_stderr = _fileno(sys.stdout) == 2  # `run --format json` sends print() to stderr
+        stdout_is_stderr = logs.fileno(sys.stdout) == 2  # `run --format json` sends print() to stderr
         level = logging.getLogger("flowspec.task").getEffectiveLevel()
         code = f"from {__name__} import child_main; child_main({theirs.fileno()}, {level}, {stdout_is_stderr})"
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
@@ -346,21 +345,6 @@ class Child:
         self.conn.close()
 
 
-def _fileno(stream) -> int | None:
-    try:
-        return stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def whole_lines(fd: int):
-    """A text stream on `fd` that writes a whole line per system call. Python's own stderr is
-    unbuffered: print() writes its text and then the newline, and a log line that the parent
-    (`flowspec run`) writes on the same stderr in between lands in the middle of the task's line."""
-    return io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w", closefd=False)), line_buffering=True,
-                            encoding=getattr(sys.__stderr__, "encoding", None) or "utf-8", errors="backslashreplace")
-
-
 def rebuild_error(blob: bytes | None, type_name: str, text: str, tb: str) -> BaseException:
     """The child's exception, or, when it does not unpickle here, one with the same name and
     message; either way it carries the child's traceback text for the run's log."""
@@ -383,7 +367,7 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
-    sys.stderr = whole_lines(2)  # the parent writes this child's log lines to the same stderr as they come
+    sys.stderr = logs.whole_lines(2)  # the parent writes this child's log lines to the same stderr as they come
     if stdout_is_stderr:
         sys.stdout = sys.stderr
     lock = threading.Lock()  # tasks may log from threads of their own
