@@ -66,10 +66,11 @@ class ChildRun:
         spec, callables = load_flow(flow.storage)
         params = resolve_parameters(spec.parameters, {}, None, list(run.parameters.items()))
         if spec.environment.type in ("local", "remote"):
-            return run_in_process(spec, params, (self.recorder,), self.run_id, callables)
+            return run_in_process(spec, params, (self.recorder,), self.run_id, callables, keep_results=False)
         from flowspec.drivers import load_driver
 
-        return load_driver("environment", spec.environment.type)(spec).execute(params, (self.recorder,), self.run_id)
+        environment = load_driver("environment", spec.environment.type)(spec)
+        return environment.execute(params, (self.recorder,), self.run_id, keep_results=False)
 
     def not_started(self) -> int:
         """The run left Submitted before this process got to it: cancelled, or reaped."""

@@ -242,14 +242,19 @@ class FlowRunner:
     """Runs one flow run of a compiled FlowSpec on an executor.
 
     `observers` receive `task_state(task, index, state, attempt, message)` and
-    `flow_state(result)` calls (the backend recorder and the progress display use them)."""
+    `flow_state(result)` calls (the backend recorder and the progress display use them).
+    `keep_results` (True, False, or the names of the tasks whose results are wanted): an
+    executor that keeps results where they were computed (dask) is asked at the end only for
+    these, and the other records hold None. Callers that report states only pass False, which
+    spares bringing every task run's value back."""
 
     def __init__(self, spec, params: dict, executor: Executor, callables: dict,
-                 observers=(), run_id: str | None = None) -> None:
+                 observers=(), run_id: str | None = None, keep_results: bool = True) -> None:
         self.spec = spec
         self.params = MappingProxyType(dict(params))
         self.executor = executor
         self.callables = callables  # task name / hook key → the imported callable
+        self.keep_results = keep_results if isinstance(keep_results, bool) else frozenset(keep_results)
         # An executor that keeps results where they were computed (dask) has `fetch`: a result
         # formatted into a string, split for `map` or kept in the RunResult is brought here.
         self._fetch = getattr(executor, "fetch", None)
@@ -428,9 +433,15 @@ class FlowRunner:
         return self._fetch(value) if ref.kind == "tasks" else value
 
     def _fetch_results(self) -> None:
-        """Every task's result, brought here from the executor in one round trip."""
-        recs = [rec for rec in self.records.values() if rec.result is not None]
-        values = self._fetch([rec.result for rec in recs]) or [None] * len(recs)
+        """The results that are kept, brought here from the executor in one round trip; the
+        executor's handles on the others are dropped (they die with its client anyway)."""
+        keep, recs = self.keep_results, []
+        for rec in self.records.values():
+            if keep is not True and not (keep and rec.name in keep):
+                rec.result = rec.child_results = None
+            elif rec.result is not None:
+                recs.append(rec)
+        values = (self._fetch([rec.result for rec in recs]) if recs else None) or [None] * len(recs)
         for rec, value in zip(recs, values):
             rec.result = value
             if rec.child_results is not None:

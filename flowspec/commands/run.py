@@ -111,8 +111,9 @@ def execute(spec, params: dict, fmt: str, verbosity: int = 0):
             printed = stack.enter_context(logs.whole_lines(2))
             stack.enter_context(contextlib.redirect_stdout(printed))
         shown = stack.enter_context(progress.reporter(verbosity))
+        # The report shows states, not values: results may stay where they were computed.
         return record_local_run(spec, params, lambda observers, run_id: environment.execute(
-            params, tuple(observers) + shown, run_id))
+            params, tuple(observers) + shown, run_id, keep_results=False))
 
 
 def report_invalid(diags: list, fmt: str, problems: list[str] = ()) -> int:

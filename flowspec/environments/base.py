@@ -18,13 +18,15 @@ class Environment(ABC):
         """Create what the platform needs before runs (e.g. a task definition). Default: nothing."""
 
     @abstractmethod
-    def execute(self, params: dict, observers=(), run_id: str | None = None):
-        """Run one flow run with these parameter values; return its runner.RunResult."""
+    def execute(self, params: dict, observers=(), run_id: str | None = None, keep_results: bool = True):
+        """Run one flow run with these parameter values; return its runner.RunResult (with the
+        tasks' results unless `keep_results` is False: callers that report states only say so)."""
 
 
-def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, callables: dict | None = None):
+def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, callables: dict | None = None,
+                   keep_results: bool = True):
     """Apply `environment.env`, import the callables (unless given, e.g. loaded from storage),
-    run on the spec's executor, restore env."""
+    run on the spec's executor, restore env. See FlowRunner for `keep_results`."""
     from flowspec.drivers import load_driver
     from flowspec.runner import FlowRunner
 
@@ -38,7 +40,7 @@ def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, 
             from flowspec.serialize import register_by_value
 
             register_by_value(spec.base_dir)
-        return FlowRunner(spec, params, executor, callables, observers, run_id).run()
+        return FlowRunner(spec, params, executor, callables, observers, run_id, keep_results).run()
     except FlowspecError as exc:
         if getattr(exc, "spec_path", None) is None or spec.document is None:  # an executor that cannot start
             raise  # names its spec key, when there is a document to point into
@@ -90,16 +92,11 @@ def check_env_refs(spec) -> None:
 
 def import_callables(spec) -> dict:
     """Import task callables and hooks (after env is applied: modules may read it on import)."""
-    from flowspec.callables import add_import_path, load_callable
-    from flowspec.compile import import_problems
+    from flowspec.callables import add_import_path
+    from flowspec.compile import import_all
 
     add_import_path(spec.base_dir)
-    diags = import_problems(spec)
+    callables, diags = import_all(spec)
     if diags:
         raise SpecError(diags)
-    out = {name: load_callable(task.run, spec.base_dir) for name, task in spec.tasks.items()}
-    for key in ("on_start", "on_exit"):
-        target = getattr(spec.environment, key)
-        if target:
-            out[key] = load_callable(target, spec.base_dir)
-    return out
+    return callables

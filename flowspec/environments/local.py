@@ -8,5 +8,5 @@ class LocalEnvironment(Environment):
     """Runs the flow here, with the flow's executor. YAML keys: the common ones only
     (`labels`, `env`, `on_start`, `on_exit`)."""
 
-    def execute(self, params: dict, observers=(), run_id: str | None = None):
-        return run_in_process(self.spec, params, observers, run_id)
+    def execute(self, params: dict, observers=(), run_id: str | None = None, keep_results: bool = True):
+        return run_in_process(self.spec, params, observers, run_id, keep_results=keep_results)
