@@ -167,7 +167,7 @@ class LocalDaskExecutor(Executor):
             self.pool.close(cancel)
 
 
-# -- processes: one child process per pool thread -----------------------------------------------
+# -- processes: a child process for each pool thread that is running a task ---------------------
 STARTUP_S = 60.0  # a child that is not up by then is taken as dead
 class WorkerDied(Exception):
     """The process running a task died (killed, crashed, or os._exit) before it answered."""
@@ -178,12 +178,14 @@ class PoolClosed(BaseException):
 
 
 class Children:
-    """The child processes of a `processes` pool: one per pool thread, started on first use."""
+    """The child processes of a `processes` pool, started when first needed. A pool thread
+    takes an idle child for each call and gives it back after, so a task that follows others
+    finds a warm one: at most one child per pool thread, and no interpreter start it can avoid."""
 
     def __init__(self) -> None:
-        self.local = threading.local()
         self.lock = threading.Lock()
         self.alive: set = set()
+        self.idle: list = []
         self.calls: dict = {}  # id(fn) -> ChildCall, so a function is pickled once per run
         self.closed = False
 
@@ -203,30 +205,46 @@ class Children:
             call = self.calls[id(fn)] = ChildCall(self, fn)
         return call
 
-    def child(self) -> "Child":
-        child = getattr(self.local, "child", None)
-        if child is None or child.gone or child.proc.poll() is not None:
-            child = self.local.child = Child()
-            with self.lock:
-                if self.closed:
-                    child.kill()
-                    raise PoolClosed()
-                self.alive.add(child)
-        return child
-
-    def discard(self, child: "Child") -> None:
-        child.kill()
-        self.local.child = None
+    def acquire(self) -> "Child":
+        """An idle child that is still alive, or a new one."""
         with self.lock:
+            while self.idle:
+                child = self.idle.pop()
+                if not child.gone and child.proc.poll() is None:
+                    return child
+                self.alive.discard(child)
+        child = Child()
+        with self.lock:
+            if not self.closed:
+                self.alive.add(child)
+                return child
+        child.kill()
+        raise PoolClosed()
+
+    def release(self, child: "Child") -> None:
+        """Take a child back after a call; one whose state is unknown (timed out, died,
+        interrupted mid-call) is killed instead."""
+        with self.lock:
+            if child.ready and not child.gone and not self.closed:
+                self.idle.append(child)
+                return
             self.alive.discard(child)
+        child.kill()
 
     def close(self, cancel: bool) -> None:
-        """Stop every child: at once when cancelling (running tasks stop), else when idle."""
+        """Stop every child: at once when cancelling (running tasks stop), else when idle.
+        All are told to stop before any is waited for: they exit side by side."""
         with self.lock:
             self.closed = True
-            children, self.alive = list(self.alive), set()
+            children, self.alive, self.idle = list(self.alive), set(), []
+        if cancel:
+            for child in children:
+                child.kill()
+            return
         for child in children:
-            child.kill() if cancel else child.stop()
+            child.conn.close()  # the child sees end-of-file and exits
+        for child in children:
+            child.stop()
 
 
 class ChildCall:
@@ -249,17 +267,17 @@ class ChildCall:
         children = self.children
         if children.closed:
             raise PoolClosed()
-        child = children.child()
+        child = children.acquire()
         ctx = context.current()
-        fields = (ctx.run_id, ctx.flow_name, dict(ctx.params), ctx.task_name, ctx.map_index, ctx.attempt)
+        fields = (ctx.run_id, ctx.flow_name, ctx.task_name, ctx.map_index, ctx.attempt)
         try:
-            return child.call(id(self.fn), self.blob, (args, kwargs, fields), timeout)
+            return child.call(id(self.fn), self.blob, ctx, (args, kwargs, fields), timeout)
         except BaseException:
-            if not child.ready:  # timed out, died, or interrupted mid-call: its state is unknown
-                children.discard(child)
             if children.closed:  # Ctrl-C: close() killed the child; the attempt was cancelled, it did not fail
                 raise PoolClosed() from None
             raise
+        finally:
+            children.release(child)
 
 
 class Child:
@@ -280,7 +298,7 @@ class Child:
                                      stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(ours.detach())
-        self.known: set = set()  # functions this child has already been sent
+        self.known: set = set()  # functions, and the runs whose parameters, this child has been sent
         self.ready = True
         self.gone = False
         if not self.conn.poll(STARTUP_S):  # a task's timeout starts once its child is up
@@ -288,12 +306,17 @@ class Child:
             raise WorkerDied(f"a pool process did not start within {STARTUP_S:g}s")
         self.receive(None)
 
-    def call(self, key: int, blob: bytes, payload: tuple, timeout: float | None):
+    def call(self, key: int, blob: bytes, ctx, payload: tuple, timeout: float | None):
+        """Call function `key` with `payload` (args, kwargs, context fields) in the task context `ctx`."""
         self.ready = False
         try:
             if key not in self.known:
                 self.conn.send_bytes(serialize.dumps(("fn", key, blob)))
                 self.known.add(key)
+            # A run's parameters go once per child, not with each of its (maybe 100 000) calls.
+            if ("params", ctx.run_id) not in self.known:
+                self.conn.send_bytes(serialize.dumps(("params", ctx.run_id, dict(ctx.params))))
+                self.known.add(("params", ctx.run_id))
             self.conn.send_bytes(serialize.dumps(("call", key) + payload))
         except OSError:
             raise self.died() from None
@@ -328,7 +351,7 @@ class Child:
         return WorkerDied(f"the pool process running the task died ({how})")
 
     def stop(self) -> None:
-        self.conn.close()  # the child sees end-of-file and exits
+        self.conn.close()  # the child sees end-of-file and exits (closing twice is harmless)
         try:
             self.proc.wait(5)
         except Exception:
@@ -381,6 +404,7 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
     logger.setLevel(level)
     logger.propagate = False
     functions: dict = {}
+    params: dict = {}  # run id -> its parameters
     conn.send_bytes(serialize.dumps(("ready", None)))
     while True:
         try:
@@ -390,17 +414,22 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
         if message[0] == "fn":
             functions[message[1]] = serialize.loads(message[2])
             continue
+        if message[0] == "params":
+            if len(params) >= 8:  # a pool lives for one run; this only bounds what a reuse could keep
+                params.clear()
+            params[message[1]] = MappingProxyType(message[2])
+            continue
         _, key, args, kwargs, fields = message
-        answer = _answer(functions[key], args, kwargs, fields)
+        answer = _answer(functions[key], args, kwargs, fields, params.get(fields[0], MappingProxyType({})))
         with lock:
             conn.send_bytes(answer)
 
 
-def _answer(fn, args: tuple, kwargs: dict, fields: tuple) -> bytes:
+def _answer(fn, args: tuple, kwargs: dict, fields: tuple, params) -> bytes:
     from flowspec import context
 
-    run_id, flow, params, task, index, attempt = fields
-    token = context.set_current(context.TaskContext(run_id, flow, MappingProxyType(params), task, index, attempt))
+    run_id, flow, task, index, attempt = fields
+    token = context.set_current(context.TaskContext(run_id, flow, params, task, index, attempt))
     try:
         reply = ("ok", fn(*args, **kwargs))
     except BaseException as exc:  # SystemExit too: the parent decides what it means
