@@ -60,31 +60,43 @@ def compile_document(doc: Document, strict: bool = False) -> tuple[FlowSpec | No
         from flowspec.callables import add_import_path
 
         add_import_path(spec.base_dir)
-        diags = import_problems(spec)
+        diags = import_all(spec)[1]
     return (None if diags else spec), sorted(diags, key=Diagnostic.sort_key)
 
 
-def import_problems(spec: FlowSpec) -> list[Diagnostic]:
-    """Import every callable the spec names and check that task arguments fit the signatures."""
+def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
+    """Import every callable the spec names and check that task arguments fit the signatures:
+    (callable by task name and hook key, diagnostics). Each target is imported and each
+    signature checked once, however many tasks share them (a chain of 500 `inc` tasks)."""
     from flowspec.callables import CallableError, load_callable, signature_problems
 
     doc: Document = spec.document
+    callables: dict = {}
     out = []
-    targets = [(("tasks", t.name, "run"), t.run, t) for t in spec.tasks.values()]
+    loaded: dict = {}  # target -> the callable, or the CallableError it gave
+    checked: dict = {}  # (target, argument names) -> signature problems
+    targets = [(t.name, ("tasks", t.name, "run"), t.run, t) for t in spec.tasks.values()]
     env = spec.environment
-    targets += [(("environment", k), v, None) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]
-    for path, target, task in targets:
-        try:
-            fn = load_callable(target, spec.base_dir)
-        except CallableError as exc:
-            out.append(doc.diag(path, exc.message, exc.hint))
+    targets += [(k, ("environment", k), v, None) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]
+    for key, path, target, task in targets:
+        if target not in loaded:
+            try:
+                loaded[target] = load_callable(target, spec.base_dir)
+            except CallableError as exc:
+                loaded[target] = exc
+        fn = loaded[target]
+        if isinstance(fn, CallableError):
+            out.append(doc.diag(path, fn.message, fn.hint))
             continue
+        callables[key] = fn
         if task is not None:
-            given = set(task.with_args) | set(task.map_args)
-            for problem in signature_problems(fn, given):
+            given = frozenset(task.with_args) | frozenset(task.map_args)
+            if (target, given) not in checked:
+                checked[target, given] = signature_problems(fn, set(given))
+            for problem in checked[target, given]:
                 out.append(doc.diag(path, f"{target}: {problem}",
                                     "arguments come from 'with' and 'map'; they must match the function's parameters"))
-    return out
+    return callables, out
 
 
 class _Checker:
