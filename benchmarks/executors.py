@@ -19,8 +19,9 @@ Every configuration (workload x executor x N, and every floor) runs in a process
 that its peak RSS is its own (VmHWM on Linux; `(tree N)`: with its pool processes, sampled).
 In that process flowspec is measured through its Python API, the way `flowspec run` does it:
 the spec is compiled once (compile_file, outside the timing), then each timed run is parameter
-resolution + `run_in_process(spec, params)`, i.e. environment, callables, executor start (pool,
-cluster client), the runner, executor shutdown. Interpreter start and imports are outside the
+resolution + `run_in_process(spec, params, keep_results=(FINAL_TASK,))`, i.e. environment,
+callables, executor start (pool, cluster client), the runner, executor shutdown, and the final
+task's value brought back (as the raw distributed floor does). Interpreter start and imports are outside the
 timing (W4 measures them). Rows "via run command" time `commands.run.execute` instead (quiet,
 recording to a temporary backend, as `flowspec run --quiet` does). A warm-up run comes first
 when a run is short; the table shows the median of the timed runs and the first run.
@@ -284,8 +285,8 @@ def child_flowspec(cfg: dict) -> dict:
         def run(params):
             return execute(spec, params, "json", -1)
     else:
-        def run(params):
-            return run_in_process(spec, params)
+        def run(params):  # only the final task's value comes back, as in the raw distributed floor
+            return run_in_process(spec, params, keep_results=(final,))
 
     def once() -> float:
         t = time.perf_counter()
