@@ -243,10 +243,10 @@ class FlowRunner:
 
     `observers` receive `task_state(task, index, state, attempt, message)` and
     `flow_state(result)` calls (the backend recorder and the progress display use them).
-    `keep_results` (True, False, or the names of the tasks whose results are wanted): an
-    executor that keeps results where they were computed (dask) is asked at the end only for
-    these, and the other records hold None. Callers that report states only pass False, which
-    spares bringing every task run's value back."""
+    `keep_results` (True, False, or the names of the tasks whose results are wanted): the
+    records of the other tasks hold None at the end, and an executor that keeps results where
+    they were computed (dask) is asked only for these. Callers that report states only pass
+    False, which spares bringing every task run's value back."""
 
     def __init__(self, spec, params: dict, executor: Executor, callables: dict,
                  observers=(), run_id: str | None = None, keep_results: bool = True) -> None:
@@ -285,8 +285,7 @@ class FlowRunner:
             if self._call_hook("on_start"):
                 with self.executor:
                     self._schedule()
-                    if self._fetch is not None:
-                        self._fetch_results()
+                    self._keep_results()
                 result.state = FAILED if any(r.state in FLOW_FAILING for r in self.records.values()) else SUCCESS
             else:
                 result.state = FAILED
@@ -432,16 +431,20 @@ class FlowRunner:
         value = self._lookup(ref)
         return self._fetch(value) if ref.kind == "tasks" else value
 
-    def _fetch_results(self) -> None:
-        """The results that are kept, brought here from the executor in one round trip; the
-        executor's handles on the others are dropped (they die with its client anyway)."""
+    def _keep_results(self) -> None:
+        """The results that are kept, brought here from the executor in one round trip (when it
+        keeps them where they were computed); the others are dropped."""
         keep, recs = self.keep_results, []
+        if keep is True and self._fetch is None:
+            return
         for rec in self.records.values():
             if keep is not True and not (keep and rec.name in keep):
                 rec.result = rec.child_results = None
             elif rec.result is not None:
                 recs.append(rec)
-        values = (self._fetch([rec.result for rec in recs]) if recs else None) or [None] * len(recs)
+        if self._fetch is None or not recs:
+            return
+        values = self._fetch([rec.result for rec in recs]) or [None] * len(recs)
         for rec, value in zip(recs, values):
             rec.result = value
             if rec.child_results is not None:

@@ -789,3 +789,22 @@ def test_flowrunner_gets_result_objects_and_every_state_change(kind, request, tm
     assert recorder.of("child_to_child", 0) == [("Running", 1), ("Success", 1)]
     assert recorder.of("child_to_child", 1) == [("TriggerFailed", 0)]
     assert recorder.flows == ["Running", "Failed"]
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_only_the_results_asked_for_are_kept(kind, request, tmp_path, monkeypatch):
+    from flowspec.compile import compile_file
+    from flowspec.environments.base import run_in_process
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "steps.py").write_text(TASKS, encoding="utf-8")
+    (tmp_path / "flow.yaml").write_text(OBSERVED_FLOW + f"executor: {executor_yaml(kind, request)}\n", encoding="utf-8")
+    spec, diags = compile_file(str(tmp_path / "flow.yaml"))
+    assert not diags, [d.text() for d in diags]
+    some = run_in_process(spec, {"d": str(tmp_path)}, keep_results=("zipped", "child_to_child"))
+    kept = {name: rec.result for name, rec in some.tasks.items() if rec.result is not None}
+    assert kept == {"zipped": [11, 22, 33], "child_to_child": [101, None, 103]}
+    assert some.tasks["one_bad"].children == ["Success", "Failed", "Success"]  # states are all there
+    none = run_in_process(spec, {"d": str(tmp_path)}, keep_results=False)
+    assert [rec.result for rec in none.tasks.values()] == [None] * len(none.tasks)
+    assert none.tasks["child_to_child"].children == ["Success", "TriggerFailed", "Success"]
