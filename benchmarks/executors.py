@@ -929,7 +929,7 @@ def header(bench: Bench) -> str:
     if bench.layout:
         lines.append(f"dask: one LocalCluster for all dask rows, started once by this script ({bench.layout[0]} "
                      f"worker processes x {bench.layout[1]} threads, flowspec's default layout), reused warm")
-    lines.append("flowspec rows time parameter resolution + run_in_process(spec, params) after compile_file "
+    lines.append("flowspec rows time parameter resolution + run_in_process(spec, params, keep_results=(final task,)) after compile_file "
                  "(executor start and shutdown included); 'via run command' rows time commands.run.execute "
                  "(--quiet, recording to a temporary backend)")
     if bench.layout:
