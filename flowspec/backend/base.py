@@ -804,6 +804,8 @@ def redact_url(url: str) -> str:
     if "://" not in url:
         return url
     parts = urlsplit(url)
+    if parts.password is None and "password" not in parts.query:
+        return url  # rebuilding would turn sqlite:////abs into sqlite://abs
     netloc = parts.netloc
     if parts.password is not None:
         netloc = f"{parts.username}@{netloc.rsplit('@', 1)[1]}" if parts.username else netloc.rsplit("@", 1)[1]

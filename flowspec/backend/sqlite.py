@@ -24,7 +24,7 @@ class SQLiteBackend(Backend):
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path).expanduser()
-        super().__init__(f"sqlite:///{path}")
+        super().__init__(f"sqlite://{path}")  # what open_backend reads back: sqlite:///abs/path.db
         if not path.parent.is_dir():
             raise BackendError(
                 f"cannot open the SQLite backend {path}: the directory {path.parent} does not exist",

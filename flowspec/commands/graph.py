@@ -42,12 +42,13 @@ def main(args) -> int:
 
 def load_spec(path: str, fmt: str = "text"):
     """Compile a spec for a command that only reads it; on errors print them and return None."""
+    from flowspec.commands import unreadable
     from flowspec.compile import compile_file
     from flowspec.diagnostics import render
     from flowspec.errors import UsageError
 
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such file")
+    if why := unreadable(path):
+        raise UsageError(f"{path}: {why}")
     spec, diags = compile_file(path)
     if not diags:
         return spec

@@ -65,14 +65,13 @@ def main(args) -> int:
 
 def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor")):
     """Compile the spec and check that this release has its drivers of these `tables`."""
-    import os
-
+    from flowspec.commands import unreadable
     from flowspec.compile import compile_file
     from flowspec.drivers import TABLES, available
     from flowspec.errors import SpecError, UsageError
 
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such file")
+    if why := unreadable(path):
+        raise UsageError(f"{path}: {why}")
     spec, diags = compile_file(path)
     if diags:
         raise SpecError(diags)

@@ -1,8 +1,9 @@
 """`flowspec validate FILE... [--strict] [--format text|json|github]`"""
 from __future__ import annotations
 
-import os
 import sys
+
+from flowspec.commands import unreadable as cannot_read
 
 
 def register(sub) -> None:
@@ -23,8 +24,7 @@ def main(args) -> int:
 
     diags, unreadable = [], []
     for path in args.files:
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            why = "no such file" if not os.path.exists(path) else "not a readable file"
+        if why := cannot_read(path):
             unreadable.append(f"flowspec: error: {path}: {why}")
             continue
         try:

@@ -365,6 +365,11 @@ def test_default_backend_lives_in_a_private_flowspec_home(tmp_path: Path, monkey
     monkeypatch.setenv("FLOWSPEC_HOME", str(tmp_path / "home"))
     with open_backend() as backend:
         assert backend.schema_version() == 1
+        run_id = new_run(backend)
+        shown = backend.url
+    assert shown == f"sqlite://{tmp_path / 'home' / 'flowspec.db'}"
+    with open_backend(shown) as again:  # the URL in messages opens the same backend
+        assert again.get_run(run_id) is not None
     assert (tmp_path / "home" / "flowspec.db").is_file()
     assert (tmp_path / "home").stat().st_mode & 0o777 == 0o700
     with pytest.raises(BackendError, match="unsupported backend URL"):
