@@ -14,7 +14,7 @@ from flowspec.schema import check as schema_check
 from flowspec.schema import did_you_mean
 from flowspec.spec import DriverSpec, EnvironmentSpec, FlowSpec, ParameterSpec, TaskSpec
 
-NEEDS_DOCKER_STORAGE = ("kubernetes-job", "dask-kubernetes", "fargate-task")
+NEEDS_DOCKER_STORAGE = ("docker", "kubernetes-job", "dask-kubernetes", "fargate-task")
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION = 30 * 24 * 3600.0
@@ -281,6 +281,10 @@ class _Checker:
                            f"environment '{env['type']}' runs the flow from an image and needs docker storage,"
                            f" but storage is '{storage_type}'",
                            "add 'storage: {type: docker, image_name: ...}'")
+        if isinstance(storage, dict) and storage.get("type") == "docker" and "base_image" in storage \
+                and "dockerfile" in storage:
+            self.error(("storage", "dockerfile"), "give either base_image or dockerfile, not both",
+                       "a dockerfile names its own base image in its FROM line; drop base_image", key=True)
         self.check_aws_key_ids((), self.data)
 
     def check_env_refs_only(self, path: tuple, value) -> None:

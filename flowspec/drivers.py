@@ -24,6 +24,7 @@ STORAGE = {
 ENVIRONMENTS = {
     "local": "flowspec.environments.local:LocalEnvironment",
     "remote": "flowspec.environments.remote:RemoteEnvironment",
+    "docker": None,
     "kubernetes-job": None,
     "dask-kubernetes": None,
     "fargate-task": None,
