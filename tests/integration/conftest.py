@@ -176,3 +176,10 @@ def dask_cluster() -> Iterator[DaskCluster]:
         _stop_group(worker)
         _stop_group(scheduler)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# Platform fixtures live in modules of their own (a Docker engine with base images and a registry,
+# a Kubernetes cluster, the moto server); star-imported so every integration test can use them.
+from engine_fixtures import *  # noqa: E402,F401,F403
+from kube_fixtures import *  # noqa: E402,F401,F403
+from aws_fixtures import *  # noqa: E402,F401,F403

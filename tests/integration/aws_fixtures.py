@@ -1,0 +1,2 @@
+"""Fixtures: see tests/integration/conftest.py."""
+from __future__ import annotations
