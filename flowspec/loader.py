@@ -81,22 +81,32 @@ class LoadError(Exception):
 
 
 def read_text(path: str) -> str:
-    """Read a spec file, refusing oversized ones before reading them."""
+    """Read a spec file, refusing oversized ones before reading them; CRLF and CR line ends become LF."""
     size = os.path.getsize(path)
     if size > MAX_BYTES:
         raise LoadError([Diagnostic(path, 1, 1, "(root)",
                                     f"the file is {size} bytes; flowspec reads at most {MAX_BYTES}",
                                     "split large data out of the spec and pass it as a parameter file")])
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    return decode(raw, path).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def decode(raw: bytes, file: str) -> str:
+    """UTF-8 bytes → text; a byte that is not UTF-8 is reported at its own line and column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = len(raw[start:exc.start].decode("utf-8", "replace")) + 1
+        raise LoadError([Diagnostic(file, line, column, "(root)",
+                                    f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02X} ({exc.reason})",
+                                    "save the file as UTF-8 (non-ASCII text is welcome, in UTF-8)")]) from None
 
 
 def load_file(path: str) -> Document:
-    try:
-        text = read_text(path)
-    except UnicodeDecodeError as exc:
-        raise LoadError([Diagnostic(path, 1, 1, "(root)", f"the file is not UTF-8 text ({exc.reason})")]) from None
-    return load_text(text, path)
+    return load_text(read_text(path), path)
 
 
 def load_text(text: str, file: str = "<string>") -> Document:
@@ -118,7 +128,7 @@ def _load(text: str, file: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         msg = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-        raise LoadError([Diagnostic(file, line, col, "(root)", f"invalid YAML: {msg}")]) from None
+        raise LoadError([Diagnostic(file, line, col, "(root)", f"invalid YAML: {msg}", _tab_hint(text, line))]) from None
     except yaml.reader.ReaderError as exc:
         raise LoadError([_reader_diagnostic(text, file, exc)]) from None
     except yaml.YAMLError as exc:
@@ -140,6 +150,17 @@ def _load(text: str, file: str) -> Document:
     return Document(file, data, builder.values, builder.keys, text)
 
 
+def _tab_hint(text: str, line: int) -> str | None:
+    """YAML indents with spaces only: a tab in the indentation of the line at fault (or of the
+    line before it, where an error is often reported one line late) gets a hint naming it."""
+    lines = text.split("\n", line)
+    for number in (line, line - 1):
+        src = lines[number - 1] if 0 < number <= min(len(lines), line) else ""
+        if "\t" in src[:len(src) - len(src.lstrip(" \t"))]:
+            return f"line {number} is indented with a tab; YAML indents with spaces only: replace the tab with spaces"
+    return None
+
+
 def _reader_diagnostic(text: str, file: str, exc) -> Diagnostic:
     """A character YAML does not allow. libyaml reports a byte offset, so find the character
     itself: its first occurrence is the one reported, since an earlier one would have been."""
@@ -156,8 +177,29 @@ def _too_deep(text: str):
 
     libyaml's composer recurses in C once per level: some ten thousand levels down it crashes
     the interpreter, with no RecursionError to catch. The event stream has no recursion, so
-    depth is measured there before anything is composed."""
-    loader = _Loader(text)
+    depth is measured there before anything is composed. Some libyaml builds refuse deep
+    nesting themselves, and their scanner reads up to 1024 characters ahead of the events, so
+    on one line of brackets their own error comes before level MAX_DEPTH is seen: when libyaml
+    fails, the pure-Python scanner (no nesting limit, the same look-ahead, and no recursion
+    either) says whether flowspec's limit was passed first. It stops at the first level too
+    deep, and it runs only on libyaml's own nesting error, never on an ordinary syntax error."""
+    try:
+        return _first_too_deep(text, _Loader)
+    except yaml.MarkedYAMLError as exc:
+        said = f"{exc.context or ''} {exc.problem or ''}".lower()
+        if _Loader is yaml.SafeLoader or not any(w in said for w in ("nest", "depth", "level")):
+            raise
+        try:
+            mark = _first_too_deep(text, yaml.SafeLoader)
+        except yaml.YAMLError:
+            mark = None
+        if mark is None:
+            raise
+        return mark
+
+
+def _first_too_deep(text: str, loader_class):
+    loader = loader_class(text)
     depth = 0
     try:
         while not loader.check_event(yaml.StreamEndEvent):

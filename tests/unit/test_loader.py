@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import yaml
 
 from flowspec import loader
 from flowspec.loader import LoadError, format_path, load_file, load_text
@@ -141,3 +142,18 @@ def test_files_too_large_or_not_utf8(tmp_path, monkeypatch):
     latin.write_bytes(b"a: caf\xe9\n")
     with pytest.raises(LoadError, match="the file is not UTF-8 text"):
         load_file(str(latin))
+
+
+def test_the_depth_limit_is_flowspecs_without_libyaml_too(monkeypatch):
+    # The same limit and position when PyYAML is installed without its C extension.
+    monkeypatch.setattr(loader, "_Loader", yaml.SafeLoader)
+    assert _errors("[" * 100_000 + "]" * 100_000) == [(1, 65, "(root)", "the document nests deeper than 64 levels")]
+
+
+def test_a_byte_that_is_not_utf8_is_placed_by_characters_before_it(tmp_path):
+    spec = tmp_path / "flow.yaml"
+    spec.write_bytes("a: 1\nbé: \u00e9\u00e9".encode() + b"\xff\n")
+    with pytest.raises(LoadError) as caught:
+        load_file(str(spec))
+    d = caught.value.diagnostics[0]
+    assert (d.line, d.column, d.message) == (2, 7, "the file is not UTF-8 text: byte 0xFF (invalid start byte)")
