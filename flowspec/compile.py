@@ -109,6 +109,7 @@ class _Checker:
         self.tasks = self._mapping("tasks")
         self.params = self._mapping("parameters")
         self.compiled: dict = {}  # task name → {"with": ..., "map": ...} compiled values
+        self._upstream: dict = {}  # task name → upstream(name), worked out once
 
     def _mapping(self, key: str) -> dict:
         value = self.data.get(key)
@@ -224,46 +225,41 @@ class _Checker:
         return declared if isinstance(declared, str) else None
 
     def upstream(self, name: str) -> tuple[list[str], list[str]]:
-        """(data upstreams, all upstreams) of a task, in first-mention order, known tasks only."""
-        data = []
+        """(data upstreams, all upstreams) of a task, in first-mention order, known tasks only.
+        Worked out once per task: the cycle check, ordering and building all ask for it."""
+        cached = self._upstream.get(name)
+        if cached is not None:
+            return cached
+        data: list[str] = []
+        seen: set[str] = set()
         for section in self.compiled.get(name, {}).values():
             for _, ref in refs.iter_refs(section):
-                if ref.kind == "tasks" and ref.name in self.tasks and ref.name not in data:
+                if ref.kind == "tasks" and ref.name in self.tasks and ref.name not in seen:
+                    seen.add(ref.name)
                     data.append(ref.name)
         after = self.tasks[name].get("after")
         # `after: [itself]` is reported by check_task; leaving it out here avoids a second error.
-        extra = [a for a in (after if isinstance(after, list) else [])
-                 if isinstance(a, str) and a in self.tasks and a not in data and a != name]
-        return data, data + extra
+        extra = []
+        for a in after if isinstance(after, list) else []:
+            if isinstance(a, str) and a in self.tasks and a not in seen and a != name:
+                seen.add(a)
+                extra.append(a)
+        self._upstream[name] = data, data + extra
+        return self._upstream[name]
 
     def check_cycles(self) -> None:
+        """Name one cycle per group of tasks that depend on each other, and every task that
+        references its own result. Iterative and linear: a 10 000-task cycle is named too."""
         graph = {name: self.upstream(name)[1] for name in self.tasks}
-        state: dict = {}
-        reported: set = set()
-
-        def visit(node: str, stack: list) -> None:
-            state[node] = "active"
-            stack.append(node)
-            for up in graph[node]:
-                if state.get(up) == "active":
-                    cycle = stack[stack.index(up):] + [up]
-                    key = frozenset(cycle)
-                    if key not in reported and up != node:
-                        reported.add(key)
-                        self.error(("tasks", cycle[0]), f"dependency cycle: {' -> '.join(cycle)}",
-                                   "a task cannot depend on its own results; remove one of these references",
-                                   key=True)
-                    elif up == node and key not in reported:
-                        reported.add(key)
-                        self.error(("tasks", node), f"task '{node}' references its own result", key=True)
-                elif up not in state:
-                    visit(up, stack)
-            stack.pop()
-            state[node] = "done"
-
-        for name in self.tasks:
-            if name not in state:
-                visit(name, [])
+        for name, ups in graph.items():
+            if name in ups:  # only a data reference can be one: `after: [itself]` is left out above
+                self.error(("tasks", name), f"task '{name}' references its own result", key=True)
+        position = {name: i for i, name in enumerate(graph)}
+        for component in _strongly_connected(graph):
+            if len(component) > 1:
+                cycle = _cycle_through(min(component, key=position.__getitem__), set(component), graph)
+                self.error(("tasks", cycle[0]), f"dependency cycle: {' -> '.join(cycle)}",
+                           "a task cannot depend on its own results; remove one of these references", key=True)
 
     # -- executor, storage, environment ---------------------------------------------------------
     def check_platform(self) -> None:
@@ -364,15 +360,91 @@ class _Checker:
             upstream=tuple(all_up), data_upstream=tuple(data_up), per_child=per_child)
 
     def order(self) -> list[str]:
-        """Topological order, keeping declaration order among tasks that are ready together."""
-        pending = {name: set(self.upstream(name)[1]) for name in self.tasks}
-        done: list[str] = []
-        while pending:
-            ready = [n for n, ups in pending.items() if not ups - set(done)]
-            done.extend(ready)
-            for n in ready:
-                del pending[n]
-        return done
+        """Topological order in rounds: each round takes, in declaration order, every task whose
+        upstreams all ran in earlier rounds (a task's round is its longest path from a root).
+        Kahn's algorithm with a counter per task, then one bucket per round: linear."""
+        downstream: dict[str, list[str]] = {name: [] for name in self.tasks}
+        waiting = {}
+        for name in self.tasks:
+            ups = self.upstream(name)[1]
+            waiting[name] = len(ups)
+            for up in ups:
+                downstream[up].append(name)
+        depth = dict.fromkeys(self.tasks, 0)
+        ready = [name for name, n in waiting.items() if n == 0]
+        while ready:
+            name = ready.pop()
+            for down in downstream[name]:
+                depth[down] = max(depth[down], depth[name] + 1)
+                waiting[down] -= 1
+                if waiting[down] == 0:
+                    ready.append(down)
+        rounds: list[list[str]] = [[] for _ in range(max(depth.values(), default=0) + 1)]
+        for name in self.tasks:  # declaration order within each round
+            rounds[depth[name]].append(name)
+        return [name for names in rounds for name in names]
+
+
+def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components, with an explicit stack (no recursion)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        work = [(root, iter(graph[root]))]
+        while work:
+            node, edges = work[-1]
+            for up in edges:
+                if up not in index:
+                    index[up] = low[up] = len(index)
+                    stack.append(up)
+                    on_stack.add(up)
+                    work.append((up, iter(graph[up])))
+                    break
+                if up in on_stack:
+                    low[node] = min(low[node], index[up])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    out.append(component)
+    return out
+
+
+def _cycle_through(start: str, members: set[str], graph: dict[str, list[str]]) -> list[str]:
+    """A shortest cycle from `start` back to it inside one strongly connected component (its
+    `members`): breadth-first over the component's edges, linear in its size."""
+    parent: dict[str, str] = {}
+    queue, head = [start], 0
+    while head < len(queue):
+        node = queue[head]
+        head += 1
+        for up in graph[node]:
+            if up == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return path[::-1] + [start]
+            if up in members and up not in parent:
+                parent[up] = node
+                queue.append(up)
+    raise AssertionError("a strongly connected component without a cycle")  # cannot happen for size > 1
 
 
 def _driver(value) -> DriverSpec:
