@@ -18,7 +18,7 @@ EXECUTORS = {
 STORAGE = {
     "local": "flowspec.storage.local:LocalStorage",
     "docker": None,
-    "s3": None,
+    "s3": "flowspec.storage.s3:S3Storage",
 }
 
 ENVIRONMENTS = {
