@@ -306,7 +306,15 @@ class _Checker:
                     self.check_secrets(path + (k,), v)
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                self.check_secrets(path + (i,), v)
+                # `[{name: AWS_SECRET_ACCESS_KEY, value: ...}]`: ECS and Kubernetes name/value pairs
+                pair = isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("value"), str)
+                if pair and _SECRET_VAR.search(v["name"]) and v["value"] \
+                        and not isinstance(refs.compile_value(v["value"]), refs.Ref):
+                    self.error(path + (i, "value"), f"'{v['name']}' looks like a credential written as a literal value",
+                               f"credentials never go in a spec: write ${{{{ env.{v['name'].upper()} }}}} and set it"
+                               " in the environment, or use the platform's secrets (ECS `secrets`, valueFrom)")
+                else:
+                    self.check_secrets(path + (i,), v)
 
     def check_aws_key_ids(self, path: tuple, value) -> None:
         if isinstance(value, str) and _AWS_KEY_ID.search(value):
