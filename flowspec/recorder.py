@@ -4,6 +4,10 @@
 thread writes the buffer every FLUSH_INTERVAL_S and heartbeats the run, so recording never
 waits on the database in the middle of a task. An agent's child process and a local
 `flowspec run FILE` both use it.
+
+A backend that fails (a database restart, a file locked by another process) only delays the
+writes: the buffer is kept, the heartbeat is retried first and the rest after it, with backoff
+(flowspec.backend.outage); one log line says that recording is behind, one that it caught up.
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flowspec.errors import FlowspecError, SpecError
+from flowspec.backend.outage import MAX_DELAY_S, Outage
+from flowspec.errors import BackendError, FlowspecError, SpecError
 
 FLUSH_INTERVAL_S = 0.2
 HEARTBEAT_INTERVAL_S = 1.0
+LOCAL_OUTAGE_S = 10.0  # a local run waits this long, at its end, for a failing backend to record it
 EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
 _ACTIVE = {"Submitted", "Running", "Cancelling"}
 
@@ -44,14 +50,21 @@ class Recorder:
     Each tick of its thread it calls `guard` (if given), writes what was buffered and, every
     `heartbeat_s`, heartbeats the run; when the heartbeat finds the run Cancelling it calls
     `on_cancel` once. A backend that fails for a while only delays the writes: the buffer is
-    kept and written on a later tick.
+    kept and written on a later tick; `finish` retries within `outage_s`.
+
+    With `create`, the run is created (by calling it) only when the runner starts it: a run
+    that stops before anything ran (a task module that does not import) is not recorded.
     """
 
     def __init__(self, backend, run_id: str, *, heartbeat_s: float = HEARTBEAT_INTERVAL_S,
                  on_cancel: Callable[[], None] | None = None,
-                 guard: Callable[[], None] | None = None) -> None:
+                 guard: Callable[[], None] | None = None,
+                 outage_s: float = LOCAL_OUTAGE_S,
+                 create: Callable[[], object] | None = None) -> None:
         self.backend, self.run_id = backend, run_id
         self.heartbeat_s, self.on_cancel, self.guard = heartbeat_s, on_cancel, guard
+        self.create = create
+        self.outage = Outage(backend.url, outage_s, self._say)
         self._states: list[tuple] = []
         self._logs: list[tuple] = []
         self._lock = threading.Lock()
@@ -61,7 +74,8 @@ class Recorder:
         self._handler = _Capture(self._add_log)
         self._last_beat = time.monotonic()
         self._cancel_seen = False
-        self._warned = False
+        self._retry_at = 0.0
+        self._gave_up = False
 
     # -- observer interface ------------------------------------------------------------------
     def task_state(self, task: str, index: int | None, state: str, attempt: int, message: str | None) -> None:
@@ -69,7 +83,17 @@ class Recorder:
             self._states.append((task, index, state, attempt, time.time(), message))
 
     def flow_state(self, result: Any) -> None:
-        """The owner sets the run's final state (with the exit code) through `finish`."""
+        """Create the run when it starts (with `create`); the owner sets its final state, with
+        the exit code, through `finish`."""
+        if self.create is not None and result.state == "Running":
+            create, self.create = self.create, None
+            try:
+                create()
+            except FlowspecError as exc:
+                self._warn("it is not recorded in the backend", exc)
+                self.task_state = lambda *_: None  # nothing to record it in: buffer nothing
+                return
+            self.start()
 
     def _add_log(self, line: tuple) -> None:
         with self._lock:
@@ -83,23 +107,30 @@ class Recorder:
 
     def finish(self, state: str, message: str | None, exit_code: int | None = None) -> bool:
         """Stop the thread, write everything buffered, then set the run's final state."""
+        if self._thread.ident is None:
+            return False  # never started: nothing ran, nothing is recorded
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
         logging.getLogger("flowspec").removeHandler(self._handler)
         try:
-            self.flush()
+            self.outage.call(self.flush)
         except FlowspecError as exc:  # the final state matters more: still try to write it
             self._warn("its last log lines and task states were not recorded", exc)
         try:
-            return self.backend.set_run_state(self.run_id, state, message, expected_from=_ACTIVE,
-                                              exit_code=exit_code)
+            return self.outage.call(self.backend.set_run_state, self.run_id, state, message,
+                                    expected_from=_ACTIVE, exit_code=exit_code)
         except FlowspecError as exc:
             self._warn("its final state was not recorded", exc)
             return False
 
     def _warn(self, what: str, exc: FlowspecError) -> None:
         print(f"flowspec: warning: run {self.run_id}: {what}: {exc.message}", file=sys.stderr)
+
+    def _say(self, level: str, text: str) -> None:
+        # Through the flowspec logger: shown where the run's output goes, and recorded with the
+        # run's logs once the backend is back.
+        logging.getLogger("flowspec.recorder").log(logging.getLevelName(level.upper()), "recording: %s", text)
 
     def flush(self) -> None:
         with self._write_lock:
@@ -116,23 +147,36 @@ class Recorder:
 
     def _loop(self) -> None:
         while not self._stop.wait(FLUSH_INTERVAL_S):
+            if self.guard is not None:
+                self.guard()
+            if time.monotonic() < self._retry_at:
+                continue
             try:
                 self._tick()
-            except FlowspecError as exc:
-                if not self._warned:
-                    self._warned = True
-                    self._warn("recording is behind, retrying", exc)
+            except BackendError as exc:
+                self._retry_at = time.monotonic() + self._retry_delay(exc)
+            else:
+                self.outage.ok()
+
+    def _retry_delay(self, exc: BackendError) -> float:
+        try:
+            return self.outage.failed(exc)
+        except BackendError as too_long:  # past the tolerance: whoever owns the run decides; keep trying
+            if not self._gave_up:
+                self._gave_up = True
+                self._warn("recording has stopped", too_long)
+            return MAX_DELAY_S
 
     def _tick(self) -> None:
-        if self.guard is not None:
-            self.guard()
-        self.flush()
-        if time.monotonic() - self._last_beat >= self.heartbeat_s:
-            self._last_beat = time.monotonic()
+        # After an outage the heartbeat goes first: the run must not look lost while its
+        # buffered lines are written.
+        if self.outage.ongoing or time.monotonic() - self._last_beat >= self.heartbeat_s:
             state = self.backend.run_heartbeat(self.run_id)
+            self._last_beat = time.monotonic()
             if state == "Cancelling" and not self._cancel_seen and self.on_cancel is not None:
                 self._cancel_seen = True
                 self.on_cancel()
+        self.flush()
 
 
 def interrupt_self() -> None:
@@ -160,25 +204,38 @@ def outcome_of(exc: BaseException) -> tuple[str, str]:
     return "Failed", f"internal error: {type(exc).__name__}: {exc}"
 
 
-def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], Any]) -> Any:
-    """Call `execute(observers, run_id)` with the run recorded in the backend.
+def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], Any], url: str | None = None,
+                     heartbeat_timeout: float | None = None) -> Any:
+    """Call `execute(observers, run_id)` with the run recorded in the backend at `url`.
 
     When the backend cannot be opened, one warning line is printed and the run goes on
-    unrecorded. The run is created Running, without labels: it holds no concurrency slot.
+    unrecorded. The run is created Running when the runner starts it (a run that stops before,
+    e.g. on a module that does not import, is not recorded), without labels: it holds no
+    concurrency slot. It heartbeats, and names this process, so that a killed `flowspec run`
+    is seen as lost by whoever reads it after `heartbeat_timeout`.
     """
+    import socket
+    import uuid
+
     from flowspec.backend import open_backend
+    from flowspec.errors import UsageError
 
     try:
-        backend = open_backend()
+        backend = open_backend(url)
+    except UsageError:
+        raise  # a misconfigured FLOWSPEC_HOME is the user's to fix, not a reason to run unrecorded
     except (FlowspecError, OSError) as exc:
         print(f"flowspec: warning: this run is not recorded in the backend: {getattr(exc, 'message', exc)}",
               file=sys.stderr)
         return execute((), None)
     with backend:
-        run = backend.create_flow_run(None, params, (), "Running", flow_name=spec.name)
-        recorder = Recorder(backend, run.id, on_cancel=interrupt_self).start()
+        run_id = uuid.uuid4().hex
+        runner = f"a local `flowspec run`, pid {os.getpid()} on {socket.gethostname()}"
+        recorder = Recorder(backend, run_id, on_cancel=interrupt_self, create=lambda: backend.create_flow_run(
+            None, params, (), "Running", flow_name=spec.name, run_id=run_id, runner=runner,
+            heartbeat_timeout=heartbeat_timeout))
         try:
-            result = execute((recorder,), run.id)
+            result = execute((recorder,), run_id)
         except BaseException as exc:
             recorder.finish(*outcome_of(exc), exit_code=130 if isinstance(exc, KeyboardInterrupt) else 1)
             raise

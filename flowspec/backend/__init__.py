@@ -38,8 +38,22 @@ from flowspec.errors import BackendError
 
 def flowspec_home() -> Path:
     """`$FLOWSPEC_HOME`, or `~/.flowspec`; created private to the user if missing."""
-    home = Path(os.environ.get("FLOWSPEC_HOME") or "~/.flowspec").expanduser()
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    from flowspec.errors import UsageError
+
+    given = os.environ.get("FLOWSPEC_HOME")
+    home = Path(given or "~/.flowspec").expanduser()
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        what = f"FLOWSPEC_HOME={given}" if given else f"the flowspec home {home}"
+        if isinstance(exc, FileExistsError) or home.is_file():
+            why = "is a file, not a directory"
+        elif isinstance(exc, NotADirectoryError):
+            why = "a part of that path is a file, not a directory"
+        else:
+            why = f"cannot be created: {exc.strerror}"
+        raise UsageError(f"{what}: {why}", hint="point FLOWSPEC_HOME at a directory that you may write"
+                         " (it is created if missing), or unset it to use ~/.flowspec") from None
     return home
 
 
@@ -50,11 +64,13 @@ def backend_url(url: str | None = None) -> str:
     return url
 
 
-def open_backend(url: str | None = None) -> Backend:
+def open_backend(url: str | None = None, *, busy_timeout_s: float | None = None) -> Backend:
     """Open (and create or migrate) the backend at `url`.
 
     `url` defaults to `$FLOWSPEC_BACKEND`, else `flowspec.db` in the flowspec home. Accepted:
     `sqlite:///absolute/path.db`, a plain file path, `postgresql://...` or `postgres://...`.
+    `busy_timeout_s`: how long one SQLite call waits for a lock held by another process (agents
+    wait less and retry themselves, see flowspec.backend.outage).
     """
     url = backend_url(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -72,7 +88,7 @@ def open_backend(url: str | None = None) -> Backend:
         raise BackendError(f"the backend URL {url} names no file", hint="use sqlite:///PATH")
     from flowspec.backend.sqlite import SQLiteBackend
 
-    return SQLiteBackend(path)
+    return SQLiteBackend(path) if busy_timeout_s is None else SQLiteBackend(path, busy_timeout_s)
 
 
 __all__ = [

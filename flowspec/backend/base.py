@@ -31,6 +31,7 @@ WAITING_STATES = frozenset({SCHEDULED, QUEUED})
 # and can still go stale.
 ACTIVE_STATES = frozenset({SUBMITTED, RUNNING, CANCELLING})
 AGENT_SEEN_WINDOW_S = 60.0
+HEARTBEAT_TIMEOUT_S = 30.0  # the default: no heartbeat for this long and an active run is lost
 
 
 class NotFoundError(FlowspecError):
@@ -72,6 +73,8 @@ class FlowRun:
     heartbeat: float | None
     exit_code: int | None
     message: str | None
+    runner: str | None = None  # what runs it: "agent NAME" or "a local `flowspec run` (pid P on host H)"
+    heartbeat_timeout: float | None = None  # no heartbeat for this long: the run is lost
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,11 @@ class Agent:
     labels: tuple[str, ...]
     started: float
     last_seen: float
+    stopped: float | None = None  # when it said it stopped (Ctrl-C, SIGTERM); None while it serves
+
+    def alive(self, now: float | None = None) -> bool:
+        """Seen within AGENT_SEEN_WINDOW_S and not stopped since."""
+        return self.stopped is None and (now or time.time()) - self.last_seen <= AGENT_SEEN_WINDOW_S
 
 
 @dataclass(frozen=True)
@@ -268,11 +276,19 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE concurrency_limits (label TEXT PRIMARY KEY,"
         " slots INTEGER NOT NULL CHECK (slots >= 0))",
     ],
+    [
+        # Lost runs are judged by whoever reads them, with the run's own timeout, and named by
+        # what ran them; an agent that stops says so.
+        "ALTER TABLE flow_runs ADD COLUMN runner TEXT",
+        "ALTER TABLE flow_runs ADD COLUMN heartbeat_timeout {float}",
+        "ALTER TABLE agents ADD COLUMN stopped {float}",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FLOW_COLS = "id, project, name, version, labels, storage, spec_checksum, spec_text, environment, created"
-_RUN_COLS = "id, flow_id, flow_name, state, labels, parameters, agent, created, updated, heartbeat, exit_code, message"
+_RUN_COLS = ("id, flow_id, flow_name, state, labels, parameters, agent, created, updated, heartbeat, exit_code,"
+             " message, runner, heartbeat_timeout")
 _TASK_COLS = "run_id, task, map_index, state, attempt, time, message"
 _LOG_COLS = "id, run_id, time, level, task, message"
 
@@ -291,7 +307,7 @@ def _run(row: Sequence[Any]) -> FlowRun:
 
 
 def _agent(row: Sequence[Any]) -> Agent:
-    return Agent(row[0], tuple(json.loads(row[1])), row[2], row[3])
+    return Agent(row[0], tuple(json.loads(row[1])), row[2], row[3], row[4])
 
 
 def _marks(values: Iterable[Any]) -> str:
@@ -464,14 +480,19 @@ class Backend(ABC):
         state: str = SCHEDULED,
         *,
         flow_name: str | None = None,
+        run_id: str | None = None,
+        runner: str | None = None,
+        heartbeat_timeout: float | None = None,
     ) -> FlowRun:
         """A new run of a registered flow (its labels plus `labels`), or of a local spec.
 
-        A local run has `flow_id=None` and names its flow with `flow_name`.
+        A local run has `flow_id=None` and names its flow with `flow_name`; created active, it
+        says what runs it (`runner`) and after how long without a heartbeat it counts as lost.
         """
         check_state(state)
         labels = normalize_labels(labels)
-        now, run_id = time.time(), uuid.uuid4().hex
+        now, run_id = time.time(), run_id or uuid.uuid4().hex
+        beat = now if state in ACTIVE_STATES else None
         with self._transaction() as tx:
             if flow_id is not None:
                 flow = self._flows(tx, "id = ?", flow_id)
@@ -482,9 +503,10 @@ class Backend(ABC):
                 raise ValueError("a run of an unregistered flow needs a flow_name")
             row = tx.one(
                 "INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, created,"
-                f" updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RUN_COLS}",
+                " updated, heartbeat, runner, heartbeat_timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {_RUN_COLS}",
                 run_id, flow_id, flow_name, state, json.dumps(labels),
-                json.dumps(parameters or {}), now, now,
+                json.dumps(parameters or {}), now, now, beat, runner, heartbeat_timeout,
             )
             self._record(tx, run_id, state, None, now)
         return _run(row)
@@ -571,14 +593,56 @@ class Backend(ABC):
             )
             return self._state_of(tx, run_id)
 
-    def stale_runs(self, timeout_s: float) -> list[FlowRun]:
-        """Active runs whose heartbeat (or last update, if none yet) is older than `timeout_s`."""
+    def stale_runs(self, timeout_s: float, run_id: str | None = None) -> list[FlowRun]:
+        """Active runs whose heartbeat (or last update, if none yet) is older than their own
+        heartbeat timeout, or `timeout_s` for runs that have none; only `run_id` if given."""
+        where = (f"state IN ({_marks(ACTIVE_STATES)})"
+                 " AND COALESCE(heartbeat, updated) < ? - COALESCE(heartbeat_timeout, ?)")
+        params: list[Any] = [*ACTIVE_STATES, time.time(), timeout_s]
+        if run_id is not None:
+            where, params = where + " AND id = ?", params + [run_id]
         with self._transaction(write=False) as tx:
-            return self._runs(
-                tx,
-                f"state IN ({_marks(ACTIVE_STATES)}) AND COALESCE(heartbeat, updated) < ?",
-                *ACTIVE_STATES, time.time() - timeout_s,
-            )
+            runs = self._runs(tx, where, *params)
+            up = self._up_for(tx) if runs else None
+        # Nobody could heartbeat while the server was down: a run is judged only by heartbeats
+        # it could have sent, so not before the server has been up for a whole timeout.
+        return [r for r in runs if up is None or up >= (r.heartbeat_timeout or timeout_s)]
+
+    def _up_for(self, tx: Tx) -> float | None:
+        """How long the database server has been up, when it has a start time (else None)."""
+        return None
+
+    def mark_lost(self, run: FlowRun, timeout_s: float, marked_by: str) -> str | None:
+        """Fail (Cancelling: cancel) a stale run, if it is still in the state it was read in and
+        its heartbeat is still old: a heartbeat that arrives meanwhile wins. Returns the message
+        recorded, or None when the run was not lost after all."""
+        timeout = run.heartbeat_timeout or timeout_s
+        final = CANCELLED if run.state == CANCELLING else FAILED
+        who = run.runner or (f"agent {run.agent}" if run.agent else "a process that did not say who it was")
+        message = (f"no heartbeat for {timeout:g}s: the process running it ({who}) is gone;"
+                   f" marked {final} by {marked_by}")
+        now = time.time()
+        with self._transaction() as tx:
+            if tx.run(
+                "UPDATE flow_runs SET state = ?, message = ?, updated = ? WHERE id = ? AND state = ?"
+                " AND COALESCE(heartbeat, updated) < ?",
+                final, message, now, run.id, run.state, now - timeout,
+            ) == 0:
+                return None
+            self._record(tx, run.id, final, message, now)
+        return message
+
+    def mark_lost_runs(self, marked_by: str, timeout_s: float = HEARTBEAT_TIMEOUT_S, run_id: str | None = None,
+                       spare: Iterable[str] = ()) -> list[tuple[FlowRun, str]]:
+        """Mark every lost run (or only `run_id`) Failed, except the runs in `spare` (an agent's
+        own live children); returns each run marked with its message. Readers call it too:
+        a lost run is seen by whoever looks, not only by agents."""
+        spare = set(spare)
+        marked = []
+        for run in self.stale_runs(timeout_s, run_id):
+            if run.id not in spare and (message := self.mark_lost(run, timeout_s, marked_by)):
+                marked.append((run, message))
+        return marked
 
     def _runs(
         self, tx: Tx, where: str, *params: Any, newest_first: bool = False, limit: int | None = None
@@ -629,7 +693,8 @@ class Backend(ABC):
 
     # ---- claiming runs (agents)
 
-    def claim_run(self, agent_name: str, agent_labels: Iterable[str]) -> FlowRun | None:
+    def claim_run(self, agent_name: str, agent_labels: Iterable[str],
+                  heartbeat_timeout: float | None = None) -> FlowRun | None:
         """Take the oldest waiting run this agent may run and that has free slots.
 
         The run moves to Submitted (agent set, heartbeat now). Runs found blocked by a full
@@ -645,7 +710,8 @@ class Backend(ABC):
                 self._queue(tx, run, blocks)
             if chosen is None:
                 return None
-            extra = {"agent": agent_name, "heartbeat": time.time()}
+            extra = {"agent": agent_name, "heartbeat": time.time(), "runner": f"agent {agent_name}",
+                     "heartbeat_timeout": heartbeat_timeout}
             if not self._move(tx, chosen.id, SUBMITTED, None, WAITING_STATES, extra):
                 return None  # cancelled meanwhile; the agent simply polls again
             return self._runs(tx, "id = ?", chosen.id)[0]
@@ -747,7 +813,7 @@ class Backend(ABC):
 
     def agent_heartbeat(self, name: str, labels: Iterable[str], *, starting: bool = False) -> None:
         """Record that an agent is alive; `starting` also resets its start time."""
-        restart = ", started = excluded.started" if starting else ""
+        restart = ", started = excluded.started, stopped = NULL" if starting else ""
         now = time.time()
         with self._transaction() as tx:
             tx.run(
@@ -757,16 +823,21 @@ class Backend(ABC):
                 name, json.dumps(normalize_labels(labels)), now, now,
             )
 
+    def agent_stopped(self, name: str) -> None:
+        """Record that an agent stopped: it no longer counts as alive, however recently seen."""
+        with self._transaction() as tx:
+            tx.run("UPDATE agents SET stopped = ? WHERE name = ?", time.time(), name)
+
     def list_agents(self, seen_within_s: float | None = None) -> list[Agent]:
+        """Every agent ever seen; with `seen_within_s`, only those seen since that are still serving."""
         with self._transaction(write=False) as tx:
             return self._agents(tx, seen_within_s)
 
     def _agents(self, tx: Tx, seen_within_s: float | None) -> list[Agent]:
-        since = -1.0 if seen_within_s is None else time.time() - seen_within_s
-        rows = tx.all(
-            "SELECT name, labels, started, last_seen FROM agents WHERE last_seen >= ? ORDER BY name",
-            since,
-        )
+        where, since = ("last_seen >= ?", -1.0) if seen_within_s is None else (
+            "last_seen >= ? AND stopped IS NULL", time.time() - seen_within_s)
+        rows = tx.all(f"SELECT name, labels, started, last_seen, stopped FROM agents WHERE {where} ORDER BY name",
+                      since)
         return [_agent(row) for row in rows]
 
     # ---- concurrency limits
@@ -814,7 +885,7 @@ def redact_url(url: str) -> str:
 
 
 __all__ = [
-    "ACTIVE_STATES", "AGENT_SEEN_WINDOW_S", "Agent", "Backend", "CANCELLED", "CANCELLING",
+    "ACTIVE_STATES", "AGENT_SEEN_WINDOW_S", "Agent", "HEARTBEAT_TIMEOUT_S", "Backend", "CANCELLED", "CANCELLING",
     "ConcurrencyLimit", "FAILED", "FINAL_STATES", "Flow", "FlowRun", "LogLine", "NotFoundError",
     "QUEUED", "RUNNING", "RUN_STATES", "SCHEDULED", "SUBMITTED", "SUCCESS", "StateEvent",
     "TaskRunState", "WAITING_STATES", "agent_reason", "labels_match", "plan_claim", "redact_url",

@@ -52,11 +52,14 @@ class PostgresBackend(Backend):
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[Tx]:
         with self._lock:
-            if self._conn.broken:  # the server restarted or the network dropped: an agent lives on
+            if self._conn.broken or self._conn.closed:  # the server restarted or the network dropped
                 self._conn.close()
-                self._conn = self._connect()
+                self._conn = self._connect()  # raises BackendError while the server is down; retried by callers
             with self._errors(), self._conn.transaction(), self._conn.cursor() as cursor:
                 yield Tx(cursor, to_pyformat)
+
+    def _up_for(self, tx: Tx) -> float | None:
+        return float(tx.one("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0])
 
     def _serialize(self, tx: Tx, name: str) -> None:
         # Released at commit or rollback, and by the server if the client dies mid-transaction.
@@ -67,7 +70,7 @@ class PostgresBackend(Backend):
         """Turn a lost connection or server failure into a BackendError."""
         try:
             yield
-        except self._pg.OperationalError as exc:
+        except (self._pg.OperationalError, self._pg.InterfaceError) as exc:
             raise BackendError(
                 f"the PostgreSQL backend at {self.url} failed: {_first_line(exc)}",
                 hint="check that the server is running and reachable, then retry",

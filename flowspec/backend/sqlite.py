@@ -22,7 +22,7 @@ class SQLiteBackend(Backend):
 
     types = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "REAL", "bigint": "INTEGER"}
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         path = Path(path).expanduser()
         super().__init__(f"sqlite://{path}")  # what open_backend reads back: sqlite:///abs/path.db
         if not path.parent.is_dir():
@@ -36,7 +36,7 @@ class SQLiteBackend(Backend):
         # a deferred transaction behind our back.
         with self._errors():
             self._conn = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
         try:
             with self._errors():

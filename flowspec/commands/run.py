@@ -3,22 +3,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 
 EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
+# Ended as Ctrl-C ends a run (tasks cancelled, on_exit called, the summary printed), exit 128 + N.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="validate a flow spec and run it in this process",
                        description="Validate a flow spec, then run it. Exit 0 Success, 1 Failed, "
-                                   "2 invalid spec or usage, 130 interrupted.")
+                                   "2 invalid spec or usage, 130 interrupted (Ctrl-C); SIGTERM and SIGHUP "
+                                   "stop it as Ctrl-C does, exit 143 and 129.")
     p.add_argument("file", metavar="FILE", nargs="?", help="the flow spec (or use --name)")
     p.add_argument("--name", metavar="NAME", help="create a run of this registered flow for an agent, print its id")
     p.add_argument("--project", metavar="P", help="with --name: the flow's project")
     p.add_argument("--label", action="append", default=[], metavar="LABEL",
                    help="with --name: a label added to the flow's labels (repeatable)")
     p.add_argument("--watch", action="store_true", help="with --name: stream states and logs, exit with the run's code")
-    p.add_argument("--backend", metavar="URL", help="with --name: the backend (default: $FLOWSPEC_BACKEND)")
+    p.add_argument("--backend", metavar="URL", help="the backend that records the run, or that holds the flow"
+                   " given with --name (default: $FLOWSPEC_BACKEND, else flowspec.db in $FLOWSPEC_HOME)")
+    p.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
+                   help="with FILE: after S seconds without a heartbeat (the process was killed) readers"
+                        " of the backend mark the run Failed (default 30)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter value (repeatable); parsed as YAML unless the parameter is a string")
     p.add_argument("--params-file", metavar="FILE", help="a YAML mapping of parameter values")
@@ -33,34 +41,74 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
+    from flowspec.backend import backend_url
     from flowspec.errors import SpecError, UsageError
     from flowspec.params import ParamsError
 
     if args.name is not None:
         from flowspec.commands.runs import run_registered
 
+        if args.heartbeat_timeout is not None:
+            raise UsageError("--heartbeat-timeout applies to FILE runs; an agent's run has the agent's"
+                             " (flowspec agent start --heartbeat-timeout)")
+
         return run_registered(args)
-    if args.file is None or args.label or args.watch or args.project or args.backend:
+    if args.file is None:
         raise UsageError("give FILE to run a spec here, or --name NAME (with --project, --label, --watch,"
                          " --backend) to run a registered flow through an agent")
+    for flag, given in (("--project", args.project), ("--label", args.label), ("--watch", args.watch)):
+        if given:
+            raise UsageError(f"{flag} needs --name: it applies to runs of registered flows, not to FILE",
+                             hint=f"drop {flag} to run {args.file} here, or register it and use --name")
+    if args.heartbeat_timeout is not None and not args.heartbeat_timeout > 0:
+        raise UsageError(f"--heartbeat-timeout: expected a number of seconds > 0, got {args.heartbeat_timeout:g}")
     try:
         spec = prepare(args.file)
         params = parameters(spec, args)
+        backend_url(args.backend)  # a FLOWSPEC_HOME that is not a directory stops the run before it starts
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
     except ParamsError as exc:
         return report_invalid(exc.diagnostics, args.format, exc.problems)
     except UsageError as exc:
         return report_invalid([], args.format, [str(exc)])
+    stopped: list[int] = []
     try:
-        result = execute(spec, params, args.format, args.verbosity)
+        with stop_signals(stopped):
+            result = execute(spec, params, args.format, args.verbosity, args.backend, args.heartbeat_timeout,
+                             stopped)
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
+    except KeyboardInterrupt:
+        if not stopped:
+            raise  # Ctrl-C before the run started: the CLI says so, exit 130
+        print(f"flowspec: interrupted by {signal.Signals(stopped[0]).name}", file=sys.stderr)
+        return 128 + stopped[0]
     if args.format == "json":
         print(json.dumps(result.to_json(), indent=2, default=str))
     else:  # quiet: the last line of the table only, "Flow run 'x' (id): Success in 1.20s"
         print(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1])
+    if result.state == "Cancelled" and stopped:
+        return 128 + stopped[0]
     return EXIT_CODES.get(result.state, 1)
+
+
+@contextlib.contextmanager
+def stop_signals(stopped: list[int]):
+    """While the block runs, SIGTERM and SIGHUP interrupt it as Ctrl-C does (KeyboardInterrupt in
+    the main thread), once: the first one's number is appended to `stopped`, later ones are
+    ignored so that cancelling, on_exit and the summary are not cut short."""
+    def on_signal(signum: int, frame: object) -> None:
+        if not stopped:
+            stopped.append(signum)
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor")):
@@ -95,12 +143,21 @@ def parameters(spec, args) -> dict:
     return resolve_parameters(spec.parameters, file_values, file_doc, flags)
 
 
-def execute(spec, params: dict, fmt: str, verbosity: int = 0):
+def execute(spec, params: dict, fmt: str, verbosity: int = 0, url: str | None = None,
+            heartbeat_timeout: float | None = None, stopped: list[int] = ()):
     import logging
 
     from flowspec import logs, progress
     from flowspec.drivers import load_driver
-    from flowspec.recorder import record_local_run
+    from flowspec.recorder import record_local_run, run_message
+
+    def run(observers, run_id):
+        # The report shows states, not values: results may stay where they were computed.
+        result = environment.execute(params, tuple(observers) + shown, run_id, keep_results=False)
+        if result.state == "Cancelled" and stopped:
+            result.message = f"interrupted by {signal.Signals(stopped[0]).name}"
+        result.message = run_message(result)  # a Failed run says which tasks failed, as agent runs do
+        return result
 
     logs.configure({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
     environment = load_driver("environment", spec.environment.type)(spec)
@@ -110,9 +167,7 @@ def execute(spec, params: dict, fmt: str, verbosity: int = 0):
             printed = stack.enter_context(logs.whole_lines(2))
             stack.enter_context(contextlib.redirect_stdout(printed))
         shown = stack.enter_context(progress.reporter(verbosity))
-        # The report shows states, not values: results may stay where they were computed.
-        return record_local_run(spec, params, lambda observers, run_id: environment.execute(
-            params, tuple(observers) + shown, run_id, keep_results=False))
+        return record_local_run(spec, params, run, url, heartbeat_timeout)
 
 
 def report_invalid(diags: list, fmt: str, problems: list[str] = ()) -> int:

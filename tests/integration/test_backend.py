@@ -24,6 +24,7 @@ from flowspec.backend import (
     NotFoundError,
     open_backend,
 )
+from flowspec.backend.base import SCHEMA_VERSION
 from flowspec.errors import BackendError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -303,9 +304,9 @@ def _stamp_version(url: str, version: int) -> None:
 
 def test_a_database_from_a_newer_flowspec_is_refused(backend_url: str) -> None:
     with open_backend(backend_url) as backend:
-        assert backend.schema_version() == 1
+        assert backend.schema_version() == SCHEMA_VERSION
     with open_backend(backend_url) as backend:  # reopening an up-to-date database is fine
-        assert backend.schema_version() == 1
+        assert backend.schema_version() == SCHEMA_VERSION
     _stamp_version(backend_url, 99)
     with pytest.raises(BackendError) as caught:
         open_backend(backend_url)
@@ -364,7 +365,7 @@ def test_default_backend_lives_in_a_private_flowspec_home(tmp_path: Path, monkey
     monkeypatch.delenv("FLOWSPEC_BACKEND", raising=False)
     monkeypatch.setenv("FLOWSPEC_HOME", str(tmp_path / "home"))
     with open_backend() as backend:
-        assert backend.schema_version() == 1
+        assert backend.schema_version() == SCHEMA_VERSION
         run_id = new_run(backend)
         shown = backend.url
     assert shown == f"sqlite://{tmp_path / 'home' / 'flowspec.db'}"
