@@ -17,7 +17,7 @@ import threading
 import time
 
 from flowspec import logs
-from flowspec.runner import FAILED_STATES, FINAL_STATES, RETRYING, RUNNING
+from flowspec.runner import FAILED_STATES, FINAL_STATES, RETRYING, RUNNING, TASK_STATES
 
 CLEAR = "\r\x1b[K"  # back to column 0, erase to the end of the line
 CANCELLED = "Cancelled"
@@ -40,42 +40,99 @@ def is_terminal(stream) -> bool:
     return stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
+_CODE = {state: i for i, state in enumerate(TASK_STATES)}
+# What a state adds to the counts: (done, failed, cancelled), by state code.
+_WEIGHT = tuple((int(s in FINAL_STATES), int(s in FAILED_STATES), int(s == CANCELLED)) for s in TASK_STATES)
+_ACTIVE = (RUNNING, RETRYING)
+MAX_RUNNING_SHOWN = 8  # names on the status line; the rest are counted
+
+
+class _Mapped:
+    """A mapped task's children as the counts know them: a state code per child."""
+
+    __slots__ = ("codes", "done")
+
+    def __init__(self, n: int) -> None:
+        self.codes = bytearray(n)  # 0 is Pending
+        self.done = 0
+
+
 class Counts:
-    """Where a run stands, from the runner's records and the newest states it announced."""
+    """Where a run stands, kept up to date one state change at a time: every update costs the
+    same whatever the size of the run (a child of a million-child map included), and the line
+    is made from the counters, never from a scan of the tasks."""
 
-    def __init__(self, records: dict, seen: dict) -> None:
-        self.tasks = len(records)
+    def __init__(self, tasks: int = 0) -> None:
+        self.tasks = tasks
         self.tasks_done = self.runs = self.runs_done = self.failed = self.cancelled = 0
-        self.running: list[str] = []
-        for name, rec in records.items():
-            self._add(name, rec, seen)
+        self.active: dict = {}  # task name → None (unmapped) or its _Mapped, while it runs; in start order
+        self._mapped: dict[str, _Mapped] = {}
+        self._state: dict[str, int] = {}  # unmapped task → state code
+        self._finished: set[str] = set()  # mapped tasks counted done
 
-    def _add(self, name: str, rec, seen: dict) -> None:
-        if rec.children is None:
-            state = seen.get((name, None), rec.state)
-            self.tasks_done += state in FINAL_STATES
-            self.failed += state in FAILED_STATES
-            self.cancelled += state == CANCELLED
-            if state in (RUNNING, RETRYING):
-                self.running.append(name)
-            return
-        states = [seen.get((name, i), s) for i, s in enumerate(rec.children)]
-        done = sum(s in FINAL_STATES for s in states)
-        self.runs += len(states)
-        self.runs_done += done
-        self.failed += sum(s in FAILED_STATES for s in states)
-        self.cancelled += states.count(CANCELLED)
-        self.tasks_done += done == len(states)
-        if done < len(states):
-            self.running.append(f"{name} {done}/{len(states)}")
+    def _apply(self, old: int, new: int) -> int:
+        d0, f0, c0 = _WEIGHT[old]
+        d1, f1, c1 = _WEIGHT[new]
+        self.failed += f1 - f0
+        self.cancelled += c1 - c0
+        return d1 - d0
+
+    def task(self, name: str, state: str) -> None:
+        """An unmapped task (or a mapped one not started) changed state."""
+        new = _CODE[state]
+        self.tasks_done += self._apply(self._state.get(name, 0), new)
+        self._state[name] = new
+        if state in _ACTIVE:
+            self.active.setdefault(name, None)
+        else:
+            self.active.pop(name, None)
+
+    def child(self, name: str, index: int, state: str, size: int) -> None:
+        """Child `index` of mapped task `name` (of `size` children) changed state."""
+        m = self._mapped.get(name)
+        if m is None:
+            m = self._mapped[name] = _Mapped(size)
+            self.runs += size
+            if name not in self._finished:
+                self.active[name] = m
+        new = _CODE[state]
+        step = self._apply(m.codes[index], new)
+        m.codes[index] = new
+        m.done += step
+        self.runs_done += step
+
+    def finished(self, name: str, children: list[str]) -> None:
+        """A mapped task reached its final state: its children as the runner has them settle
+        the counts (cancelled all at once, say); once per task, so linear in all."""
+        m = self._mapped.get(name)
+        if m is None:
+            m = self._mapped[name] = _Mapped(len(children))
+            self.runs += len(children)
+        for i, state in enumerate(children):
+            new = _CODE[state]
+            if m.codes[i] != new:
+                step = self._apply(m.codes[i], new)
+                m.codes[i] = new
+                m.done += step
+                self.runs_done += step
+        if name not in self._finished:
+            self._finished.add(name)
+            self.tasks_done += 1
+        self.active.pop(name, None)
 
     def line(self, elapsed: float) -> str:
         parts = [f"{self.tasks_done}/{self.tasks} tasks"]
         if self.runs:
             parts.append(f"{self.runs_done}/{self.runs} mapped runs")
         text = ", ".join(parts) + " done"
-        if self.running:
-            text += " | running: " + ", ".join(self.running)
+        if self.active:
+            shown = []
+            for name, m in self.active.items():
+                if len(shown) == MAX_RUNNING_SHOWN:
+                    shown.append(f"{len(self.active) - MAX_RUNNING_SHOWN} more")
+                    break
+                shown.append(name if m is None else f"{name} {m.done}/{len(m.codes)}")
+            text += " | running: " + ", ".join(shown)
         bad = [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.cancelled, "cancelled")) if n]
         if bad:
             text += " | " + ", ".join(bad)
@@ -84,46 +141,85 @@ class Counts:
 
 
 class Progress:
-    """The runner observer behind `flowspec run`'s progress display (see the module docstring)."""
+    """The runner observer behind `flowspec run`'s progress display (see the module docstring).
 
-    def __init__(self, stream, live: bool, verbose: bool = False, interval: float = 0.5) -> None:
+    State changes only update counters; on a terminal the status line is drawn by a ticker
+    every `interval` seconds, and other output redraws it at most that often too."""
+
+    def __init__(self, stream, live: bool, verbose: bool = False, interval: float = 0.25) -> None:
         self.stream, self.live, self.verbose, self.interval = stream, live, verbose, interval
         self.lock = threading.RLock()  # one writer at a time on the terminal
         self.records: dict = {}
-        self.seen: dict = {}
+        self.counts = Counts()
         self.start = time.time()
         self.shown = False  # is the status line on screen
         self.held = 0  # writes in the middle of a line: no redraw until it ends
+        self.drawn_at = 0.0  # monotonic time of the last draw
+        self.draws = 0
         self._stop = threading.Event()
 
     # -- runner observer -------------------------------------------------------------------------
     def flow_state(self, result) -> None:
-        self.records = result.tasks
-        if result.start:
-            self.start = result.start
-        self.draw()
+        with self.lock:
+            if not self.records:
+                self.records = result.tasks
+                self.counts.tasks = len(result.tasks)
+            if result.start:
+                self.start = result.start
+        self.draw(force=True)
 
     def task_state(self, task: str, index, state: str, attempt: int, message) -> None:
         with self.lock:
-            self.seen[(task, index)] = state
-        if self.live:
-            self.draw()
-        else:
+            rec = self.records.get(task)
+            children = rec.children if rec is not None else None
+            if index is not None and children is not None:
+                self.counts.child(task, index, state, len(children))
+            elif children is not None and state in FINAL_STATES:  # a mapped task cancelled as a whole
+                self.counts.finished(task, children)
+            else:
+                self.counts.task(task, state)
+        if not self.live:
             self._plain(task, index, state, attempt, message)
+
+    def task_finished(self, record) -> None:
+        """The runner's word that a task is final; a mapped task is counted done here."""
+        with self.lock:
+            if record.children is None:  # e.g. Failed before it ran: its map lists did not fit
+                return self.counts.task(record.name, record.state)
+            self.counts.finished(record.name, record.children)
+        if not self.live and not self.verbose:
+            n = len(record.children)
+            log.info("%s: %d/%d mapped runs done | %s", record.name, n, n, self.status(), extra={"task": "progress"})
 
     # -- the status line ---------------------------------------------------------------------------
     def status(self) -> str:
         with self.lock:
-            return Counts(self.records, self.seen).line(time.time() - self.start)
+            return self.counts.line(time.time() - self.start)
 
-    def draw(self) -> None:
+    def width(self) -> int:
+        """Columns of the terminal the line is drawn on (not stdout's: it may be redirected)."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        if columns <= 0:
+            columns = shutil.get_terminal_size((80, 24)).columns
+        return max(columns - 1, 10)
+
+    def draw(self, force: bool = False) -> None:
+        """Draw the status line; unless `force`, not again within about `interval` of the last
+        draw (output that clears it in between leaves it off screen until the next tick)."""
         if not self.live or not self.records:
             return
         with self.lock:
             if self.held:
                 return
-            width = max(shutil.get_terminal_size((80, 24)).columns - 1, 10)
-            self.stream.write(CLEAR + ("flowspec: " + self.status())[:width])  # never wider than the screen: no wrap
+            now = time.monotonic()
+            if not force and now - self.drawn_at < 0.9 * self.interval:  # 0.9: a tick that comes a bit early
+                return
+            self.drawn_at = now
+            self.draws += 1
+            self.stream.write(CLEAR + ("flowspec: " + self.status())[:self.width()])  # no wider than the screen
             self.stream.flush()
             self.shown = True
 
@@ -136,7 +232,7 @@ class Progress:
 
     @contextlib.contextmanager
     def attached(self):
-        """For the run: redraw every `interval` (elapsed time), keep other output above the line."""
+        """For the run: redraw every `interval`, keep other output above the line."""
         if not self.live:
             yield self
             return
@@ -151,7 +247,10 @@ class Progress:
             self._stop.set()
             ticker.join()
             logs.set_status_line(None)
-            sys.stdout, sys.stderr = saved
+            wrapped, sys.stdout, sys.stderr = (sys.stdout, sys.stderr), *saved
+            for stream in wrapped:
+                if isinstance(stream, _AboveStatus):
+                    stream.close_lines()
             self.clear()
 
     def _tick(self) -> None:
@@ -160,43 +259,58 @@ class Progress:
 
     # -- plain lines -------------------------------------------------------------------------------
     def _plain(self, task: str, index, state: str, attempt: int, message) -> None:
-        final = state in FINAL_STATES
-        label = task if index is None else f"{task}[{index}]"
-        if index is None and final or self.verbose:
+        if index is None and state in FINAL_STATES or self.verbose:
+            label = task if index is None else f"{task}[{index}]"
             detail = f" (attempt {attempt})" if state in (RUNNING, RETRYING) else ""
             detail += f": {message}" if message and state != RUNNING else ""
             log.info("%s %s%s | %s", label, state, detail, self.status(), extra={"task": "progress"})
-        elif final and self._all_children_final(task):
-            rec = self.records[task]
-            log.info("%s: %d/%d mapped runs done | %s", task, len(rec.children), len(rec.children),
-                     self.status(), extra={"task": "progress"})
-
-    def _all_children_final(self, task: str) -> bool:
-        rec = self.records.get(task)
-        if rec is None or rec.children is None:
-            return False
-        return all(self.seen.get((task, i), s) in FINAL_STATES for i, s in enumerate(rec.children))
 
 
 class _AboveStatus:
-    """A standard stream for the run: text written to it appears above the status line."""
+    """A standard stream for the run: text written to it appears above the status line, a
+    whole line at a time. print() writes its text and its newline in two calls; with tasks on
+    several threads, each thread's unfinished line waits here for its newline (or a flush), so
+    that two tasks' lines are never glued together."""
 
     def __init__(self, stream, progress: Progress) -> None:
         self._stream, self._progress = stream, progress
+        self._partial: dict[int, str] = {}  # thread id → the start of a line not ended yet
 
     def write(self, text: str) -> int:
+        if not text:
+            return 0
+        me = threading.get_ident()
+        with self._progress.lock:
+            pending = self._partial.pop(me, "") + text
+            cut = pending.rfind("\n") + 1
+            if cut < len(pending):
+                self._partial[me] = pending[cut:]
+            if cut:
+                self._emit(pending[:cut])
+        return len(text)
+
+    def _emit(self, text: str) -> None:
         progress = self._progress
-        with progress.lock:
-            progress.clear()
-            n = self._stream.write(text)
-            self._stream.flush()
-            if text:
-                progress.held = 0 if text.endswith("\n") else 1
-            progress.draw()
-        return n
+        progress.clear()
+        self._stream.write(text)
+        self._stream.flush()
+        progress.held = 0 if text.endswith("\n") else 1
+        progress.draw()
 
     def flush(self) -> None:
+        """Write this thread's unfinished line as it is (print(..., end="", flush=True))."""
+        with self._progress.lock:
+            rest = self._partial.pop(threading.get_ident(), None)
+            if rest:
+                self._emit(rest)
         self._stream.flush()
+
+    def close_lines(self) -> None:
+        """At the end of the run: every thread's unfinished line, each on a line of its own."""
+        with self._progress.lock:
+            rests, self._partial = list(self._partial.values()), {}
+            for rest in rests:
+                self._emit(rest + "\n")
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)

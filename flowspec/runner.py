@@ -262,6 +262,10 @@ class FlowRunner:
             t.name for t in spec.tasks.values() if formats_task_result(dict(t.with_args))}
         self.observers = list(observers)
         self.notify = self._notify_task if self.observers else None
+        # Observers that want a word when a task is final (the progress display counts a mapped
+        # task done from it, children or none), beside the state changes everyone gets.
+        self._on_finish = [obs.task_finished for obs in self.observers if hasattr(obs, "task_finished")]
+        self._started: dict = {}  # (task, index) → attempt now running, as notified; for cancelling
         self.run_id = run_id or uuid.uuid4().hex
         self.records = {name: TaskRecord(name) for name in spec.tasks}
         self.result = RunResult(spec.name, self.run_id, dict(params), self.records)
@@ -289,6 +293,8 @@ class FlowRunner:
                 result.state = FAILED if any(r.state in FLOW_FAILING for r in self.records.values()) else SUCCESS
             else:
                 result.state = FAILED
+                self._not_run("not run: the on_start hook failed")
+                result.message += "; no task ran"
         except KeyboardInterrupt:
             self._cancel_all()
             result.state, result.message = CANCELLED, "interrupted by the user"
@@ -314,11 +320,21 @@ class FlowRunner:
             self.result.message = self.result.message or message
             return False
 
+    def _not_run(self, message: str) -> None:
+        """Every task Cancelled with `message`: the run stopped before any task ran."""
+        now = time.time()
+        for rec in self.records.values():
+            rec.state, rec.message, rec.start, rec.end = CANCELLED, message, now, now
+            if self.notify is not None:
+                self.notify(rec.name, None, CANCELLED, 0, message)
+
     def _cancel_all(self) -> None:
         try:
             self.executor.shutdown(cancel=True)
         except Exception:  # shutting down after Ctrl-C must never hide the cancellation
             log.debug("executor shutdown after cancel failed", exc_info=True)
+        for (name, _), attempt in list(self._started.items()):  # attempts cut short count as run
+            self.records[name].attempts += attempt
         now = time.time()
         for rec in self.records.values():
             if rec.state in FINAL_STATES:
@@ -455,6 +471,7 @@ class FlowRunner:
         rec = self.records[name]
         rec.attempts += outcome.attempts
         if self.notify is not None:
+            self._started.pop((name, index), None)
             self.notify(name, index, outcome.state, outcome.attempts, outcome.message)
         if index is None:
             return self._finish(rec, outcome.state, outcome.message, outcome.result, outcome.start, outcome.end)
@@ -475,6 +492,8 @@ class FlowRunner:
             self.notify(rec.name, None, state, 0, message)
         if state in (TRIGGER_FAILED, SKIPPED, FAILED) and rec.attempts == 0 and message:
             log.log(logging.WARNING if state != SKIPPED else logging.INFO, "%s: %s (%s)", rec.name, state, message)
+        for tell in self._on_finish:
+            tell(rec)
         for down in self._downstream[rec.name]:
             self._waiting[down] -= 1
             if self._waiting[down] == 0:
@@ -482,6 +501,8 @@ class FlowRunner:
 
     # -- observers ---------------------------------------------------------------------------
     def _notify_task(self, task: str, index, state: str, attempt: int, message) -> None:
+        if state == RUNNING:
+            self._started[task, index] = attempt
         for obs in self.observers:
             obs.task_state(task, index, state, attempt, message)
 

@@ -334,7 +334,11 @@ def test_failing_on_start_fails_the_run_and_on_exit_still_runs(flow):
         environment: {on_start: "steps.py:broken_start", on_exit: "steps.py:finish"}
     """, HOOKS)
     assert result.state == "Failed"
-    assert result.message == "on_start hook steps.py:broken_start failed: RuntimeError: cluster unreachable"
+    assert result.message == ("on_start hook steps.py:broken_start failed: RuntimeError: cluster unreachable;"
+                              " no task ran")
+    # No task is left Pending as if it might still run: each says why it did not.
+    assert [(r.state, r.message, r.attempts) for r in result.tasks.values()] == [
+        ("Cancelled", "not run: the on_start hook failed", 0)]
     assert _hook_events(flow)[0][:2] == ("exit", "Failed")
 
 
@@ -353,6 +357,10 @@ def test_ctrl_c_cancels_pending_tasks_and_on_exit_runs(flow):
     assert _states(result) == {"first": "Success", "stop": "Cancelled", "later": "Cancelled"}
     assert _hook_events(flow)[0][:2] == ("exit", "Cancelled")
     assert recorder.flows == ["Running", "Cancelled"]
+    # `stop` ran (its attempt 1 was cut short): it is Cancelled after attempt 1, `later` never ran.
+    assert [(r.name, r.attempts) for r in result.tasks.values()] == [("first", 1), ("stop", 1), ("later", 0)]
+    assert [t for t in recorder.tasks if t[2] == "Cancelled"] == [("stop", None, "Cancelled", 1),
+                                                                  ("later", None, "Cancelled", 0)]
 
 
 def test_frozen_summary_is_deeply_read_only():
