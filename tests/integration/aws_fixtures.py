@@ -38,8 +38,8 @@ class Moto:
                             aws_access_key_id=DUMMY_KEY_ID, aws_secret_access_key=DUMMY_SECRET,
                             config=Config(retries={"max_attempts": 1}))
 
-    def post(self, path: str, body: dict | None = None) -> None:
-        data = json.dumps(body or {}).encode()
+    def post(self, path: str, body: dict | bytes | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
         request = urllib.request.Request(self.url + path, data=data, method="POST",
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10):
