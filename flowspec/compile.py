@@ -53,6 +53,8 @@ def compile_document(doc: Document, strict: bool = False) -> tuple[FlowSpec | No
     checker = _Checker(doc)
     checker.run()
     diags += checker.diags
+    if not any(d.path.startswith("environment") for d in diags):  # once its shape is right
+        diags += checker.check_manifests()
     if diags:
         return None, sorted(diags, key=Diagnostic.sort_key)
     spec = checker.build()
@@ -283,6 +285,17 @@ class _Checker:
                        "a dockerfile names its own base image in its FROM line; drop base_image", key=True)
         self.check_aws_key_ids((), self.data)
 
+    def check_manifests(self) -> list[Diagnostic]:
+        """Kubernetes environments: read their manifest templates (kept in the spec, so they travel
+        with the stored flow) and check the manifests a run would send."""
+        env = self.data.get("environment")
+        if not isinstance(env, dict) or env.get("type") not in ("kubernetes-job", "dask-kubernetes"):
+            return []
+        from flowspec.k8s.jobs import check_environment
+
+        diags, self.attached = check_environment(self.doc, os.path.dirname(os.path.abspath(self.doc.file)))
+        return diags
+
     def check_env_refs_only(self, path: tuple, value) -> None:
         try:
             compiled = refs.compile_value(value)
@@ -339,6 +352,8 @@ class _Checker:
         tasks = {name: self.build_task(name) for name in self.order()}
         env = d.get("environment", {})
         env_own = {k: v for k, v in env.items() if k not in ("type", "labels", "env", "on_start", "on_exit")}
+        if getattr(self, "attached", None):  # manifest templates a Kubernetes environment read
+            env_own["_files"] = MappingProxyType(self.attached)
         environment = EnvironmentSpec(
             type=env.get("type", "local"), labels=tuple(env.get("labels", ())),
             env=MappingProxyType(refs.compile_value({k: _env_str(v) for k, v in env.get("env", {}).items()})),
