@@ -16,12 +16,46 @@ class CallableError(Exception):
         self.hint = hint
 
 
+# The spec whose modules are imported now: its folder, whether flowspec put that folder on
+# sys.path, and the modules that were loaded before. Module names are global to a process, so
+# when one process imports the code of several specs (`validate --strict a/flow.yaml
+# b/flow.yaml`, each folder with its own tasks.py), the modules one spec loaded from its folder
+# are forgotten before the next spec's are imported.
+_world: dict = {"dir": None, "added": False, "before": frozenset(), "twins": None}
+_EXITS_HINT = ("a module is imported to find its functions: code that exits or waits for the user "
+               "belongs under `if __name__ == \"__main__\":`")
+
+
 def add_import_path(base_dir: str) -> None:
-    """The spec's folder goes first on the import path, as SPEC.md promises."""
+    """Enter the spec's world: its folder first on the import path, as SPEC.md promises, and
+    no module left over from another spec's folder."""
+    if _world["dir"] != base_dir:
+        if _world["dir"] is not None:
+            _leave_world()
+        _world.update(dir=base_dir, added=base_dir not in sys.path, before=frozenset(sys.modules), twins=None)
+        importlib.invalidate_caches()  # files written since the last import must be seen
     if not sys.path or sys.path[0] != base_dir:
         if base_dir in sys.path:
             sys.path.remove(base_dir)
         sys.path.insert(0, base_dir)
+
+
+def _leave_world() -> None:
+    """Forget the modules the current spec loaded from its own folder, and that folder on sys.path."""
+    folder = os.path.realpath(_world["dir"])
+    # Import roots below the folder (a virtualenv's site-packages) hold installed code: kept.
+    others = [os.path.realpath(p) + os.sep for p in sys.path if p]
+    others = [r for r in others if r.startswith(folder + os.sep) and r != folder + os.sep]
+    for name in set(sys.modules) - _world["before"]:
+        module = sys.modules.get(name)
+        where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or ()), None)
+        if not where:
+            continue
+        where = os.path.realpath(where)
+        if where.startswith(folder + os.sep) and not any(where.startswith(r) for r in others):
+            del sys.modules[name]
+    if _world["added"] and _world["dir"] in sys.path:
+        sys.path.remove(_world["dir"])
 
 
 def load_callable(target: str, base_dir: str):
@@ -45,15 +79,52 @@ def load_callable(target: str, base_dir: str):
 
 def _import_module(name: str, base_dir: str):
     add_import_path(base_dir)
+    top = name.partition(".")[0]
+    if top in _stdlib_twins(base_dir):
+        raise CallableError(f"'{_stdlib_twins(base_dir)[top]}' beside the spec has the name of the standard-library "
+                            f"module '{top}': `import {top}` may give either one",
+                            f"rename it (e.g. {top}_tasks.py) and change 'run' to match")
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):
             raise CallableError(f"cannot import module '{name}': no module named '{exc.name}'",
                                 f"put {exc.name.replace('.', '/')}.py beside the spec, or install the package") from None
-        raise CallableError(f"cannot import module '{name}': {_describe(exc)}") from None
+        raise CallableError(f"cannot import module '{name}': {_describe(exc)}", _twin_hint(exc, base_dir)) from None
     except Exception as exc:  # the user's module raised while importing: show where
-        raise CallableError(f"importing '{name}' failed: {_describe(exc)}") from None
+        raise CallableError(f"importing '{name}' failed: {_describe(exc)}", _twin_hint(exc, base_dir)) from None
+    except BaseException as exc:  # sys.exit() or KeyboardInterrupt at import time: an error at its `run`
+        raise CallableError(f"importing '{name}' failed: {_describe(exc)}", _EXITS_HINT) from None
+
+
+def _stdlib_twins(base_dir: str) -> dict[str, str]:
+    """Files or packages beside the spec named like a standard-library module: name → file
+    (listed once per spec: a spec may name many modules)."""
+    if base_dir == _world["dir"] and _world.get("twins") is not None:
+        return _world["twins"]
+    try:
+        entries = os.listdir(base_dir)
+    except OSError:
+        entries = []
+    twins = {}
+    for entry in entries:
+        stem = entry[:-3] if entry.endswith(".py") else entry
+        if stem in sys.stdlib_module_names and stem != "__pycache__" and (
+                entry.endswith(".py") or os.path.isfile(os.path.join(base_dir, entry, "__init__.py"))):
+            twins[stem] = entry if entry.endswith(".py") else f"{entry}/"
+    if base_dir == _world["dir"]:
+        _world["twins"] = twins
+    return twins
+
+
+def _twin_hint(exc: BaseException, base_dir: str) -> str | None:
+    """When the failure names a module that a file beside the spec shadows, say so."""
+    text = str(exc)
+    for name, entry in _stdlib_twins(base_dir).items():
+        if f"'{name}'" in text:
+            return (f"'{entry}' beside the spec has the name of the standard-library module '{name}', and "
+                    f"Python imported the standard one: rename it")
+    return None
 
 
 def _import_file(relpath: str, base_dir: str):
@@ -71,7 +142,10 @@ def _import_file(relpath: str, base_dir: str):
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise CallableError(f"importing '{relpath}' failed: {_describe(exc)}") from None
+        raise CallableError(f"importing '{relpath}' failed: {_describe(exc)}", _twin_hint(exc, base_dir)) from None
+    except BaseException as exc:  # sys.exit() or KeyboardInterrupt at import time
+        del sys.modules[name]
+        raise CallableError(f"importing '{relpath}' failed: {_describe(exc)}", _EXITS_HINT) from None
     return module
 
 
@@ -84,7 +158,7 @@ def _describe(exc: BaseException) -> str:
         last = tb
         tb = tb.tb_next
     where = f" ({os.path.basename(last.tb_frame.f_code.co_filename)}, line {last.tb_lineno})" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    return f"{type(exc).__name__}: {exc}{where}" if str(exc) else f"{type(exc).__name__}{where}"
 
 
 def signature_problems(fn, given: set[str]) -> list[str]:
@@ -108,6 +182,20 @@ def signature_problems(fn, given: set[str]) -> list[str]:
     if missing:
         problems.append(f"missing required argument{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     return problems
+
+
+def hook_problem(fn) -> str | None:
+    """Why the runner cannot call this hook as it will (with the run summary when it has a
+    parameter, else with nothing), or None when it can."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(None) if takes_argument(fn) else sig.bind()
+    except TypeError:
+        return f"a hook takes no parameter or one (the run summary), but its signature is {sig}"
+    return None
 
 
 def takes_argument(fn) -> bool:

@@ -1,13 +1,15 @@
 """The `flowspec` command: argparse subcommands, and the one place that maps errors to exit codes.
 
 Exit codes: 0 fine, 1 invalid spec or failed run, 2 usage error, 130 interrupted,
-70 internal error (with a crash report). Command modules import heavy things inside their
-`main`, so that building the parser stays cheap (`flowspec validate` starts fast).
+70 internal error (with a crash report). Bare `flowspec` prints the help and exits 0, as
+`docker`, `kubectl` and `pip` do. Command modules import heavy things inside their `main`, so
+that building the parser stays cheap (`flowspec validate` starts fast).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from flowspec import __version__
@@ -18,24 +20,121 @@ COMMANDS = ("validate", "run", "plan", "graph", "fmt", "init", "schema",
             "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit")
 EXIT_INTERNAL = 70
 
+ENVIRONMENT = """\
+environment:
+  FLOWSPEC_HOME     flowspec's own folder: the default SQLite backend (flowspec.db) and local
+                    storage live there (default: ~/.flowspec)
+  FLOWSPEC_BACKEND  the backend for commands that use one, when --backend is not given:
+                    sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB"""
+
+# Examples at the foot of each help page, by command path.
+EXAMPLES = {
+    "": ["flowspec init my-flow                         # a starter flow, its tasks and a test",
+         "flowspec validate --strict my-flow/flow.yaml  # check it, importing the task code",
+         "flowspec run my-flow/flow.yaml --param people='[Ann, Bob]'",
+         "flowspec COMMAND --help                       # each command's flags and examples"],
+    "validate": ["flowspec validate flow.yaml",
+                 "flowspec validate --strict flows/*/flow.yaml   # also import the task code",
+                 "flowspec validate --format github flow.yaml    # annotations on a pull request",
+                 "cat flow.yaml | flowspec validate -            # a spec from standard input"],
+    "run": ["flowspec run flow.yaml",
+            "flowspec run flow.yaml --param people='[Ann, Bob]' --param count=3",
+            "flowspec run flow.yaml --params-file prod.yaml --format json",
+            "flowspec run --name hello-flow --project tutorial --label dev --watch"],
+    "plan": ["flowspec plan flow.yaml",
+             "flowspec plan flow.yaml --param people='[Ann, Bob]' --format json"],
+    "graph": ["flowspec graph flow.yaml                  # Mermaid on standard output",
+              "flowspec graph flow.yaml -o graph.svg     # the format from the extension",
+              "flowspec graph flow.yaml --format dot | dot -Tpdf -o graph.pdf"],
+    "fmt": ["flowspec fmt flow.yaml",
+            "flowspec fmt --check examples/*/flow.yaml   # CI: exit 1 when a file would change",
+            "flowspec fmt --diff flow.yaml",
+            "flowspec fmt - < flow.yaml > formatted.yaml"],
+    "init": ["flowspec init                 # in the current folder",
+             "flowspec init my-flow --name greetings"],
+    "schema": ["flowspec schema -o flow.schema.json"],
+    "build": ["flowspec build flow.yaml"],
+    "register": ["flowspec register flow.yaml --label dev",
+                 "FLOWSPEC_BACKEND=postgresql://flowspec@127.0.0.1:5432/flowspec flowspec register flow.yaml"],
+    "flows": ["flowspec flows list", "flowspec flows list --project tutorial --format json"],
+    "flows list": ["flowspec flows list --project tutorial"],
+    "runs": ["flowspec runs list --state failed --limit 10", "flowspec runs show 3f2a",
+             "flowspec runs logs 3f2a --follow", "flowspec runs cancel 3f2a"],
+    "runs list": ["flowspec runs list", "flowspec runs list --flow hello-flow --state Failed --limit 10"],
+    "runs show": ["flowspec runs show 3f2a          # a unique prefix of the id (4 characters or more)",
+                  "flowspec runs show 3f2a --format json"],
+    "runs logs": ["flowspec runs logs 3f2a --follow"],
+    "runs cancel": ["flowspec runs cancel 3f2a"],
+    "agent": ["flowspec agent start --label dev"],
+    "agent start": ["flowspec agent start --label dev --max-runs 2",
+                    "flowspec agent start --backend postgresql://flowspec@127.0.0.1:5432/flowspec"],
+    "agents": ["flowspec agents list"],
+    "agents list": ["flowspec agents list --format json"],
+    "concurrency-limit": ["flowspec concurrency-limit set dev 2", "flowspec concurrency-limit list",
+                          "flowspec concurrency-limit delete dev"],
+    "concurrency-limit set": ["flowspec concurrency-limit set dev 2"],
+    "concurrency-limit list": ["flowspec concurrency-limit list --format json"],
+    "concurrency-limit delete": ["flowspec concurrency-limit delete dev"],
+}
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions are wrapped as usual; text with line breaks (the epilogs) is kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "\n".join(indent + line for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a "did you mean" for a mistyped command, action or choice."""
+
+    def error(self, message: str):
+        from flowspec.schema import did_you_mean
+
+        m = re.match(r"argument (.+?): invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        hint = did_you_mean(m.group(2), re.findall(r"'([^']*)'", m.group(3))) if m else None
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
+        sys.exit(2)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flowspec", description="Validate and run workflows described in flow.yaml.")
+    parser = _Parser(prog="flowspec", description="Validate and run workflows described in flow.yaml.")
     parser.add_argument("--version", action="version", version=f"flowspec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"flowspec.commands.{name}").register(sub)
+    _add_epilogs(parser, "")
     return parser
+
+
+def _add_epilogs(parser: argparse.ArgumentParser, path: str) -> None:
+    """Examples and the environment variables at the foot of every help page."""
+    parser.formatter_class = _Formatter
+    lines = EXAMPLES.get(path)
+    examples = "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" if lines else ""
+    parser.epilog = examples + ENVIRONMENT
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                _add_epilogs(child, f"{path} {name}".strip())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `flowspec`: the help is the answer
+        parser.print_help()
+        return 0
     try:
         return args.func(args)
     except FlowspecError as exc:
+        if getattr(args, "format", None) == "json":  # a program reading stdout gets the error too
+            import json
+
+            print(json.dumps({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}, indent=2))
         print(f"flowspec: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -70,7 +70,7 @@ def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
     """Import every callable the spec names and check that task arguments fit the signatures:
     (callable by task name and hook key, diagnostics). Each target is imported and each
     signature checked once, however many tasks share them (a chain of 500 `inc` tasks)."""
-    from flowspec.callables import CallableError, load_callable, signature_problems
+    from flowspec.callables import CallableError, hook_problem, load_callable, signature_problems
 
     doc: Document = spec.document
     callables: dict = {}
@@ -91,6 +91,9 @@ def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
             out.append(doc.diag(path, fn.message, fn.hint))
             continue
         callables[key] = fn
+        if task is None and (problem := hook_problem(fn)):
+            out.append(doc.diag(path, f"{target}: {problem}",
+                                "write it as def hook(): ... or def hook(run): ... (run: the run's summary)"))
         if task is not None:
             given = frozenset(task.with_args) | frozenset(task.map_args)
             if (target, given) not in checked:

@@ -22,8 +22,19 @@ def type_error(value: object, declared: str | None, enum: tuple | None = None) -
     if check is not None and not check(value):
         return f"expected {declared}, got {_show(value)}"
     if enum is not None and value not in enum:
-        return f"{_show(value)} is not one of: {' | '.join(json.dumps(e) for e in enum)}"
+        return f"{_show(value)} is not one of: {' | '.join(json.dumps(e) for e in enum)}" + _closest(value, enum)
     return None
+
+
+def _closest(value: object, enum: tuple) -> str:
+    """`; did you mean "green"?` for a value close to one of the enum's (any case), else ''."""
+    import difflib
+
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return ""
+    shown = {str(e).lower(): e for e in enum if isinstance(e, (str, int, float)) and not isinstance(e, bool)}
+    close = difflib.get_close_matches(str(value).lower(), shown, n=1, cutoff=0.6)
+    return f"; did you mean {json.dumps(shown[close[0]])}?" if close else ""
 
 
 def _show(value: object) -> str:

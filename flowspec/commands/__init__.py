@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+STDIN = "-"  # a FILE argument that means standard input (validate, fmt)
+
 
 def unreadable(path: str) -> str | None:
     """Why a spec file cannot be read (no such file; a folder or no permission), or None."""

@@ -56,18 +56,27 @@ def labels_text(labels) -> str:
     return ", ".join(labels) if labels else "-"
 
 
+MIN_PREFIX = 4  # characters of a run id that `runs show` and the others accept as a prefix
+
+
 def find_run(backend, ref: str):
-    """A run by its id or a unique prefix of it (at least 4 characters)."""
+    """A run by its id or a unique prefix of it (at least MIN_PREFIX characters)."""
     from flowspec.backend import NotFoundError
+
+    from flowspec.errors import UsageError
 
     run = backend.get_run(ref)
     if run is not None:
         return run
-    matches = backend.runs_by_prefix(ref.lower()) if len(ref) >= 4 else []
+    if len(ref) < MIN_PREFIX:
+        raise UsageError(f"run id prefix '{ref}' is too short: give at least {MIN_PREFIX} characters of the id",
+                         hint="list runs with: flowspec runs list")
+    matches = backend.runs_by_prefix(ref.lower())
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise NotFoundError(f"run id prefix '{ref}' matches several runs", hint="give more of the id")
+        raise UsageError(f"run id prefix '{ref}' is ambiguous: it matches several runs "
+                         f"(among them {' and '.join(m.id for m in matches)})", hint="give more of the id")
     raise NotFoundError(f"no flow run has id '{ref}' in the backend {backend.url}",
                         hint="list runs with: flowspec runs list")
 

@@ -20,8 +20,9 @@ def register(sub) -> None:
     actions = subcommands(sub, "runs", "list, inspect, follow and cancel flow runs")
     p = actions.add_parser("list", help="flow runs, newest first")
     p.add_argument("--flow", metavar="NAME", help="only runs of this flow")
-    p.add_argument("--state", action="append", metavar="STATE", help="only runs in this state (repeatable)")
-    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (default 50)")
+    p.add_argument("--state", action="append", metavar="STATE",
+                   help="only runs in this state (repeatable; any case: failed, Failed)")
+    p.add_argument("--limit", type=_at_least_one, default=50, metavar="N", help="at most N runs (default 50)")
     add_common(p)
     p.set_defaults(func=main_list)
     p = actions.add_parser("show", help="a run's state history, its tasks and, while it waits, why")
@@ -31,6 +32,18 @@ def register(sub) -> None:
     _run_arg(p, main_logs)
     p = actions.add_parser("cancel", help="cancel a run: a waiting one at once, a running one through its agent")
     _run_arg(p, main_cancel)
+
+
+def _at_least_one(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of runs, 1 or more, got {text!r}")
+    return value
 
 
 def _run_arg(p, func) -> None:
@@ -51,9 +64,16 @@ def main_list(args) -> int:
     from flowspec.backend import RUN_STATES
     from flowspec.errors import UsageError
 
-    unknown = [s for s in args.state or () if s not in RUN_STATES]
+    import difflib
+
+    by_case = {s.lower(): s for s in RUN_STATES}  # `--state failed` means Failed
+    unknown = [s for s in args.state or () if s.lower() not in by_case]
     if unknown:
-        raise UsageError(f"--state {unknown[0]}: not a flow run state", f"states: {', '.join(RUN_STATES)}")
+        close = difflib.get_close_matches(unknown[0].lower(), by_case, n=1, cutoff=0.6)
+        states = f"states: {', '.join(RUN_STATES)}"
+        raise UsageError(f"--state {unknown[0]}: not a flow run state",
+                         f"did you mean '{by_case[close[0]]}'? {states}" if close else states)
+    args.state = [by_case[s.lower()] for s in args.state] if args.state else args.state
     with open_from(args) as backend:
         runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit)
     if args.format == "json":

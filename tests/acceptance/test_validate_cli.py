@@ -196,4 +196,4 @@ def test_non_utf8_file_is_an_error_not_a_crash(cli, tmp_path):
     (tmp_path / "flow.yaml").write_bytes(b"version: 1\nname: \xff\xfe\n")
     result = cli("validate", "flow.yaml", cwd=tmp_path)
     assert result.rc == 1
-    assert result.stdout.startswith("flow.yaml:1:1: error: (root): the file is not UTF-8 text")
+    assert result.stdout.startswith("flow.yaml:2:7: error: (root): the file is not UTF-8 text: byte 0xFF")
