@@ -44,3 +44,142 @@ def test_a_tab_in_the_indentation_gets_a_hint(cli, tmp_path):
     assert result.rc == 1
     assert result.stdout.startswith(f"{spec}:5:1: error: (root): invalid YAML:")
     assert "hint: line 5 is indented with a tab; YAML indents with spaces only" in result.stdout
+
+
+def _stdin_cli(*args, stdin: bytes, cwd=None):
+    """`python -m flowspec ARGS` with bytes on standard input."""
+    import subprocess
+
+    from conftest import REPO, _command, _env
+
+    proc = subprocess.run(_command(args), input=stdin, capture_output=True, cwd=cwd or REPO, env=_env(None),
+                          timeout=30)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_bare_flowspec_prints_the_help_and_exits_0(cli):
+    result = cli()
+    assert result.rc == 0, result.output
+    assert result.stdout.startswith("usage: flowspec") and "validate" in result.stdout and "examples:" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("args, hint", [
+    (("valdate", "flow.yaml"), "did you mean 'validate'?"),
+    (("runs", "lst"), "did you mean 'list'?"),
+    (("validate", "--format", "jsn", "flow.yaml"), "did you mean 'json'?"),
+    (("graph", "--format", "svgg", "flow.yaml"), "did you mean 'svg'?"),
+])
+def test_a_mistyped_command_or_choice_gets_a_suggestion(cli, args, hint):
+    result = cli(*args)
+    assert result.rc == 2
+    assert result.stderr.splitlines()[-1] == f"  hint: {hint}"
+    assert "Traceback" not in result.output
+
+
+HELP_PAGES = ["", "validate", "run", "plan", "graph", "fmt", "init", "schema", "build", "register",
+              "flows list", "runs list", "runs show", "runs logs", "runs cancel", "agent start", "agents list",
+              "concurrency-limit set", "concurrency-limit list", "concurrency-limit delete"]
+
+
+@pytest.mark.parametrize("page", HELP_PAGES)
+def test_every_help_page_has_examples_and_names_the_environment(cli, page):
+    result = cli(*page.split(), "--help")
+    assert result.rc == 0
+    examples = result.stdout.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert examples and all(line.startswith("  flowspec ") or line.startswith("  FLOWSPEC_") or
+                            line.startswith("  cat ") for line in examples)
+    assert "FLOWSPEC_HOME" in result.stdout and "FLOWSPEC_BACKEND" in result.stdout
+
+
+def test_every_example_in_the_help_pages_parses(cli):
+    # the examples are commands a user copies: each must be accepted by the parser
+    import shlex
+
+    from flowspec.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    for lines in EXAMPLES.values():
+        for line in lines:
+            words = shlex.split(line, comments=True)
+            words = words[words.index("|") + 1:] if words[0] == "cat" else words  # cat FILE | flowspec ...
+            words = words[:next((i for i, w in enumerate(words) if w in ("|", "<", ">")), len(words))]
+            words = words[1:] if "=" in words[0] else words  # FLOWSPEC_BACKEND=... flowspec ...
+            if words[1:2] == ["COMMAND"]:
+                continue
+            assert words[0] == "flowspec", line
+            parser.parse_args(words[1:])
+
+
+def test_validate_json_and_github_name_an_unreadable_file(cli, tmp_path):
+    result = cli("validate", "missing.yaml", "--format", "json", cwd=tmp_path)
+    assert result.rc == 2
+    [d] = json.loads(result.stdout)
+    assert (d["file"], d["message"]) == ("missing.yaml", "no such file")
+    assert set(d) == {"file", "line", "column", "path", "message", "hint"}
+    (tmp_path / "folder").mkdir()
+    result = cli("validate", "folder", "--format", "github", cwd=tmp_path)
+    assert result.rc == 2
+    assert result.stdout.splitlines()[0].startswith("::error file=folder,line=1,col=1,title=flowspec::")
+    assert "not a readable file" in result.stdout
+
+
+def test_validate_dash_reads_standard_input_as_stdin(tmp_path):
+    good = b"version: 1\nname: x\ntasks:\n  a:\n    run: m:f\n"
+    assert _stdin_cli("validate", "-", stdin=good)[:2] == (0, "no errors in 1 file\n")
+    rc, out, _ = _stdin_cli("validate", "-", "--format", "json", stdin=good.replace(b"run:", b"runn:"))
+    assert rc == 1
+    found = [(d["file"], d["line"], d["column"], d["path"]) for d in json.loads(out)]
+    assert ("<stdin>", 5, 5, "tasks.a.runn") in found and {f[0] for f in found} == {"<stdin>"}
+    rc, out, _ = _stdin_cli("validate", "-", stdin=b"version: 1\nname: caf\xe9\n")
+    assert (rc, out.splitlines()[0]) == (
+        1, "<stdin>:2:10: error: (root): the file is not UTF-8 text: byte 0xE9 (invalid continuation byte)")
+    # --strict imports from the current folder, the folder of a spec that has no file
+    (tmp_path / "here.py").write_text("def f():\n    pass\n")
+    strict = b"version: 1\nname: x\ntasks:\n  a:\n    run: here:f\n"
+    assert _stdin_cli("validate", "--strict", "-", stdin=strict, cwd=tmp_path)[0] == 0
+
+
+@pytest.fixture
+def home(tmp_path):
+    return {"FLOWSPEC_HOME": str(tmp_path / "home")}
+
+
+def test_runs_show_unknown_in_json_prints_an_error_object(cli, home):
+    result = cli("runs", "show", "0123456789abcdef", "--format", "json", env=home)
+    assert result.rc == 1
+    error = json.loads(result.stdout)
+    assert error["error"].startswith("no flow run has id '0123456789abcdef'")
+    assert error["exit_code"] == 1 and error["hint"] == "list runs with: flowspec runs list"
+
+
+@pytest.mark.parametrize("limit", ["-3", "0", "many"])
+def test_runs_list_refuses_a_limit_below_one(cli, home, limit):
+    result = cli("runs", "list", "--limit", limit, env=home)
+    assert result.rc == 2
+    assert f"argument --limit: expected a whole number of runs, 1 or more, got '{limit}'" in result.stderr
+
+
+def test_a_too_short_run_prefix_says_so_with_the_minimum(cli, home):
+    result = cli("runs", "show", "ab", env=home)
+    assert result.rc == 2
+    assert "run id prefix 'ab' is too short: give at least 4 characters of the id" in result.stderr
+    assert "no such run" not in result.stderr
+
+
+def test_runs_list_state_in_any_case_and_a_suggestion(cli, home):
+    assert cli("runs", "list", "--state", "failed", "--state", "RUNNING", env=home).rc == 0
+    result = cli("runs", "list", "--state", "faild", env=home)
+    assert result.rc == 2
+    assert "--state faild: not a flow run state\n  hint: did you mean 'Failed'?" in result.stderr
+
+
+def test_an_enum_parameter_value_gets_a_suggestion(cli, tmp_path):
+    spec = tmp_path / "flow.yaml"
+    spec.write_text("version: 1\nname: e\nparameters:\n  color: {type: string, enum: [red, green], default: red}\n"
+                    "tasks:\n  a:\n    run: m:f\n")
+    for command in ("run", "plan"):
+        result = cli(command, spec, "--param", "color=Gren")
+        assert result.rc == 2
+        assert ('--param color: string "Gren" is not one of: "red" | "green"; did you mean "green"?'
+                in result.stderr), result.output
