@@ -6,13 +6,24 @@ One loop, woken every poll interval or as soon as a child exits:
 2. heartbeat the agent (so `flowspec run --name` knows who is listening);
 3. force-stop children whose run is still Cancelling CANCEL_GRACE_S after the agent saw it
    (the child itself notices Cancelling through its heartbeat and stops gracefully first);
-4. mark stale runs of any agent (no heartbeat for `heartbeat_timeout`) Failed, freeing slots;
+4. mark lost runs (no heartbeat for their heartbeat timeout) Failed, whoever ran them, freeing
+   slots (commands that read runs do the same, see Backend.mark_lost_runs);
 5. claim runs (the backend applies the label rule and the concurrency limits) while fewer
    than `max_runs` children are running, and start a child for each.
 
 Heartbeats: each child heartbeats its own run every `run_heartbeat_s`; a child whose agent died
 ends its run and exits. So a run goes stale only when its process is gone without a word
 (machine lost, `kill -9` of the child): any live agent then marks it Failed.
+
+Outages: a step that fails on the backend (a database restart, a locked file) is retried with
+backoff for up to `outage_tolerance` seconds, with one warning and one line when it is back;
+children go on running and buffer what they record. Nothing is cancelled for it. Past the
+tolerance the agent stops with an error. After an outage the agent judges no other run lost
+until it has been back for a whole heartbeat timeout: their processes could not heartbeat
+either.
+
+Stopping (Ctrl-C, SIGTERM): children are stopped (their runs end Cancelled) and the agent is
+recorded stopped, so that nothing counts on it any more.
 """
 from __future__ import annotations
 
@@ -29,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowspec.backend import ACTIVE_STATES, CANCELLED, CANCELLING, FAILED, SUBMITTED, Backend, FlowRun
+from flowspec.backend.outage import DEFAULT_TOLERANCE_S, Outage
+from flowspec.errors import BackendError
 from flowspec.recorder import HEARTBEAT_INTERVAL_S
 
 AGENT_BEAT_S = 10.0  # well inside the one-minute window in which an agent counts as seen
@@ -50,6 +63,7 @@ class AgentConfig:
     max_runs: int
     poll_interval: float
     heartbeat_timeout: float
+    outage_tolerance: float = DEFAULT_TOLERANCE_S
 
     @property
     def run_heartbeat_s(self) -> float:
@@ -78,6 +92,9 @@ class Agent:
         self._due = {"beat": 0.0, "cancels": 0.0, "stale": 0.0}
         self._warm: tuple[subprocess.Popen, Path] | None = None
         self._log = logging.LoggerAdapter(log, {"task": f"agent {config.name}"})
+        self.outage = Outage(backend.url, config.outage_tolerance,
+                             lambda level, text: self._log.log(logging.getLevelName(level.upper()), "%s", text))
+        self._judge_from = 0.0  # monotonic time from which this agent may judge other runs lost
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -85,14 +102,22 @@ class Agent:
         cfg = self.config
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.backend.agent_heartbeat(cfg.name, cfg.labels, starting=True)
-        self._log.info("started: labels [%s], at most %d runs, polling %s every %gs, heartbeat timeout %gs",
-                       ", ".join(cfg.labels), cfg.max_runs, self.backend.url, cfg.poll_interval,
-                       cfg.heartbeat_timeout)
+        self._log.info("started: labels [%s], at most %d runs, polling %s every %gs, heartbeat timeout %gs,"
+                       " outage tolerance %gs", ", ".join(cfg.labels), cfg.max_runs, self.backend.url,
+                       cfg.poll_interval, cfg.heartbeat_timeout, cfg.outage_tolerance)
         self.warm_up()
         try:
             while not self._stopping.is_set():
                 self._wake.clear()  # before the step: a child exiting during it wakes the next wait
-                self.step()
+                try:
+                    self.step()
+                except BackendError as exc:
+                    self._wake.wait(self.outage.failed(exc))  # raises past the tolerance
+                    self._due = dict.fromkeys(self._due, 0.0)  # once back: beat, check and reap at once
+                    continue
+                if self.outage.ongoing:
+                    self.outage.ok()
+                    self._judge_from = time.monotonic() + cfg.heartbeat_timeout
                 self._wake.wait(cfg.poll_interval)
         finally:
             self.shutdown()
@@ -130,13 +155,17 @@ class Agent:
             except subprocess.TimeoutExpired:
                 _signal_group(child.proc, signal.SIGKILL)
                 child.proc.wait()
-        self.reap()
+        try:
+            self.reap()
+            self.backend.agent_stopped(self.config.name)
+        except BackendError as exc:
+            self._log.error("could not record how its runs and the agent ended: %s", exc.message)
         self._log.info("stopped")
 
     # -- starting runs -----------------------------------------------------------------------
     def claim(self) -> None:
         while len(self.children) < self.config.max_runs and not self._stopping.is_set():
-            run = self.backend.claim_run(self.config.name, self.config.labels)
+            run = self.backend.claim_run(self.config.name, self.config.labels, self.config.heartbeat_timeout)
             if run is None:
                 return
             self.spawn(run)
@@ -179,10 +208,11 @@ class Agent:
         cfg = self.config
         output = self.runs_dir / f"child-{uuid.uuid4().hex}.log"
         cmd = [sys.executable, "-m", "flowspec.child", "--agent-pid", str(os.getpid()),
-               "--heartbeat", f"{cfg.run_heartbeat_s:g}"]
+               "--heartbeat", f"{cfg.run_heartbeat_s:g}", "--outage-tolerance", f"{cfg.outage_tolerance:g}"]
         # Precedence, later wins: the agent's environment, its --env, then (in the child) the
         # flow's environment.env. The backend URL is the agent's own, whatever --env says.
-        env = {**os.environ, **cfg.env, "FLOWSPEC_BACKEND": cfg.backend_url}
+        env = {**os.environ, **cfg.env, "FLOWSPEC_BACKEND": cfg.backend_url,
+               "FLOWSPEC_AGENT_ENV": ",".join(cfg.env)}  # --env names: a container gets them all
         with open(output, "wb") as out:
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -205,8 +235,8 @@ class Agent:
         for run_id, child in list(self.children.items()):
             code = child.proc.poll()
             if code is not None:
+                self.settle(child, code)  # first: if the backend fails, the child is settled on a later try
                 del self.children[run_id]
-                self.settle(child, code)
 
     def settle(self, child: Child, code: int) -> None:
         """A child exited: if it left its run active, end the run with what the child said last."""
@@ -238,16 +268,13 @@ class Agent:
                 _signal_group(child.proc, signal.SIGKILL)
 
     def reap_stale(self) -> None:
-        timeout = self.config.heartbeat_timeout
-        for run in self.backend.stale_runs(timeout):
-            mine = self.children.get(run.id)
-            if mine is not None and mine.proc.poll() is None:
-                continue  # our child is alive: its heartbeat is late, not lost
-            final = CANCELLED if run.state == CANCELLING else FAILED
-            message = (f"no heartbeat for {timeout:g}s: the process running it (agent {run.agent or '?'})"
-                       f" is gone; marked {final} by agent {self.config.name}")
-            if self.backend.set_run_state(run.id, final, message, expected_from={run.state}):
-                self._log.warning("run %s: %s", run.id, message)
+        if time.monotonic() < self._judge_from:
+            return  # just back from an outage: the others could not heartbeat either
+        alive = [run_id for run_id, child in self.children.items() if child.proc.poll() is None]
+        # Our live children's heartbeats are late, not lost: spared.
+        for run, message in self.backend.mark_lost_runs(f"agent {self.config.name}", self.config.heartbeat_timeout,
+                                                        spare=alive):
+            self._log.warning("run %s: %s", run.id, message)
 
 
 def _send(child: tuple[subprocess.Popen, Path], run_id: str) -> tuple[subprocess.Popen, Path]:

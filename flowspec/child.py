@@ -13,6 +13,9 @@ Stopping: a heartbeat that finds the run Cancelling, or a SIGTERM from the agent
 the run as Ctrl-C would (tasks are cancelled, `on_exit` runs). When its agent dies (the parent
 pid changes) the child records the run Failed and exits at once, so an agent killed with
 `kill -9` leaves no flow run behind.
+
+A backend that fails (a database restart, a locked file) is waited for, up to
+`--outage-tolerance` seconds, with backoff: the run goes on and its recorder buffers.
 """
 from __future__ import annotations
 
@@ -22,23 +25,27 @@ import signal
 import sys
 import traceback
 
+from flowspec.backend.outage import DEFAULT_TOLERANCE_S, Outage
 from flowspec.errors import FlowspecError
 from flowspec.recorder import EXIT_CODES, HEARTBEAT_INTERVAL_S, Recorder, outcome_of, run_message
 
 EXIT_INTERNAL = 70
+BUSY_TIMEOUT_S = 5.0  # a SQLite lock held longer than this is an outage, retried with backoff
 
 
 class ChildRun:
     """One flow run in this process, from Submitted to its final state."""
 
-    def __init__(self, backend, run_id: str, agent_pid: int | None, heartbeat_s: float) -> None:
+    def __init__(self, backend, run_id: str, agent_pid: int | None, heartbeat_s: float,
+                 outage_s: float = DEFAULT_TOLERANCE_S) -> None:
         self.backend, self.run_id, self.agent_pid = backend, run_id, agent_pid
         self.reason: str | None = None  # why the run was interrupted, when it was
         self.recorder = Recorder(backend, run_id, heartbeat_s=heartbeat_s, on_cancel=self.cancel,
-                                 guard=self.check_agent if agent_pid else None)
+                                 guard=self.check_agent if agent_pid else None, outage_s=outage_s)
+        self.call = self.recorder.outage.call  # a backend call, retried through an outage
 
     def main(self) -> int:
-        if not self.backend.set_run_state(self.run_id, "Running", expected_from={"Submitted"}):
+        if not self.call(self.backend.set_run_state, self.run_id, "Running", expected_from={"Submitted"}):
             return self.not_started()
         signal.signal(signal.SIGTERM, self.on_sigterm)
         self.recorder.start()
@@ -59,10 +66,14 @@ class ChildRun:
         from flowspec.params import resolve_parameters
         from flowspec.storage import load_flow
 
-        run = self.backend.get_run(self.run_id)
-        flow = self.backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+        run = self.call(self.backend.get_run, self.run_id)
+        flow = self.call(self.backend.get_flow_by_id, run.flow_id) if run.flow_id is not None else None
         if flow is None:
             raise FlowspecError(f"run {self.run_id} names no registered flow, so there is nothing to load")
+        from flowspec.environments.platform import PLATFORM_TYPES, execute_registered
+
+        if (flow.environment or {}).get("type") in PLATFORM_TYPES:  # its code is in its image: watch it there
+            return execute_registered(self.backend, run, flow, self.recorder)
         spec, callables = load_flow(flow.storage)
         params = resolve_parameters(spec.parameters, {}, None, list(run.parameters.items()))
         if spec.environment.type in ("local", "remote"):
@@ -74,7 +85,7 @@ class ChildRun:
 
     def not_started(self) -> int:
         """The run left Submitted before this process got to it: cancelled, or reaped."""
-        run = self.backend.get_run(self.run_id)
+        run = self.call(self.backend.get_run, self.run_id)
         if run is not None and run.state == "Cancelling":
             self.backend.set_run_state(self.run_id, "Cancelled", "cancelled before it started",
                                        expected_from={"Cancelling"}, exit_code=130)
@@ -121,21 +132,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--agent-pid", type=int, default=None, help="exit when this parent process dies")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_INTERVAL_S, metavar="SECONDS",
                    help=f"how often to heartbeat the run (default {HEARTBEAT_INTERVAL_S:g})")
+    p.add_argument("--outage-tolerance", type=float, default=DEFAULT_TOLERANCE_S, metavar="SECONDS",
+                   help=f"how long to wait for a failing backend (default {DEFAULT_TOLERANCE_S:g})")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     from flowspec import logs
-    from flowspec.backend import open_backend
+    from flowspec.backend import open_backend, redact_url
 
     args = parse_args(argv)
     logs.configure()
     try:
-        with open_backend() as backend:
+        opening = Outage(redact_url(os.environ.get("FLOWSPEC_BACKEND", "(default)")), args.outage_tolerance,
+                         lambda level, text: print(f"flowspec: {level}: {text}", file=sys.stderr, flush=True))
+        with opening.call(open_backend, busy_timeout_s=BUSY_TIMEOUT_S) as backend:
             run_id = args.run_id or wait_for_run_id()
             if not run_id:
                 return 0
-            return ChildRun(backend, run_id, args.agent_pid, args.heartbeat).main()
+            return ChildRun(backend, run_id, args.agent_pid, args.heartbeat, args.outage_tolerance).main()
     except FlowspecError as exc:  # the backend itself failed: nothing more can be recorded
         print(f"flowspec: error: {exc}", file=sys.stderr)
         return 1

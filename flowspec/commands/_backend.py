@@ -83,3 +83,20 @@ def find_run(backend, ref: str):
 
 def warn(message: str) -> None:
     print(f"flowspec: warning: {message}", file=sys.stderr)
+
+
+def mark_lost(backend, command: str, run_id: str | None = None) -> None:
+    """Mark lost runs (or only `run_id`) Failed before reading them: whoever looks sees a run whose
+    process is gone as Failed, with the reason, and not only agents. The same compare-and-set as
+    an agent's, so two readers never both move a run. A reader that may not write (a read-only
+    file or role) still reads."""
+    import os
+    import socket
+
+    from flowspec.errors import BackendError
+
+    try:
+        backend.mark_lost_runs(f"`flowspec {command}` (pid {os.getpid()} on {socket.gethostname()})",
+                               run_id=run_id)
+    except BackendError:
+        pass

@@ -1,14 +1,18 @@
 """`flowspec agent start [--label L]... [--env KEY=VALUE]... [--name N] [--max-runs N] [--poll-interval S]
-[--heartbeat-timeout S] [--backend URL]`"""
+[--heartbeat-timeout S] [--outage-tolerance S] [--backend URL]`"""
 from __future__ import annotations
 
 import argparse
 
+from flowspec.backend.base import HEARTBEAT_TIMEOUT_S
+from flowspec.backend.outage import DEFAULT_TOLERANCE_S
+
 # The agent's defaults: a poll interval short enough for a run to start within a second of being
 # created, a heartbeat timeout long enough that a busy machine never looks dead.
 DEFAULT_POLL_INTERVAL_S = 0.5
-DEFAULT_HEARTBEAT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RUNS = 4
+# One backend call waits this long for a SQLite lock; longer is an outage, retried with backoff.
+BUSY_TIMEOUT_S = 5.0
 
 
 def register(sub) -> None:
@@ -30,9 +34,12 @@ def register(sub) -> None:
                    help=f"at most N flow runs at once (default {DEFAULT_MAX_RUNS})")
     p.add_argument("--poll-interval", type=_positive(float), default=DEFAULT_POLL_INTERVAL_S, metavar="S",
                    help=f"seconds between polls of the backend (default {DEFAULT_POLL_INTERVAL_S:g})")
-    p.add_argument("--heartbeat-timeout", type=_positive(float), default=DEFAULT_HEARTBEAT_TIMEOUT_S,
-                   metavar="S", help="a run whose heartbeat is older than this is marked Failed, by any agent "
-                                     f"(default {DEFAULT_HEARTBEAT_TIMEOUT_S:g}); keep it the same on all agents")
+    p.add_argument("--heartbeat-timeout", type=_positive(float), default=HEARTBEAT_TIMEOUT_S,
+                   metavar="S", help="a run of this agent whose heartbeat is older than this is marked Failed by "
+                                     f"whoever reads it, any agent or command (default {HEARTBEAT_TIMEOUT_S:g})")
+    p.add_argument("--outage-tolerance", type=_positive(float), default=DEFAULT_TOLERANCE_S, metavar="S",
+                   help="keep serving, and keep runs going, while the backend fails (a database restart, a "
+                        f"locked file) for up to S seconds, then stop with an error (default {DEFAULT_TOLERANCE_S:g})")
     p.add_argument("--backend", metavar="URL", default=None, help="the backend (default: $FLOWSPEC_BACKEND, "
                    "else flowspec.db in $FLOWSPEC_HOME or ~/.flowspec)")
     p.set_defaults(func=main)
@@ -75,7 +82,8 @@ def main(args) -> int:
     config = AgentConfig(
         name=args.name or f"{socket.gethostname()}-{os.getpid()}", backend_url=url,
         labels=tuple(sorted(set(args.label))), env=dict(args.env), max_runs=args.max_runs,
-        poll_interval=args.poll_interval, heartbeat_timeout=args.heartbeat_timeout)
-    with open_backend(url) as backend:
+        poll_interval=args.poll_interval, heartbeat_timeout=args.heartbeat_timeout,
+        outage_tolerance=args.outage_tolerance)
+    with open_backend(url, busy_timeout_s=BUSY_TIMEOUT_S) as backend:
         serve(backend, config, flowspec_home() / "runs")
     return 0

@@ -10,7 +10,7 @@ import sys
 import time
 
 from flowspec.commands._backend import (
-    add_common, clock, emit_json, find_run, labels_text, open_from, subcommands, table, warn, when)
+    add_common, clock, emit_json, find_run, labels_text, mark_lost, open_from, subcommands, table, warn, when)
 
 EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
 FOLLOW_POLL_S = 0.25
@@ -75,6 +75,7 @@ def main_list(args) -> int:
                          f"did you mean '{by_case[close[0]]}'? {states}" if close else states)
     args.state = [by_case[s.lower()] for s in args.state] if args.state else args.state
     with open_from(args) as backend:
+        mark_lost(backend, "runs list")
         runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit)
     if args.format == "json":
         emit_json([run_json(r) for r in runs])
@@ -90,6 +91,8 @@ def main_list(args) -> int:
 def main_show(args) -> int:
     with open_from(args) as backend:
         run = find_run(backend, args.run)
+        mark_lost(backend, "runs show", run.id)
+        run = backend.get_run(run.id)
         flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
         history, tasks = backend.run_history(run.id), backend.task_states(run.id)
         reason = backend.waiting_reason(run.id)
@@ -140,6 +143,7 @@ def main_cancel(args) -> int:
 def main_logs(args) -> int:
     with open_from(args) as backend:
         run = find_run(backend, args.run)
+        mark_lost(backend, "runs logs", run.id)
         if args.follow:
             return follow(backend, run.id, args.format, kinds=("log",))
         lines = backend.logs(run.id)
@@ -157,8 +161,12 @@ def follow(backend, run_id: str, fmt: str, kinds: tuple[str, ...] = ("state", "t
     Text: one line each; json: one JSON object per line. Ctrl-C stops watching, not the run.
     """
     cursor = {"state": 0, "task": 0, "log": 0}
+    judged = 0.0
     try:
         while True:
+            if time.monotonic() - judged >= 1.0:  # a run whose process is gone ends the watch, Failed
+                mark_lost(backend, "runs logs --follow" if kinds == ("log",) else "run --watch", run_id)
+                judged = time.monotonic()
             final = backend.get_run(run_id).state in EXIT_CODES  # read first: nothing after it is missed
             events = sorted(_new_events(backend, run_id, cursor, kinds), key=lambda e: e["time"])
             for event in events:

@@ -38,33 +38,69 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL server on loopback; yields the URL of its `postgres` database."""
+class PostgresServer:
+    """A throwaway PostgreSQL server on loopback, in a temporary folder, that a test may stop,
+    start and restart (`pg_ctl`) under its clients."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="flowspec-pg-"))
+        (self.root / "sock").mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            shutil.chown(self.root / "sock", "postgres", "postgres")
+        self.data, self.port, self.pg_ctl = self.root / "data", _free_port(), str(bindir / "pg_ctl")
+        subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(self.data), "-U", "flowspec",
+                                     "--auth=trust", "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
+        self.options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root / 'sock'} -c fsync=off"
+                        " -c synchronous_commit=off -c full_page_writes=off")
+        self.url = f"postgresql://flowspec@127.0.0.1:{self.port}/postgres"
+
+    def ctl(self, *args: str, check: bool = True) -> None:
+        subprocess.run(_as_postgres([self.pg_ctl, "-D", str(self.data), "-l", str(self.root / "server.log"),
+                                     "-w", *args]), check=check, capture_output=True, text=True)
+
+    def start(self) -> None:
+        self.ctl("start", "-o", self.options)
+
+    def stop(self, mode: str = "fast") -> None:
+        self.ctl("-m", mode, "stop")
+
+    def restart(self, mode: str = "fast") -> None:
+        self.ctl("-m", mode, "restart", "-o", self.options)
+
+    def destroy(self) -> None:
+        self.ctl("-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _postgres_server() -> PostgresServer:
     bindir = _pg_bindir()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install them, "
                     "e.g. `apt-get install postgresql`")
-    root = Path(tempfile.mkdtemp(prefix="flowspec-pg-"))
-    (root / "sock").mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        shutil.chown(root / "sock", "postgres", "postgres")
-    data, port = root / "data", _free_port()
-    run = dict(check=True, capture_output=True, text=True)
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "flowspec",
-                                 "--auth=trust", "-E", "UTF8", "--no-sync"]), **run)
-    options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root / 'sock'} -c fsync=off"
-               " -c synchronous_commit=off -c full_page_writes=off")
-    pg_ctl = str(bindir / "pg_ctl")
-    subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-l", str(root / "server.log"),
-                                 "-w", "start", "-o", options]), **run)
+    server = PostgresServer(bindir)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on loopback; yields the URL of its `postgres` database."""
+    server = _postgres_server()
     try:
-        yield f"postgresql://flowspec@127.0.0.1:{port}/postgres"
+        yield server.url
     finally:
-        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, to restart or stop under its clients."""
+    server = _postgres_server()
+    try:
+        yield server
+    finally:
+        server.destroy()
 
 
 def _admin(postgres_url: str, sql: str) -> None:

@@ -1,6 +1,8 @@
 """Agents as real processes: flows registered with the CLI, runs claimed from a real backend
 (a SQLite file, and a real PostgreSQL server where a test takes `backend_url`), flow runs in
-child processes, agents killed with SIGKILL."""
+child processes, agents killed with SIGKILL or stopped with SIGTERM, and backends that blink under
+them: a PostgreSQL server restarted or stopped for seconds with `pg_ctl`, a SQLite file held
+locked by another process."""
 from __future__ import annotations
 
 import json
@@ -38,6 +40,11 @@ def die(code: int = 3):
 
 def show_env(names: list):
     context.logger.info("env %s", json.dumps({n: os.environ.get(n) for n in names}, sort_keys=True))
+
+def ticks(n: int, every: float):
+    for i in range(n):
+        context.logger.info("tick %d", i)
+        time.sleep(every)
 """
 POLL = "0.1"  # agents in these tests poll often, so that runs start quickly
 
@@ -299,3 +306,130 @@ def test_label_rule_through_the_cli_empty_labels_included(sqlite_cluster: tuple[
     done = wait_state(backend, cluster, plain_id, {"Success", "Failed"})
     assert (done.state, done.agent) == ("Success", "a-none")
     assert run_of(backend, gpu_id).state == "Scheduled"  # no agent covers [dev, gpu]
+
+
+# ------------------------------------------------------------------------------ stopping
+
+
+def test_an_agent_stopped_with_sigterm_says_so_in_the_backend(sqlite_cluster: tuple[Cluster, Backend]) -> None:
+    cluster, backend = sqlite_cluster
+    flow_id = cluster.flow("sleeper", "nap", (), {"seconds": 60})
+    cluster.agent("a")
+    run_id = backend.create_flow_run(flow_id).id
+    wait_for(lambda: logged(backend, run_id, "napping"), 30, cluster.output)
+    proc = cluster.agents["a"][0]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, cluster.output()
+    stopped = run_of(backend, run_id)
+    assert (stopped.state, stopped.message) == ("Cancelled", "stopped by its agent (SIGTERM)")
+    # Seen a moment ago, but stopped: nothing counts on it any more.
+    listed = json.loads(cluster.cli("agents", "list", "--format", "json").stdout)
+    assert [(a["name"], a["status"], a["alive"]) for a in listed] == [("a", "stopped", False)]
+    assert "stopped" in cluster.cli("agents", "list").stdout
+    created = cluster.cli("run", "--name", "sleeper")
+    assert "may wait forever" in created.stderr, created.stderr
+    plan = cluster.cli("plan", str(cluster.root / "flows" / "sleeper.yaml"), "--format", "json")
+    assert json.loads(plan.stdout)["backend"]["agents"] == [], plan.stdout + plan.stderr
+    cluster.agent("a")  # the same name started again serves again
+    wait_for(lambda: [a.name for a in backend.list_agents(60)] == ["a"], 10, cluster.output)
+
+
+# ------------------------------------------------------------------------------- outages
+
+
+def _outage_lines(cluster: Cluster) -> tuple[list[str], list[str]]:
+    text = cluster.output()
+    return ([ln for ln in text.splitlines() if "the backend failed, retrying" in ln],
+            [ln for ln in text.splitlines() if "the backend is back after" in ln])
+
+
+def _ticked_to_the_end(backend: Backend, run_id: str, n: int) -> None:
+    """Every state and log line of a `ticks` run, each once and in order."""
+    assert history(backend, run_id) == ["Scheduled", "Submitted", "Running", "Success"]
+    ticks = [ln.message for ln in backend.logs(run_id) if ln.message.startswith("tick ")]
+    assert ticks == [f"tick {i}" for i in range(n)]
+    assert [(t.task, t.state) for t in backend.task_states(run_id, history=True)] == [
+        ("only", "Running"), ("only", "Success")]
+
+
+@pytest.mark.slow
+def test_an_agent_and_its_run_ride_out_a_postgresql_restart_and_a_stop_of_seconds(
+        tmp_path: Path, postgres_server) -> None:
+    """`pg_ctl restart -m fast` ends every connection; then the server is down for 4 s. The agent
+    and the run's process retry, the run goes on and ends Success with everything recorded."""
+    cluster = Cluster(tmp_path, postgres_server.url)
+    try:
+        flow_id = cluster.flow("ticker", "ticks", (), {"n": 40, "every": 0.25})
+        cluster.agent("a", args=("--outage-tolerance", "60"))
+        with open_backend(postgres_server.url) as backend:
+            run_id = backend.create_flow_run(flow_id).id
+            wait_for(lambda: logged(backend, run_id, "tick 1"), 30, cluster.output)
+        postgres_server.restart("fast")
+        time.sleep(1.0)
+        postgres_server.stop("fast")
+        time.sleep(4.0)
+        postgres_server.start()
+        with open_backend(postgres_server.url) as backend:
+            done = wait_state(backend, cluster, run_id, {"Success", "Failed", "Cancelled"}, timeout=30)
+            assert (done.state, done.message, done.exit_code) == ("Success", None, 0), cluster.output()
+            _ticked_to_the_end(backend, run_id, 40)
+            recorded = [ln.message for ln in backend.logs(run_id) if ln.message.startswith("recording: ")]
+            assert any("the backend is back after" in m for m in recorded), recorded
+            warned, back = _outage_lines(cluster)
+            assert 1 <= len(warned) == len(back) <= 2, cluster.output()  # once per outage, each said to end
+            assert cluster.agents["a"][0].poll() is None  # still serving: it takes the next run
+            again = backend.create_flow_run(flow_id, {}).id
+            assert wait_state(backend, cluster, again, {"Success", "Failed"}, timeout=30).state == "Success"
+    finally:
+        cluster.close()
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+@pytest.mark.slow
+def test_an_agent_and_its_run_ride_out_a_sqlite_file_locked_by_another_process(
+        sqlite_cluster: tuple[Cluster, Backend]) -> None:
+    """Another process holds the write lock (BEGIN EXCLUSIVE) for 8 s, longer than one call
+    waits for it: the agent warns once, retries, says when it is back, and the run ends Success
+    with all it logged meanwhile."""
+    cluster, backend = sqlite_cluster
+    flow_id = cluster.flow("ticker", "ticks", (), {"n": 48, "every": 0.25})
+    cluster.agent("a")
+    run_id = backend.create_flow_run(flow_id).id
+    wait_for(lambda: logged(backend, run_id, "tick 1"), 30, cluster.output)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, cluster.url[len("sqlite://"):], "8"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    assert holder.wait(30) == 0
+    holder.stdout.close()
+    done = wait_state(backend, cluster, run_id, {"Success", "Failed", "Cancelled"}, timeout=30)
+    assert (done.state, done.exit_code) == ("Success", 0), cluster.output()
+    _ticked_to_the_end(backend, run_id, 48)
+    warned, back = _outage_lines(cluster)
+    assert len(warned) == len(back) == 1, cluster.output()
+    assert cluster.agents["a"][0].poll() is None
+
+
+@pytest.mark.slow
+def test_past_its_outage_tolerance_an_agent_stops_with_an_error(tmp_path: Path, postgres_server) -> None:
+    cluster = Cluster(tmp_path, postgres_server.url)
+    try:
+        flow_id = cluster.flow("ticker", "ticks", (), {"n": 400, "every": 0.1})
+        cluster.agent("a", args=("--outage-tolerance", "3"))
+        with open_backend(postgres_server.url) as backend:
+            run_id = backend.create_flow_run(flow_id).id
+            wait_for(lambda: logged(backend, run_id, "tick 1"), 30, cluster.output)
+        postgres_server.stop("fast")
+        proc = cluster.agents["a"][0]
+        assert proc.wait(30) == 1
+        assert "longer than the outage tolerance of 3s" in cluster.output(), cluster.output()
+    finally:
+        cluster.close()
