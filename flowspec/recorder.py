@@ -205,14 +205,15 @@ def outcome_of(exc: BaseException) -> tuple[str, str]:
 
 
 def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], Any], url: str | None = None,
-                     heartbeat_timeout: float | None = None) -> Any:
+                     heartbeat_timeout: float | None = None, interrupted_code: Callable[[], int] = lambda: 130) -> Any:
     """Call `execute(observers, run_id)` with the run recorded in the backend at `url`.
 
     When the backend cannot be opened, one warning line is printed and the run goes on
     unrecorded. The run is created Running when the runner starts it (a run that stops before,
     e.g. on a module that does not import, is not recorded), without labels: it holds no
     concurrency slot. It heartbeats, and names this process, so that a killed `flowspec run`
-    is seen as lost by whoever reads it after `heartbeat_timeout`.
+    is seen as lost by whoever reads it after `heartbeat_timeout`. `interrupted_code()` is the
+    exit code recorded for a Cancelled run (130 for Ctrl-C, 128 + N for signal N).
     """
     import socket
     import uuid
@@ -237,7 +238,8 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
         try:
             result = execute((recorder,), run_id)
         except BaseException as exc:
-            recorder.finish(*outcome_of(exc), exit_code=130 if isinstance(exc, KeyboardInterrupt) else 1)
+            recorder.finish(*outcome_of(exc), exit_code=interrupted_code() if isinstance(exc, KeyboardInterrupt) else 1)
             raise
-        recorder.finish(result.state, run_message(result), EXIT_CODES.get(result.state, 1))
+        code = interrupted_code() if result.state == "Cancelled" else EXIT_CODES.get(result.state, 1)
+        recorder.finish(result.state, run_message(result), code)
         return result

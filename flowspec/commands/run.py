@@ -161,13 +161,16 @@ def execute(spec, params: dict, fmt: str, verbosity: int = 0, url: str | None = 
 
     logs.configure({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
     environment = load_driver("environment", spec.environment.type)(spec)
+    if hasattr(environment, "prepare"):  # it runs from an image: the backend in its reach, the image built
+        environment.prepare(url)
     with contextlib.ExitStack() as stack:
         if fmt == "json":  # stdout carries exactly one JSON document: tasks' print() goes to stderr,
             # line-buffered, so that a print() from a pool thread is not cut by other threads' log lines
             printed = stack.enter_context(logs.whole_lines(2))
             stack.enter_context(contextlib.redirect_stdout(printed))
         shown = stack.enter_context(progress.reporter(verbosity))
-        return record_local_run(spec, params, run, url, heartbeat_timeout)
+        return record_local_run(spec, params, run, url, heartbeat_timeout,
+                                lambda: 128 + stopped[0] if stopped else 130)
 
 
 def report_invalid(diags: list, fmt: str, problems: list[str] = ()) -> int:
