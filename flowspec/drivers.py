@@ -17,15 +17,15 @@ EXECUTORS = {
 
 STORAGE = {
     "local": "flowspec.storage.local:LocalStorage",
-    "docker": None,
+    "docker": "flowspec.storage.docker:DockerStorage",
     "s3": "flowspec.storage.s3:S3Storage",
 }
 
 ENVIRONMENTS = {
     "local": "flowspec.environments.local:LocalEnvironment",
     "remote": "flowspec.environments.remote:RemoteEnvironment",
-    "docker": None,
-    "kubernetes-job": None,
+    "docker": "flowspec.environments.docker:DockerEnvironment",
+    "kubernetes-job": "flowspec.environments.kubernetes_job:KubernetesJobEnvironment",
     "dask-kubernetes": None,
     "fargate-task": None,
 }

@@ -166,6 +166,7 @@ class PlatformEnvironment(Environment):
     def __init__(self, spec, location: Mapping[str, Any] | None = None) -> None:
         super().__init__(spec)
         self.location = location
+        self.backend_url: str | None = None  # the run's backend, when not $FLOWSPEC_BACKEND or the default
 
     # -- what each platform says -----------------------------------------------------------------
     @abstractmethod
@@ -209,14 +210,21 @@ class PlatformEnvironment(Environment):
                                 hint="check that the backend ($FLOWSPEC_BACKEND) can be opened")
         backend = recorders[0].backend
         location = self.location or registered_location(backend, run_id)
-        url = self.backend_url_inside(backend_url())
+        url = self.backend_url_inside(self.backend_url or backend_url())
         job = make_job(self.spec, location, run_id, url)
+        # As the runner does: observers hear that the run started (a Recorder that records a
+        # run only once it starts creates it now: the job needs it) and, at the end, its result.
+        for obs in observers:
+            obs.flow_state(_started(self.spec, run_id, params))
         handle = self.start(job)
         log.info("run %s: %s %s started from image %s", run_id, self.platform, job.name, job.image)
         outcome = None
         try:
             outcome, cancelled, tail = self.follow(handle, backend, run_id, [o for o in observers if o not in recorders])
-            return self.settle(backend, run_id, params, outcome, cancelled, tail)
+            result = self.settle(backend, run_id, params, outcome, cancelled, tail)
+            for obs in observers:
+                obs.flow_state(result)
+            return result
         finally:
             try:
                 self.cleanup(handle, outcome)
@@ -291,6 +299,14 @@ class _TaskStates:
         self.seen = len(states)
 
 
+def _started(spec, run_id: str, params: dict):
+    from flowspec.runner import RunResult, TaskRecord
+
+    result = RunResult(spec.name, run_id, params, {name: TaskRecord(name) for name in spec.tasks})
+    result.state, result.start = "Running", time.time()
+    return result
+
+
 def registered_location(backend, run_id: str) -> dict:
     run = backend.get_run(run_id)
     flow = backend.get_flow_by_id(run.flow_id) if run is not None and run.flow_id is not None else None
@@ -314,7 +330,7 @@ def result_from_backend(spec, backend, run_id: str, params: dict):
             rec.start = rec.start if rec.start is not None else s.time
             rec.end = s.time
             continue
-        rec.state, rec.message, rec.attempts = s.state, s.message, max(rec.attempts, s.attempt + 1)
+        rec.state, rec.message, rec.attempts = s.state, s.message, max(rec.attempts, s.attempt)
         if s.state == "Running" and rec.start is None:
             rec.start = s.time
         rec.end = s.time
@@ -324,6 +340,8 @@ def result_from_backend(spec, backend, run_id: str, params: dict):
         if rec.state in ("Pending", "Running"):
             rec.state = aggregate(rec.children)
     run = backend.get_run(run_id)
+    if run is None:
+        raise FlowspecError(f"run {run_id} is no longer in the backend", hint="see: flowspec runs list")
     result = RunResult(spec.name, run_id, params, tasks)
     result.state, result.message = run.state, run.message
     history = backend.run_history(run_id)
