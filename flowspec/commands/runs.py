@@ -143,7 +143,7 @@ def main_cancel(args) -> int:
 def main_logs(args) -> int:
     with open_from(args) as backend:
         run = find_run(backend, args.run)
-        mark_lost(backend, "runs logs", run.id)
+        mark_lost(backend, "runs logs --follow" if args.follow else "runs logs", run.id)
         if args.follow:
             return follow(backend, run.id, args.format, kinds=("log",))
         lines = backend.logs(run.id)

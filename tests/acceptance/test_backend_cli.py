@@ -217,3 +217,98 @@ def test_backend_flag_and_empty_listings(home: Home) -> None:
     assert home.cli("agents", "list").stdout.strip() == "no agent has been seen; start one with: flowspec agent start"
     assert home.json("agents", "list", "--backend", other) == []
     assert home.cli("runs", "list").stdout.strip() == "no flow runs match"
+
+
+# -- a local run: what is recorded, and where ----------------------------------------------------
+def test_run_file_with_backend_records_the_run_there(home: Home) -> None:
+    other = home.root / "other.db"
+    done = home.cli("run", home.spec, "--backend", f"sqlite://{other}", "--format", "json")
+    assert done.rc == 0, done.output
+    run_id = json.loads(done.stdout)["run_id"]
+    assert [r["id"] for r in home.json("runs", "list", "--backend", str(other))] == [run_id]
+    assert home.json("runs", "list") == []  # not in the default backend
+
+
+@pytest.mark.parametrize("flag", [("--label", "dev"), ("--project", "demo"), ("--watch",)])
+def test_run_file_names_the_flag_that_needs_name(home: Home, flag) -> None:
+    done = home.cli("run", home.spec, *flag)
+    assert done.rc == 2 and f"{flag[0]} needs --name" in done.stderr, done.output
+    assert "FILE was not given" not in done.stderr and "give FILE" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [("runs", "list"), ("agents", "list"), ("register", "SPEC"), ("run", "SPEC")])
+def test_a_flowspec_home_that_is_a_file_is_a_clear_error(home: Home, args) -> None:
+    a_file = home.root / "not-a-dir"
+    a_file.write_text("")
+    done = home.cli(*(str(home.spec) if a == "SPEC" else a for a in args), env={"FLOWSPEC_HOME": str(a_file)})
+    assert done.rc == 2, done.output
+    assert f"FLOWSPEC_HOME={a_file}: is a file, not a directory" in done.stderr, done.output
+    assert "internal error" not in done.stderr
+
+
+def test_a_failed_local_run_says_which_tasks_failed_as_an_agent_run_does(home: Home) -> None:
+    (home.spec.parent / "steps.py").write_text(STEPS + "\ndef boom():\n    raise ValueError('no')\n")
+    home.spec.write_text(home.spec.read_text().replace("environment:", "  after_it:\n    run: steps:boom\n"
+                                                       "    after: [hello]\nenvironment:"))
+    done = home.cli("run", home.spec, "--format", "json")
+    assert done.rc == 1, done.output
+    message = "tasks that did not succeed: after_it (Failed)"
+    assert json.loads(done.stdout)["message"] == message
+    [run] = home.json("runs", "list")
+    assert (run["state"], run["message"]) == ("Failed", message)
+
+
+@pytest.mark.parametrize("problem", ["import", "param"])
+def test_a_run_where_nothing_ran_is_not_recorded(home: Home, problem) -> None:
+    """One rule for every run stopped before it started: a task module that does not import,
+    like a bad parameter, is reported (exit 2) and leaves no run behind."""
+    if problem == "import":
+        (home.spec.parent / "steps.py").write_text("raise ImportError('broken on purpose')\n")
+        done = home.cli("run", home.spec, "--format", "json")
+    else:
+        done = home.cli("run", home.spec, "--param", "times=many", "--format", "json")
+    assert done.rc == 2, done.output
+    assert home.json("runs", "list") == []
+
+
+# -- lost runs are seen by whoever looks ------------------------------------------------------------
+SLEEPY = "import time\n\ndef sleep(seconds: float) -> None:\n    time.sleep(seconds)\n"
+
+
+def _lost_local_run(home: Home, cli_start, wait: bool = True) -> tuple[str, int]:
+    """A `flowspec run FILE` killed with SIGKILL while its task runs: nothing said it ended.
+    With `wait`, returns once its heartbeat timeout (1 s) has passed."""
+    import signal
+    import time
+
+    (home.spec.parent / "sleepy.py").write_text(SLEEPY)
+    spec = home.root / "greet" / "sleepy.yaml"
+    spec.write_text("version: 1\nname: sleepy\ntasks:\n  nap: {run: 'sleepy:sleep', with: {seconds: 60}}\n")
+    proc = cli_start("run", spec, "--heartbeat-timeout", "1", env=home.env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        runs = home.json("runs", "list")
+        if runs and runs[0]["state"] == "Running":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the run was not recorded Running: {runs}")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    time.sleep(1.3 if wait else 0)
+    return runs[0]["id"], proc.pid
+
+
+@pytest.mark.parametrize("reader", [("runs", "list"), ("runs", "show", "RUN"), ("runs", "logs", "RUN", "--follow")])
+def test_a_killed_local_run_is_marked_failed_by_whoever_reads_it(home: Home, cli_start, reader) -> None:
+    follow = "--follow" in reader  # started before the run is lost: it ends when it is, exit 1
+    run_id, pid = _lost_local_run(home, cli_start, wait=not follow)
+    done = home.cli(*(run_id if a == "RUN" else a for a in reader))
+    assert done.rc == (1 if follow else 0), done.output
+    shown = home.json("runs", "show", run_id)
+    assert shown["state"] == "Failed"
+    assert shown["message"].startswith(f"no heartbeat for 1s: the process running it (a local `flowspec run`, pid {pid}"
+                                       " on "), shown["message"]
+    assert f"marked Failed by `flowspec {' '.join(a for a in reader if a != 'RUN')}`" in shown["message"]
+    assert "agent ?" not in shown["message"]
+    assert [e["state"] for e in shown["history"]] == ["Running", "Failed"]
