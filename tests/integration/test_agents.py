@@ -433,3 +433,30 @@ def test_past_its_outage_tolerance_an_agent_stops_with_an_error(tmp_path: Path, 
         assert "longer than the outage tolerance of 3s" in cluster.output(), cluster.output()
     finally:
         cluster.close()
+
+
+def test_run_name_watch_ends_failed_when_the_run_is_lost(sqlite_cluster: tuple[Cluster, Backend]) -> None:
+    """No agent is left to notice: the watcher itself marks the run Failed, naming its agent."""
+    cluster, backend = sqlite_cluster
+    cluster.flow("sleeper", "nap", (), {"seconds": 60})
+    cluster.agent("a", args=("--heartbeat-timeout", "1.5"))
+    watch = subprocess.Popen([sys.executable, "-m", "flowspec", "run", "--name", "sleeper", "--watch"],
+                             env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = watch.stdout.readline().strip()
+        line = wait_for(lambda: [ln for ln in backend.logs(run_id) if "napping" in ln.message], 30, cluster.output)
+        child = int(line[0].message.rsplit(" ", 1)[1])
+        os.kill(child, signal.SIGSTOP)  # as in the test above: the run's process vanishes without a word
+        cluster.kill("a")
+        os.kill(child, signal.SIGKILL)
+        out, err = watch.communicate(timeout=20)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+    assert watch.returncode == 1, out + err
+    failed = run_of(backend, run_id)
+    assert failed.state == "Failed"
+    assert failed.message.startswith("no heartbeat for 1.5s: the process running it (agent a) is gone;"), failed.message
+    assert "marked Failed by `flowspec run --watch`" in failed.message
+    assert out.rstrip().endswith(f"flow run {run_id}: Failed ({failed.message})"), out
