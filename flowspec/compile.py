@@ -286,6 +286,16 @@ class _Checker:
                 and "dockerfile" in storage:
             self.error(("storage", "dockerfile"), "give either base_image or dockerfile, not both",
                        "a dockerfile names its own base image in its FROM line; drop base_image", key=True)
+        if isinstance(storage, dict) and storage.get("type") == "docker" and storage.get("build") is False:
+            missing = [k for k in ("image_name", "image_tag") if not storage.get(k)]
+            if missing:
+                self.error(("storage", "build"), f"without a build, storage needs {' and '.join(missing)}"
+                           " to name the image to use", "add them, or build the image (build: true)")
+        if isinstance(env, dict) and env.get("type") == "docker":
+            from flowspec.environments.docker import option_problems  # the SDK is imported only to run
+
+            for path, message, hint in option_problems(env):
+                self.error(("environment",) + path, message, hint)
         self.check_aws_key_ids((), self.data)
 
     def check_manifests(self) -> list[Diagnostic]:
