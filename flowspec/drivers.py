@@ -27,7 +27,7 @@ ENVIRONMENTS = {
     "docker": "flowspec.environments.docker:DockerEnvironment",
     "kubernetes-job": "flowspec.environments.kubernetes_job:KubernetesJobEnvironment",
     "dask-kubernetes": None,
-    "fargate-task": None,
+    "fargate-task": "flowspec.environments.fargate_task:FargateTaskEnvironment",
 }
 
 TABLES = {"executor": EXECUTORS, "storage": STORAGE, "environment": ENVIRONMENTS}

@@ -154,7 +154,23 @@ def _environment(spec, environ, warnings: list[str]) -> dict:
     for name, value in env.env.items():
         variables[name] = _effective(value, environ, warnings, f"environment.env.{name}", is_secret(name))
     view.update(labels=list(env.labels), env=variables, on_start=env.on_start, on_exit=env.on_exit)
+    if (setup := _setup_plan(spec)) is not None:
+        view["setup"] = setup
     return view
+
+
+def _setup_plan(spec) -> dict | None:
+    """What the environment's setup() would do on its platform, when its driver can say (a `plan`
+    classmethod: fargate-task describes its task definition family)."""
+    from flowspec.drivers import load_driver
+
+    if TABLES["environment"].get(spec.environment.type) is None:
+        return None
+    try:
+        driver = load_driver("environment", spec.environment.type)
+    except ImportError:
+        return None
+    return driver.plan(spec) if hasattr(driver, "plan") else None
 
 
 def _env_references(spec, environ, warnings: list[str]) -> list[dict]:
@@ -275,7 +291,20 @@ def _text_platform(plan: dict) -> list[str]:
         state = "set" if ref["set"] else (f"unset, fallback '{ref['fallback']}'" if ref["fallback"] is not None
                                           else "NOT SET")
         lines.append(f"  reads ${{{{ env.{ref['name']} }}}} in task {ref['task']} ({state})")
+    if env.get("setup"):
+        lines += _text_setup(env["setup"])
     return lines + [""]
+
+
+def _text_setup(setup: dict) -> list[str]:
+    verb = {"reuse": "reuse", "register": "register a new revision of", "refuse": "refuse to run with"}
+    what = verb.get(setup["action"])
+    lines = [f"  setup: would {what} task definition family '{setup.get('family')}' ({setup['reason']})" if what
+             else f"  setup: cannot tell what it would do ({setup['reason']})"]
+    lines += [f"    {d}" for d in setup.get("differences", [])]
+    if setup.get("task_definition") and setup["action"] in ("register", "refuse", "unknown"):
+        lines.append(f"  task definition: {_show(setup['task_definition'])}")
+    return lines
 
 
 def _text_backend(b: dict) -> list[str]:

@@ -277,7 +277,8 @@ class PlatformEnvironment(Environment):
             message = f"the {self.platform} {outcome.reason} without reporting a final state"
             lines = "\n".join(tail).rstrip()
             message += f"; its last output:\n{lines}" if lines else ""
-            code = outcome.exit_code if outcome.exit_code is not None else FINAL[final]
+            # A job that exited 0 without a final state still failed its run: never record 0 for it.
+            code = outcome.exit_code if outcome.exit_code not in (None, 0) else FINAL[final]
             backend.set_run_state(run_id, final, message, expected_from={run.state}, exit_code=code)
             log.warning("run %s: %s: %s", run_id, final, message)
         return result_from_backend(self.spec, backend, run_id, params)
