@@ -40,8 +40,14 @@ class FormatError(Exception):
 
 
 def format_text(text: str, file: str = "<string>") -> str:
-    """The canonical layout of a spec's text (raises FormatError when it is not valid YAML)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    """The canonical layout of a spec's text (raises FormatError when it is not valid YAML).
+    A file written with CRLF line ends (most of its lines) keeps them."""
+    crlf = text.count("\r\n") * 2 > text.count("\n")
+    out = _format(text.replace("\r\n", "\n").replace("\r", "\n"), file)
+    return out.replace("\n", "\r\n") if crlf else out
+
+
+def _format(text: str, file: str) -> str:
     if not text.strip():
         return ""
     try:

@@ -19,9 +19,9 @@ def register(sub) -> None:
 
 def main(args) -> int:
     from flowspec.errors import UsageError
-    from flowspec.graph import EXTENSIONS, render
+    from flowspec.graph import render
 
-    fmt = args.format or EXTENSIONS.get(os.path.splitext(args.output or "")[1].lower(), "mermaid")
+    fmt = output_format(args.format, args.output)
     if fmt == "png" and not args.output and sys.stdout.isatty():
         raise UsageError("--format png is binary and standard output is a terminal", "write it to a file: -o graph.png")
     spec = load_spec(args.file)
@@ -38,6 +38,28 @@ def main(args) -> int:
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
     return 0
+
+
+# Extensions of formats that graph does not write: a file named so would hold something else.
+_OTHER_FORMATS = (".jpg", ".jpeg", ".gif", ".pdf", ".bmp", ".webp", ".tif", ".tiff", ".eps", ".ps")
+
+
+def output_format(given: str | None, output: str | None) -> str:
+    """--format, else the one the -o file's extension names, else mermaid; a mismatch is refused
+    rather than writing, say, SVG text into a file called .png."""
+    from flowspec.errors import UsageError
+    from flowspec.graph import EXTENSIONS
+
+    ext = os.path.splitext(output or "")[1].lower()
+    implied = EXTENSIONS.get(ext)
+    if given and implied and given != implied:
+        raise UsageError(f"--format {given} does not match --output {output}, whose extension {ext} means {implied}",
+                         f"drop --format to write {implied}, or name the file with an extension for "
+                         f"{given} ({', '.join(e for e, f in EXTENSIONS.items() if f == given)})")
+    if ext in _OTHER_FORMATS:
+        raise UsageError(f"--output {output}: graph does not write {ext} files",
+                         "write .svg or .png (through Graphviz), .dot or .mmd; e.g. -o graph.svg")
+    return given or implied or "mermaid"
 
 
 def load_spec(path: str, fmt: str = "text"):

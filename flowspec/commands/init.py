@@ -40,10 +40,21 @@ def main(args) -> int:
     if clash and not args.force:
         raise UsageError(f"{args.dir}: {', '.join(clash)} already exist{'s' if len(clash) == 1 else ''}; "
                          "nothing was written", "choose another folder, or add --force to overwrite")
-    os.makedirs(folder, exist_ok=True)
-    for target in files:
-        with open(os.path.join(folder, target), "w", encoding="utf-8") as fh:
-            fh.write(_content(target, name, args.schema_url or SCHEMA_COPY))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{args.dir}: is a file, not a folder; nothing was written",
+                         "give a folder (it is created when missing), e.g. flowspec init my-flow")
+    written: list[str] = []
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for target in files:
+            with open(os.path.join(folder, target), "w", encoding="utf-8") as fh:
+                fh.write(_content(target, name, args.schema_url or SCHEMA_COPY))
+            written.append(target)
+    except OSError as exc:
+        where = exc.filename or folder
+        done = f"; wrote only {', '.join(written)}" if written else "; nothing was written"
+        raise UsageError(f"{args.dir}: cannot write {where} ({exc.strerror}){done}",
+                         "choose a folder that you may write") from None
     _tell(args.dir, list(files))
     return 0
 

@@ -4,6 +4,7 @@ files in the canonical layout."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -48,12 +49,14 @@ def test_a_tab_in_the_indentation_gets_a_hint(cli, tmp_path):
 
 def _stdin_cli(*args, stdin: bytes, cwd=None):
     """`python -m flowspec ARGS` with bytes on standard input."""
+    import os
     import subprocess
+    import sys
+    from pathlib import Path
 
-    from conftest import REPO, _command, _env
-
-    proc = subprocess.run(_command(args), input=stdin, capture_output=True, cwd=cwd or REPO, env=_env(None),
-                          timeout=30)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.run([sys.executable, "-m", "flowspec", *map(str, args)], input=stdin, capture_output=True,
+                          cwd=cwd or Path(__file__).resolve().parents[2], env=env, timeout=30)
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
@@ -183,3 +186,102 @@ def test_an_enum_parameter_value_gets_a_suggestion(cli, tmp_path):
         assert result.rc == 2
         assert ('--param color: string "Gren" is not one of: "red" | "green"; did you mean "green"?'
                 in result.stderr), result.output
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file", "unwritable"])
+def test_init_where_it_cannot_write_is_a_usage_error(cli, tmp_path, where):
+    import os
+
+    (tmp_path / "taken").write_text("not a folder\n")
+    if where == "unwritable":
+        if os.geteuid() == 0:  # root writes through permission bits: sysfs refuses new entries to anyone
+            target = "/sys/flowspec-init-test"
+        else:
+            (tmp_path / "locked").mkdir(mode=0o555)
+            target = str(tmp_path / "locked" / "flow")
+    else:
+        target = str(tmp_path / "taken") + ("/flow" if where == "below a file" else "")
+    result = cli("init", target)
+    assert result.rc == 2, result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"flowspec: error: {target}: ") and "nothing was written" in first
+    assert (tmp_path / "taken").read_text() == "not a folder\n"
+
+
+def test_graph_refuses_a_format_that_the_file_name_contradicts(cli, repo, tmp_path):
+    spec = repo / "examples/hello-flow/flow.yaml"
+    result = cli("graph", spec, "--format", "svg", "-o", tmp_path / "g.png")
+    assert result.rc == 2
+    assert f"--format svg does not match --output {tmp_path / 'g.png'}, whose extension .png means png" in result.stderr
+    assert not (tmp_path / "g.png").exists()
+    result = cli("graph", spec, "-o", tmp_path / "g.jpg")
+    assert result.rc == 2 and "graph does not write .jpg files" in result.stderr
+    # without --format the extension decides; an extension of no format leaves --format free
+    assert cli("graph", spec, "-o", tmp_path / "g.dot").rc == 0
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
+    assert cli("graph", spec, "--format", "dot", "-o", tmp_path / "g.txt").rc == 0
+
+
+def test_fmt_keeps_crlf_and_compares_fairly(cli, repo, tmp_path):
+    canonical = (repo / "examples/hello-flow/flow.yaml").read_bytes()
+    crlf = tmp_path / "flow.yaml"
+    crlf.write_bytes(canonical.replace(b"\n", b"\r\n"))
+    result = cli("fmt", "--check", crlf)
+    assert (result.rc, result.stderr) == (0, "0 files would be reformatted, 1 file left unchanged\n")
+    # a CRLF file that does need formatting is rewritten with CRLF line ends still
+    crlf.write_bytes(canonical.replace(b"  say_hello:", b"  say_hello:   ").replace(b"\n", b"\r\n"))
+    assert cli("fmt", "--check", crlf).rc == 1
+    assert cli("fmt", crlf).rc == 0
+    assert crlf.read_bytes() == canonical.replace(b"\n", b"\r\n")
+
+
+def test_fmt_dash_is_a_filter(repo):
+    canonical = (repo / "examples/hello-flow/flow.yaml").read_bytes()
+    messy = canonical.replace(b"  report:\n    run: hello:report\n    with:\n      greetings:",
+                              b"  report:\n      run: hello:report\n      with:\n          greetings:")
+    assert messy != canonical
+    rc, out, err = _stdin_cli("fmt", "-", stdin=messy)
+    assert (rc, out, err) == (0, canonical.decode(), "")
+    assert _stdin_cli("fmt", "-", stdin=canonical)[:2] == (0, canonical.decode())
+    rc, out, err = _stdin_cli("fmt", "--check", "-", stdin=messy)
+    assert (rc, out) == (1, "") and "would reformat <stdin>" in err
+    rc, out, err = _stdin_cli("fmt", "-", stdin=b"a: [1,\n")
+    assert rc == 1 and out == "" and err.startswith("<stdin>:")
+
+
+def test_the_repositorys_specs_and_readme_tour_are_in_the_canonical_layout(cli, repo):
+    import re
+
+    result = cli("fmt", "--check", *sorted((repo / "examples").glob("*/flow.yaml")))
+    assert result.rc == 0, result.output
+    readme = (repo / "README.md").read_text()
+    tour = re.search(r"## A tour of flow.yaml\n\n```yaml\n(.*?)```", readme, re.S).group(1)
+    assert _stdin_cli("fmt", "--check", "-", stdin=tour.encode())[0] == 0
+    assert _stdin_cli("validate", "-", stdin=tour.encode())[:2] == (0, "no errors in 1 file\n")
+
+
+def test_readmes_validate_example_is_the_real_output(cli, repo):
+    import re
+
+    readme = (repo / "README.md").read_text()
+    block = re.search(r"```text\n\$ (flowspec validate [^\n]+)\n(.*?)```", readme, re.S)
+    command, shown = block.group(1), block.group(2)
+    result = cli(*command.split()[1:])
+    assert result.rc == 1 and result.stdout == shown
+
+
+def test_readme_says_what_the_tutorials_tasks_do(repo):
+    # the tutorial's tasks do not sleep; README must not say they take a second each
+    readme = (repo / "README.md").read_text()
+    assert "sleep" not in (repo / "examples/hello-flow/hello.py").read_text()
+    assert "one-second tasks" not in readme and "The tutorial's tasks return at once." in readme
+
+
+def test_the_etl_example_writes_nothing_where_it_is_started(cli, repo, tmp_path):
+    result = cli("run", repo / "examples/etl-callbacks/flow.yaml", cwd=tmp_path)
+    assert result.rc == 0, result.output
+    assert list(tmp_path.iterdir()) == []
+    written = re.search(r"loaded total 55 into (\S+)", result.stderr).group(1)
+    with open(written) as fh:
+        assert fh.read().endswith(" 55\n")

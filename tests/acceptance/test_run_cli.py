@@ -94,9 +94,12 @@ def test_summary_table_in_text_mode(cli, repo, tmp_path):
 
 
 def test_etl_example_hooks_and_output_file(cli, repo, tmp_path):
-    result, report = _run_json(cli, repo / "examples/etl-callbacks/flow.yaml", cwd=tmp_path)
+    target = tmp_path / "out" / "totals.txt"
+    target.parent.mkdir()
+    result, report = _run_json(cli, repo / "examples/etl-callbacks/flow.yaml", "--param", f"target={target}",
+                               cwd=tmp_path)
     assert result.rc == 0
-    assert (tmp_path / "totals.txt").read_text() == f"{report['run_id']} 55\n"
+    assert target.read_text() == f"{report['run_id']} 55\n"
     assert re.search(r"INFO +flow \| starting etl-callbacks for \S+", result.stderr)
     assert f"flow | run {report['run_id'][:8]} ended Success: 3 of 3 tasks succeeded" in result.stderr
 
