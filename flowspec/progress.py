@@ -66,7 +66,7 @@ class Counts:
         self.tasks = tasks
         self.tasks_done = self.runs = self.runs_done = self.failed = self.cancelled = 0
         self.active: dict = {}  # task name → None (unmapped) or its _Mapped, while it runs; in start order
-        self._mapped: dict[str, _Mapped] = {}
+        self.mapped: dict[str, _Mapped] = {}
         self._state: dict[str, int] = {}  # unmapped task → state code
         self._finished: set[str] = set()  # mapped tasks counted done
 
@@ -89,9 +89,9 @@ class Counts:
 
     def child(self, name: str, index: int, state: str, size: int) -> None:
         """Child `index` of mapped task `name` (of `size` children) changed state."""
-        m = self._mapped.get(name)
+        m = self.mapped.get(name)
         if m is None:
-            m = self._mapped[name] = _Mapped(size)
+            m = self.mapped[name] = _Mapped(size)
             self.runs += size
             if name not in self._finished:
                 self.active[name] = m
@@ -104,9 +104,9 @@ class Counts:
     def finished(self, name: str, children: list[str]) -> None:
         """A mapped task reached its final state: its children as the runner has them settle
         the counts (cancelled all at once, say); once per task, so linear in all."""
-        m = self._mapped.get(name)
+        m = self.mapped.get(name)
         if m is None:
-            m = self._mapped[name] = _Mapped(len(children))
+            m = self.mapped[name] = _Mapped(len(children))
             self.runs += len(children)
         for i, state in enumerate(children):
             new = _CODE[state]
@@ -169,17 +169,36 @@ class Progress:
         self.draw(force=True)
 
     def task_state(self, task: str, index, state: str, attempt: int, message) -> None:
+        if index is not None and (self.live or not self.verbose):
+            # The common case, once or twice per mapped child: only counters move (Counts.child, inlined).
+            with self.lock:
+                counts = self.counts
+                m = counts.mapped.get(task)
+                if m is None:
+                    return self._count(task, index, state)
+                new = _CODE[state]
+                d0, f0, c0 = _WEIGHT[m.codes[index]]
+                d1, f1, c1 = _WEIGHT[new]
+                m.codes[index] = new
+                m.done += d1 - d0
+                counts.runs_done += d1 - d0
+                counts.failed += f1 - f0
+                counts.cancelled += c1 - c0
+            return
         with self.lock:
-            rec = self.records.get(task)
-            children = rec.children if rec is not None else None
-            if index is not None and children is not None:
-                self.counts.child(task, index, state, len(children))
-            elif children is not None and state in FINAL_STATES:  # a mapped task cancelled as a whole
-                self.counts.finished(task, children)
-            else:
-                self.counts.task(task, state)
+            self._count(task, index, state)
         if not self.live:
             self._plain(task, index, state, attempt, message)
+
+    def _count(self, task: str, index, state: str) -> None:
+        rec = self.records.get(task)
+        children = rec.children if rec is not None else None
+        if index is not None and children is not None:
+            self.counts.child(task, index, state, len(children))
+        elif children is not None and state in FINAL_STATES:  # a mapped task cancelled as a whole
+            self.counts.finished(task, children)
+        else:
+            self.counts.task(task, state)
 
     def task_finished(self, record) -> None:
         """The runner's word that a task is final; a mapped task is counted done here."""

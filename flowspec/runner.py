@@ -393,23 +393,39 @@ class FlowRunner:
         rec.children, rec.child_results, rec.open = [PENDING] * n, [None] * n, n
         if n == 0:
             return self._finish(rec, SUCCESS, None, result=[])
-        names = list(lists)
-        columns = [lists[k] for k in names]
-        units = []
-        for i in range(n):
-            if task.per_child:
-                state, reason = trigger_decision(task.trigger, self._upstream_states(task, i))
-                if state is not None:
-                    self._record(task.name, i, Outcome(state, None, 0, rec.start, time.time(), reason))
-                    continue
-            child_kwargs = dict(kwargs)
-            for k, col in zip(names, columns):
-                child_kwargs[k] = col[i]
-            units.append((i, (fn, child_kwargs, self.base_ctx.for_task(task.name, i, 0), task.retries,
-                              task.retry_delay, task.timeout, self.notify)))
+        if self.executor.synchronous:
+            # Each child runs as it is submitted: made, run and recorded one at a time, so that a
+            # million children never hold a million argument sets at once.
+            submit, record, name = self.executor.submit, self._record, task.name
+            for i, args in self._child_units(task, rec, fn, kwargs, lists):
+                record(name, i, submit(run_unit, *args).result())
+            return
+        units = list(self._child_units(task, rec, fn, kwargs, lists))
         futures = self.executor.submit_many(run_unit, [args for _, args in units])
         for (i, _), future in zip(units, futures):
             self._collect(task.name, i, future)
+
+    def _child_units(self, task, rec: TaskRecord, fn, kwargs: dict, lists: dict):
+        """(index, run_unit arguments) of each child to run; a child whose own upstream child
+        did not succeed is recorded here instead, as its trigger says."""
+        names = list(lists)
+        columns = [lists[k] for k in names]
+        for_task, notify, name = self.base_ctx.for_task, self.notify, task.name
+        options = (task.retries, task.retry_delay, task.timeout, notify)
+        one = names[0] if len(names) == 1 else None
+        for i in range(len(columns[0])):
+            if task.per_child:
+                state, reason = trigger_decision(task.trigger, self._upstream_states(task, i))
+                if state is not None:
+                    self._record(name, i, Outcome(state, None, 0, rec.start, time.time(), reason))
+                    continue
+            child_kwargs = dict(kwargs)
+            if one is not None:
+                child_kwargs[one] = columns[0][i]
+            else:
+                for k, col in zip(names, columns):
+                    child_kwargs[k] = col[i]
+            yield i, (fn, child_kwargs, for_task(name, i, 0), *options)
 
     def _collect(self, name: str, index: int | None, future) -> None:
         if self.executor.synchronous:
