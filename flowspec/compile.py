@@ -44,7 +44,10 @@ def compile_file(path: str, strict: bool = False) -> tuple[FlowSpec | None, list
     return compile_document(doc, strict=strict)
 
 
-def compile_document(doc: Document, strict: bool = False) -> tuple[FlowSpec | None, list[Diagnostic]]:
+def compile_document(doc: Document, strict: bool = False, files: dict | None = None,
+                     ) -> tuple[FlowSpec | None, list[Diagnostic]]:
+    """`files`: the texts of files the spec names, kept at registration ({key: {written, text}}), for a
+    spec compiled away from its folder."""
     if doc.data is None:
         return None, [doc.diag((), "the spec is empty", "a flow needs at least 'version: 1', 'name' and 'tasks'")]
     diags = schema_check(doc)
@@ -54,7 +57,7 @@ def compile_document(doc: Document, strict: bool = False) -> tuple[FlowSpec | No
     checker.run()
     diags += checker.diags
     if not any(d.path.startswith("environment") for d in diags):  # once its shape is right
-        diags += checker.check_manifests()
+        diags += checker.check_manifests(files)
     if diags:
         return None, sorted(diags, key=Diagnostic.sort_key)
     spec = checker.build()
@@ -298,7 +301,7 @@ class _Checker:
                 self.error(("environment",) + path, message, hint)
         self.check_aws_key_ids((), self.data)
 
-    def check_manifests(self) -> list[Diagnostic]:
+    def check_manifests(self, files: dict | None = None) -> list[Diagnostic]:
         """Kubernetes environments: read their manifest templates (kept in the spec, so they travel
         with the stored flow) and check the manifests a run would send."""
         env = self.data.get("environment")
@@ -306,7 +309,7 @@ class _Checker:
             return []
         from flowspec.k8s.jobs import check_environment
 
-        diags, self.attached = check_environment(self.doc, os.path.dirname(os.path.abspath(self.doc.file)))
+        diags, self.attached = check_environment(self.doc, os.path.dirname(os.path.abspath(self.doc.file)), files)
         return diags
 
     def check_env_refs_only(self, path: tuple, value) -> None:

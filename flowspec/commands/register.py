@@ -1,6 +1,8 @@
 """`flowspec register FILE [--project P] [--label L]... [--no-build] [--backend URL] [--format text|json]`"""
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 
 from flowspec.commands._backend import add_common, emit_json, labels_text, open_from
@@ -36,10 +38,14 @@ def main(args) -> int:
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
     environment = (spec.document.data or {}).get("environment") or {}
+    checksum = location["fingerprint"]
+    if files := spec.environment.options.get("_files"):  # templates the watcher needs, far from the spec's folder
+        environment = {**environment, "_files": {key: {"written": t.written, "text": t.text} for key, t in files.items()}}
+        checksum = hashlib.sha256(json.dumps([checksum, environment["_files"]], sort_keys=True).encode()).hexdigest()
     with open_from(args) as backend:
         flow, created = backend.register_flow(
             args.project or spec.project, spec.name, [*spec.environment.labels, *args.label],
-            location, location["fingerprint"], spec.source, environment)
+            location, checksum, spec.source, environment)
     if args.format == "json":
         emit_json({"id": flow.id, "project": flow.project, "name": flow.name, "version": flow.version,
                    "created": created, "labels": list(flow.labels), "storage": flow.storage})

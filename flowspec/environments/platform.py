@@ -364,7 +364,7 @@ def execute_registered(backend, run, flow, recorder):
     from flowspec.params import resolve_parameters
 
     doc = load_text(flow.spec_text, f"{flow.name} (registered version {flow.version})")
-    spec, diags = compile_document(doc)
+    spec, diags = compile_document(doc, files=(flow.environment or {}).get("_files"))  # templates kept at register
     if diags:
         raise SpecError(diags)
     params = resolve_parameters(spec.parameters, {}, None, list(run.parameters.items()))

@@ -31,6 +31,7 @@ class RunInputs:
     agent: str | None = None
     backend_url: str | None = None
     own: set = field(default_factory=set)  # names of flowspec's own variables in env
+    name: str | None = None  # the run's name on the platform, unless the template names the Job
 
 
 def options_of(env_options: Mapping) -> dict:
@@ -63,8 +64,9 @@ def build_job(kind: str, flow_name: str, project: str, options: Mapping, templat
         data.get("metadata"), dict) else None
     labels = {**mf.run_labels(inputs.run_id, flow_name, project, inputs.agent), mf.ROLE_LABEL: "flow-run"}
     secret, secret_path = pull_secret(kind, options)
-    built = mf.build(data, mf.default_job(), name=mf.job_name(base if isinstance(base, str) else f"fs-{flow_name}",
-                                                                inputs.run_id),
+    name = mf.job_name(base, inputs.run_id) if isinstance(base, str) else inputs.name or \
+        mf.job_name(f"flowspec-{flow_name}", inputs.run_id)
+    built = mf.build(data, mf.default_job(), name=name,
                      namespace=options.get("namespace"), labels=labels, image=inputs.image, command=inputs.command,
                      env=inputs.env, env_origins={n: ("environment", "env", n) for n in flow_env if n not in inputs.own},
                      service_account=options.get("service_account"), pull_secret=secret,
@@ -109,15 +111,19 @@ def _raise_problems(built: mf.Built, flow_doc, fallback: tuple, template_doc) ->
 
 
 # -- at validate time ----------------------------------------------------------------------------
-def check_environment(doc, base_dir: str) -> tuple[list, dict]:
+def check_environment(doc, base_dir: str, files: dict | None = None) -> tuple[list, dict]:
     """Compile-time check of a Kubernetes environment: its templates are read (and returned,
-    so they travel with the stored flow) and its manifests built with placeholders and checked."""
+    so they travel with the stored flow) and its manifests built with placeholders and checked.
+    `files` holds the templates' texts as registered, for a spec compiled away from its folder."""
     data = doc.data
     env = data.get("environment") if isinstance(data.get("environment"), dict) else {}
     kind = env.get("type")
     templates, diags = {}, []
     for key in TEMPLATE_KIND:
-        if key in env:
+        kept = (files or {}).get(key)
+        if isinstance(kept, dict) and isinstance(kept.get("text"), str):
+            templates[key] = mf.Template(key, str(kept.get("written")), str(kept.get("written")), kept["text"])
+        elif key in env:
             template, found = checks.read_template(doc, key, env[key], base_dir)
             diags += found
             if template is not None:
