@@ -159,6 +159,7 @@ class _Checker:
             self.error(base + ("map", key), f"argument '{key}' is given in both 'with' and 'map'", key=True)
         for key, value in compiled.get("map", {}).items():
             self.check_map_value(base + ("map", key), value)
+        self.check_map_lengths(base, compiled.get("map", {}))
         after = task.get("after")
         for i, other in enumerate(after if isinstance(after, list) else []):
             if other == name:
@@ -225,6 +226,16 @@ class _Checker:
             return
         self.error(path, f"a map value must be a list or a reference to one, got {_shape(value)}",
                    "write a YAML list, or ${{ params.NAME }} / ${{ tasks.NAME }}")
+
+    def check_map_lengths(self, base: tuple, mapped: dict) -> None:
+        """Lists written in `map` are zipped: each must have as many items as the first one."""
+        lists = [(key, len(value)) for key, value in mapped.items() if isinstance(value, list)]
+        for key, n in lists[1:]:
+            first, m = lists[0]
+            if n != m:
+                self.error(base + ("map", key), f"map argument '{key}' has {n} item{'s' * (n != 1)} but '{first}'"
+                           f" has {m}; mapped arguments are zipped and must have the same length",
+                           "give every list in 'map' the same number of items")
 
     def _param_type(self, ref: refs.Ref) -> str | None:
         if ref.kind != "params" or ref.name not in self.params:

@@ -255,3 +255,89 @@ environment: {on_start: "code.py:hook", on_exit: "code.py:nope"}
         (5, 16, "code.py:greet: missing required argument: name"),
         (6, 15, "'code.py' has no attribute 'greeet'"),
         (7, 50, "'code.py' has no attribute 'nope'")]
+
+
+# -- scale: every walk of the graph is iterative and linear ----------------------------------------
+def _chain(length: int, cycle: bool = False) -> str:
+    """`length` tasks, each taking the previous one's result, written last task first."""
+    lines = ["tasks:"]
+    for i in reversed(range(length)):
+        prev = length - 1 if i == 0 and cycle else i - 1
+        arg = f'"${{{{ tasks.t{prev} }}}}"' if prev >= 0 else "0"
+        lines.append(f"  t{i}: {{run: 'm:f', with: {{x: {arg}}}}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_long_chain_declared_last_first_is_ordered_without_recursion(flow):
+    spec, diags = flow.compile(HEAD + _chain(10_000))
+    assert diags == []
+    assert list(spec.tasks) == [f"t{i}" for i in range(10_000)]
+
+
+def test_a_long_cycle_is_named_without_recursion(flow):
+    problems = _problems(flow, _chain(10_000, cycle=True))
+    assert len(problems) == 1
+    line, column, path, message, hint = problems[0]
+    names = " -> ".join(f"t{i}" for i in [*range(9_999, -1, -1), 9_999])  # from the first declared
+    assert (line, column, path, message) == (4, 3, "tasks.t9999", f"dependency cycle: {names}")
+
+
+def test_one_cycle_is_named_per_group_of_tasks_that_wait_for_each_other(flow):
+    # Every task of a 200-task ring also waits for the first: many cycles, one group, one message.
+    lines = ["tasks:"] + [f"  t{i}: {{run: 'm:f', with: {{x: '${{{{ tasks.t{(i + 1) % 200} }}}}'}}, after: [t0]}}"
+                          for i in range(1, 200)] + ["  t0: {run: 'm:f', with: {x: '${{ tasks.t1 }}'}}"]
+    messages = _messages(flow, "\n".join(lines) + "\n")
+    assert messages == ["dependency cycle: t1 -> t0 -> t1"]
+
+
+def test_ordering_keeps_rounds_in_declaration_order(flow):
+    spec = flow.spec(HEAD + """\
+tasks:
+  late: {run: "m:f", after: [b]}
+  b: {run: "m:f", after: [a]}
+  c: {run: "m:f"}
+  a: {run: "m:f"}
+  d: {run: "m:f", after: [c, a]}
+""")
+    assert list(spec.tasks) == ["c", "a", "b", "d", "late"]
+
+
+def test_compiling_twice_the_tasks_takes_about_twice_the_time(flow):
+    """Ordering used to grow with the cube of a chain's length. The ratio of two sizes measured
+    here, side by side, is a generous bound on linear growth."""
+    import gc
+    import time
+
+    from flowspec.compile import compile_document
+    from flowspec.loader import load_text
+
+    def seconds(n: int) -> float:
+        doc = load_text(HEAD + _chain(n), "flow.yaml")
+        best = float("inf")
+        for _ in range(2):
+            gc.collect()
+            t = time.perf_counter()
+            spec, diags = compile_document(doc)
+            best = min(best, time.perf_counter() - t)
+            assert spec is not None, diags
+        return best
+
+    seconds(500)
+    small, large = seconds(1_500), seconds(6_000)
+    assert large < 4 * 2.0 * small, (small, large)
+
+
+def test_literal_map_lists_of_different_lengths_are_refused_where_they_differ(flow):
+    assert _problems(flow, """\
+tasks:
+  pair:
+    run: "m:f"
+    map:
+      a: [1, 2, 3]
+      b: [x, y]
+      c: [4, 5, 6]
+      d: "${{ params.more }}"
+parameters: {more: {type: array}}
+""") == [(8, 10, "tasks.pair.map.b",
+          "map argument 'b' has 2 items but 'a' has 3; mapped arguments are zipped and must have the same length",
+          "give every list in 'map' the same number of items")]
