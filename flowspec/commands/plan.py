@@ -1,7 +1,8 @@
-"""`flowspec plan FILE [--param NAME=VALUE]... [--params-file FILE] [--backend URL] [--format text|json]`"""
+"""`flowspec plan FILE... [--param NAME=VALUE]... [--params-file FILE] [--backend URL] [--format text|json]`"""
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(sub) -> None:
@@ -11,8 +12,9 @@ def register(sub) -> None:
                                    "their upstreams and mapping, executor, storage and environment with "
                                    "their effective settings (secrets masked), and, when a backend is "
                                    "reachable, the agents that could pick the flow up and the concurrency "
-                                   "limits on its labels. Exit 0, 1 invalid spec, 2 usage error.")
-    p.add_argument("file", metavar="FILE", help="the flow spec")
+                                   "limits on its labels. Several specs: one plan each (--format json: "
+                                   "a list of them). Exit 0, 1 invalid spec, 2 usage error.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="the flow spec (or several)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter value (repeatable), as for `flowspec run`")
     p.add_argument("--params-file", metavar="FILE", help="a YAML mapping of parameter values")
@@ -24,21 +26,47 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
+    from flowspec.plan import render_text
+
+    if len(args.files) == 1:  # one spec: the plan itself, as ever
+        code, plan = _plan(args.files[0], args, args.format)
+        if plan is not None:
+            print(json.dumps(plan, indent=2, default=str) if args.format == "json" else render_text(plan))
+        return code
+    codes, plans = [], []
+    from flowspec.errors import FlowspecError
+
+    for path in args.files:  # several: every plan, and every spec's errors (on stderr)
+        try:
+            code, plan = _plan(path, args, "text")
+        except FlowspecError as exc:  # an unreadable file: said, and the other specs still planned
+            print(f"flowspec: error: {exc}", file=sys.stderr)
+            code, plan = exc.exit_code, None
+        codes.append(code)
+        if plan is not None:
+            plans.append(plan)
+    if args.format == "json":
+        print(json.dumps(plans, indent=2, default=str))
+    else:
+        print("\n\n".join(render_text(plan) for plan in plans))
+    return max(codes)
+
+
+def _plan(path: str, args, fmt: str) -> tuple[int, dict | None]:
+    """(exit code, the plan or None) of one spec; problems are reported in `fmt`."""
     from flowspec.commands.graph import load_spec
     from flowspec.commands.run import report_invalid
     from flowspec.params import ParamsError
-    from flowspec.plan import build_plan, render_text
+    from flowspec.plan import build_plan
 
-    spec = load_spec(args.file, args.format)
+    spec = load_spec(path, fmt)
     if spec is None:
-        return 1
+        return 1, None
     try:
         params, sources = parameters(spec, args)
     except ParamsError as exc:
-        return report_invalid(exc.diagnostics, args.format, exc.problems)
-    plan = build_plan(spec, params, sources, args.backend)
-    print(json.dumps(plan, indent=2, default=str) if args.format == "json" else render_text(plan))
-    return 0
+        return report_invalid(exc.diagnostics, fmt, exc.problems), None
+    return 0, build_plan(spec, params, sources, args.backend)
 
 
 def parameters(spec, args) -> tuple[dict, dict]:

@@ -128,3 +128,18 @@ def test_print_at_import_does_not_spoil_the_json(cli, tmp_path):
     result = cli("validate", "--strict", "--format", "json", tmp_path / "flow.yaml")
     assert (result.rc, json.loads(result.stdout)) == (0, [])
     assert "loading" in result.stderr
+
+
+def test_plan_takes_several_specs_and_imports_none_of_their_code(cli, tmp_path):
+    specs = _flows_made_by_init(cli, tmp_path, ["a", "b"])
+    (tmp_path / "a/tasks.py").write_text("raise SystemExit(9)\n")  # never imported by plan
+    result = cli("plan", *specs, "--format", "json", "--backend", tmp_path / "none.db")
+    assert result.rc == 0, result.output
+    plans = json.loads(result.stdout)
+    assert [(p["flow"], p["file"]) for p in plans] == [("a", specs[0]), ("b", specs[1])]
+    assert [t["run"] for t in plans[1]["tasks"]] == ["tasks:greet_b", "tasks:summarize_b"]
+    one = cli("plan", specs[0], "--format", "json", "--backend", tmp_path / "none.db")
+    assert json.loads(one.stdout)["flow"] == "a"  # one spec: the plan object itself, as before
+    text = cli("plan", specs[0], tmp_path / "missing.yaml", "--backend", tmp_path / "none.db")
+    assert text.rc == 2 and "Plan for flow 'a'" in text.stdout
+    assert f"flowspec: error: {tmp_path / 'missing.yaml'}: no such file" in text.stderr
