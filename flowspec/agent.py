@@ -316,9 +316,11 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
 
 
 def serve(backend: Backend, config: AgentConfig, runs_dir: Path) -> None:
-    """Run an agent in the foreground; SIGINT and SIGTERM stop it (children are stopped first)."""
+    """Run an agent in the foreground; SIGINT, SIGTERM and SIGHUP stop it (children are stopped
+    first, then the agent is recorded stopped)."""
     agent = Agent(backend, config, runs_dir)
-    previous = {sig: signal.signal(sig, agent.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, agent.stop) for sig in stops}
     try:
         agent.run()
     finally:

@@ -232,9 +232,12 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
     with backend:
         run_id = uuid.uuid4().hex
         runner = f"a local `flowspec run`, pid {os.getpid()} on {socket.gethostname()}"
-        recorder = Recorder(backend, run_id, on_cancel=interrupt_self, create=lambda: backend.create_flow_run(
-            None, params, (), "Running", flow_name=spec.name, run_id=run_id, runner=runner,
-            heartbeat_timeout=heartbeat_timeout))
+        # Several beats fit in one timeout, so one slow beat never makes a live run look lost.
+        beat = min(HEARTBEAT_INTERVAL_S, heartbeat_timeout / 5) if heartbeat_timeout else HEARTBEAT_INTERVAL_S
+        recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self,
+                            create=lambda: backend.create_flow_run(
+                                None, params, (), "Running", flow_name=spec.name, run_id=run_id, runner=runner,
+                                heartbeat_timeout=heartbeat_timeout))
         try:
             result = execute((recorder,), run_id)
         except BaseException as exc:

@@ -256,6 +256,90 @@ def test_stale_runs_are_active_runs_without_a_recent_heartbeat(backend: Backend)
     assert backend.get_run(never_claimed).state == SCHEDULED
 
 
+def test_a_lost_run_is_marked_once_with_who_ran_it_and_a_late_heartbeat_wins(backend: Backend) -> None:
+    run = backend.create_flow_run(None, {}, (), RUNNING, flow_name="f", runner="a local `flowspec run`, pid 7 on h",
+                                  heartbeat_timeout=0.2)
+    time.sleep(0.3)
+    [stale] = backend.stale_runs(30.0)  # the run's own timeout counts, not the caller's default
+    assert backend.run_heartbeat(run.id) == RUNNING  # its process was only slow: the beat lands first
+    assert backend.mark_lost(stale, 30.0, "reader") is None
+    assert backend.get_run(run.id).state == RUNNING
+    time.sleep(0.3)
+    [(marked, message)] = backend.mark_lost_runs("`flowspec runs list` (pid 8 on h)")
+    assert marked.id == run.id
+    assert message == ("no heartbeat for 0.2s: the process running it (a local `flowspec run`, pid 7 on h) is gone;"
+                       " marked Failed by `flowspec runs list` (pid 8 on h)")
+    assert (backend.get_run(run.id).state, backend.get_run(run.id).message) == ("Failed", message)
+    assert backend.mark_lost_runs("another reader") == []  # once only
+    assert states(backend, run.id) == [RUNNING, "Failed"]
+
+
+def test_a_claimed_run_is_named_by_its_agent_and_carries_its_timeout(backend: Backend) -> None:
+    run_id = new_run(backend)
+    claimed = backend.claim_run("a1", [], heartbeat_timeout=0.2)
+    assert (claimed.id, claimed.runner, claimed.heartbeat_timeout) == (run_id, "agent a1", 0.2)
+    time.sleep(0.3)
+    assert backend.mark_lost_runs("agent a2", spare=[run_id]) == []  # the agent's own live child
+    [(_, message)] = backend.mark_lost_runs("agent a2")
+    assert "(agent a1) is gone; marked Failed by agent a2" in message
+
+
+def test_a_stopped_agent_is_not_alive_until_it_starts_again(backend: Backend) -> None:
+    backend.agent_heartbeat("a", ["x"], starting=True)
+    backend.agent_stopped("a")
+    assert backend.list_agents(60) == []
+    [agent] = backend.list_agents()
+    assert agent.stopped is not None and not agent.alive()
+    backend.agent_heartbeat("a", ["x"], starting=True)
+    assert [a.name for a in backend.list_agents(60)] == ["a"]
+
+
+@pytest.mark.slow
+def test_after_a_postgresql_restart_no_run_is_judged_lost_before_a_whole_timeout(postgres_server) -> None:
+    """Nobody could heartbeat while the server was down: a heartbeat older than the timeout only
+    counts once the server has been up for that long."""
+    with open_backend(postgres_server.url) as backend:
+        run = backend.create_flow_run(None, {}, (), RUNNING, flow_name="f", heartbeat_timeout=2.0)
+        time.sleep(2.1)
+        assert [r.id for r in backend.stale_runs(30.0)] == [run.id]
+        postgres_server.restart("fast")
+        with pytest.raises(BackendError):  # the connection the restart cut
+            backend.stale_runs(30.0)
+        assert backend.stale_runs(30.0) == []  # reconnected; the server is up for less than 2 s
+        time.sleep(2.0)
+        assert [r.id for r in backend.stale_runs(30.0)] == [run.id]
+
+
+def test_an_older_database_is_migrated_and_its_runs_read(backend_url: str) -> None:
+    from flowspec.backend.base import MIGRATIONS
+    from flowspec.backend.postgres import PostgresBackend
+    from flowspec.backend.sqlite import SQLiteBackend
+
+    types = (SQLiteBackend if backend_url.startswith("sqlite") else PostgresBackend).types
+    statements = ["CREATE TABLE schema_version (version INTEGER NOT NULL)", "INSERT INTO schema_version VALUES (1)",
+                  *(sql.format(**types) for sql in MIGRATIONS[0]),
+                  "INSERT INTO flow_runs (id, flow_name, state, labels, parameters, agent, created, updated, heartbeat)"
+                  " VALUES ('0ld', 'f', 'Running', '[]', '{}', 'a0', 1.0, 1.0, 1.0)"]
+    if backend_url.startswith("sqlite"):
+        conn = sqlite3.connect(backend_url[len("sqlite://"):])
+        with conn:
+            for sql in statements:
+                conn.execute(sql)
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(backend_url, autocommit=True) as conn:
+            for sql in statements:
+                conn.execute(sql)
+    with open_backend(backend_url) as backend:
+        assert backend.schema_version() == SCHEMA_VERSION
+        old = backend.get_run("0ld")
+        assert (old.runner, old.heartbeat_timeout) == (None, None)
+        [(_, message)] = backend.mark_lost_runs("agent a1", 0.5)  # the caller's timeout; named by its agent column
+        assert message.startswith("no heartbeat for 0.5s: the process running it (agent a0) is gone")
+
+
 def test_task_states_latest_per_task_and_index(backend: Backend) -> None:
     run_id = new_run(backend)
     backend.add_task_state(run_id, "extract", "Running")
