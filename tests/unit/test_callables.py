@@ -110,3 +110,46 @@ def test_add_import_path_moves_the_folder_to_the_front(monkeypatch):
     add_import_path("z")
     add_import_path("z")
     assert sys.path == ["z", "x", "y"]
+
+
+def test_each_spec_folder_is_its_own_world(flow):
+    flow.write("a/tasks.py", "import helper\n\ndef f():\n    return helper.NAME\n")
+    flow.write("a/helper.py", "NAME = 'a'\n")
+    flow.write("b/tasks.py", "import helper\n\ndef g():\n    return helper.NAME\n")
+    flow.write("b/helper.py", "NAME = 'b'\n")
+    a, b = str(flow.path / "a"), str(flow.path / "b")
+    f = load_callable("tasks:f", a)
+    assert load_callable("tasks:g", b)() == "b"  # not a's tasks, nor a's helper
+    assert f() == "a" and a not in sys.path and sys.path[0] == b
+    assert load_callable("tasks:f", a)() == "a"  # and back again
+
+
+def test_leaving_a_world_keeps_installed_code_below_the_folder(flow):
+    flow.write("site/fs_installed_below.py", "X = 1\n")
+    flow.write("tasks.py", "import fs_installed_below\n\ndef f():\n    return fs_installed_below.X\n")
+    flow.write("other/tasks.py", "def f():\n    return 2\n")
+    sys.path.append(str(flow.path / "site"))  # an import root of its own, as a virtualenv is
+    assert load_callable("tasks:f", str(flow.path))() == 1
+    assert load_callable("tasks:f", str(flow.path / "other"))() == 2
+    assert "fs_installed_below" in sys.modules and "tasks" in sys.modules
+    assert sys.modules["tasks"].__file__ == str(flow.path / "other" / "tasks.py")
+
+
+def test_a_module_that_exits_on_import_is_an_error(flow):
+    flow.write("fs_exits.py", "import sys\nsys.exit('bye')\n")
+    flow.write("fs_interrupts.py", "raise KeyboardInterrupt\n")
+    err = _error("fs_exits:f", flow.path)
+    assert err.message == "importing 'fs_exits' failed: SystemExit: bye (fs_exits.py, line 2)"
+    assert "if __name__ ==" in err.hint
+    assert _error("fs_interrupts.py:f", flow.path).message == (
+        "importing 'fs_interrupts.py' failed: KeyboardInterrupt (fs_interrupts.py, line 1)")
+
+
+def test_hook_problem():
+    from flowspec.callables import hook_problem
+
+    assert hook_problem(lambda: None) is None and hook_problem(lambda run: None) is None
+    assert hook_problem(lambda *args: None) is None and hook_problem(lambda run, x=1: None) is None
+    assert hook_problem(lambda a, b: None).endswith("but its signature is (a, b)")
+    assert hook_problem(lambda **kw: None).endswith("but its signature is (**kw)")
+    assert hook_problem(print) is None  # no signature to check
