@@ -285,3 +285,25 @@ def test_the_etl_example_writes_nothing_where_it_is_started(cli, repo, tmp_path)
     written = re.search(r"loaded total 55 into (\S+)", result.stderr).group(1)
     with open(written) as fh:
         assert fh.read().endswith(" 55\n")
+
+
+def test_ci_installs_as_readme_says_in_a_fresh_environment(repo):
+    # .ci/run itself takes minutes and installs system packages; what is checked here is that it
+    # stays in step with README (a run of it is part of every release check)
+    import re
+    import subprocess
+
+    script = (repo / ".ci/run").read_text()
+    assert subprocess.run(["bash", "-n", str(repo / ".ci/run")]).returncode == 0
+    readme = (repo / "README.md").read_text()
+    install, test = re.search(r"```sh\n(python3 -m pip install -e \"\.\[test\]\") && (python3 -m pytest)\n```",
+                              readme).groups()
+    lines = [line.strip() for line in script.splitlines()]
+    venv, activate = lines.index('python3 -m venv "$work/venv"'), lines.index('source "$work/venv/bin/activate"')
+    assert venv < activate < lines.index(install) < lines.index("flowspec fmt --check examples/*/flow.yaml")
+    assert any(line.startswith(test + " ") for line in lines[lines.index(install):])
+    assert '"$status" -eq 5' in script  # no tests collected fails the run
+    for package in ("postgresql", "graphviz", "npm", "git", "docker.io", "debootstrap", "docker-registry",
+                    "etcd-server", "etcd-client", "kubernetes-client"):
+        assert re.search(rf"^packages=\(.*\b{re.escape(package)}\b", script, re.M | re.S), package
+    assert sum("apt-get update" in line for line in lines if not line.startswith("#")) == 1
