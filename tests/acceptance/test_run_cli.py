@@ -182,7 +182,7 @@ tasks:
     with: {got: "${{ tasks.plus_one }}", want: [3, null, 7]}
     trigger: all_finished
   zip_ok: {run: steps:pair, map: {a: [1, 2], b: [x, y]}}
-  zip_bad: {run: steps:pair, map: {a: [1, 2], b: [1]}}
+  zip_bad: {run: steps:pair, map: {a: [1, 2], b: "${{ tasks.nums }}"}}
   empty: {run: steps:pair, map: {a: "${{ params.empty }}"}, with: {b: 0}}
   after_empty: {run: steps:expect, with: {got: "${{ tasks.empty }}", want: []}}
   ordered: {run: steps:mark, after: [zip_ok]}
@@ -208,7 +208,7 @@ SEMANTICS_EXPECTED = {
                       "[1] upstream did not succeed: double[1] (Failed)"),
     "sum_all": _task("Success", 1),
     "zip_ok": _task("Success", 2, {"Success": 2}),
-    "zip_bad": _task("Failed", 0, message="mapped arguments have different lengths (a=2, b=1); "
+    "zip_bad": _task("Failed", 0, message="mapped arguments have different lengths (a=2, b=3); "
                                           "they are zipped and must match"),
     "empty": _task("Success", 0),
     "after_empty": _task("Success", 1),
