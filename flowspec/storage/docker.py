@@ -361,22 +361,13 @@ class BuildPlan:
         if diags:
             raise SpecError(diags)
 
-    def _add_wheels(self) -> list[str]:
-        """The pip arguments that install flowspec and the dependencies; wheels go in the context."""
+    def _add_wheels(self) -> tuple[list[str], list[str]]:
+        """pip arguments of two steps, (dependencies, flowspec): its dependencies (and the user's)
+        change rarely and keep their layer when only flowspec's own wheel changes."""
         version = metadata.version("flowspec")
-        cp = metadata.version("cloudpickle")
-        deps = [f"cloudpickle=={cp}", *(self.opts.get("python_dependencies") or ())]
-        root = flowspec_source()
-        house = os.environ.get(WHEELHOUSE_VAR)
-        if root is not None:
-            self.source = (root, source_digest(root))
-            self.files[f"{CTX}/wheels/flowspec-{version}-py3-none-any.whl"] = ("wheel", root)  # built only if needed
-            me = f"{WHEELS_IN_IMAGE}/flowspec-{version}-py3-none-any.whl[postgres]"
-            self.notes.append(f"flowspec {version}: a wheel built from the checkout at {root} (not a released version)")
-        else:
-            me = f"flowspec[postgres]=={version}"
-            self.notes.append(f"flowspec {version}: from the package index (flowspec[postgres]=={version})")
+        deps = [f"cloudpickle=={metadata.version('cloudpickle')}", *_requirements(), *(self.opts.get("python_dependencies") or ())]
         args = ["--no-cache-dir", "--disable-pip-version-check"]
+        house = os.environ.get(WHEELHOUSE_VAR)
         if house:
             folder = Path(house)
             wheels = sorted(folder.glob("*.whl"))
@@ -384,10 +375,21 @@ class BuildPlan:
                 raise FlowspecError(f"${WHEELHOUSE_VAR} names {folder}, which holds no wheels",
                                     hint="fill it with pip download --only-binary=:all: ..., or unset it")
             for wheel in wheels:
-                self.files[f"{CTX}/wheels/{wheel.name}"] = wheel
+                if not wheel.name.startswith("flowspec-"):
+                    self.files[f"{CTX}/wheels/{wheel.name}"] = wheel
             args += ["--no-index", "--find-links", WHEELS_IN_IMAGE]
-            self.notes.append(f"dependencies: from the wheels in ${WHEELHOUSE_VAR} ({folder}), without an index")
-        return args + [me, *deps]
+            self.notes.append(f"dependencies: from the wheels in ${WHEELHOUSE_VAR} ({folder}), without a package index")
+        root = flowspec_source()
+        if root is not None:
+            self.source = (root, source_digest(root))
+            name = f"flowspec-{version}-py3-none-any.whl"
+            self.files[f"{CTX}/flowspec/{name}"] = ("wheel", root)  # built only when the image is
+            me = ["--no-deps", f"{WHEELS_IN_IMAGE}/{name}"]
+            self.notes.append(f"flowspec {version}: a wheel built from the checkout at {root} (not a released version)")
+        else:
+            me = ["--no-deps", f"flowspec=={version}"]
+            self.notes.append(f"flowspec {version}: from the package index (flowspec=={version})")
+        return args + deps, args + me
 
     def _dockerfile(self) -> str:
         py = self.python
@@ -404,9 +406,14 @@ class BuildPlan:
             lines.append("ENV " + " ".join(f"{k}={json.dumps(str(v))}" for k, v in sorted(env_vars.items())))
         lines += [f"RUN {json.dumps(['python3', '-c', check_py])}",
                   f"RUN {json.dumps(['python3', '-m', 'venv', VENV])}"]
+        pip = f"{VENV}/bin/pip"
+        deps, me = self.install
         if any(k.startswith(f"{CTX}/wheels/") for k in self.files):
             lines.append(f"COPY {CTX}/wheels/ {WHEELS_IN_IMAGE}/")
-        lines.append(f"RUN {json.dumps([f'{VENV}/bin/pip', 'install', *self.install])}")
+        lines.append(f"RUN {json.dumps([pip, 'install', *deps])}")
+        if any(k.startswith(f"{CTX}/flowspec/") for k in self.files):
+            lines.append(f"COPY {CTX}/flowspec/ {WHEELS_IN_IMAGE}/")
+        lines.append(f"RUN {json.dumps([pip, 'install', *me])}")
         lines += [f"COPY {json.dumps([src, dest])}" for src, dest in self.copies]
         lines += [f"COPY {CTX}/flow/ {FLOW_DIR}/",
                   f"RUN {json.dumps([PYTHON, '-m', 'flowspec.inside', '--check', FLOW_DIR])}",
@@ -568,6 +575,18 @@ def push_error(ref: str, error: str) -> FlowspecError:
                              hint=f"log in first: docker login {registry}")
     return FlowspecError(f"cannot push {ref} to {registry}: {_first_line(error)}",
                          hint="check registry_url and the registry's log")
+
+
+def _requirements() -> list[str]:
+    """flowspec's own requirements, with those of its `postgres` extra (a container reaches a
+    PostgreSQL backend with it)."""
+    out = []
+    for req in metadata.requires("flowspec") or ():
+        name, _, marker = req.partition(";")
+        marker = marker.replace(" ", "")
+        if not marker or marker in ('extra=="postgres"', "extra=='postgres'"):
+            out.append(name.strip())
+    return out
 
 
 def _slug(name: str) -> str:

@@ -11,6 +11,8 @@ with Python, the registry on 127.0.0.1:5055 and a folder of wheels for offline i
                     image's Python; storage installs from it when $FLOWSPEC_WHEELHOUSE names it
                     (builds have no network here).
     docker_env      function: os.environ plus DOCKER_HOST and FLOWSPEC_WHEELHOUSE, for CLI calls.
+    docker_flows    function: flow folders with docker storage from the base image, the CLI, agents
+                    on a SQLite backend in the test's folder (stopped at the end).
 
 Every engine, registry and image here lives on loopback or in temporary folders.
 """
@@ -188,4 +190,123 @@ def docker_env(docker_host: str, wheelhouse: Path, tmp_path: Path) -> dict[str, 
     env.update(DOCKER_HOST=docker_host, FLOWSPEC_WHEELHOUSE=str(wheelhouse),
                FLOWSPEC_HOME=str(tmp_path / "home"))
     env.pop("FLOWSPEC_BACKEND", None)
+    env.pop("PYTHONWARNINGS", None)  # pytest's warning filters are not the image's business
     return env
+
+
+# -- flows in images, through the CLI ----------------------------------------------------------------
+FLOW_TASKS = '''
+import json, os, sys, time
+from flowspec import context
+
+def hello(name: str = "World"):
+    context.logger.info("hello %s from the container", name)
+    print(f"printed by hello for {name}", flush=True)
+    return name
+
+def fail(message: str = "failing on purpose"):
+    raise RuntimeError(message)
+
+def hog(megabytes: int = 512):
+    context.logger.info("allocating %d MB", megabytes)
+    blocks = [bytearray(1024 * 1024) for _ in range(megabytes)]
+    return len(blocks)
+
+def nap(seconds: float = 60.0):
+    context.logger.info("napping for %gs", seconds)
+    time.sleep(seconds)
+
+def show_env(names: list):
+    context.logger.info("env %s", json.dumps({n: os.environ.get(n) for n in names}, sort_keys=True))
+
+def read(path: str):
+    with open(path) as fh:
+        text = fh.read().strip()
+    context.logger.info("read %s: %s", path, text)
+    return text
+'''
+
+
+class DockerFlows:
+    """Flow folders with docker storage and environment, the CLI with this session's engine, and
+    agents on a SQLite backend in the test's folder (or `url`). Agents are stopped at the end."""
+
+    def __init__(self, root: Path, env: dict[str, str], base: str) -> None:
+        self.root, self.base = root, base
+        self.url = f"sqlite://{root / 'backend.db'}"
+        self.env = {**env, "FLOWSPEC_BACKEND": self.url}
+        self.env.pop("PYTHONWARNINGS", None)  # pytest's warning filters are not the image's business
+        self.agents: list[tuple[subprocess.Popen, Path]] = []
+
+    def write(self, name: str, tasks: str, storage: str = "", environment: str = "", code: str = FLOW_TASKS) -> Path:
+        """flows/NAME/flow.yaml with `tasks` (YAML), docker storage from the local base image."""
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tasks.py").write_text(code)
+        storage = storage or f"  base_image: {self.base}\n"
+        spec = (f"version: 1\nname: {name}\ntasks:\n{tasks}storage:\n  type: docker\n{storage}"
+                f"environment:\n  type: docker\n{environment}")
+        (folder / "flow.yaml").write_text(spec)
+        return folder / "flow.yaml"
+
+    def cli(self, *args: str, timeout: float = 300, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flowspec", *args], env=env or self.env, capture_output=True,
+                              text=True, timeout=timeout, **kw)
+
+    def agent(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        log = self.root / f"agent-{len(self.agents)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "flowspec", "agent", "start", "--poll-interval", "0.1",
+                                     *args], env=env or self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.agents.append((proc, log))
+        return proc
+
+    def agent_log(self, index: int = -1) -> str:
+        return self.agents[index][1].read_text(errors="replace")
+
+    def stop_agents(self) -> None:
+        for proc, _ in self.agents:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.agents:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def backend(self):
+        from flowspec.backend import open_backend
+
+        return open_backend(self.url)
+
+    def wait_run(self, run_id: str, states: tuple[str, ...], timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        with self.backend() as backend:
+            while True:
+                run = backend.get_run(run_id)
+                if run is not None and run.state in states:
+                    return run
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"run {run_id} is {run.state if run else None}, not {states}:\n"
+                                         + "\n".join(self.agent_log(i) for i in range(len(self.agents))))
+                time.sleep(0.1)
+
+    def containers(self, run_id: str | None = None) -> list:
+        import docker
+
+        client = docker.DockerClient(base_url=self.env["DOCKER_HOST"])
+        try:
+            label = f"flowspec.run-id={run_id}" if run_id else "flowspec.run-id"
+            return client.containers.list(all=True, filters={"label": label})
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def docker_flows(tmp_path: Path, docker_env: dict[str, str], base_image: str) -> Iterator[DockerFlows]:
+    flows = DockerFlows(tmp_path, docker_env, base_image)
+    try:
+        yield flows
+    finally:
+        flows.stop_agents()
