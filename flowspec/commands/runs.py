@@ -26,6 +26,8 @@ def register(sub) -> None:
     add_common(p)
     p.set_defaults(func=main_list)
     p = actions.add_parser("show", help="a run's state history, its tasks and, while it waits, why")
+    p.add_argument("--children", action="store_true",
+                   help="list every mapped child (default: a mapped task's children counted by state)")
     _run_arg(p, main_show)
     p = actions.add_parser("logs", help="a run's log lines")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run ends")
@@ -94,7 +96,8 @@ def main_show(args) -> int:
         mark_lost(backend, "runs show", run.id)
         run = backend.get_run(run.id)
         flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
-        history, tasks = backend.run_history(run.id), backend.task_states(run.id)
+        history = backend.run_history(run.id)
+        tasks = backend.task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
         reason = backend.waiting_reason(run.id)
     if args.format == "json":
         emit_json(run_json(run) | {
@@ -102,7 +105,8 @@ def main_show(args) -> int:
             "waiting_reason": reason,
             "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
             "tasks": [{"task": t.task, "map_index": t.map_index, "state": t.state, "attempt": t.attempt,
-                       "time": t.time, "message": t.message} for t in tasks]})
+                       "time": t.time, "message": t.message} | ({"children": t.children} if getattr(t, "children", None) else {})
+                      for t in tasks]})
         return 0
     origin = f" (project {flow.project}, version {flow.version})" if flow else " (a local run)"
     fields = [("run", run.id), ("flow", run.flow_name + origin), ("state", run.state),
@@ -117,9 +121,47 @@ def main_show(args) -> int:
         print(f"  {when(e.time)}  {e.state:<10}" + (f"  {_indent(e.message, 4)}" if e.message else ""))
     if tasks:
         print("\ntasks:")
-        rows = [(_task_label(t.task, t.map_index), t.state, str(t.attempt), t.message or "") for t in tasks]
-        print("\n".join("  " + line for line in table(("TASK", "STATE", "ATTEMPT", "MESSAGE"), rows).splitlines()))
+        head, rows = ("TASK", "STATE", "ATTEMPT", "MESSAGE"), [
+            (_task_label(t.task, t.map_index), t.state, str(t.attempt), t.message or "") for t in tasks]
+        if not args.children:  # a mapped task's row counts its children by state
+            head, rows = head[:3] + ("CHILDREN",) + head[3:], [
+                row[:3] + (_children_text(t.children),) + row[3:] for row, t in zip(rows, tasks)]
+        print("\n".join("  " + line for line in table(head, rows).splitlines()))
     return 0
+
+
+class _Shown:
+    """A row of `runs show`'s tasks: a task's own latest state, or its children's summary."""
+
+    def __init__(self, task: str, state: str, attempt: int, time: float, message, map_index=None,
+                 children: dict | None = None) -> None:
+        self.task, self.state, self.attempt, self.time, self.message = task, state, attempt, time, message
+        self.map_index, self.children = map_index, children
+
+
+def _summary(tasks: list) -> list[_Shown]:
+    """One row per task: a mapped task's children counted by state (`--children` lists them).
+    Its state is its own last recorded one (a cancelled map), else what its children add up to."""
+    from flowspec.runner import FINAL_STATES, RUNNING, aggregate
+
+    rows = []
+    for task, own, groups in tasks:
+        children = {state: n for state, n, _, _ in groups} or None
+        attempts = sum(g[2] for g in groups)
+        if own is not None:
+            rows.append(_Shown(task, own.state, max(own.attempt, attempts), own.time, own.message, children=children))
+            continue
+        states = list(children or ())
+        state = aggregate(states) if all(s in FINAL_STATES for s in states) else RUNNING
+        rows.append(_Shown(task, state, attempts, max(g[3] for g in groups), None, children=children))
+    return rows
+
+
+def _children_text(children: dict | None) -> str:
+    if not children:
+        return "-"
+    total = sum(children.values())
+    return f"{total} (" + ", ".join(f"{n} {state}" for state, n in children.items()) + ")"
 
 
 def main_cancel(args) -> int:
@@ -160,15 +202,28 @@ def follow(backend, run_id: str, fmt: str, kinds: tuple[str, ...] = ("state", "t
 
     Text: one line each; json: one JSON object per line. Ctrl-C stops watching, not the run.
     """
+    from flowspec.backend.outage import DEFAULT_TOLERANCE_S, Outage
+    from flowspec.errors import BackendError
+
     cursor = {"state": 0, "task": 0, "log": 0}
     judged = 0.0
+    # A backend that blinks (a database restart) pauses the watch instead of ending it.
+    outage = Outage(backend.url, DEFAULT_TOLERANCE_S, lambda level, text: print(f"flowspec: {level}: {text}",
+                                                                                 file=sys.stderr, flush=True))
     try:
         while True:
-            if time.monotonic() - judged >= 1.0:  # a run whose process is gone ends the watch, Failed
-                mark_lost(backend, "runs logs --follow" if kinds == ("log",) else "run --watch", run_id)
-                judged = time.monotonic()
-            final = backend.get_run(run_id).state in EXIT_CODES  # read first: nothing after it is missed
-            events = sorted(_new_events(backend, run_id, cursor, kinds), key=lambda e: e["time"])
+            try:
+                if time.monotonic() - judged >= 1.0:  # a run whose process is gone ends the watch, Failed
+                    mark_lost(backend, "runs logs --follow" if kinds == ("log",) else "run --watch", run_id)
+                    judged = time.monotonic()
+                final = backend.get_run(run_id).state in EXIT_CODES  # read first: nothing after it is missed
+                read = dict(cursor)  # moved on only once every kind was read
+                events = sorted(_new_events(backend, run_id, read, kinds), key=lambda e: e["time"])
+            except BackendError as exc:
+                time.sleep(outage.failed(exc))
+                continue
+            outage.ok()
+            cursor = read
             for event in events:
                 print(json.dumps(event, default=str) if fmt == "json" else _text(event), flush=True)
             if final:

@@ -364,11 +364,18 @@ def test_an_agent_and_its_run_ride_out_a_postgresql_restart_and_a_stop_of_second
         with open_backend(postgres_server.url) as backend:
             run_id = backend.create_flow_run(flow_id).id
             wait_for(lambda: logged(backend, run_id, "tick 1"), 30, cluster.output)
+        follower = subprocess.Popen([sys.executable, "-m", "flowspec", "runs", "logs", run_id, "--follow"],
+                                    env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         postgres_server.restart("fast")
         time.sleep(1.0)
         postgres_server.stop("fast")
         time.sleep(4.0)
         postgres_server.start()
+        followed, follower_err = follower.communicate(timeout=60)
+        # The follower waited through both outages too, and missed nothing.
+        assert follower.returncode == 0, follower_err
+        assert [ln.rsplit("| ", 1)[1] for ln in followed.splitlines() if "| tick " in ln] == [
+            f"tick {i}" for i in range(40)], followed
         with open_backend(postgres_server.url) as backend:
             done = wait_state(backend, cluster, run_id, {"Success", "Failed", "Cancelled"}, timeout=30)
             assert (done.state, done.message, done.exit_code) == ("Success", None, 0), cluster.output()
