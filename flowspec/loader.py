@@ -168,7 +168,9 @@ def _reader_diagnostic(text: str, file: str, exc) -> Diagnostic:
     i = max(text.find(chr(char)), 0)
     line, col = text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
     escape = f"\\x{char:02X}" if char < 0x100 else f"\\u{char:04X}"
-    return Diagnostic(file, line, col, "(root)", f"invalid YAML: character #x{char:04X} is not allowed ({exc.reason})",
+    # flowspec's own words: libyaml and the pure-Python reader give different reasons
+    kind = "a control character" if char < 0x20 or 0x7F <= char < 0xA0 else "a special character"
+    return Diagnostic(file, line, col, "(root)", f"invalid YAML: character #x{char:04X} is not allowed ({kind})",
                       f"remove it, or write it as an escape ({escape}) inside a double-quoted string")
 
 

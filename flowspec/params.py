@@ -60,7 +60,10 @@ def parse_flag(text: str, parameters) -> tuple[str, object]:
         return name, load_text(raw, "--param").data if raw.strip() else raw
     except LoadError as exc:
         d = exc.diagnostics[0]
-        where = f"at column {d.column}" if d.line <= raw.count("\n") + 1 else "at the end"
+        lines = raw.split("\n")
+        # past the last character is "the end", however the YAML library marks it
+        at_end = d.line > len(lines) or (d.line == len(lines) and d.column > len(lines[-1]))
+        where = "at the end" if at_end else f"at column {d.column}"
         why = d.message.removeprefix("invalid YAML: ")
         raise UsageError(f"--param {name}: cannot parse {raw!r} as YAML {where}: {why}",
                          "quote strings that contain ':' or '#', e.g. --param x='\"a: b\"'") from None

@@ -124,7 +124,7 @@ def test_syntax_errors_have_positions():
 
 def test_control_characters_are_refused_at_their_position():
     assert _errors("a: 1\nbé: x\x07\n") == [
-        (2, 6, "(root)", "invalid YAML: character #x0007 is not allowed (control characters are not allowed)")]
+        (2, 6, "(root)", "invalid YAML: character #x0007 is not allowed (a control character)")]
 
 
 def test_empty_document_has_no_data():

@@ -53,17 +53,16 @@ def test_parse_flag(flag, expected):
 @pytest.mark.parametrize(("flag", "message"), [
     ("count", "--param 'count': expected NAME=VALUE"),
     ("=3", "--param '=3': expected NAME=VALUE"),
-    ("items=[1, 2", "--param items: cannot parse '[1, 2' as YAML at the end: while parsing a flow sequence "
-                    "did not find expected ',' or ']'"),
-    ("items=a: b: c", "--param items: cannot parse 'a: b: c' as YAML at column 5: mapping values are not allowed "
-                      "in this context"),
+    # flowspec's words and the position, then the YAML library's own reason (worded by its version)
+    ("items=[1, 2", "--param items: cannot parse '[1, 2' as YAML at the end: while parsing a flow sequence "),
+    ("items=a: b: c", "--param items: cannot parse 'a: b: c' as YAML at column 5: mapping values are not allowed "),
     ("items=!!python/name:os.system ''", "--param items: cannot parse \"!!python/name:os.system ''\" as YAML at "
                                          "column 1: unsupported YAML tag '!!python/name:os.system'"),
 ])
 def test_bad_flags(flag, message):
     with pytest.raises(UsageError) as info:
         parse_flag(flag, PARAMS)
-    assert info.value.message == message and info.value.exit_code == 2
+    assert info.value.message.startswith(message) and info.value.exit_code == 2
 
 
 def test_defaults_then_file_then_flags(tmp_path):
