@@ -30,7 +30,7 @@ from flowspec.errors import FlowspecError
 from flowspec.recorder import EXIT_CODES, HEARTBEAT_INTERVAL_S, Recorder, outcome_of, run_message
 
 EXIT_INTERNAL = 70
-BUSY_TIMEOUT_S = 5.0  # a SQLite lock held longer than this is an outage, retried with backoff
+BUSY_TIMEOUT_S = 2.0  # a SQLite lock held longer than this is an outage, retried with backoff
 
 
 class ChildRun:

@@ -621,8 +621,11 @@ class Backend(ABC):
         who = run.runner or (f"agent {run.agent}" if run.agent else "a process that did not say who it was")
         message = (f"no heartbeat for {timeout:g}s: the process running it ({who}) is gone;"
                    f" marked {final} by {marked_by}")
-        now = time.time()
+        asked = time.monotonic()
         with self._transaction() as tx:
+            if time.monotonic() - asked > 1.0:
+                return None  # we waited for the backend (a lock held elsewhere): so did its heartbeats
+            now = time.time()
             if tx.run(
                 "UPDATE flow_runs SET state = ?, message = ?, updated = ? WHERE id = ? AND state = ?"
                 " AND COALESCE(heartbeat, updated) < ?",
@@ -790,6 +793,28 @@ class Backend(ABC):
         for state in states:
             latest[state.task, state.map_index] = state
         return list(latest.values())
+
+    def task_summary(self, run_id: str) -> list[tuple[str, TaskRunState | None, list[tuple[str, int, int, float]]]]:
+        """A run's tasks without a row per mapped child, counted in the database (a map of a
+        million children stays a few grouped queries): per task, in the order tasks were first
+        recorded, `(task, its own latest state or None, [(state, children, attempts, last
+        time)] over the latest state of each of its mapped children)`."""
+        with self._transaction(write=False) as tx:
+            order = [task for task, _ in tx.all(
+                "SELECT task, MIN(id) AS first FROM task_states WHERE run_id = ? GROUP BY task ORDER BY first",
+                run_id)]
+            own = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE id IN (SELECT MAX(id) FROM task_states"
+                         " WHERE run_id = ? AND map_index IS NULL GROUP BY task)", run_id)
+            children = tx.all(
+                "SELECT t.task, t.state, COUNT(*), SUM(t.attempt), MAX(t.time) FROM task_states t JOIN"
+                " (SELECT MAX(id) AS id FROM task_states WHERE run_id = ? AND map_index IS NOT NULL"
+                " GROUP BY task, map_index) latest ON t.id = latest.id GROUP BY t.task, t.state ORDER BY t.state",
+                run_id)
+        states = {row[1]: TaskRunState(*row) for row in own}
+        groups: dict[str, list[tuple[str, int, int, float]]] = {}
+        for task, state, n, attempts, at in children:
+            groups.setdefault(task, []).append((state, int(n), int(attempts), float(at)))
+        return [(task, states.get(task), groups.get(task, [])) for task in order]
 
     def add_logs(self, run_id: str, lines: Iterable[tuple[float, str, str | None, str]]) -> int:
         """Append `(time, level, task, message)` lines in one transaction; returns how many."""

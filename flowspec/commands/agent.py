@@ -12,7 +12,7 @@ from flowspec.backend.outage import DEFAULT_TOLERANCE_S
 DEFAULT_POLL_INTERVAL_S = 0.5
 DEFAULT_MAX_RUNS = 4
 # One backend call waits this long for a SQLite lock; longer is an outage, retried with backoff.
-BUSY_TIMEOUT_S = 5.0
+BUSY_TIMEOUT_S = 2.0
 
 
 def register(sub) -> None:

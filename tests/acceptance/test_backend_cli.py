@@ -312,3 +312,21 @@ def test_a_killed_local_run_is_marked_failed_by_whoever_reads_it(home: Home, cli
     assert f"marked Failed by `flowspec {' '.join(a for a in reader if a != 'RUN')}`" in shown["message"]
     assert "agent ?" not in shown["message"]
     assert [e["state"] for e in shown["history"]] == ["Running", "Failed"]
+
+
+def test_a_live_local_run_heartbeats_and_is_never_marked_lost(home: Home, cli_start) -> None:
+    import time
+
+    (home.spec.parent / "sleepy.py").write_text(SLEEPY)
+    spec = home.root / "greet" / "sleepy.yaml"
+    spec.write_text("version: 1\nname: sleepy\ntasks:\n  nap: {run: 'sleepy:sleep', with: {seconds: 2.5}}\n")
+    proc = cli_start("run", spec, "--heartbeat-timeout", "0.5", "--format", "json", env=home.env)
+    seen = set()
+    while proc.poll() is None:  # readers look all along; the run beats several times per timeout
+        seen.update(r["state"] for r in home.json("runs", "list"))
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert seen <= {"Running", "Success"} and "Running" in seen, seen
+    [run] = home.json("runs", "list")
+    assert (run["id"], run["state"]) == (json.loads(out)["run_id"], "Success")

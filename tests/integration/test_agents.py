@@ -404,22 +404,22 @@ conn.execute("COMMIT")
 @pytest.mark.slow
 def test_an_agent_and_its_run_ride_out_a_sqlite_file_locked_by_another_process(
         sqlite_cluster: tuple[Cluster, Backend]) -> None:
-    """Another process holds the write lock (BEGIN EXCLUSIVE) for 8 s, longer than one call
+    """Another process holds the write lock (BEGIN EXCLUSIVE) for 5 s, longer than one call
     waits for it: the agent warns once, retries, says when it is back, and the run ends Success
     with all it logged meanwhile."""
     cluster, backend = sqlite_cluster
-    flow_id = cluster.flow("ticker", "ticks", (), {"n": 48, "every": 0.25})
+    flow_id = cluster.flow("ticker", "ticks", (), {"n": 36, "every": 0.25})
     cluster.agent("a")
     run_id = backend.create_flow_run(flow_id).id
     wait_for(lambda: logged(backend, run_id, "tick 1"), 30, cluster.output)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, cluster.url[len("sqlite://"):], "8"],
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, cluster.url[len("sqlite://"):], "5"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     assert holder.wait(30) == 0
     holder.stdout.close()
     done = wait_state(backend, cluster, run_id, {"Success", "Failed", "Cancelled"}, timeout=30)
     assert (done.state, done.exit_code) == ("Success", 0), cluster.output()
-    _ticked_to_the_end(backend, run_id, 48)
+    _ticked_to_the_end(backend, run_id, 36)
     warned, back = _outage_lines(cluster)
     assert len(warned) == len(back) == 1, cluster.output()
     assert cluster.agents["a"][0].poll() is None
