@@ -307,3 +307,20 @@ def test_ci_installs_as_readme_says_in_a_fresh_environment(repo):
                     "etcd-server", "etcd-client", "kubernetes-client"):
         assert re.search(rf"^packages=\(.*\b{re.escape(package)}\b", script, re.M | re.S), package
     assert sum("apt-get update" in line for line in lines if not line.startswith("#")) == 1
+
+
+def test_an_ambiguous_run_prefix_says_so(cli, repo, tmp_path, home):
+    import sqlite3
+
+    assert cli("register", repo / "examples/hello-flow/flow.yaml", env=home).rc == 0
+    ids = [cli("run", "--name", "hello-flow", "--project", "tutorial", env=home).stdout.strip() for _ in range(2)]
+    # Run ids are random: two that share a prefix of 4 are made by renaming them in the real
+    # SQLite file (the only table that the prefix lookup reads).
+    with sqlite3.connect(tmp_path / "home" / "flowspec.db") as db:
+        for i, run_id in enumerate(ids):
+            db.execute("UPDATE flow_runs SET id = ? WHERE id = ?", (f"beef{i}" + run_id[5:], run_id))
+    result = cli("runs", "show", "beef", env=home)
+    assert result.rc == 2
+    assert "run id prefix 'beef' is ambiguous: it matches several runs" in result.stderr
+    assert "hint: give more of the id" in result.stderr
+    assert cli("runs", "show", "beef1", env=home).rc == 0
