@@ -42,17 +42,22 @@ def add_import_path(base_dir: str) -> None:
 
 def _leave_world() -> None:
     """Forget the modules the current spec loaded from its own folder, and that folder on sys.path."""
+    from flowspec.serialize import _installed_roots, is_local_code
+
     folder = os.path.realpath(_world["dir"])
-    # Import roots below the folder (a virtualenv's site-packages) hold installed code: kept.
+    # Import roots below the folder (a virtualenv's site-packages) and installed code (flowspec
+    # itself, when a spec sits at the top of its source tree) are kept: only the spec's own code goes.
     others = [os.path.realpath(p) + os.sep for p in sys.path if p]
     others = [r for r in others if r.startswith(folder + os.sep) and r != folder + os.sep]
+    roots = _installed_roots()
     for name in set(sys.modules) - _world["before"]:
         module = sys.modules.get(name)
         where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or ()), None)
         if not where:
             continue
         where = os.path.realpath(where)
-        if where.startswith(folder + os.sep) and not any(where.startswith(r) for r in others):
+        if (where.startswith(folder + os.sep) and not any(where.startswith(r) for r in others)
+                and is_local_code(where, roots) and name.partition(".")[0] != "flowspec"):
             del sys.modules[name]
     if _world["added"] and _world["dir"] in sys.path:
         sys.path.remove(_world["dir"])

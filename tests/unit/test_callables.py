@@ -153,3 +153,20 @@ def test_hook_problem():
     assert hook_problem(lambda a, b: None).endswith("but its signature is (a, b)")
     assert hook_problem(lambda **kw: None).endswith("but its signature is (**kw)")
     assert hook_problem(print) is None  # no signature to check
+
+
+def test_leaving_a_world_never_forgets_flowspec_itself(flow, monkeypatch):
+    # a spec at the top of flowspec's own source tree: flowspec modules imported while its world
+    # lasted live under its folder, and must stay the same objects (one FlowspecError class)
+    import os
+
+    import flowspec
+
+    top = os.path.dirname(os.path.dirname(flowspec.__file__))
+    monkeypatch.delitem(sys.modules, "flowspec.drivers", raising=False)
+    add_import_path(top)
+    import flowspec.drivers as drivers  # imported during the world of the spec at `top`
+
+    flow.write("other/tasks.py", "def f():\n    return 1\n")
+    assert load_callable("tasks:f", str(flow.path / "other"))() == 1
+    assert sys.modules["flowspec.drivers"] is drivers
