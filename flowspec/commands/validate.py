@@ -12,7 +12,8 @@ def register(sub) -> None:
     p = sub.add_parser("validate", help="check flow specs; report every error with its line and column",
                        description="Check flow specs against the schema and the semantic rules; "
                                    "exit 0 valid, 1 invalid, 2 usage error or unreadable file. "
-                                   "FILE '-' reads a spec from standard input, reported as <stdin>.")
+                                   "FILE '-' reads a spec from standard input, reported as <stdin> (with "
+                                   "--strict, its modules are imported from the current folder).")
     p.add_argument("files", nargs="+", metavar="FILE", help="flow spec files ('-': standard input)")
     p.add_argument("--strict", action="store_true",
                    help="also import every callable and check that its arguments fit its signature")
