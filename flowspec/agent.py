@@ -272,8 +272,9 @@ class Agent:
             return  # just back from an outage: the others could not heartbeat either
         alive = [run_id for run_id, child in self.children.items() if child.proc.poll() is None]
         # Our live children's heartbeats are late, not lost: spared.
-        for run, message in self.backend.mark_lost_runs(f"agent {self.config.name}", self.config.heartbeat_timeout,
-                                                        spare=alive):
+        timeout = self.config.heartbeat_timeout
+        for run, message in self.backend.mark_lost_runs(f"agent {self.config.name}", timeout, spare=alive,
+                                                        cap_s=timeout):
             self._log.warning("run %s: %s", run.id, message)
 
 

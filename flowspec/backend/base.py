@@ -239,6 +239,13 @@ def agent_reason(run_labels: Sequence[str], agents: Iterable[Agent]) -> str | No
     return f"no agent seen {window} has labels covering [{', '.join(run_labels)}]; agents: {seen}"
 
 
+def lost_after(run: FlowRun, timeout_s: float, cap_s: float | None = None) -> float:
+    """After how long without a heartbeat `run` is lost: its own timeout (`timeout_s` if it has
+    none), or `cap_s` when shorter (an agent judges with at most its own --heartbeat-timeout)."""
+    own = run.heartbeat_timeout or timeout_s
+    return own if cap_s is None else min(own, cap_s)
+
+
 def check_state(state: str) -> None:
     if state not in RUN_STATES:
         raise ValueError(f"unknown flow run state {state!r}; expected one of {', '.join(RUN_STATES)}")
@@ -593,30 +600,31 @@ class Backend(ABC):
             )
             return self._state_of(tx, run_id)
 
-    def stale_runs(self, timeout_s: float, run_id: str | None = None) -> list[FlowRun]:
-        """Active runs whose heartbeat (or last update, if none yet) is older than their own
-        heartbeat timeout, or `timeout_s` for runs that have none; only `run_id` if given."""
-        where = (f"state IN ({_marks(ACTIVE_STATES)})"
-                 " AND COALESCE(heartbeat, updated) < ? - COALESCE(heartbeat_timeout, ?)")
-        params: list[Any] = [*ACTIVE_STATES, time.time(), timeout_s]
+    def stale_runs(self, timeout_s: float, run_id: str | None = None, *,
+                   cap_s: float | None = None) -> list[FlowRun]:
+        """Active runs whose heartbeat (or last update, if none yet) is older than their timeout
+        (see `lost_after`); only `run_id` if given."""
+        where, params = f"state IN ({_marks(ACTIVE_STATES)})", [*ACTIVE_STATES]
         if run_id is not None:
             where, params = where + " AND id = ?", params + [run_id]
         with self._transaction(write=False) as tx:
-            runs = self._runs(tx, where, *params)
-            up = self._up_for(tx) if runs else None
+            # Active runs are few (a handful per agent): their timeouts are compared here.
+            now, runs = time.time(), self._runs(tx, where, *params)
+            stale = [r for r in runs if (r.heartbeat or r.updated) < now - lost_after(r, timeout_s, cap_s)]
+            up = self._up_for(tx) if stale else None
         # Nobody could heartbeat while the server was down: a run is judged only by heartbeats
         # it could have sent, so not before the server has been up for a whole timeout.
-        return [r for r in runs if up is None or up >= (r.heartbeat_timeout or timeout_s)]
+        return [r for r in stale if up is None or up >= lost_after(r, timeout_s, cap_s)]
 
     def _up_for(self, tx: Tx) -> float | None:
         """How long the database server has been up, when it has a start time (else None)."""
         return None
 
-    def mark_lost(self, run: FlowRun, timeout_s: float, marked_by: str) -> str | None:
+    def mark_lost(self, run: FlowRun, timeout_s: float, marked_by: str, cap_s: float | None = None) -> str | None:
         """Fail (Cancelling: cancel) a stale run, if it is still in the state it was read in and
         its heartbeat is still old: a heartbeat that arrives meanwhile wins. Returns the message
         recorded, or None when the run was not lost after all."""
-        timeout = run.heartbeat_timeout or timeout_s
+        timeout = lost_after(run, timeout_s, cap_s)
         final = CANCELLED if run.state == CANCELLING else FAILED
         who = run.runner or (f"agent {run.agent}" if run.agent else "a process that did not say who it was")
         message = (f"no heartbeat for {timeout:g}s: the process running it ({who}) is gone;"
@@ -636,14 +644,14 @@ class Backend(ABC):
         return message
 
     def mark_lost_runs(self, marked_by: str, timeout_s: float = HEARTBEAT_TIMEOUT_S, run_id: str | None = None,
-                       spare: Iterable[str] = ()) -> list[tuple[FlowRun, str]]:
+                       spare: Iterable[str] = (), cap_s: float | None = None) -> list[tuple[FlowRun, str]]:
         """Mark every lost run (or only `run_id`) Failed, except the runs in `spare` (an agent's
         own live children); returns each run marked with its message. Readers call it too:
         a lost run is seen by whoever looks, not only by agents."""
         spare = set(spare)
         marked = []
-        for run in self.stale_runs(timeout_s, run_id):
-            if run.id not in spare and (message := self.mark_lost(run, timeout_s, marked_by)):
+        for run in self.stale_runs(timeout_s, run_id, cap_s=cap_s):
+            if run.id not in spare and (message := self.mark_lost(run, timeout_s, marked_by, cap_s)):
                 marked.append((run, message))
         return marked
 

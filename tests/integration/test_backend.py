@@ -284,6 +284,17 @@ def test_a_claimed_run_is_named_by_its_agent_and_carries_its_timeout(backend: Ba
     assert "(agent a1) is gone; marked Failed by agent a2" in message
 
 
+def test_an_agent_judges_with_at_most_its_own_timeout(backend: Backend) -> None:
+    """A run claimed with a 30 s timeout is lost for an agent with a 0.2 s one, not for a reader."""
+    run_id = new_run(backend)
+    backend.claim_run("a1", [], heartbeat_timeout=30.0)
+    time.sleep(0.3)
+    assert backend.mark_lost_runs("`flowspec runs list`") == []
+    [(_, message)] = backend.mark_lost_runs("agent a2", 0.2, cap_s=0.2)
+    assert message.startswith("no heartbeat for 0.2s: the process running it (agent a1) is gone")
+    assert backend.get_run(run_id).state == "Failed"
+
+
 def test_a_stopped_agent_is_not_alive_until_it_starts_again(backend: Backend) -> None:
     backend.agent_heartbeat("a", ["x"], starting=True)
     backend.agent_stopped("a")
