@@ -101,6 +101,7 @@ def translated(action: str, permission: str, endpoint: str | None = None,
     except (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError) as exc:
         raise AWSError(f"{action}: no usable AWS credentials ({exc})", CREDENTIALS_HINT, type(exc).__name__) from None
     except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError) as exc:
+        endpoint = endpoint or _origin(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
         raise AWSError(f"{action}: cannot reach the AWS endpoint {endpoint or ''}".rstrip() + f" ({exc})",
                        "check endpoint_url / AWS_ENDPOINT_URL and the region, and that the network allows it",
                        type(exc).__name__) from None
@@ -113,6 +114,15 @@ def translated(action: str, permission: str, endpoint: str | None = None,
                        "ParamValidationError") from None
     except bx.BotoCoreError as exc:
         raise AWSError(f"{action}: {exc}", None, type(exc).__name__) from None
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of a URL, without user, password or path."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") if parts.hostname else ""
+    except ValueError:
+        return ""
 
 
 def endpoint_of(client) -> str:

@@ -60,10 +60,10 @@ class FargateTaskEnvironment(PlatformEnvironment):
     (`register`, the default: a new revision when the active one differs from the spec in a
     field the spec sets; `error`: refuse, listing the differences).
 
-    setup() describes the family and reuses, registers or refuses (see `decide`); every
-    revision flowspec registers carries the sha256 of what it was made from in a tag, so that
-    agents racing to register the same change keep one revision (the lowest) and deregister
-    their duplicates. execute() runs the task with the run's id, the backend URL and
+    setup() describes the family and reuses, registers or refuses (see `decide`); agents racing
+    to register the same change keep one revision, the lowest, and deregister their duplicates
+    (see `register`). Each revision flowspec registers carries the sha256 of what it was made
+    from in the tag `flowspec-definition-sha256`. execute() runs the task with the run's id, the backend URL and
     `environment.env` in the container overrides, streams the flow container's CloudWatch log
     events into the run's logs, and records stopCode, stoppedReason and the exit code in the
     run's history.
@@ -154,8 +154,10 @@ class FargateTaskEnvironment(PlatformEnvironment):
         args = run_task_args(self.opts, self.revision, job, self.task_env(job))
         from flowspec.aws import translated
 
+        missing = {"ClusterNotFoundException": (f"ClusterNotFoundException: the cluster '{self.opts['cluster']}'"
+                                                f" does not exist", "create it, or set environment.cluster")}
         with translated(f"starting the Fargate task of run {job.run_id} on cluster {self.opts['cluster']}",
-                        "ecs:RunTask and ecs:TagResource (and iam:PassRole for the task's roles)"):
+                        "ecs:RunTask and ecs:TagResource (and iam:PassRole for the task's roles)", missing=missing):
             answer = ecs.run_task(**args)
         failures = answer.get("failures") or []
         if failures or not answer.get("tasks"):
@@ -510,8 +512,9 @@ def refusal(decision: dict) -> str:
 
 def register(ecs, desired: dict, base: int) -> dict:
     """Register `desired` as a new revision; if agents raced to register the same change, keep the
-    lowest revision that carries its digest and deregister ours. Correct on AWS: revision numbers
-    are given in order, so of two racing registrations the later one always sees the earlier."""
+    lowest revision since `base` that is identical in every field `desired` sets, and deregister
+    ours. Correct on AWS: revision numbers are given in order, so of two racing registrations the
+    later one always finds the earlier below its own number, and the earlier one keeps itself."""
     from flowspec.aws import translated
 
     digest = digest_of(desired)
@@ -523,7 +526,8 @@ def register(ecs, desired: dict, base: int) -> dict:
     mine = {**answer["taskDefinition"], "tags": answer.get("tags") or tags}
     for revision in range(base + 1, mine["revision"]):
         other = _revision(ecs, family, revision)
-        if other is not None and other.get("status") == "ACTIVE" and _tag(other, DIGEST_TAG) == digest:
+        # The same change: judged on the fields, as reuse is (tags may reach describe later than the definition)
+        if other is not None and other.get("status") == "ACTIVE" and not differences(desired, other):
             with translated(f"deregistering the duplicate revision {family}:{mine['revision']}",
                             "ecs:DeregisterTaskDefinition"):
                 ecs.deregister_task_definition(taskDefinition=mine["taskDefinitionArn"])
@@ -548,10 +552,6 @@ def _revision(ecs, family: str, revision: int, attempts: int = 3) -> dict | None
                 return None
             time.sleep(0.5)
     return None
-
-
-def _tag(definition: dict, key: str) -> str | None:
-    return next((t.get("value") for t in definition.get("tags") or [] if t.get("key") == key), None)
 
 
 # -- run_task ---------------------------------------------------------------------------------------
