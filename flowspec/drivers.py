@@ -26,7 +26,7 @@ ENVIRONMENTS = {
     "remote": "flowspec.environments.remote:RemoteEnvironment",
     "docker": "flowspec.environments.docker:DockerEnvironment",
     "kubernetes-job": "flowspec.environments.kubernetes_job:KubernetesJobEnvironment",
-    "dask-kubernetes": None,
+    "dask-kubernetes": "flowspec.environments.dask_kubernetes:DaskKubernetesEnvironment",
     "fargate-task": "flowspec.environments.fargate_task:FargateTaskEnvironment",
 }
 

@@ -158,6 +158,13 @@ def execute(backend, current, location: dict, recorder):
                                environment=dataclasses.replace(spec.environment, env={}))
     os.chdir(folder)
     params = resolve_parameters(spec.parameters, {}, None, list(current.parameters.items()))
+    # An environment that sets something up around the run in here says so with `run_inside`
+    # (dask-kubernetes: the run's Dask cluster); the others run the flow in this process.
+    from flowspec.drivers import load_driver
+
+    inside = getattr(load_driver("environment", spec.environment.type), "run_inside", None)
+    if inside is not None:
+        return inside(spec, params, (recorder,), current.id, callables)
     return run_in_process(spec, params, (recorder,), current.id, callables, keep_results=False)
 
 

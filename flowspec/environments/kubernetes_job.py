@@ -246,9 +246,9 @@ class KubernetesJobEnvironment(PlatformEnvironment):
         body = client.V1DeleteOptions(propagation_policy="Foreground", grace_period_seconds=int(grace_s))
         call(f"delete Job {handle.name}", self.kube.batch.delete_namespaced_job, handle.name, handle.namespace,
              body=body, ok=(404, 409))
-        if grace_s == 0:  # a second interrupt: the pods at once
-            call("delete the Job's pods", self.kube.core.delete_collection_namespaced_pod, handle.namespace,
-                 label_selector=f"controller-uid={handle.uid}", grace_period_seconds=0, ok=(404,))
+        # The garbage collector would give the pods their own grace period (30 s by default): this one.
+        call("delete the Job's pods", self.kube.core.delete_collection_namespaced_pod, handle.namespace,
+             label_selector=f"controller-uid={handle.uid}", grace_period_seconds=int(grace_s), ok=(404,))
 
     def keep(self, handle: JobHandle) -> bool:
         policy = self.options.get("delete_finished_jobs", True)

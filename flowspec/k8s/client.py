@@ -42,15 +42,29 @@ def connect(what: str = "the Kubernetes environments") -> Kube:
         if os.environ.get("KUBECONFIG") or os.path.exists(path):
             config.load_kube_config(config_file=path.split(os.pathsep)[0], client_configuration=configuration)
         else:
-            config.load_incluster_config(client_configuration=configuration)
-            if server := os.environ.get("FLOWSPEC_K8S_API_SERVER"):
-                configuration.host = server
+            in_cluster(configuration)
     except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as exc:
         raise FlowspecError(f"no Kubernetes credentials: {exc}",
                             hint="set KUBECONFIG (or write ~/.kube/config) with a current context, or run "
                                  "inside a pod with a service account") from None
     api = client.ApiClient(configuration)
     return Kube(api, client.CoreV1Api(api), client.BatchV1Api(api), configuration.host)
+
+
+def in_cluster(configuration) -> None:
+    """The pod's service account. `$FLOWSPEC_K8S_API_SERVER` (set by the dask-kubernetes driver
+    when the cluster's API server is on loopback) replaces the service address, which a pod
+    without cluster networking cannot reach; the loader's token refresh keeps that address."""
+    from urllib.parse import urlsplit
+
+    from kubernetes.config import incluster_config as ic
+
+    environ = dict(os.environ)
+    if server := os.environ.get("FLOWSPEC_K8S_API_SERVER"):
+        parts = urlsplit(server)
+        environ[ic.SERVICE_HOST_ENV_NAME], environ[ic.SERVICE_PORT_ENV_NAME] = parts.hostname, str(parts.port or 443)
+    ic.InClusterConfigLoader(token_filename=ic.SERVICE_TOKEN_FILENAME, cert_filename=ic.SERVICE_CERT_FILENAME,
+                             try_refresh_token=True, environ=environ).load_and_set(configuration)
 
 
 def reason_of(exc) -> str:
