@@ -42,7 +42,8 @@ class ChildRun:
         self.reason: str | None = None  # why the run was interrupted, when it was
         self.recorder = Recorder(backend, run_id, heartbeat_s=heartbeat_s, on_cancel=self.cancel,
                                  guard=self.check_agent if agent_pid else None, outage_s=outage_s)
-        self.call = self.recorder.outage.call  # a backend call, retried through an outage
+        # The main thread's backend calls, retried through an outage (the recorder has its own).
+        self.call = Outage(backend.url, outage_s, self.recorder.outage.say).call
 
     def main(self) -> int:
         if not self.call(self.backend.set_run_state, self.run_id, "Running", expected_from={"Submitted"}):
