@@ -84,10 +84,15 @@ def main(args) -> int:
             raise  # Ctrl-C before the run started: the CLI says so, exit 130
         print(f"flowspec: interrupted by {signal.Signals(stopped[0]).name}", file=sys.stderr)
         return 128 + stopped[0]
-    if args.format == "json":
-        print(json.dumps(result.to_json(), indent=2, default=str))
-    else:  # quiet: the last line of the table only, "Flow run 'x' (id): Success in 1.20s"
-        print(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1])
+    try:
+        if args.format == "json":
+            print(json.dumps(result.to_json(), indent=2, default=str))
+        else:  # quiet: the last line of the table only, "Flow run 'x' (id): Success in 1.20s"
+            print(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1])
+    except OSError:
+        if not stopped:
+            raise
+        # SIGHUP: the terminal is gone, and writing to it fails; the run is recorded all the same.
     if result.state == "Cancelled" and stopped:
         return 128 + stopped[0]
     return EXIT_CODES.get(result.state, 1)
