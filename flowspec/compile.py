@@ -1,6 +1,8 @@
 """Validated data → FlowSpec. Semantic checks that a schema cannot express, all reported at once."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
 import re
@@ -37,11 +39,29 @@ def parse_duration(value) -> float:
 
 def compile_file(path: str, strict: bool = False) -> tuple[FlowSpec | None, list[Diagnostic]]:
     """Load, schema-check and compile one spec file. Returns the spec only when there is no error."""
+    with gc_paused():
+        try:
+            doc = load_file(path)
+        except LoadError as exc:
+            return None, exc.diagnostics
+        return compile_document(doc, strict=strict)
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic garbage collection while a spec is compiled: compiling makes no reference
+    cycles (what it drops, reference counting frees), and each full collection would walk every
+    object made so far, the spec's hundreds of thousands of nodes for a 10 000-task flow, a
+    quarter of the time of compiling it. (--strict imports user code inside: the pause ends
+    when the compile does.)"""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
     try:
-        doc = load_file(path)
-    except LoadError as exc:
-        return None, exc.diagnostics
-    return compile_document(doc, strict=strict)
+        yield
+    finally:
+        gc.enable()
 
 
 def compile_document(doc: Document, strict: bool = False, files: dict | None = None,

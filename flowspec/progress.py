@@ -45,6 +45,8 @@ _CODE = {state: i for i, state in enumerate(TASK_STATES)}
 _WEIGHT = tuple((int(s in FINAL_STATES), int(s in FAILED_STATES), int(s == CANCELLED)) for s in TASK_STATES)
 _ACTIVE = (RUNNING, RETRYING)
 MAX_RUNNING_SHOWN = 8  # names on the status line; the rest are counted
+DRAWS_PER_S, DRAW_BURST = 3.0, 2.0  # how often the live line may be drawn (see Progress)
+SETTLE_S = 0.02  # after a task starts or ends, the line is drawn this much later
 
 
 class _Mapped:
@@ -143,8 +145,11 @@ class Counts:
 class Progress:
     """The runner observer behind `flowspec run`'s progress display (see the module docstring).
 
-    State changes only update counters; on a terminal the status line is drawn by a ticker
-    every `interval` seconds, and other output redraws it at most that often too."""
+    State changes only update counters. On a terminal the line is drawn by a ticker every
+    `interval` seconds and shortly after a task starts or ends, and again after other output;
+    all of these draw from one budget of DRAWS_PER_S on average (a burst of DRAW_BURST after a
+    quiet spell, so that a task that starts is shown at once): never more than DRAW_BURST +
+    DRAWS_PER_S draws in any second, whatever the size of the run."""
 
     def __init__(self, stream, live: bool, verbose: bool = False, interval: float = 0.25) -> None:
         self.stream, self.live, self.verbose, self.interval = stream, live, verbose, interval
@@ -154,9 +159,10 @@ class Progress:
         self.start = time.time()
         self.shown = False  # is the status line on screen
         self.held = 0  # writes in the middle of a line: no redraw until it ends
-        self.drawn_at = 0.0  # monotonic time of the last draw
         self.draws = 0
+        self._tokens, self._filled = DRAW_BURST, time.monotonic()  # the drawing budget (a token bucket)
         self._stop = threading.Event()
+        self._changed = threading.Event()  # a task started or ended: worth drawing soon
 
     # -- runner observer -------------------------------------------------------------------------
     def flow_state(self, result) -> None:
@@ -174,20 +180,25 @@ class Progress:
             with self.lock:
                 counts = self.counts
                 m = counts.mapped.get(task)
-                if m is None:
-                    return self._count(task, index, state)
-                new = _CODE[state]
-                d0, f0, c0 = _WEIGHT[m.codes[index]]
-                d1, f1, c1 = _WEIGHT[new]
-                m.codes[index] = new
-                m.done += d1 - d0
-                counts.runs_done += d1 - d0
-                counts.failed += f1 - f0
-                counts.cancelled += c1 - c0
+                if m is not None:
+                    new = _CODE[state]
+                    d0, f0, c0 = _WEIGHT[m.codes[index]]
+                    d1, f1, c1 = _WEIGHT[new]
+                    m.codes[index] = new
+                    m.done += d1 - d0
+                    counts.runs_done += d1 - d0
+                    counts.failed += f1 - f0
+                    counts.cancelled += c1 - c0
+                    return
+                self._count(task, index, state)  # the map's first child: the task starts
+            if self.live:
+                self._changed.set()
             return
         with self.lock:
             self._count(task, index, state)
-        if not self.live:
+        if self.live:
+            self._changed.set()  # the ticker shows it shortly, within the drawing budget
+        else:
             self._plain(task, index, state, attempt, message)
 
     def _count(self, task: str, index, state: str) -> None:
@@ -226,17 +237,20 @@ class Progress:
         return max(columns - 1, 10)
 
     def draw(self, force: bool = False) -> None:
-        """Draw the status line; unless `force`, not again within about `interval` of the last
-        draw (output that clears it in between leaves it off screen until the next tick)."""
+        """Draw the status line if the budget allows (or `force`, at the start and the end);
+        output that cleared it in between leaves it off screen until the next draw."""
         if not self.live or not self.records:
             return
         with self.lock:
             if self.held:
                 return
             now = time.monotonic()
-            if not force and now - self.drawn_at < 0.9 * self.interval:  # 0.9: a tick that comes a bit early
-                return
-            self.drawn_at = now
+            self._tokens = min(DRAW_BURST, self._tokens + (now - self._filled) * DRAWS_PER_S)
+            self._filled = now
+            if not force:  # the first and the last draw of a run do not count
+                if self._tokens < 1:
+                    return
+                self._tokens -= 1
             self.draws += 1
             self.stream.write(CLEAR + ("flowspec: " + self.status())[:self.width()])  # no wider than the screen
             self.stream.flush()
@@ -273,8 +287,13 @@ class Progress:
             self.clear()
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.draw()
+        while not self._stop.is_set():
+            if self._changed.wait(self.interval):
+                # Changes come in bursts (a task ends, the next starts): draw where they lead.
+                self._stop.wait(SETTLE_S)
+                self._changed.clear()
+            if not self._stop.is_set():
+                self.draw()
 
     # -- plain lines -------------------------------------------------------------------------------
     def _plain(self, task: str, index, state: str, attempt: int, message) -> None:
