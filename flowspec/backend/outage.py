@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from flowspec.errors import BackendError
 
 T = TypeVar("T")
-FIRST_DELAY_S, MAX_DELAY_S = 0.2, 2.0  # short enough to be back within 2 s of the backend
+FIRST_DELAY_S, MAX_DELAY_S = 0.2, 1.0  # back within a second of the backend; a try a second costs nothing
 DEFAULT_TOLERANCE_S = 120.0
 
 
