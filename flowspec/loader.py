@@ -16,7 +16,7 @@ import yaml
 from flowspec.diagnostics import Diagnostic
 
 MAX_BYTES = 4 * 1024 * 1024  # a flow spec is a few KiB; this leaves room for large defaults
-MAX_NODES = 200_000  # after alias expansion; a billion-laughs document is far above it
+MAX_NODES = 200_000  # nodes that aliases may add; a billion-laughs document is far above it
 MAX_DEPTH = 64  # nesting; deeper data is no flow spec, and would exhaust recursion further on
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -139,7 +139,10 @@ def _load(text: str, file: str) -> Document:
     if node is None:
         return Document(file, None, {(): (1, 1)}, {}, text)
     builder = _Builder(file)
-    if _expanded_size(node, {}) > MAX_NODES:
+    # Aliases may add MAX_NODES to what is written out: a large flow without aliases (a chain of
+    # 50 000 tasks) is never refused, an alias bomb always is.
+    limit = MAX_NODES + _written_size(node)
+    if _expanded_size(node, {}, limit) > limit:
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
         raise LoadError([Diagnostic(file, line, col, "(root)",
                                     f"the document expands to more than {MAX_NODES} nodes through aliases",
@@ -226,19 +229,33 @@ def _compose(text: str):
     return node
 
 
-def _expanded_size(node, memo: dict) -> int:
-    """Node count with aliases expanded, computed on the shared graph (linear in its size)."""
+def _written_size(root) -> int:
+    """Nodes of the graph as written, each anchored node once (an explicit stack: no recursion)."""
+    seen, stack = {id(root)}, [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.CollectionNode):
+            for child in (c for pair in node.value for c in pair) if isinstance(node, yaml.MappingNode) else node.value:
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append(child)
+    return len(seen)
+
+
+def _expanded_size(node, memo: dict, limit: int) -> int:
+    """Node count with aliases expanded, computed on the shared graph (linear in its size; the
+    recursion is bounded by MAX_DEPTH, checked before)."""
     key = id(node)
     if key in memo:
         return memo[key]
-    memo[key] = MAX_NODES + 1  # a recursive structure counts as too large
+    memo[key] = limit + 1  # a recursive structure counts as too large
     if isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        size = 1 + sum(_expanded_size(k, memo, limit) + _expanded_size(v, memo, limit) for k, v in node.value)
     elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        size = 1 + sum(_expanded_size(v, memo, limit) for v in node.value)
     else:
         size = 1
-    memo[key] = min(size, MAX_NODES + 1)
+    memo[key] = min(size, limit + 1)
     return memo[key]
 
 
