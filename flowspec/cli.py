@@ -93,8 +93,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         from flowspec.schema import did_you_mean
 
+        if re.fullmatch(r"the following arguments are required: (COMMAND|ACTION)", message):
+            self.print_help()  # `flowspec runs`: the group's help lists its actions
+            sys.exit(0)
         m = re.match(r"argument (.+?): invalid choice: '(.*)' \(choose from (.*)\)$", message)
         hint = did_you_mean(m.group(2), re.findall(r"'([^']*)'", m.group(3))) if m else None
+        if message.startswith("unrecognized arguments: "):
+            flags = [w.partition("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
+            hint = next(filter(None, (did_you_mean(f, self._option_string_actions) for f in flags)), None)
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
         sys.exit(2)
@@ -124,7 +130,9 @@ def _add_epilogs(parser: argparse.ArgumentParser, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, which knows the flags to suggest
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:  # bare `flowspec`: the help is the answer
         parser.print_help()
         return 0
@@ -144,6 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # the reader went away (e.g. `| head`): nothing more to say
     except Exception:
         return crash_report()
+
+
+def _chosen(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the command (and action) that the arguments chose."""
+    for dest in ("command", "action"):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, dest, None)
+        if not subs or name not in subs[0].choices:
+            break
+        parser = subs[0].choices[name]
+    return parser
 
 
 def crash_report() -> int:

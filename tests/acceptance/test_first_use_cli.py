@@ -67,11 +67,19 @@ def test_bare_flowspec_prints_the_help_and_exits_0(cli):
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize("group", ["runs", "flows", "agent", "agents", "concurrency-limit"])
+def test_a_command_group_without_its_action_prints_its_help(cli, group):
+    result = cli(group)
+    assert result.rc == 0 and result.stdout.startswith(f"usage: flowspec {group} ") and "examples:" in result.stdout
+
+
 @pytest.mark.parametrize("args, hint", [
     (("valdate", "flow.yaml"), "did you mean 'validate'?"),
     (("runs", "lst"), "did you mean 'list'?"),
     (("validate", "--format", "jsn", "flow.yaml"), "did you mean 'json'?"),
     (("graph", "--format", "svgg", "flow.yaml"), "did you mean 'svg'?"),
+    (("validate", "--strikt", "flow.yaml"), "did you mean '--strict'?"),
+    (("runs", "list", "--limt", "3"), "did you mean '--limit'?"),
 ])
 def test_a_mistyped_command_or_choice_gets_a_suggestion(cli, args, hint):
     result = cli(*args)
