@@ -55,7 +55,7 @@ class KubernetesJobEnvironment(PlatformEnvironment):
 
     def __init__(self, spec, location=None) -> None:
         super().__init__(spec, location)
-        self.options = jobs.options_of(spec.environment.options)
+        self.options = jobs.resolved_options(spec.environment.options)
         self.templates = jobs.templates_of(spec.environment.options)
         self.backend = None
         self._kube = None
@@ -278,29 +278,42 @@ class KubernetesJobEnvironment(PlatformEnvironment):
 
 
 class _LogLines:
-    """The pod's output into the run's logs, in batches. flowspec's own log lines are left out:
-    the run inside records those itself."""
+    """The pod's output into the run's logs, written by a thread of its own every EVERY_S.
+    flowspec's own log lines are left out: the run inside records those itself."""
 
     FLOWSPEC_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL|TASK|RUN) ")
-    EVERY_S = 0.5
+    EVERY_S = 0.2
 
     def __init__(self, backend, run_id: str, source: str) -> None:
         self.backend, self.run_id, self.source = backend, run_id, source
         self.buffer: list[tuple] = []
-        self.last = time.monotonic()
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="pod-log-lines")
+        if backend is not None:
+            self.thread.start()
 
     def add(self, line: str) -> None:
-        if self.FLOWSPEC_LINE.match(line):
-            return
-        self.buffer.append((time.time(), "INFO", self.source, line))
-        if time.monotonic() - self.last >= self.EVERY_S or len(self.buffer) >= 200:
-            self.flush()
+        if not self.FLOWSPEC_LINE.match(line):
+            with self.lock:
+                self.buffer.append((time.time(), "INFO", self.source, line))
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.EVERY_S):
+            self._write()
 
     def flush(self) -> None:
-        self.last = time.monotonic()
-        if self.backend is None or not self.buffer:
+        """The last lines, and the thread stopped."""
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        self._write()
+
+    def _write(self) -> None:
+        with self.lock:
+            lines, self.buffer = self.buffer, []
+        if self.backend is None or not lines:
             return
-        lines, self.buffer = self.buffer, []
         try:
             self.backend.add_logs(self.run_id, lines)
         except FlowspecError as exc:

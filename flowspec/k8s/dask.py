@@ -55,7 +55,7 @@ class PodCluster:
             raise FlowspecError(f"the dask-kubernetes run is not in its Job's pod ({', '.join(missing)} unset)",
                                 hint="flowspec sets these in the Job it creates; run the flow through it")
         self.spec, self.run_id = spec, run_id
-        self.options = jobs.options_of(spec.environment.options)
+        self.options = jobs.resolved_options(spec.environment.options)
         self.templates = jobs.templates_of(spec.environment.options)
         self.kube = connect("the dask-kubernetes environment")
         self.namespace = os.environ["FLOWSPEC_POD_NAMESPACE"]

@@ -38,6 +38,26 @@ def options_of(env_options: Mapping) -> dict:
     return {k: v for k, v in env_options.items() if k != mf.FILES_KEY}
 
 
+def resolved_options(env_options: Mapping, environ: Mapping | None = None) -> dict:
+    """The options with their `${{ env.NAME }}` references resolved (where the run starts)."""
+    import os
+
+    from flowspec import references as refs
+    from flowspec.errors import FlowspecError
+
+    try:
+        return refs.resolve(refs.compile_value(options_of(env_options)), refs.env_lookup(
+            os.environ if environ is None else environ))
+    except refs.UnsetEnvError as exc:
+        raise FlowspecError(f"environment: {exc}", hint="set it where the agent runs, or give a fallback") from None
+
+
+def placeholders(options: Mapping) -> dict:
+    """Options for a check at validate time: a value read from the environment is only known at
+    run time (and checked then); a valid stand-in takes its place."""
+    return {k: ("placeholder" if isinstance(v, str) and "${{" in v else v) for k, v in options.items()}
+
+
 def templates_of(env_options: Mapping) -> dict[str, mf.Template]:
     return dict(env_options.get(mf.FILES_KEY) or {})
 
@@ -136,9 +156,10 @@ def check_environment(doc, base_dir: str, files: dict | None = None) -> tuple[li
                        backend_url="postgresql://127.0.0.1/flowspec")
     name, project = str(data.get("name", "flow")), str(data.get("project", "default"))
     try:
-        built = build_job(kind, name, project, env, templates, flow_env, inputs, doc)
+        options = placeholders(env)
+        built = build_job(kind, name, project, options, templates, flow_env, inputs, doc)
         if kind == "dask-kubernetes":
-            build_worker(name, project, env, templates, inputs, doc, mf.job_name("fs-w", PLACEHOLDER_RUN) + "-0",
+            build_worker(name, project, options, templates, inputs, doc, mf.job_name("fs-w", PLACEHOLDER_RUN) + "-0",
                          built.manifest["metadata"]["labels"])
     except SpecError as exc:
         diags += exc.diagnostics

@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -267,3 +269,160 @@ def kube_namespace(kube_cluster: KubeCluster) -> Iterator[Namespace]:
         yield Namespace(kube_cluster, name)
     finally:
         kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# -- flows on the cluster, through the CLI ------------------------------------------------------------
+# Wheels for the images: flowspec's dependencies and psycopg (the engine fixtures' list), plus
+# what a dask-kubernetes image needs (dask[distributed], kubernetes), for this Python's versions.
+K8S_WHEELS = ["pyyaml>=6.0", "jsonschema>=4.18", "cloudpickle>=2.0", "psycopg[binary]>=3.1"]
+
+
+@pytest.fixture(scope="session")
+def k8s_wheelhouse() -> Path:
+    """A cached folder of wheels for offline installs in images, dask and kubernetes included."""
+    from importlib.metadata import version
+
+    pins = [f"dask[distributed]=={version('distributed')}", f"kubernetes=={version('kubernetes')}"]
+    folder = cache_dir() / f"wheels-k8s-py3.11-{version('distributed')}-{version('kubernetes')}"
+    stamp = folder / ".complete"
+    if stamp.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
+           "--python-version", "3.11", "--dest", str(folder), *K8S_WHEELS, *pins]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot download the wheels images install from (needs PyPI): {proc.stderr[-2000:]}")
+    stamp.write_text("\n".join(K8S_WHEELS + pins) + "\n")
+    return folder
+
+
+class KubeFlows:
+    """Flow folders with docker storage and a Kubernetes environment, the CLI on this session's
+    engine and cluster, a PostgreSQL backend of their own (pods reach it with host networking),
+    and agent processes, stopped at the end."""
+
+    def __init__(self, root: Path, cluster: KubeCluster, namespace: str, url: str, docker_host: str,
+                 wheelhouse: Path, base_image: str, registry: str) -> None:
+        self.root, self.cluster, self.namespace, self.url = root, cluster, namespace, url
+        self.base_image, self.registry = base_image, registry
+        self.env = {**os.environ, "DOCKER_HOST": docker_host, "FLOWSPEC_WHEELHOUSE": str(wheelhouse),
+                    "FLOWSPEC_HOME": str(root / "home"), "FLOWSPEC_BACKEND": url, "KUBECONFIG": cluster.kubeconfig}
+        self.env.pop("PYTHONWARNINGS", None)  # pytest's warning filters are not the children's business
+        self.agents: list[tuple[subprocess.Popen, Path]] = []
+
+    def write(self, name: str, tasks: str, environment: str, code: str, files: dict | None = None,
+              storage: str = "", top: str = "") -> Path:
+        """NAME/flow.yaml (+ tasks.py and `files`): docker storage pushed to the registry."""
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tasks.py").write_text(code)
+        for file, text in (files or {}).items():
+            (folder / file).write_text(text)
+        spec = (f"version: 1\nname: {name}\n{top}tasks:\n{tasks}storage:\n  type: docker\n"
+                f"  image_name: {name}\n  registry_url: {self.registry}\n  base_image: {self.base_image}\n{storage}"
+                f"environment:\n{environment}")
+        (folder / "flow.yaml").write_text(spec)
+        return folder / "flow.yaml"
+
+    def cli(self, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flowspec", *args], env=env or self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def register(self, path: Path) -> None:
+        done = self.cli("register", str(path), timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def agent(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        log = self.root / f"agent-{len(self.agents)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "flowspec", "agent", "start", "--poll-interval", "0.1",
+                                     *args], env=env or self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.agents.append((proc, log))
+        return proc
+
+    def agent_logs(self) -> str:
+        return "\n".join(log.read_text(errors="replace") for _, log in self.agents)
+
+    def stop_agents(self) -> None:
+        for proc, _ in self.agents:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.agents:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def start_run(self, name: str, *args: str) -> str:
+        done = self.cli("run", "--name", name, *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().split()[-1]
+
+    def backend(self):
+        from flowspec.backend import open_backend
+
+        return open_backend(self.url)
+
+    def wait_run(self, run_id: str, states: tuple[str, ...] = ("Success", "Failed", "Cancelled"),
+                 timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        with self.backend() as backend:
+            while True:
+                run = backend.get_run(run_id)
+                if run is not None and run.state in states:
+                    return run
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"run {run_id} is {run.state if run else None}, not {states}:\n"
+                                         + self.agent_logs()[-5000:])
+                time.sleep(0.1)
+
+    def history(self, run_id: str) -> list:
+        with self.backend() as backend:
+            return backend.run_history(run_id)
+
+    def logs(self, run_id: str) -> str:
+        done = self.cli("runs", "logs", run_id)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def wait_logs(self, run_id: str, text: str, timeout: float = 20) -> str:
+        """The run's logs once they hold `text` (the pod's output is recorded as it streams)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            logs = self.logs(run_id)
+            if text in logs or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.2)
+
+    def left(self, run_id: str, timeout: float = 60) -> list[str]:
+        """Jobs and pods of this run still in the cluster after `timeout` (empty: all gone)."""
+        selector = f"flowspec.io/run-id={run_id}"
+        return self.cluster.wait_gone("jobs,pods", self.namespace, selector, timeout)
+
+
+@pytest.fixture(scope="module")
+def kube_flows(request: pytest.FixtureRequest, kube_cluster: KubeCluster, tmp_path_factory) -> Iterator[KubeFlows]:
+    """Flows on the cluster for one test module: a namespace and a backend database of its own."""
+    import psycopg
+
+    docker_host = request.getfixturevalue("docker_host")
+    base_image = request.getfixturevalue("base_image")
+    registry = request.getfixturevalue("registry")
+    wheelhouse = request.getfixturevalue("k8s_wheelhouse")
+    server = request.getfixturevalue("postgres_url")
+    database = f"k8s_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    namespace = f"t-{uuid.uuid4().hex[:10]}"
+    kube_cluster.kubectl("create", "namespace", namespace)
+    flows = KubeFlows(tmp_path_factory.mktemp("k8s-flows"), kube_cluster, namespace,
+                      server.rsplit("/", 1)[0] + f"/{database}", docker_host, wheelhouse, base_image, registry)
+    try:
+        yield flows
+    finally:
+        flows.stop_agents()
+        kube_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
