@@ -23,6 +23,7 @@ EXPECTED = {
     "platform-and-credentials.yaml": [
         (18, 12, "executor.address"), (25, 9, "environment.type"), (28, 25, "environment.env.WAREHOUSE_PASSWORD"),
         (37, 20, "environment.task_definition.containerDefinitions[0].environment[0].value"),
+        (39, 20, "environment.task_definition.containerDefinitions[0].environment[1].value"),
     ],
     "yaml-level.yaml": [
         (12, 15, "tasks.extract.with.source"), (16, 16, "tasks.transform.with.api_key"), (17, 3, "tasks.extract"),
