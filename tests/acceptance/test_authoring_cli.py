@@ -244,7 +244,10 @@ def test_progress_on_a_terminal_is_a_live_line_below_intact_logs(tmp_path, home)
     (tmp_path / "flow.yaml").write_text(SLOW)
     (tmp_path / "work.py").write_text(WORK)
     drawn = run_on_a_terminal([sys.executable, "-m", "flowspec", "run", "flow.yaml"], tmp_path, home)
-    assert CLEAR + "flowspec: 1/2 tasks, 0/3 mapped runs done | running: each 0/3 | 00:0" in drawn
+    # The line is redrawn a few times a second, not on every change: which counts it caught
+    # while `each` ran depends on timing, that it showed `each` running does not.
+    assert re.search(re.escape(CLEAR) + r"flowspec: 1/2 tasks, [0-2]/3 mapped runs done \| running: each [0-2]/3 \| 00:0",
+                     drawn), drawn
     assert CLEAR + "flowspec: 2/2 tasks, 3/3 mapped runs done" in drawn
     # Whatever the status line drew, each line of output ends up whole once the line is cleared.
     lines = [line.rsplit(CLEAR, 1)[-1] for line in drawn.split("\r\n")]
