@@ -35,6 +35,7 @@ WHEELHOUSE_VAR = "FLOWSPEC_WHEELHOUSE"
 LABEL = "org.flowspec"
 TAG_CHARS = 24
 CHECK_PREFIX = "flowspec: build check: "
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 # -- the engine ------------------------------------------------------------------------------------
@@ -126,8 +127,6 @@ class DockerStorage(Storage):
             raise SpecError([spec.document.diag(("storage", key), f"without a build, storage needs "
                                                 f"{' and '.join(missing)} to name the image to use",
                                                 "add them, or build the image (build: true)")])
-        _, modules = import_flow(spec)
-        fp = fingerprint(spec, modules)
         ref = image_ref(opts, opts["image_tag"])
         client = engine()
         try:
@@ -138,9 +137,8 @@ class DockerStorage(Storage):
         if f"{LABEL}.payload-sha256" not in labels:
             raise FlowspecError(f"image {ref} holds no flow built by flowspec (it has no {LABEL}.* labels)",
                                 hint="build it with flowspec build FILE (docker storage), then use its tag")
-        if labels.get(f"{LABEL}.fingerprint") != fp:
-            say(f"warning: image {ref} was built from another version of this flow's spec or code;"
-                " its flow is the one that will run")
+        # The flow that runs is the image's: its spec said `build: true`, so it differs from this one.
+        say(f"using image {ref} (its flow: fingerprint {labels.get(f'{LABEL}.fingerprint', '?')[:12]})")
         return location(ref, opts, labels, image.id)
 
     def load(self, location: dict[str, Any]) -> tuple[Any, dict]:
@@ -198,7 +196,7 @@ def find_image(client, ref: str, in_registry: bool):
             return client.images.get(ref)
         except Exception as exc:
             raise FlowspecError(f"image {ref} is neither on the engine at {engine_host()} nor in its registry:"
-                                f" {_first_line(str(exc))}",
+                                f" {_first_line(getattr(exc, 'explanation', None) or str(exc))}",
                                 hint="build and push it first (flowspec build FILE with build: true)") from None
     raise FlowspecError(f"image {ref} is not on the engine at {engine_host()}",
                         hint="build it first (flowspec build FILE with build: true), or set registry_url to"
@@ -295,7 +293,7 @@ class BuildPlan:
 
     # -- what goes in --------------------------------------------------------------------------------
     def _diag(self, path: tuple, message: str, hint: str | None = None):
-        return self.spec.document.diag(("storage",) + path, message, hint)
+        return self.spec.document.diag(("storage",) + path, message, hint, key=path[0] == "files")
 
     def _user_dockerfile(self) -> Path | None:
         given = self.opts.get("dockerfile")
@@ -380,7 +378,12 @@ class BuildPlan:
             args += ["--no-index", "--find-links", WHEELS_IN_IMAGE]
             self.notes.append(f"dependencies: from the wheels in ${WHEELHOUSE_VAR} ({folder}), without a package index")
         root = flowspec_source()
-        if root is not None:
+        given = sorted(Path(house).glob(f"flowspec-{version}-*.whl")) if house else []
+        if given:  # prepared with the others: the same flowspec whatever the checkout does meanwhile
+            self.files[f"{CTX}/flowspec/{given[0].name}"] = given[0]
+            me = ["--no-deps", f"{WHEELS_IN_IMAGE}/{given[0].name}"]
+            self.notes.append(f"flowspec {version}: the wheel {given[0].name} from ${WHEELHOUSE_VAR}")
+        elif root is not None:
             self.source = (root, source_digest(root))
             name = f"flowspec-{version}-py3-none-any.whl"
             self.files[f"{CTX}/flowspec/{name}"] = ("wheel", root)  # built only when the image is
@@ -440,14 +443,15 @@ class BuildPlan:
     # -- building --------------------------------------------------------------------------------------
     def run(self, client) -> dict[str, Any]:
         image = self.existing(client)
-        if image is not None:
+        up_to_date = image is not None
+        if up_to_date:
             say(f"image {self.ref} is up to date (digest {self.digest[:12]}): nothing to build")
         else:
             for note in self.notes:
                 say(note)
             self.check_base(client)
             image = self.build(client)
-        if self.opts.get("registry_url"):
+        if self.opts.get("registry_url") and not (up_to_date and self.in_registry(client)):
             self.push(client)
         return location(self.ref, self.opts, image.labels or self.labels(), image.id)
 
@@ -461,6 +465,14 @@ class BuildPlan:
         except Exception as exc:
             raise engine_error(exc, f"looking for image {self.ref}") from None
         return image if (image.labels or {}).get(f"{LABEL}.digest") == self.digest else None
+
+    def in_registry(self, client) -> bool:
+        """Whether the registry has this tag already (then an unchanged build pushes nothing)."""
+        try:
+            client.api.inspect_distribution(self.ref)
+            return True
+        except Exception:
+            return False
 
     def check_base(self, client) -> None:
         """The base image must be on the engine or pullable: say so before a build starts."""
@@ -515,14 +527,15 @@ class BuildPlan:
                                       tag=self.ref, rm=True, forcerm=False, pull=False, decode=True)
             for chunk in stream:
                 if "stream" in chunk:
-                    for line in chunk["stream"].splitlines():
+                    text = _ANSI.sub("", chunk["stream"])  # the engine colours a step's stderr
+                    for line in text.splitlines():
                         if line.startswith("Step "):
                             step.clear()
                         step.append(line)
-                        if CHECK_PREFIX in line:
-                            checks.append(line.split(CHECK_PREFIX, 1)[1])
-                    if chunk["stream"].strip():
-                        say(chunk["stream"].rstrip("\n"))
+                        if line.startswith(CHECK_PREFIX):
+                            checks.append(line[len(CHECK_PREFIX):])
+                    if text.strip():
+                        say(text.rstrip("\n"))
                 elif "error" in chunk:
                     raise self.failure(chunk["error"], list(step), checks)
         except FlowspecError:
@@ -546,7 +559,8 @@ class BuildPlan:
                 "Step 1/"):
             return FlowspecError(f"a FROM image cannot be found or pulled: {_first_line(error)}",
                                  hint="pull or load it first, or name an image the engine has")
-        output = "\n    ".join(step[1:]) if len(step) > 1 else "(no output)"
+        shown = [line for line in step[1:] if line.strip() and not line.startswith(" ---> Running in ")]
+        output = "\n    ".join(shown) if shown else "(no output)"
         return FlowspecError(f"the image build failed at {head}: {_first_line(error)}\n  its output:\n    {output}"
                              f"\nimage {self.ref} was neither tagged nor pushed",
                              hint="fix that step (python_dependencies, files, dockerfile) and build again")

@@ -7,9 +7,10 @@ with Python, the registry on 127.0.0.1:5055 and a folder of wheels for offline i
     base_image      session: `localhost/debian-python:bookworm` on that engine, imported from a
                     cached debootstrap tarball (built with debootstrap when missing, ~3 min).
     registry        session: `127.0.0.1:5055` (Debian's docker-registry), reused when one runs.
-    wheelhouse      session: a folder of wheels of flowspec's dependencies (and psycopg) for the
-                    image's Python; storage installs from it when $FLOWSPEC_WHEELHOUSE names it
-                    (builds have no network here).
+    dependency_wheels session: a cached folder of wheels of flowspec's dependencies (and psycopg)
+                    for the image's Python; storage installs from such a folder when
+                    $FLOWSPEC_WHEELHOUSE names it (builds have no network here).
+    wheelhouse      session: those plus flowspec's own wheel, built from this checkout once.
     docker_env      function: os.environ plus DOCKER_HOST and FLOWSPEC_WHEELHOUSE, for CLI calls.
     docker_flows    function: flow folders with docker storage from the base image, the CLI, agents
                     on a SQLite backend in the test's folder (stopped at the end).
@@ -167,8 +168,31 @@ WHEEL_REQUIREMENTS = ["pyyaml>=6.0", "jsonschema>=4.18", "cloudpickle>=2.0", "ps
 
 
 @pytest.fixture(scope="session")
-def wheelhouse() -> Path:
-    """A cached folder of wheels for offline `pip install --no-index` inside images."""
+def wheelhouse(dependency_wheels: Path) -> Iterator[Path]:
+    """The dependency wheels plus flowspec's own, built once from this checkout for the session:
+    images then hold the same flowspec whatever happens to the source tree meanwhile."""
+    folder = Path(tempfile.mkdtemp(prefix="fs-wheels-"))
+    try:
+        for wheel in dependency_wheels.glob("*.whl"):
+            os.symlink(wheel, folder / wheel.name)
+        root = Path(__file__).resolve().parents[2]
+        source = folder / "src"  # a copy: the build leaves nothing in the checkout
+        shutil.copytree(root / "flowspec", source / "flowspec", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, source / name)
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--disable-pip-version-check",
+                               "--wheel-dir", str(folder), str(source)], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            pytest.fail(f"cannot build flowspec's wheel from {root}: {proc.stderr[-2000:]}")
+        shutil.rmtree(source)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dependency_wheels() -> Path:
+    """A cached folder of wheels of flowspec's dependencies for offline installs inside images."""
     folder = cache_dir() / f"wheels-py{IMAGE_PYTHON}"
     stamp = folder / ".complete"
     if stamp.is_file():

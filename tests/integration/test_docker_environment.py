@@ -28,7 +28,7 @@ def test_run_file_streams_logs_prints_the_summary_and_removes_the_container(dock
     assert proc.returncode == 0, proc.stderr
     assert "hello Docker from the container" in proc.stderr  # the task's log line, from the container
     assert "printed by hello for Docker" in proc.stderr  # and its print()
-    assert "wheel built from the checkout" in proc.stderr  # flowspec went in from this checkout
+    assert "flowspec 0.1.0: the wheel flowspec-0.1.0-py3-none-any.whl from $FLOWSPEC_WHEELHOUSE" in proc.stderr
     assert "hello  Success" in proc.stdout and "Success in" in proc.stdout.splitlines()[-1]
     assert docker_flows.containers() == []
     with docker_flows.backend() as backend:
