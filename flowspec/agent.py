@@ -98,7 +98,7 @@ class Agent:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
-        """Serve until `stop()` (or SIGINT/SIGTERM when on the main thread), then stop children."""
+        """Serve until `stop()` (see `serve` for the signals), then stop children."""
         cfg = self.config
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.backend.agent_heartbeat(cfg.name, cfg.labels, starting=True)

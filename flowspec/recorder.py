@@ -153,12 +153,12 @@ class Recorder:
                 continue
             try:
                 self._tick()
-            except BackendError as exc:
+            except FlowspecError as exc:
                 self._retry_at = time.monotonic() + self._retry_delay(exc)
             else:
                 self.outage.ok()
 
-    def _retry_delay(self, exc: BackendError) -> float:
+    def _retry_delay(self, exc: FlowspecError) -> float:
         try:
             return self.outage.failed(exc)
         except BackendError as too_long:  # past the tolerance: whoever owns the run decides; keep trying

@@ -32,6 +32,9 @@ WAITING_STATES = frozenset({SCHEDULED, QUEUED})
 ACTIVE_STATES = frozenset({SUBMITTED, RUNNING, CANCELLING})
 AGENT_SEEN_WINDOW_S = 60.0
 HEARTBEAT_TIMEOUT_S = 30.0  # the default: no heartbeat for this long and an active run is lost
+# Before a run is marked lost, a second look this much later: a live process that an outage held
+# up retries at least every second (flowspec.backend.outage) and heartbeats first.
+LOST_GRACE_S = 2.0
 
 
 class NotFoundError(FlowspecError):
@@ -622,7 +625,7 @@ class Backend(ABC):
 
     def mark_lost(self, run: FlowRun, timeout_s: float, marked_by: str, cap_s: float | None = None) -> str | None:
         """Fail (Cancelling: cancel) a stale run, if it is still in the state it was read in and
-        its heartbeat is still old: a heartbeat that arrives meanwhile wins. Returns the message
+        has not heartbeated since: a heartbeat that arrives meanwhile wins. Returns the message
         recorded, or None when the run was not lost after all."""
         timeout = lost_after(run, timeout_s, cap_s)
         final = CANCELLED if run.state == CANCELLING else FAILED
@@ -636,22 +639,29 @@ class Backend(ABC):
             now = time.time()
             if tx.run(
                 "UPDATE flow_runs SET state = ?, message = ?, updated = ? WHERE id = ? AND state = ?"
-                " AND COALESCE(heartbeat, updated) < ?",
-                final, message, now, run.id, run.state, now - timeout,
+                " AND COALESCE(heartbeat, updated) <= ?",
+                final, message, now, run.id, run.state, run.heartbeat or run.updated,
             ) == 0:
                 return None
             self._record(tx, run.id, final, message, now)
         return message
 
     def mark_lost_runs(self, marked_by: str, timeout_s: float = HEARTBEAT_TIMEOUT_S, run_id: str | None = None,
-                       spare: Iterable[str] = (), cap_s: float | None = None) -> list[tuple[FlowRun, str]]:
+                       spare: Iterable[str] = (), cap_s: float | None = None,
+                       grace_s: float = LOST_GRACE_S) -> list[tuple[FlowRun, str]]:
         """Mark every lost run (or only `run_id`) Failed, except the runs in `spare` (an agent's
         own live children); returns each run marked with its message. Readers call it too:
-        a lost run is seen by whoever looks, not only by agents."""
+        a lost run is seen by whoever looks, not only by agents.
+
+        A run that looks lost gets a second look `grace_s` later: a process that the backend
+        held up (a lock held for longer than the timeout) has heartbeated by then, and wins."""
         spare = set(spare)
+        stale = [run for run in self.stale_runs(timeout_s, run_id, cap_s=cap_s) if run.id not in spare]
+        if stale and grace_s > 0:
+            time.sleep(grace_s)
         marked = []
-        for run in self.stale_runs(timeout_s, run_id, cap_s=cap_s):
-            if run.id not in spare and (message := self.mark_lost(run, timeout_s, marked_by, cap_s)):
+        for run in stale:
+            if message := self.mark_lost(run, timeout_s, marked_by, cap_s):
                 marked.append((run, message))
         return marked
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flowspec.errors import BackendError
+from flowspec.errors import BackendError, FlowspecError
 
 T = TypeVar("T")
 FIRST_DELAY_S, MAX_DELAY_S = 0.2, 1.0  # back within a second of the backend; a try a second costs nothing
@@ -36,7 +36,7 @@ class Outage:
     def ongoing(self) -> bool:
         return self.since is not None
 
-    def failed(self, exc: BackendError) -> float:
+    def failed(self, exc: FlowspecError) -> float:
         now = time.monotonic()
         if self.since is None:
             self.since, self._delay = now, FIRST_DELAY_S
