@@ -86,7 +86,7 @@ def _import_module(name: str, base_dir: str):
     add_import_path(base_dir)
     top = name.partition(".")[0]
     if top in _stdlib_twins(base_dir):
-        raise CallableError(f"'{_stdlib_twins(base_dir)[top]}' beside the spec has the name of the standard-library "
+        raise CallableError(f"'{_stdlib_twins(base_dir)[top]}' beside the spec has the name of the standard library "
                             f"module '{top}': `import {top}` may give either one",
                             f"rename it (e.g. {top}_tasks.py) and change 'run' to match")
     try:
@@ -127,7 +127,7 @@ def _twin_hint(exc: BaseException, base_dir: str) -> str | None:
     text = str(exc)
     for name, entry in _stdlib_twins(base_dir).items():
         if f"'{name}'" in text:
-            return (f"'{entry}' beside the spec has the name of the standard-library module '{name}', and "
+            return (f"'{entry}' beside the spec has the name of the standard library module '{name}', and "
                     f"Python imported the standard one: rename it")
     return None
 

@@ -79,7 +79,7 @@ def test_a_run_target_named_like_the_standard_library_is_named_as_such(cli, tmp_
     _write(tmp_path, {"flow.yaml": _spec("json:pick"), "json.py": "def pick():\n    return 1\n"})
     result = cli("validate", "--strict", tmp_path / "flow.yaml")
     assert result.rc == 1
-    assert (f"5:10: error: tasks.t0.run: 'json.py' beside the spec has the name of the standard-library module "
+    assert (f"5:10: error: tasks.t0.run: 'json.py' beside the spec has the name of the standard library module "
             f"'json'") in result.stdout
     assert "hint: rename it (e.g. json_tasks.py) and change 'run' to match" in result.stdout
 
@@ -90,7 +90,7 @@ def test_a_helper_named_like_the_standard_library_is_named_in_the_hint(cli, tmp_
     result = cli("validate", "--strict", tmp_path / "flow.yaml")
     assert result.rc == 1
     assert "error: tasks.t0.run: importing 'tasks' failed: ImportError: cannot import name 'pick'" in result.stdout
-    assert ("hint: 'random.py' beside the spec has the name of the standard-library module 'random', "
+    assert ("hint: 'random.py' beside the spec has the name of the standard library module 'random', "
             "and Python imported the standard one: rename it") in result.stdout
 
 
