@@ -405,17 +405,28 @@ conn.execute("COMMIT")
 def test_an_agent_and_its_run_ride_out_a_sqlite_file_locked_by_another_process(
         sqlite_cluster: tuple[Cluster, Backend]) -> None:
     """Another process holds the write lock (BEGIN EXCLUSIVE) for 5 s, longer than one call
-    waits for it: the agent warns once, retries, says when it is back, and the run ends Success
-    with all it logged meanwhile."""
+    waits for it and longer than the run's heartbeat timeout (2 s): the agent warns once,
+    retries, says when it is back, and the run ends Success with all it logged meanwhile.
+    `runs list`, run again and again all along, never takes the held-up run for lost."""
+    import threading
+
     cluster, backend = sqlite_cluster
     flow_id = cluster.flow("ticker", "ticks", (), {"n": 36, "every": 0.25})
-    cluster.agent("a")
+    cluster.agent("a", args=("--heartbeat-timeout", "2"))
     run_id = backend.create_flow_run(flow_id).id
     wait_for(lambda: logged(backend, run_id, "tick 1"), 30, cluster.output)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, cluster.url[len("sqlite://"):], "5"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
-    assert holder.wait(30) == 0
+    looking = threading.Event()
+    reader = threading.Thread(target=lambda: [cluster.cli("runs", "list") for _ in iter(looking.is_set, True)])
+    reader.start()
+    try:
+        assert holder.wait(30) == 0
+        time.sleep(3)  # and a while after the lock is gone, when heartbeats are old
+    finally:
+        looking.set()
+        reader.join()
     holder.stdout.close()
     done = wait_state(backend, cluster, run_id, {"Success", "Failed", "Cancelled"}, timeout=30)
     assert (done.state, done.exit_code) == ("Success", 0), cluster.output()
