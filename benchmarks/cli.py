@@ -136,7 +136,8 @@ def spawn(argv: list[str], env: dict, cwd: str, terminal: bool) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{' '.join(argv)} exited with {code}")
-    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "bytes": counted[0]}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+            "bytes": counted[0]}
 
 
 class Bench:
@@ -177,8 +178,8 @@ class Bench:
         row = dict(runs[len(runs) // 2], key=key, label=label, output="pty" if terminal else "pipe",
                    tasks=tasks, runs=repeat, rss_mb=max(r["rss_mb"] for r in runs))
         self.rows.append(row)
-        print(f"  {label:<44} {row['output']:<4} {row['wall']:8.3f} s  {row['rss_mb']:6.0f} MB", file=sys.stderr,
-              flush=True)
+        print(f"  {label:<44} {row['output']:<4} {row['wall']:8.3f} s  cpu {row['cpu']:6.2f} s  {row['rss_mb']:6.0f} MB",
+              file=sys.stderr, flush=True)
         return row
 
     def check(self, what: str, target: str, ok: bool, shown: str) -> None:
@@ -262,14 +263,14 @@ class Bench:
 
     # -- report --------------------------------------------------------------------------------
     def table(self) -> str:
-        head = ("row", "output", "task runs", "wall", "us/task", "over plain loop", "after start-up", "peak RSS",
-                "output bytes")
+        head = ("row", "output", "task runs", "wall", "cpu", "us/task", "over plain loop", "after start-up",
+                "peak RSS", "output bytes")
         lines = []
         for r in self.rows:
             over = (f"{r['over_us']:.1f} us/task" if "over_us" in r else
                     f"+{r['over_s']:.2f} s" if "over_s" in r else "-")
             after = f"{r['task_us']:.1f} us/task" if "task_us" in r else "-"
-            lines.append((r["label"], r["output"], f"{r['tasks']:,}", f"{r['wall']:.3f} s",
+            lines.append((r["label"], r["output"], f"{r['tasks']:,}", f"{r['wall']:.3f} s", f"{r['cpu']:.2f} s",
                           f"{r['wall'] / r['tasks'] * 1e6:.1f}", over, after, f"{r['rss_mb']:.0f} MB", f"{r['bytes']:,}"))
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -6,6 +6,7 @@ import fcntl
 import io
 import os
 import pty
+import re
 import struct
 import sys
 import termios
@@ -166,18 +167,20 @@ def test_concurrent_prints_come_out_as_whole_lines() -> None:
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_plain_lines_report_each_task_and_each_finished_map(flow, caplog, verbose) -> None:
-    progress = Progress(io.StringIO(), live=False, verbose=verbose)
-    with caplog.at_level("INFO", logger="flowspec.progress"):
-        flow.run("""
-            version: 1
-            name: plain
-            tasks:
-              inc: {run: "steps.py:inc", map: {x: [1, 2, 3]}}
-              none: {run: "steps.py:inc", map: {x: []}}
-              total: {run: "steps.py:total", with: {values: "${{ tasks.inc }}"}}
-        """, "def inc(x):\n    return x + 1\ndef total(values):\n    return sum(values)\n", observers=[progress])
-    lines = [r.getMessage() for r in caplog.records]
+def test_plain_lines_report_each_task_and_each_finished_map(flow, verbose) -> None:
+    stream = io.StringIO()
+    progress = Progress(stream, live=False, verbose=verbose)
+    flow.run("""
+        version: 1
+        name: plain
+        tasks:
+          inc: {run: "steps.py:inc", map: {x: [1, 2, 3]}}
+          none: {run: "steps.py:inc", map: {x: []}}
+          total: {run: "steps.py:total", with: {values: "${{ tasks.inc }}"}}
+    """, "def inc(x):\n    return x + 1\ndef total(values):\n    return sum(values)\n", observers=[progress])
+    written = stream.getvalue().splitlines()
+    assert all(re.match(r"^\d\d:\d\d:\d\d\.\d{3} INFO    progress \| ", line) for line in written), written
+    lines = [line.split(" | ", 1)[1] for line in written]
     if verbose:
         assert len(lines) == 3 * 2 + 2 and lines[-1].startswith("total Success | 3/3 tasks, 3/3 mapped runs done")
     else:
