@@ -42,6 +42,7 @@ class Task:
     running: bool = False
     described: float = 0.0
     stop_asked: float | None = None
+    failing: float | None = None  # since when DescribeTasks fails
     stopped: threading.Event = field(default_factory=threading.Event)
     last: dict = field(default_factory=dict)  # the last DescribeTasks answer for it
 
@@ -73,6 +74,7 @@ class FargateTaskEnvironment(PlatformEnvironment):
     start_timeout_s = 600.0  # PROVISIONING/PENDING → RUNNING (image pull, ENI)
     stop_timeout_s = 180.0  # stop_task → STOPPED (ECS sends SIGTERM, then SIGKILL after stopTimeout)
     describe_every_s = 1.0  # DescribeTasks at most this often (AWS throttles it)
+    describe_patience_s = 120.0  # how long DescribeTasks may fail before the watcher gives up
     log_poll_s = 1.0
 
     def __init__(self, spec, location: Mapping[str, Any] | None = None) -> None:
@@ -187,7 +189,15 @@ class FargateTaskEnvironment(PlatformEnvironment):
             time.sleep(min(timeout, due))
             return None
         handle.described = time.monotonic()
-        task = self._describe(handle)
+        try:
+            task = self._describe(handle)
+        except FlowspecError as exc:  # throttled, a timeout: the task runs on; give up only when it lasts
+            handle.failing = handle.failing or time.monotonic()
+            if time.monotonic() - handle.failing > self.describe_patience_s:
+                raise
+            log.warning("run %s: %s (retrying)", handle.run_id, exc.message)
+            return None
+        handle.failing = None
         if task is None:
             return Outcome(None, f"{handle.id} is not known to cluster {handle.cluster} any more (MISSING)")
         status = task.get("lastStatus")
@@ -445,6 +455,16 @@ def describe_family(ecs, family: str) -> dict | None:
         if exc.code == "ClientException" and "Unable to describe task definition" in exc.message:
             return None  # AWS's answer for a family without an active revision
         raise
+    if answer["taskDefinition"].get("status", "ACTIVE") != "ACTIVE":
+        # AWS answers the latest ACTIVE revision; one deregistered a moment ago (a race's duplicate)
+        # may still be seen (and moto answers the latest of any status): ask for the ACTIVE ones.
+        with translated(f"listing task definition family '{family}'", "ecs:ListTaskDefinitions"):
+            arns = ecs.list_task_definitions(familyPrefix=family, status="ACTIVE", sort="DESC")["taskDefinitionArns"]
+        arns = [a for a in arns if a.rsplit("/", 1)[-1].rsplit(":", 1)[0] == family]
+        if not arns:
+            return None
+        with translated(f"describing {arns[0]}", "ecs:DescribeTaskDefinition"):
+            answer = ecs.describe_task_definition(taskDefinition=arns[0], include=["TAGS"])
     return {**answer["taskDefinition"], "tags": answer.get("tags") or []}
 
 

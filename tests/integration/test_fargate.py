@@ -203,7 +203,9 @@ print(env.revision["revision"])
 def test_concurrent_setups_register_one_revision_for_one_change(tmp_path, moto, monkeypatch):
     # moto gap: moto's server answers requests on several threads and registers task definitions
     # without a lock, so two racing registrations of a new family may both get revision 1, which
-    # AWS never does. Its register is made atomic here; everything else is moto's.
+    # AWS never does. Its register is made atomic here; everything else is moto's. (moto also
+    # answers DescribeTaskDefinition of a family with its latest revision of any status, AWS with
+    # the latest ACTIVE one: the driver checks the status of what it is given either way.)
     import threading
 
     from moto.ecs.models import EC2ContainerServiceBackend
@@ -564,3 +566,41 @@ def test_the_agents_environment_is_never_forwarded_to_the_task(tmp_path, moto, m
                           "FLOWSPEC_FLOW_LOCATION", "PYTHONUNBUFFERED"}
     assert given["GREETING"] == "hi" and SECRET not in json.dumps(given)
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET
+
+
+@pytest.mark.slow
+def test_a_task_that_never_reaches_running_is_stopped_after_the_start_timeout(tmp_path, moto, pg_url, monkeypatch):
+    """In this process: the watcher's loop with a 1-second start timeout. moto gap: moto's tasks
+    start RUNNING (AWS's start PROVISIONING, then PENDING); its RunTask is made to leave the new
+    task PROVISIONING, as a task whose image cannot be pulled stays on AWS."""
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    from flowspec.recorder import Recorder
+
+    plain = EC2ContainerServiceBackend.run_task
+
+    def provisioning(self, *args, **kwargs):
+        tasks = plain(self, *args, **kwargs)
+        for task in tasks:
+            task.status = "PROVISIONING"
+        return tasks
+
+    monkeypatch.setattr(EC2ContainerServiceBackend, "run_task", provisioning)
+    moto.post("/moto-api/state-manager/set-transition",
+              {"model_name": "ecs::task", "transition": {"progression": "manual", "times": 10 ** 9}})
+    ecs = moto.client("ecs")
+    ecs.create_cluster(clusterName="default")
+    monkeypatch.setenv("FLOWSPEC_BACKEND", pg_url)
+    env = environment_of(tmp_path, spec_data(network=moto.default_network()))
+    env.start_timeout_s = 1.0
+    with open_backend(pg_url) as backend:
+        run = backend.create_flow_run(None, {}, (), "Running", flow_name="fg-flow")
+        recorder = Recorder(backend, run.id).start()
+        try:
+            result = env.execute({}, (recorder,), run.id, keep_results=False)
+        finally:
+            recorder.finish("Failed", "the test ended", 1)
+        assert result.state == "Failed"
+        assert "stoppedReason: flowspec: the task did not reach RUNNING within 1s" in result.message
+        [arn] = ecs.list_tasks(cluster="default", desiredStatus="STOPPED")["taskArns"]
+        assert arn.rsplit("/", 1)[1] in result.message
