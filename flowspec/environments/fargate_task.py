@@ -64,10 +64,10 @@ class FargateTaskEnvironment(PlatformEnvironment):
     setup() describes the family and reuses, registers or refuses (see `decide`); agents racing
     to register the same change keep one revision, the lowest, and deregister their duplicates
     (see `register`). Each revision flowspec registers carries the sha256 of what it was made
-    from in the tag `flowspec-definition-sha256`. execute() runs the task with the run's id, the backend URL and
-    `environment.env` in the container overrides, streams the flow container's CloudWatch log
-    events into the run's logs, and records stopCode, stoppedReason and the exit code in the
-    run's history.
+    from in the tag `flowspec-definition-sha256`. execute() runs the task with the run's id, the
+    backend URL and `environment.env` in the container overrides, streams the flow container's
+    CloudWatch log events into the run's logs, and records stopCode, stoppedReason and the exit
+    code in the run's history.
     """
 
     platform = "Fargate task"
@@ -393,7 +393,8 @@ def check_run_task(doc, opts: dict) -> list:
     for key, why in (("taskDefinition", "setup() chooses the revision (family, on_drift)"),
                      ("cluster", "set environment.cluster")):
         if key in rt:
-            out.append(doc.diag(base + (key,), f"run_task.{key} is flowspec's to set: {why}", f"remove {key}", key=True))
+            out.append(doc.diag(base + (key,), f"run_task.{key} is flowspec's to set: {why}", f"remove {key}",
+                                key=True))
     if rt.get("count", 1) != 1:
         out.append(doc.diag(base + ("count",), "a flow run is one task: count must be 1", "remove count"))
     if "launchType" in rt and "capacityProviderStrategy" in rt:
