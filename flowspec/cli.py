@@ -101,9 +101,24 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments: "):
             flags = [w.partition("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
             hint = next(filter(None, (did_you_mean(f, self._option_string_actions) for f in flags)), None)
+        if _wants_json(_ARGV):  # a program that asked for JSON gets the usage error as JSON too
+            _print_json_error(message, hint, 2)
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
         sys.exit(2)
+
+
+_ARGV: list[str] = []  # the arguments being parsed, for the error of any parser
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--format=json" in argv or any(a == "--format" and b == "json" for a, b in zip(argv, argv[1:]))
+
+
+def _print_json_error(message: str, hint: str | None, exit_code: int) -> None:
+    import json
+
+    print(json.dumps({"error": message, "hint": hint, "exit_code": exit_code}, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +145,7 @@ def _add_epilogs(parser: argparse.ArgumentParser, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser, which knows the flags to suggest
         _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
@@ -140,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except FlowspecError as exc:
         if getattr(args, "format", None) == "json":  # a program reading stdout gets the error too
-            import json
-
-            print(json.dumps({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}, indent=2))
+            _print_json_error(exc.message, exc.hint, exc.exit_code)
         print(f"flowspec: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

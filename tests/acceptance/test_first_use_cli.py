@@ -332,3 +332,12 @@ def test_an_ambiguous_run_prefix_says_so(cli, repo, tmp_path, home):
     assert "run id prefix 'beef' is ambiguous: it matches several runs" in result.stderr
     assert "hint: give more of the id" in result.stderr
     assert cli("runs", "show", "beef1", env=home).rc == 0
+
+
+def test_a_usage_error_with_format_json_is_json_on_stdout_too(cli, home):
+    result = cli("runs", "list", "--limit", "-3", "--format", "json", env=home)
+    assert result.rc == 2
+    assert json.loads(result.stdout) == {
+        "error": "argument --limit: expected a whole number of runs, 1 or more, got '-3'", "hint": None, "exit_code": 2}
+    assert "usage: flowspec runs list" in result.stderr
+    assert cli("runs", "list", "--limit", "-3", env=home).stdout == ""  # text: stderr only, as ever
