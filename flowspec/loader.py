@@ -294,7 +294,7 @@ def _too_deep(text: str):
         return _first_too_deep(text, _Loader)
     except yaml.MarkedYAMLError as exc:
         said = f"{exc.context or ''} {exc.problem or ''}".lower()
-        if _Loader is yaml.SafeLoader or not any(w in said for w in ("nest", "depth", "level")):
+        if _Loader is yaml.SafeLoader or not any(w in said for w in ("nest", "depth", "level", "maximum", "limit")):
             raise
         try:
             mark = _first_too_deep(text, yaml.SafeLoader)
