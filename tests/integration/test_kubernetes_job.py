@@ -7,6 +7,7 @@ import json
 import re
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -261,8 +262,6 @@ def test_a_manifest_wrong_only_at_run_time_is_refused_before_it_is_sent(cases):
 
 
 def _role_from_docs() -> list[dict]:
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
     block = re.search(r"<!-- agent-role -->\n```yaml\n(.*?)```", text, re.S).group(1)
     return [doc for doc in yaml.safe_load_all(block) if doc]
@@ -285,7 +284,7 @@ def test_the_agent_runs_with_exactly_the_role_in_the_docs(cases, kube_namespace,
     token = cluster.kubectl("get", "secret", secret, "-n", ns, "-o", "jsonpath={.data.token}").stdout
     import base64
 
-    server_config = yaml.safe_load(open(cluster.kubeconfig))["clusters"][0]["cluster"]
+    server_config = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"]
     kubeconfig = tmp_path / "agent-kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "agent",
