@@ -91,6 +91,7 @@ class Agent:
         self._stopping = threading.Event()
         self._due = {"beat": 0.0, "cancels": 0.0, "stale": 0.0}
         self._warm: tuple[subprocess.Popen, Path] | None = None
+        self._platform = False  # has it run a flow from an image (docker, Kubernetes, Fargate)?
         self._log = logging.LoggerAdapter(log, {"task": f"agent {config.name}"})
         self.outage = Outage(backend.url, config.outage_tolerance,
                              lambda level, text: self._log.log(logging.getLevelName(level.upper()), "%s", text))
@@ -182,6 +183,10 @@ class Agent:
         self.children[run.id] = Child(run, proc, output)
         threading.Thread(target=self._watch, args=(proc,), daemon=True, name=f"watch-{proc.pid}").start()
         self._log.info("run %s (flow %s) started in process %d", run.id, run.flow_name, proc.pid)
+        if not self._platform:  # it runs from an image: the next warm children import what that needs
+            from flowspec.environments.platform import runs_elsewhere
+
+            self._platform = runs_elsewhere(self.backend, run)
         self.warm_up()
 
     def _hand_over(self, run_id: str) -> tuple[subprocess.Popen, Path]:
@@ -213,6 +218,8 @@ class Agent:
         # flow's environment.env. The backend URL is the agent's own, whatever --env says.
         env = {**os.environ, **cfg.env, "FLOWSPEC_BACKEND": cfg.backend_url,
                "FLOWSPEC_AGENT_ENV": ",".join(cfg.env)}  # --env names: a container gets them all
+        if self._platform:
+            env["FLOWSPEC_WARM_PLATFORM"] = "1"
         with open(output, "wb") as out:
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)

@@ -124,6 +124,10 @@ def wait_for_run_id() -> str:
     import flowspec.runner  # noqa: F401
     import flowspec.storage.local  # noqa: F401
 
+    if os.environ.get("FLOWSPEC_WARM_PLATFORM"):  # the agent runs flows from images: their needs too
+        from flowspec.environments.platform import warm_up
+
+        warm_up()
     return sys.stdin.readline().strip()
 
 

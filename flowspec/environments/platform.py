@@ -308,6 +308,12 @@ def _started(spec, run_id: str, params: dict):
     return result
 
 
+def runs_elsewhere(backend, run) -> bool:
+    """Whether a claimed run's flow runs from an image (its environment is a platform type)."""
+    flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+    return flow is not None and (flow.environment or {}).get("type") in PLATFORM_TYPES
+
+
 def registered_location(backend, run_id: str) -> dict:
     run = backend.get_run(run_id)
     flow = backend.get_flow_by_id(run.flow_id) if run is not None and run.flow_id is not None else None
@@ -370,6 +376,27 @@ def execute_registered(backend, run, flow, recorder):
     params = resolve_parameters(spec.parameters, {}, None, list(run.parameters.items()))
     environment = load_driver("environment", spec.environment.type)(spec, location=dict(flow.storage))
     return environment.execute(params, (recorder,), run.id, keep_results=False)
+
+
+# SDKs of platform drivers that a waiting agent child imports ahead of a run, when installed.
+PLATFORM_SDKS = ("docker",)
+_WARM_SPEC = "version: 1\nname: warm\ntasks:\n  t:\n    run: m:f\n"
+
+
+def warm_up() -> None:
+    """Import ahead of a run what following a platform run needs: the compiler (the registered
+    spec is compiled from its text) and the platform SDKs that are installed. The agent's child
+    calls this while it waits for its run, so a claimed run does not pay for it."""
+    import importlib
+    import importlib.util
+
+    from flowspec.compile import compile_document
+    from flowspec.loader import load_text
+
+    compile_document(load_text(_WARM_SPEC, "<warm-up>"))
+    for name in PLATFORM_SDKS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
