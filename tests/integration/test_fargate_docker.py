@@ -149,3 +149,48 @@ def _wait_for_task(ecs, watcher: subprocess.Popen, err: Path, timeout: float = 6
             return ecs.describe_tasks(cluster="default", tasks=arns)["tasks"][0]
         time.sleep(0.5)
     pytest.fail("no task was started")
+
+
+def test_run_file_registers_reuses_and_refuses_drift_and_fails_a_task_that_never_reports(
+        tmp_path: Path, moto, docker_env, base_image, pg_url):
+    """Through `flowspec run FILE` alone (the image is built once, then named with `build: false`).
+    Nothing plays the container here: moto's task stops at once, without the run reaching a final
+    state, which is what a crashed container looks like to the watcher."""
+    moto.client("ecs").create_cluster(clusterName="default")
+    subnets, groups = moto.default_network()
+    folder = tmp_path / "flow"
+    folder.mkdir()
+    (folder / "tasks.py").write_text(TASKS)
+
+    def run(cpu: str, on_drift: str = "register", build: bool = False) -> subprocess.CompletedProcess:
+        storage = {"type": "docker", "image_name": "localhost/fargate-cli", "image_tag": "v1", "build": build}
+        if build:
+            storage["base_image"] = base_image
+        spec = {"version": 1, "name": "fargate-cli", "tasks": {"greet": {"run": "tasks:greet", "with": {"name": "x"}}},
+                "storage": storage,
+                "environment": {"type": "fargate-task", "on_drift": on_drift, "env": {"GREETING": "Hi"},
+                                "task_definition": {"cpu": cpu, "memory": "1024", "containerDefinitions": [
+                                    {"name": "flow", "memory": 512}]},  # moto gap: 500 without container memory
+                                "run_task": {"networkConfiguration": {"awsvpcConfiguration": {
+                                    "subnets": subnets, "securityGroups": groups}}}}}
+        (folder / "flow.yaml").write_text(json.dumps(spec, indent=2))
+        return subprocess.run([sys.executable, "-m", "flowspec", "run", str(folder / "flow.yaml")],
+                              env={**docker_env, "FLOWSPEC_BACKEND": pg_url}, capture_output=True, text=True,
+                              timeout=600)
+
+    first = run("256", build=True)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "task definition fargate-cli:1 registered (family 'fargate-cli' was new)" in first.stderr
+    last = first.stdout.splitlines()[-1]
+    assert "Failed" in last and "the Fargate task" in last and "without reporting a final state" in last
+    assert "flow container exit code 0" in last
+    again = run("256")
+    assert "task definition fargate-cli:1 is identical in every field the spec sets: reusing it" in again.stderr
+    changed = run("512")
+    assert "task definition fargate-cli:2 registered (fields changed: cpu)" in changed.stderr
+    refused = run("1024", on_drift="error")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "flow.yaml:" in refused.stderr and "environment.task_definition" in refused.stderr
+    assert 'cpu: "1024" vs "512"' in refused.stderr and "Traceback" not in refused.stderr
+    definitions = moto.client("ecs").list_task_definitions(familyPrefix="fargate-cli")["taskDefinitionArns"]
+    assert len(definitions) == 2
