@@ -20,8 +20,9 @@ def edges(spec) -> list[tuple[str, str, str]]:
     """(upstream, downstream, kind) with kind `data`, `per_child` or `after`."""
     out = []
     for task in spec.tasks.values():
+        per_child, data = set(task.per_child), set(task.data_upstream)  # sets: a task may wait for thousands
         for up in task.upstream:
-            kind = "per_child" if up in task.per_child else "data" if up in task.data_upstream else "after"
+            kind = "per_child" if up in per_child else "data" if up in data else "after"
             out.append((up, task.name, kind))
     return out
 

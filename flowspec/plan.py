@@ -258,7 +258,8 @@ def _text_tasks(tasks: list[dict]) -> list[str]:
     for i, t in enumerate(tasks, 1):
         lines.append(f"  {i}. {t['name']}  ({t['run']})")
         if t["upstream"]:
-            kinds = [f"{u} ({'data' if u in t['data_upstream'] else 'after'})" for u in t["upstream"]]
+            data = set(t["data_upstream"])  # a set: a task may wait for thousands
+            kinds = [f"{u} ({'data' if u in data else 'after'})" for u in t["upstream"]]
             lines.append(f"       waits for: {', '.join(kinds)}")
         for arg, m in (t["map"] or {}).items():
             count = f", {m['items']} items" if m["items"] is not None else ""
