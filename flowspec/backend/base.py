@@ -818,11 +818,12 @@ class Backend(ABC):
         recorded, `(task, its own latest state or None, [(state, children, attempts, last
         time)] over the latest state of each of its mapped children)`."""
         with self._transaction(write=False) as tx:
-            order = [task for task, _ in tx.all(
-                "SELECT task, MIN(id) AS first FROM task_states WHERE run_id = ? GROUP BY task ORDER BY first",
-                run_id)]
-            own = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE id IN (SELECT MAX(id) FROM task_states"
-                         " WHERE run_id = ? AND map_index IS NULL GROUP BY task)", run_id)
+            # One pass for each task's first row and its own latest row, one for the children.
+            tasks = tx.all("SELECT task, MIN(id) AS first, MAX(CASE WHEN map_index IS NULL THEN id END)"
+                           " FROM task_states WHERE run_id = ? GROUP BY task ORDER BY first", run_id)
+            order, latest = [t[0] for t in tasks], [t[2] for t in tasks if t[2] is not None]
+            own = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE id IN ({_marks(latest)})",
+                         *latest) if latest else []
             children = tx.all(
                 "SELECT t.task, t.state, COUNT(*), SUM(t.attempt), MAX(t.time) FROM task_states t JOIN"
                 " (SELECT MAX(id) AS id FROM task_states WHERE run_id = ? AND map_index IS NOT NULL"

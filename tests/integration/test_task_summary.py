@@ -1,0 +1,26 @@
+"""`Backend.task_summary`: a run's tasks with its mapped children counted by state in the
+database, on SQLite and PostgreSQL alike (the query `runs show` makes for a large map)."""
+from __future__ import annotations
+
+from flowspec.backend.base import Backend
+
+
+def test_children_are_counted_by_their_latest_state(backend: Backend) -> None:
+    run_id = backend.create_flow_run(None, {}, (), "Running", flow_name="f").id
+    rows = [("setup", None, "Running", 1, 1.0, None), ("setup", None, "Success", 1, 2.0, None)]
+    for i in range(5):
+        rows.append(("load", i, "Running", 1, 3.0 + i, None))
+    rows += [("load", 1, "Retrying", 1, 9.0, "boom"), ("load", 1, "Running", 2, 10.0, None),
+             ("load", 1, "Failed", 2, 11.0, "boom"), ("load", 0, "Success", 1, 12.0, None),
+             ("load", 2, "Success", 1, 13.0, None), ("report", None, "Running", 1, 14.0, None),
+             ("cancelled", None, "Cancelled", 0, 15.0, "the flow run was cancelled"),
+             ("cancelled", 0, "Running", 1, 14.5, None)]
+    backend.add_task_states(run_id, rows)
+    summary = backend.task_summary(run_id)
+    assert [(task, own and (own.state, own.attempt), groups) for task, own, groups in summary] == [
+        ("setup", ("Success", 1), []),
+        ("load", None, [("Failed", 1, 2, 11.0), ("Running", 2, 2, 7.0), ("Success", 2, 2, 13.0)]),
+        ("report", ("Running", 1), []),
+        ("cancelled", ("Cancelled", 0), [("Running", 1, 1, 14.5)]),
+    ]
+    assert backend.task_summary("no-such-run") == []
