@@ -46,7 +46,10 @@ class Moto:
             pass
 
     def reset(self) -> None:
+        """Empty every model, moto's defaults for task transitions, no IAM checks."""
         self.post("/moto-api/reset")
+        self.post("/moto-api/state-manager/unset-transition", {"model_name": "ecs::task"})
+        self.post("/moto-api/reset-auth", b"inf")
 
     def ecs_backend(self):
         """moto's in-memory ECS model (the server runs in this process)."""

@@ -604,3 +604,21 @@ def test_a_task_that_never_reaches_running_is_stopped_after_the_start_timeout(tm
         assert "stoppedReason: flowspec: the task did not reach RUNNING within 1s" in result.message
         [arn] = ecs.list_tasks(cluster="default", desiredStatus="STOPPED")["taskArns"]
         assert arn.rsplit("/", 1)[1] in result.message
+
+
+def test_access_denied_names_the_ecs_permission(tmp_path, moto, monkeypatch):
+    iam = moto.client("iam")
+    iam.create_user(UserName="looker")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["ecs:DescribeTaskDefinition"], "Resource": "*"}]}
+    iam.put_user_policy(UserName="looker", PolicyName="look-only", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="looker")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    env = environment_of(tmp_path, spec_data())
+    moto.post("/moto-api/reset-auth", b"0")  # from now on moto checks IAM policies, as AWS does
+    with pytest.raises(FlowspecError) as caught:
+        env.setup()
+    moto.post("/moto-api/reset-auth", b"inf")
+    assert "registering a revision of task definition family 'fg-flow': access denied" in caught.value.message
+    assert "ecs:RegisterTaskDefinition" in caught.value.hint
