@@ -81,7 +81,7 @@ def translated(action: str, permission: str, endpoint: str | None = None,
     """Turn botocore's exceptions raised inside into an AWSError that names `action` (what flowspec
     was doing), the IAM `permission` it needed, and the next step. `missing` maps AWS error codes
     to (message, hint) for "not found" answers that the caller can name better."""
-    import botocore.exceptions as bx
+    bx = require("botocore.exceptions", "aws", "AWS")
 
     try:
         yield

@@ -104,7 +104,7 @@ class FargateTaskEnvironment(PlatformEnvironment):
         desired = self.definition()
         ecs = self.session.client("ecs")
         active = describe_family(ecs, self.opts["family"])
-        decision = decide(desired, active, self.opts["on_drift"])
+        decision = scrub(decide(desired, active, self.opts["on_drift"]), secret_values(self.spec))
         if decision["action"] == "refuse":
             raise SpecError([self.spec.document.diag(("environment", "task_definition"), refusal(decision),
                                                      "register the new revision yourself, set on_drift: register,"
@@ -309,15 +309,18 @@ class FargateTaskEnvironment(PlatformEnvironment):
             return {"action": "invalid", "reason": "; ".join(d.message for d in exc.diagnostics)}
         image = planned_image(spec)
         desired = desired_definition(env.opts, image or "(the image docker storage builds)", flow_command({}))
+        # Shown as written (references unresolved, secret-looking names masked); compared resolved.
+        written = {**env.opts, "task_definition": dict(spec.environment.options).get("task_definition") or {}}
+        shown = desired_definition(written, desired["containerDefinitions"][0]["image"], flow_command({}))
         view = {"family": env.opts["family"], "cluster": env.opts["cluster"], "on_drift": env.opts["on_drift"],
-                "task_definition": mask(desired)}
+                "task_definition": mask(shown)}
         try:
             active = describe_family(env.session.client("ecs"), env.opts["family"])
         except FlowspecError as exc:
             return {**view, "action": "unknown", "reason": f"cannot describe the family: {exc.message}"}
         if active is not None and image is None:  # the image is known once built: compare the rest
             desired["containerDefinitions"][0]["image"] = active["containerDefinitions"][0].get("image")
-        decision = decide(desired, active, env.opts["on_drift"])
+        decision = scrub(decide(desired, active, env.opts["on_drift"]), secret_values(spec))
         reasons = {"reuse": f"revision {active and active['revision']} is identical in every field the spec sets",
                    "register": "the family does not exist yet" if active is None
                    else f"revision {active['revision']} differs", "refuse": "on_drift is 'error'"}
@@ -525,6 +528,25 @@ def _secret_path(field_: str) -> bool:
     return any(is_secret(name) for name in re.findall(r"\[([^\]]+)\]", field_))
 
 
+def secret_values(spec) -> set[str]:
+    """Values of the secret-looking variables that the environment's keys read (`${{ env.DB_PASSWORD }}`):
+    never shown, whatever field they end up in."""
+    from flowspec.plan import is_secret
+
+    compiled = refs.compile_value(dict(spec.environment.options))
+    names = {ref.name for _, ref in refs.iter_refs(compiled) if ref.kind == "env" and is_secret(ref.name)}
+    return {os.environ[n] for n in names if len(os.environ.get(n, "")) >= 4}
+
+
+def scrub(decision: dict, secrets: set[str]) -> dict:
+    """The decision with every shown value that holds a secret masked."""
+    def clean(text: str) -> str:
+        return MASK if any(secret in text for secret in secrets) else text
+
+    found = [{**d, "spec": clean(d["spec"]), "active": clean(d["active"])} for d in decision["differences"]]
+    return {**decision, "differences": found}
+
+
 def refusal(decision: dict) -> str:
     lines = [f"  {d['field']}: {d['spec']} vs {d['active']}" for d in decision["differences"]]
     return ("the active task definition differs from the spec in the fields below (spec value vs active"
@@ -623,12 +645,12 @@ def stop_outcome(handle: Task, task: dict) -> Outcome:
 
 def planned_image(spec) -> str | None:
     """The image docker storage would build, when its options name it without building."""
+    from flowspec.storage.docker import image_ref
+
     storage = dict(spec.storage.options)
-    name, tag = storage.get("image_name"), storage.get("image_tag")
-    if not name or not tag:
+    if not storage.get("image_name") or not storage.get("image_tag"):
         return None
-    registry = storage.get("registry_url")
-    return f"{registry.rstrip('/')}/{name}:{tag}" if registry else f"{name}:{tag}"
+    return image_ref(storage, storage["image_tag"])
 
 
 def mask(value, secret: bool = False):

@@ -622,3 +622,26 @@ def test_access_denied_names_the_ecs_permission(tmp_path, moto, monkeypatch):
     moto.post("/moto-api/reset-auth", b"inf")
     assert "registering a revision of task definition family 'fg-flow': access denied" in caught.value.message
     assert "ecs:RegisterTaskDefinition" in caught.value.hint
+
+
+def test_a_secret_read_from_the_environment_is_never_shown_in_differences(tmp_path, moto, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", "s3cr3t-from-env")
+    ecs = moto.client("ecs")
+    old = spec_data()
+    old["environment"]["task_definition"]["containerDefinitions"][0]["environment"] = [
+        {"name": "CONN", "value": "old"}]
+    environment_of(tmp_path / "a", old).setup()
+    new = spec_data(on_drift="error")
+    new["environment"]["task_definition"]["containerDefinitions"][0]["environment"] = [
+        {"name": "CONN", "value": "postgresql://u:${{ env.DB_PASSWORD }}@db/x"}]
+    refused = environment_of(tmp_path / "b", new)
+    with pytest.raises(SpecError) as caught:
+        refused.setup()
+    message = caught.value.diagnostics[0].message
+    assert 'containerDefinitions[flow].environment[CONN].value: **** vs "old"' in message
+    assert "s3cr3t-from-env" not in message
+    done = subprocess.run([sys.executable, "-m", "flowspec", "plan", str(tmp_path / "b" / "flow.yaml"), "--format",
+                           "json"], env={**moto.env, "DB_PASSWORD": "s3cr3t-from-env"}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "s3cr3t-from-env" not in done.stdout, done.stdout + done.stderr
+    assert len(revisions(ecs, "fg-flow")) == 1
