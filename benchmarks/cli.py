@@ -1,6 +1,7 @@
 """What users type, timed: `flowspec run FILE` and `flowspec validate FILE` as whole processes.
 
     python benchmarks/cli.py [--quick] [--repeat N] [--only w2,million,chain] [--json]
+    python benchmarks/cli.py --checkout OLD_TREE --only w2,chain --sizes 1000,2000 --lengths 250,500
 
 Every command runs as a user would run it: the `flowspec` console script next to this
 interpreter, default flags (no --quiet), its run recorded in a fresh FLOWSPEC_HOME (a temporary
@@ -145,6 +146,9 @@ class Bench:
         self.args = args
         self.dir = tempfile.mkdtemp(prefix="flowspec-bench-cli-")
         self.rows: list[dict] = []
+        # The console script of this environment, or `python -m flowspec` from another checkout
+        # (--checkout: an older commit's tree, say, to compare with).
+        self.flowspec = [FLOWSPEC] if args.checkout is None else [sys.executable, "-m", "flowspec"]
         self.checks: list[dict] = []
         self.write("benchtasks.py", TASKS_PY)
         self.write("w2.yaml", W2)
@@ -160,7 +164,8 @@ class Bench:
         # A user's shell: no backend URL, no fixed size, .pyc files written, standard buffering.
         drop = ("FLOWSPEC_BACKEND", "COLUMNS", "LINES", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
         env = {k: v for k, v in os.environ.items() if k not in drop}
-        env.update(FLOWSPEC_HOME=home, TERM="xterm", PYTHONPATH=self.dir)
+        path = self.dir if self.args.checkout is None else os.pathsep.join((os.path.abspath(self.args.checkout), self.dir))
+        env.update(FLOWSPEC_HOME=home, TERM="xterm", PYTHONPATH=path)
         return env
 
     def time(self, key: str, label: str, argv: list[str], tasks: int, terminal: bool = False,
@@ -190,7 +195,7 @@ class Bench:
         """`flowspec run` of a one-task spec, per output: the fixed cost of any run (interpreter,
         imports, compiling, a new backend database), subtracted for the per-task figure."""
         if not hasattr(self, "_one_run"):
-            self._one_run = {t: self.time("run-one", "run: one-task spec", [FLOWSPEC, "run", "one.yaml"], 1, t)
+            self._one_run = {t: self.time("run-one", "run: one-task spec", [*self.flowspec, "run", "one.yaml"], 1, t)
                              for t in (False, True)}
         return self._one_run
 
@@ -200,7 +205,7 @@ class Bench:
             plain = self.time(f"plain-w2-{n}", f"floor: plain loop, N={n:,}",
                               [sys.executable, "-c", PLAIN_W2, str(n)], n + 2, repeat=repeat)
             for terminal in (False, True):
-                row = self.time(f"w2-{n}", f"run w2, N={n:,}", [FLOWSPEC, "run", "w2.yaml", "--param", f"n={n}"],
+                row = self.time(f"w2-{n}", f"run w2, N={n:,}", [*self.flowspec, "run", "w2.yaml", "--param", f"n={n}"],
                                 n + 2, terminal, repeat)
                 row["over_us"] = (row["wall"] - plain["wall"]) / (n + 2) * 1e6
                 row["task_us"] = (row["wall"] - one[terminal]["wall"] - plain["wall"] + self.plain_start()) / (n + 1) * 1e6
@@ -226,20 +231,20 @@ class Bench:
                            row["wall"] < 30 and row["rss_mb"] < 2048, f"{row['wall']:.1f} s, {row['rss_mb']:.0f} MB")
 
     def chain(self, lengths: tuple[int, ...] = (5_000, 10_000)) -> None:
-        one_v = self.time("validate-one", "validate: one-task spec", [FLOWSPEC, "validate", "one.yaml"], 1)
+        one_v = self.time("validate-one", "validate: one-task spec", [*self.flowspec, "validate", "one.yaml"], 1)
         one_r = self.start_up()
         for n in lengths:
             name = os.path.basename(self.write(f"chain-{n}.yaml", chain(n)))
             plain = self.time(f"plain-chain-{n}", f"floor: plain loop, chain L={n:,}",
                               [sys.executable, "-c", PLAIN_CHAIN, str(n)], n)
             row = self.time(f"validate-chain-{n}", f"validate chain, L={n:,} (declared last first)",
-                            [FLOWSPEC, "validate", name], n)
+                            [*self.flowspec, "validate", name], n)
             row["over_s"] = row["wall"] - one_v["wall"]
             if n == max(lengths):
                 self.check(f"validate chain L={n:,}", "within 2 s of a one-task spec", row["over_s"] <= 2,
                            f"+{row['over_s']:.2f} s")
             for terminal in (False, True):
-                row = self.time(f"run-chain-{n}", f"run chain, L={n:,}", [FLOWSPEC, "run", name], n, terminal)
+                row = self.time(f"run-chain-{n}", f"run chain, L={n:,}", [*self.flowspec, "run", name], n, terminal)
                 row["over_us"] = (row["wall"] - plain["wall"]) / n * 1e6
                 row["task_us"] = (row["wall"] - one_r[terminal]["wall"] - plain["wall"] + self.plain_start()) / (n - 1) * 1e6
                 if n == max(lengths):
@@ -295,23 +300,28 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per row, the median is shown (default 3)")
     parser.add_argument("--only", default="w2,million,chain", help="workloads, comma-separated")
     parser.add_argument("--json", action="store_true", help="rows and checks as one JSON object on stdout")
+    parser.add_argument("--checkout", metavar="DIR",
+                        help="time `python -m flowspec` from the source tree DIR instead (e.g. an older commit's)")
+    parser.add_argument("--sizes", metavar="N,N", help="w2: these N instead (e.g. 1000,2000)")
+    parser.add_argument("--lengths", metavar="L,L", help="chain: these L instead (e.g. 500,1000)")
     args = parser.parse_args()
     if args.quick:
         args.repeat = 1
-    if not os.path.exists(FLOWSPEC):
+    if args.checkout is None and not os.path.exists(FLOWSPEC):
         raise SystemExit(f"no flowspec console script at {FLOWSPEC}: pip install -e . in this environment")
     bench = Bench(args)
     try:
         chosen = args.only.split(",")
-        for argv in ([FLOWSPEC, "validate", "one.yaml"], [FLOWSPEC, "run", "one.yaml"]):  # page cache, .pyc files
+        for argv in ([*bench.flowspec, "validate", "one.yaml"], [*bench.flowspec, "run", "one.yaml"]):  # page cache, .pyc
             home = tempfile.mkdtemp(dir=bench.dir, prefix="home-")
             spawn(argv, bench.env(home), bench.dir, False)
         if "w2" in chosen:
-            bench.w2((5_000, 10_000, 50_000, 100_000), (10_000, 100_000))
+            sizes = tuple(int(n) for n in args.sizes.split(",")) if args.sizes else (5_000, 10_000, 50_000, 100_000)
+            bench.w2(sizes, (10_000, 100_000))
         if "million" in chosen:
             bench.million()
         if "chain" in chosen:
-            bench.chain()
+            bench.chain(tuple(int(n) for n in args.lengths.split(",")) if args.lengths else (5_000, 10_000))
     finally:
         shutil.rmtree(bench.dir, ignore_errors=True)
     if args.json:

@@ -812,6 +812,14 @@ class Backend(ABC):
             latest[state.task, state.map_index] = state
         return list(latest.values())
 
+    def task_states_since(self, run_id: str, after_id: int = 0) -> tuple[list[TaskRunState], int]:
+        """The states recorded for a run after row `after_id`, in order, and the id to ask after
+        next time: a reader that polls a running run (`--watch`) reads each row once."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(f"SELECT id, {_TASK_COLS} FROM task_states WHERE run_id = ? AND id > ? ORDER BY id",
+                          run_id, after_id)
+        return [TaskRunState(*row[1:]) for row in rows], (rows[-1][0] if rows else after_id)
+
     def task_summary(self, run_id: str) -> list[tuple[str, TaskRunState | None, list[tuple[str, int, int, float]]]]:
         """A run's tasks without a row per mapped child, counted in the database (a map of a
         million children stays a few grouped queries): per task, in the order tasks were first

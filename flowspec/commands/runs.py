@@ -247,10 +247,9 @@ def _new_events(backend, run_id: str, cursor: dict, kinds: tuple[str, ...]) -> l
                    for e in history[cursor["state"]:]]
         cursor["state"] = len(history)
     if "task" in kinds:
-        tasks = backend.task_states(run_id, history=True)
+        tasks, cursor["task"] = backend.task_states_since(run_id, cursor["task"])  # new rows only, each poll
         events += [{"kind": "task", "time": t.time, "task": _task_label(t.task, t.map_index), "state": t.state,
-                    "attempt": t.attempt, "message": t.message} for t in tasks[cursor["task"]:]]
-        cursor["task"] = len(tasks)
+                    "attempt": t.attempt, "message": t.message} for t in tasks]
     if "log" in kinds:
         lines = backend.logs(run_id, cursor["log"])
         events += [_log_event(line) for line in lines]

@@ -24,3 +24,16 @@ def test_children_are_counted_by_their_latest_state(backend: Backend) -> None:
         ("cancelled", ("Cancelled", 0), [("Running", 1, 1, 14.5)]),
     ]
     assert backend.task_summary("no-such-run") == []
+
+
+def test_a_follower_reads_each_new_state_once(backend: Backend) -> None:
+    run_id = backend.create_flow_run(None, {}, (), "Running", flow_name="f").id
+    other = backend.create_flow_run(None, {}, (), "Running", flow_name="g").id
+    backend.add_task_states(run_id, [("a", None, "Running", 1, 1.0, None), ("a", None, "Success", 1, 2.0, None)])
+    first, cursor = backend.task_states_since(run_id)
+    assert [(t.task, t.state) for t in first] == [("a", "Running"), ("a", "Success")]
+    backend.add_task_states(other, [("x", None, "Running", 1, 3.0, None)])
+    backend.add_task_states(run_id, [("b", 0, "Running", 1, 4.0, None)])
+    new, cursor = backend.task_states_since(run_id, cursor)
+    assert [(t.task, t.map_index, t.state) for t in new] == [("b", 0, "Running")]
+    assert backend.task_states_since(run_id, cursor) == ([], cursor)
