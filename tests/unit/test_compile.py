@@ -314,11 +314,15 @@ def test_compiling_twice_the_tasks_takes_about_twice_the_time(flow):
     def seconds(n: int) -> float:
         doc = load_text(HEAD + _chain(n), "flow.yaml")
         best = float("inf")
-        for _ in range(2):
+        for _ in range(3):
             gc.collect()
-            t = time.perf_counter()
-            spec, diags = compile_document(doc)
-            best = min(best, time.perf_counter() - t)
+            gc.disable()  # a collection's cost grows with the whole test session's heap, not the flow
+            try:
+                t = time.perf_counter()
+                spec, diags = compile_document(doc)
+                best = min(best, time.perf_counter() - t)
+            finally:
+                gc.enable()
             assert spec is not None, diags
         return best
 
