@@ -18,6 +18,8 @@ NEEDS_DOCKER_STORAGE = ("docker", "kubernetes-job", "dask-kubernetes", "fargate-
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION = 30 * 24 * 3600.0
+MAX_SUGGESTED = 100  # unknown names that get a did-you-mean hint (see _Checker.suggest)
+MAX_LISTED = 50  # known names listed in a hint
 # Keys and variable names that hold secrets: their values must come from ${{ env.NAME }}.
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?|api_?key|token|credential|private_key",
                          re.I)
@@ -119,10 +121,21 @@ class _Checker:
         self.params = self._mapping("parameters")
         self.compiled: dict = {}  # task name → {"with": ..., "map": ...} compiled values
         self._upstream: dict = {}  # task name → upstream(name), worked out once
+        self._suggested: dict = {}  # unknown name → its did-you-mean hint
 
     def _mapping(self, key: str) -> dict:
         value = self.data.get(key)
         return {k: v for k, v in value.items() if isinstance(v, dict)} if isinstance(value, dict) else {}
+
+    def suggest(self, word: str, table) -> str | None:
+        """did_you_mean, once per unknown name, and for the first MAX_SUGGESTED names only: each
+        compares the name with every known one, so a spec of 10 000 tasks that misspelled
+        every reference would cost a hundred million comparisons."""
+        if word not in self._suggested:
+            if len(self._suggested) >= MAX_SUGGESTED:
+                return None
+            self._suggested[word] = did_you_mean(word, table)
+        return self._suggested[word]
 
     def error(self, path: tuple, message: str, hint: str | None = None, key: bool = False) -> None:
         self.diags.append(self.doc.diag(path, message, hint, key=key))
@@ -167,7 +180,7 @@ class _Checker:
                 self.error(base + ("after", i), f"task '{name}' cannot wait for itself")
             elif isinstance(other, str) and other not in self.tasks:
                 self.error(base + ("after", i), f"unknown task '{other}' in after",
-                           did_you_mean(other, self.tasks) or _known("tasks", self.tasks))
+                           self.suggest(other, self.tasks) or _known("tasks", self.tasks))
         for key in ("timeout", "retry_delay"):
             value = task.get(key)
             if not _is_duration(value):
@@ -210,7 +223,7 @@ class _Checker:
         if table is None or ref.name in table:
             return
         noun = "parameter" if ref.kind == "params" else "task"
-        hint = did_you_mean(ref.name, table) or _known("parameters" if ref.kind == "params" else "tasks", table)
+        hint = self.suggest(ref.name, table) or _known("parameters" if ref.kind == "params" else "tasks", table)
         self.diags.append(self.ref_diag(path, ref.offset, f"unknown {noun} '{ref.name}' in {ref}", hint))
 
     def check_map_value(self, path: tuple, value) -> None:
@@ -523,4 +536,6 @@ def _shape(value) -> str:
 
 
 def _known(noun: str, table) -> str:
+    if len(table) > MAX_LISTED:  # a hint, not a listing of a 10 000-task flow under every error
+        return f"the flow declares {len(table)} {noun}; see them with: flowspec plan FILE"
     return f"known {noun}: {', '.join(table)}" if table else f"the flow declares no {noun}"

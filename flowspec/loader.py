@@ -41,7 +41,9 @@ class Document:
     def column_of(self, path: Path, offset: int) -> int:
         """Column of the character `offset` into the string at `path` (for a one-line scalar)."""
         line, col = self.mark(path)
-        lines = self.text.splitlines()
+        lines = self.__dict__.get("_lines")
+        if lines is None:  # split once: a spec with thousands of bad references asks thousands of times
+            lines = self.__dict__["_lines"] = self.text.splitlines()
         src = lines[line - 1] if 0 < line <= len(lines) else ""
         start = col - 1 + (1 if src[col - 1:col] in ("'", '"') else 0)
         return start + offset + 1 if src[start + offset:start + offset + 3] == "${{" else col

@@ -345,3 +345,14 @@ parameters: {more: {type: array}}
 """) == [(8, 10, "tasks.pair.map.b",
           "map argument 'b' has 2 items but 'a' has 3; mapped arguments are zipped and must have the same length",
           "give every list in 'map' the same number of items")]
+
+
+def test_thousands_of_unknown_references_are_reported_in_linear_time(flow):
+    # Each did-you-mean compares a name with every task: only the first names get one, and a
+    # hint never lists thousands of task names.
+    body = "tasks:\n" + "".join(f"  t{i}: {{run: 'm:f', with: {{x: '${{{{ tasks.t{i}x }}}}'}}}}\n" for i in range(2_000))
+    problems = _problems(flow, body)
+    assert len(problems) == 2_000
+    hints = [p[4] for p in problems]
+    assert hints[0] == "did you mean 't0'?"
+    assert hints[-1] == "the flow declares 2000 tasks; see them with: flowspec plan FILE"
