@@ -44,6 +44,7 @@ class Task:
     stop_asked: float | None = None
     failing: float | None = None  # since when DescribeTasks fails
     stopped: threading.Event = field(default_factory=threading.Event)
+    stopped_at: float = 0.0
     last: dict = field(default_factory=dict)  # the last DescribeTasks answer for it
 
     @property
@@ -76,6 +77,7 @@ class FargateTaskEnvironment(PlatformEnvironment):
     describe_every_s = 1.0  # DescribeTasks at most this often (AWS throttles it)
     describe_patience_s = 120.0  # how long DescribeTasks may fail before the watcher gives up
     log_poll_s = 1.0
+    log_settle_s = 2.0  # how long output is still read after the task stopped
 
     def __init__(self, spec, location: Mapping[str, Any] | None = None) -> None:
         super().__init__(spec, location)
@@ -202,6 +204,7 @@ class FargateTaskEnvironment(PlatformEnvironment):
             return Outcome(None, f"{handle.id} is not known to cluster {handle.cluster} any more (MISSING)")
         status = task.get("lastStatus")
         if status == "STOPPED":
+            handle.stopped_at = time.monotonic()
             handle.stopped.set()
             return stop_outcome(handle, task)
         if status == "RUNNING" and not handle.running:
@@ -253,10 +256,17 @@ class FargateTaskEnvironment(PlatformEnvironment):
             if events:
                 self._record(handle, events, write)
             new_token = answer.get("nextForwardToken")
-            if stopped and (not events or new_token == token):
+            # After the stop, events still arriving (awslogs delivers with a delay) are read for a
+            # moment; the platform loop waits 5 s for this thread.
+            if stopped and (not events or new_token == token) \
+                    and time.monotonic() - handle.stopped_at >= self.log_settle_s:
                 return
             token = new_token
-            if not events:
+            if events:
+                continue
+            if stopped:
+                time.sleep(0.5)
+            else:
                 handle.stopped.wait(self.log_poll_s)
 
     def _record(self, handle: Task, events: list, write: Callable[[str], None]) -> None:
