@@ -173,6 +173,8 @@ class FargateTaskEnvironment(PlatformEnvironment):
         arn = answer["tasks"][0]["taskArn"]
         container = self.revision["containerDefinitions"][0]
         task = Task(arn, self.opts["cluster"], job.run_id, container["name"], log_stream(container, arn))
+        if task.logs is not None:
+            self.session.client("logs")  # made here: boto3 sessions are not for making clients in threads
         log.info("run %s: task %s started on cluster %s from %s:%d", job.run_id, task.id, task.cluster,
                  self.revision["family"], self.revision["revision"])
         return task
