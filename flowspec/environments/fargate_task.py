@@ -130,6 +130,7 @@ class FargateTaskEnvironment(PlatformEnvironment):
 
         self.backend_url_inside(backend_url(url))
         if self.location is None:
+            describe_family(self.session.client("ecs"), self.opts["family"])  # credentials, endpoint: before a build
             self.location = storage_for(self.spec.storage.type).build(self.spec)
         self.setup()
 
