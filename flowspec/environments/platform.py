@@ -382,7 +382,7 @@ def execute_registered(backend, run, flow, recorder):
 
 
 # SDKs of platform drivers that a waiting agent child imports ahead of a run, when installed.
-PLATFORM_SDKS = ("docker",)
+PLATFORM_SDKS = ("docker", "kubernetes", "flowspec.environments.kubernetes_job", "flowspec.k8s.checks")
 _WARM_SPEC = "version: 1\nname: warm\ntasks:\n  t:\n    run: m:f\n"
 
 
@@ -399,7 +399,7 @@ def warm_up() -> None:
     compile_document(load_text(_WARM_SPEC, "<warm-up>"))
     for name in PLATFORM_SDKS:
         if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
+            getattr(importlib.import_module(name), "warm_up", lambda: None)()  # a module's own warm-up, if any
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:

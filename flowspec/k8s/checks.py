@@ -12,6 +12,7 @@ A problem is a manifest path and a message; `locate` turns it into a Diagnostic 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -251,21 +252,36 @@ def require_schemas() -> None:
     require("kubernetes_validate", "k8s", "checking Kubernetes manifests before they are sent")
 
 
-def schema_problems(manifest: dict) -> list[Problem]:
-    """Every error the strict OpenAPI schema of the manifest's kind finds (not just the first)."""
+@functools.lru_cache(maxsize=8)
+def _validator(kind: str, api: str):
+    """The strict schema's validator of one kind (None: no schema); read once per process."""
     import jsonschema
     from kubernetes_validate import utils
     from referencing import Registry, Resource
 
-    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", str(manifest.get("apiVersion")))
     folder = f"kubernetes-json-schema/v{SCHEMA_VERSION}-local-strict"
     try:
-        schema = utils.schema_contents(f"{folder}/{str(manifest.get('kind')).lower()}-{api}.json", SCHEMA_VERSION)
+        schema = utils.schema_contents(f"{folder}/{kind.lower()}-{api}.json", SCHEMA_VERSION)
     except FileNotFoundError:
-        return [Problem(("kind",), f"no schema for kind {manifest.get('kind')!r} of {manifest.get('apiVersion')!r}")]
+        return None
     registry = Resource.from_contents(utils.schema_contents(f"{folder}/_definitions.json", SCHEMA_VERSION)) @ (
         Resource.from_contents(schema) @ Registry())
-    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def warm_up() -> None:
+    """Read the schemas a run checks (an agent's waiting child calls this: a claimed run does not)."""
+    if have_schemas():
+        _validator("Job", "batch-v1")
+        _validator("Pod", "v1")
+
+
+def schema_problems(manifest: dict) -> list[Problem]:
+    """Every error the strict OpenAPI schema of the manifest's kind finds (not just the first)."""
+    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", str(manifest.get("apiVersion")))
+    validator = _validator(str(manifest.get("kind")), api)
+    if validator is None:
+        return [Problem(("kind",), f"no schema for kind {manifest.get('kind')!r} of {manifest.get('apiVersion')!r}")]
     out = []
     for error in validator.iter_errors(manifest):
         path = tuple(error.absolute_path)
