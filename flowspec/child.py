@@ -109,6 +109,9 @@ class ChildRun:
         # Our agent is gone: nobody would reap us or stop us on cancel. End the run now.
         message = f"the agent that started this run (pid {self.agent_pid}) died during the run"
         self.recorder.finish("Failed", message, 1)
+        from flowspec.environments.platform import abandon_all
+
+        abandon_all()  # a container, pod or task this process watched goes with it
         os._exit(1)
 
 

@@ -217,6 +217,7 @@ class PlatformEnvironment(Environment):
         for obs in observers:
             obs.flow_state(_started(self.spec, run_id, params))
         handle = self.start(job)
+        _WATCHED[id(handle)] = (self, handle)
         log.info("run %s: %s %s started from image %s", run_id, self.platform, job.name, job.image)
         outcome = None
         try:
@@ -226,10 +227,16 @@ class PlatformEnvironment(Environment):
                 obs.flow_state(result)
             return result
         finally:
-            try:
-                self.cleanup(handle, outcome)
-            except FlowspecError as exc:
-                log.warning("run %s: %s", run_id, exc)
+            _WATCHED.pop(id(handle), None)
+            for _ in range(2):  # a second Ctrl-C must not leave the container behind
+                try:
+                    self.cleanup(handle, outcome)
+                    break
+                except FlowspecError as exc:
+                    log.warning("run %s: %s", run_id, exc)
+                    break
+                except KeyboardInterrupt:
+                    continue
 
     def follow(self, handle: Any, backend, run_id: str, observers: list) -> tuple[Outcome, bool, deque]:
         """Stream output and task states until the job ends; Ctrl-C/SIGTERM stop it (twice: at once)."""
@@ -298,6 +305,20 @@ class _TaskStates:
             for obs in self.observers:
                 obs.task_state(s.task, s.map_index, s.state, s.attempt, s.message)
         self.seen = len(states)
+
+
+_WATCHED: dict[int, tuple[PlatformEnvironment, Any]] = {}  # jobs this process follows now
+
+
+def abandon_all() -> None:
+    """Stop and remove every job this process follows, at once: the process is about to exit
+    without following them to their end (its agent died)."""
+    for env, handle in list(_WATCHED.values()):
+        try:
+            env.stop(handle, 0.0)
+            env.cleanup(handle, None)
+        except Exception as exc:  # best effort on the way out: say so, go on with the others
+            print(f"flowspec: warning: a {env.platform} of this run may be left running: {exc}", file=sys.stderr)
 
 
 def _started(spec, run_id: str, params: dict):

@@ -8,6 +8,7 @@ environment shares: `engine()` and `engine_error()`.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -325,7 +326,7 @@ class BuildPlan:
         targets = [(f"tasks.{t.name}.run", t.run) for t in spec.tasks.values()]
         targets += [(f"environment.{k}", v) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]
         manifest = {"python": self.python, "sha256": sha, "fingerprint": self.fp, "flow": spec.name,
-                    "versions": {"flowspec": metadata.version("flowspec"), "cloudpickle": metadata.version("cloudpickle")},
+                    "versions": {"flowspec": _version("flowspec"), "cloudpickle": _version("cloudpickle")},
                     "targets": targets}
         self.files[f"{flow}/manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
 
@@ -362,8 +363,8 @@ class BuildPlan:
     def _add_wheels(self) -> tuple[list[str], list[str]]:
         """pip arguments of two steps, (dependencies, flowspec): its dependencies (and the user's)
         change rarely and keep their layer when only flowspec's own wheel changes."""
-        version = metadata.version("flowspec")
-        deps = [f"cloudpickle=={metadata.version('cloudpickle')}", *_requirements(), *(self.opts.get("python_dependencies") or ())]
+        version = _version("flowspec")
+        deps = [f"cloudpickle=={_version('cloudpickle')}", *_requirements(), *(self.opts.get("python_dependencies") or ())]
         args = ["--no-cache-dir", "--disable-pip-version-check"]
         house = os.environ.get(WHEELHOUSE_VAR)
         if house:
@@ -417,10 +418,10 @@ class BuildPlan:
         if any(k.startswith(f"{CTX}/flowspec/") for k in self.files):
             lines.append(f"COPY {CTX}/flowspec/ {WHEELS_IN_IMAGE}/")
         lines.append(f"RUN {json.dumps([pip, 'install', *me])}")
+        lines += [f"ENV PATH={VENV}/bin:$PATH PYTHONUNBUFFERED=1", f"WORKDIR {FLOW_DIR}"]
         lines += [f"COPY {json.dumps([src, dest])}" for src, dest in self.copies]
         lines += [f"COPY {CTX}/flow/ {FLOW_DIR}/",
-                  f"RUN {json.dumps([PYTHON, '-m', 'flowspec.inside', '--check', FLOW_DIR])}",
-                  f"ENV PATH={VENV}/bin:$PATH PYTHONUNBUFFERED=1", f"WORKDIR {FLOW_DIR}"]
+                  f"RUN {json.dumps([PYTHON, '-m', 'flowspec.inside', '--check', FLOW_DIR])}"]
         return "\n".join(lines) + "\n"
 
     def _digest(self) -> str:
@@ -589,6 +590,11 @@ def push_error(ref: str, error: str) -> FlowspecError:
                              hint=f"log in first: docker login {registry}")
     return FlowspecError(f"cannot push {ref} to {registry}: {_first_line(error)}",
                          hint="check registry_url and the registry's log")
+
+
+@functools.lru_cache(maxsize=None)
+def _version(name: str) -> str:
+    return metadata.version(name)  # each lookup scans the installed distributions: once is enough
 
 
 def _requirements() -> list[str]:

@@ -182,7 +182,8 @@ def test_sigint_cancels_the_container_run_cleanly(docker_flows):
     with docker_flows.backend() as backend:
         (run,) = backend.list_runs()
         assert run.state == "Cancelled"
-    assert docker_flows.containers() == []
+    left = docker_flows.containers()
+    assert left == [], [(c.name, c.status, c.labels) for c in left] + [err]
 
 
 def test_postgres_backend_on_loopback_needs_host_networking(docker_flows, postgres_url):
