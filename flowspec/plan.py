@@ -154,6 +154,10 @@ def _environment(spec, environ, warnings: list[str]) -> dict:
     for name, value in env.env.items():
         variables[name] = _effective(value, environ, warnings, f"environment.env.{name}", is_secret(name))
     view.update(labels=list(env.labels), env=variables, on_start=env.on_start, on_exit=env.on_exit)
+    if env.type in ("kubernetes-job", "dask-kubernetes"):  # e.g. a worker template's image, replaced
+        from flowspec.k8s.jobs import plan_warnings
+
+        warnings.extend(plan_warnings(spec))
     if (setup := _setup_plan(spec)) is not None:
         view["setup"] = setup
     return view
