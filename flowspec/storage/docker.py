@@ -585,7 +585,8 @@ def push_error(ref: str, error: str) -> FlowspecError:
     if any(s in low for s in ("connection refused", "no such host", "dial tcp", "i/o timeout", "connect:")):
         return FlowspecError(f"cannot push {ref}: the registry {registry} cannot be reached: {_first_line(error)}",
                              hint="check registry_url and that the registry is running")
-    if any(s in low for s in ("unauthorized", "authentication required", "denied")):
+    if any(s in low for s in ("unauthorized", "authentication required", "denied", "no basic auth credentials",
+                              "auth credentials")):
         return FlowspecError(f"cannot push {ref}: the registry {registry} refused the credentials: {_first_line(error)}",
                              hint=f"log in first: docker login {registry}")
     return FlowspecError(f"cannot push {ref} to {registry}: {_first_line(error)}",

@@ -7,6 +7,7 @@ with Python, the registry on 127.0.0.1:5055 and a folder of wheels for offline i
     base_image      session: `localhost/debian-python:bookworm` on that engine, imported from a
                     cached debootstrap tarball (built with debootstrap when missing, ~3 min).
     registry        session: `127.0.0.1:5055` (Debian's docker-registry), reused when one runs.
+    auth_registry   session: another one on a free port that wants credentials (htpasswd).
     dependency_wheels session: a cached folder of wheels of flowspec's dependencies (and psycopg)
                     for the image's Python; storage installs from such a folder when
                     $FLOWSPEC_WHEELHOUSE names it (builds have no network here).
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,6 +161,47 @@ def registry() -> Iterator[str]:
         yield REGISTRY
     finally:
         _stop_pidfile(root / "registry.pid", grace=5.0)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def auth_registry() -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port with htpasswd auth (user `flowspec`): a
+    push without `docker login` is refused as a real private registry refuses it."""
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry not found: install Debian's docker-registry package")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(tempfile.mkdtemp(prefix="fs-authreg-"))
+    # bcrypt, as the registry requires, from the C library (Python's crypt module; its
+    # deprecation warning is not this test's business, so it runs in a child interpreter).
+    hashed = subprocess.run([sys.executable, "-W", "ignore", "-c", "import crypt; print(crypt.crypt('secret', "
+                             "crypt.mksalt(crypt.METHOD_BLOWFISH)))"], capture_output=True, text=True).stdout.strip()
+    if not hashed.startswith("$2"):
+        pytest.skip("no bcrypt in this Python's crypt module: cannot write the registry's htpasswd")
+    (root / "htpasswd").write_text(f"flowspec:{hashed}\n")
+    (root / "config.yml").write_text(f"version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {root}/data}}\n"
+                                     f"http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd: {{realm: flowspec-test, path: {root}/htpasswd}}\n")
+    with open(root / "registry.log", "wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            except urllib.error.HTTPError:
+                break  # 401: it is up, and it wants credentials
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"the auth registry did not start: {(root / 'registry.log').read_text()}")
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -124,6 +124,21 @@ def test_container_killed_from_outside_fails_the_run_with_its_exit_code(docker_f
     assert "napping for 120s" in run.message
 
 
+def test_agent_killed_fails_the_run_and_its_container_goes(docker_flows):
+    spec = docker_flows.write("orphan", "  rest:\n    run: tasks:nap\n    with: {seconds: 120}\n")
+    assert docker_flows.cli("register", str(spec)).returncode == 0
+    agent = docker_flows.agent()
+    run_id = run_id_of(docker_flows.cli("run", "--name", "orphan"))
+    _wait_task_running(docker_flows, run_id, "rest")
+    agent.kill()  # SIGKILL: the agent cannot stop anything; its flow run process notices it is gone
+    run = docker_flows.wait_run(run_id, ("Success", "Failed", "Cancelled"), timeout=30)
+    assert run.state == "Failed" and "died during the run" in run.message
+    deadline = time.monotonic() + 15
+    while docker_flows.containers(run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert docker_flows.containers(run_id) == []
+
+
 def test_environment_precedence_agent_env_then_flag_then_spec_then_flowspec(docker_flows):
     names = ["FROM_AGENT", "AGENT_AND_FLAG", "FLAG_AND_SPEC", "FROM_SPEC", "FLOWSPEC_RUN_ID", "FLOWSPEC_BACKEND",
              "HOME", "PATH"]

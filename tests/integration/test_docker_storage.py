@@ -203,6 +203,15 @@ def test_push_to_an_unreachable_registry_is_a_clear_error(docker_flows):
     assert "the registry 127.0.0.1:5999 cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_push_without_credentials_is_unauthorized(docker_flows, auth_registry):
+    spec = docker_flows.write("private", HELLO,
+                              storage=f"  base_image: {docker_flows.base}\n  registry_url: {auth_registry}\n")
+    proc = docker_flows.cli("build", str(spec))
+    assert proc.returncode == 1
+    assert f"the registry {auth_registry} refused the credentials" in proc.stderr
+    assert f"docker login {auth_registry}" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_failing_run_step_shows_its_output(docker_flows):
     spec = docker_flows.write("nopkg", HELLO, storage=f"  base_image: {docker_flows.base}\n"
                                                       "  python_dependencies: [surely-not-a-package-xyz]\n")
