@@ -287,7 +287,15 @@ class FargateTaskEnvironment(PlatformEnvironment):
     def stop(self, handle: Task, grace_s: float) -> None:
         """StopTask: ECS sends SIGTERM (the run inside ends Cancelled), then SIGKILL after the
         container's stopTimeout; grace_s cannot shorten that."""
-        self._stop(handle, "flowspec: the flow run was cancelled")
+        self._stop(handle, "flowspec: the flow run was cancelled" if self._cancelling(handle)
+                   else "flowspec: its watcher stopped it (interrupted, or the agent that ran it died)")
+
+    def _cancelling(self, handle: Task) -> bool:
+        try:
+            run = self._backend.get_run(handle.run_id) if self._backend is not None else None
+        except FlowspecError:
+            return False
+        return run is not None and run.state in ("Cancelling", "Cancelled")
 
     def _stop(self, handle: Task, reason: str) -> None:
         from flowspec.aws import translated
@@ -299,7 +307,7 @@ class FargateTaskEnvironment(PlatformEnvironment):
 
     def cleanup(self, handle: Task, outcome: Outcome | None) -> None:
         """The task definition stays (later runs use it); a task left running by an error is stopped."""
-        if outcome is None and not handle.stopped.is_set():
+        if outcome is None and not handle.stopped.is_set() and handle.stop_asked is None:
             self._stop(handle, "flowspec: its watcher ended before the task did")
 
     def settle(self, backend, run_id: str, params: dict, outcome: Outcome, cancelled: bool, tail):

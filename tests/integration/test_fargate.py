@@ -542,11 +542,15 @@ def test_a_lost_agent_fails_its_fargate_runs(cluster):
     cluster.hold_tasks()
     cluster.agent()
     run_id = cluster.start_run("fg-flow")
-    cluster.task_of(run_id)
+    task = cluster.task_of(run_id)
     cluster.agent_proc.send_signal(signal.SIGKILL)
     cluster.agent_proc.wait()
     run = cluster.final(run_id)
     assert run.state == "Failed" and "agent" in run.message and "died" in run.message, run.message
+    # Its watcher stopped the task on the way out: nobody would follow it any more.
+    stopped = wait_for(lambda: (t := cluster.ecs.describe_tasks(cluster="default", tasks=[task["taskArn"]])["tasks"][0])
+                       ["lastStatus"] == "STOPPED" and t, 10)
+    assert stopped["stoppedReason"] == "flowspec: its watcher stopped it (interrupted, or the agent that ran it died)"
 
 
 def test_the_agents_environment_is_never_forwarded_to_the_task(tmp_path, moto, monkeypatch):
