@@ -385,7 +385,7 @@ class Cluster:
 
 @pytest.fixture
 def pg_url(postgres_url: str) -> Iterator[str]:
-    import psycopg
+    psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL backend needs pip install 'flowspec[postgres]'")
 
     name = f"fargate_{uuid.uuid4().hex}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
