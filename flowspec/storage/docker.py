@@ -57,7 +57,7 @@ def engine_host() -> str:
 
 def engine_error(exc: BaseException, doing: str = "") -> FlowspecError:
     """An engine failure in words, with the next step."""
-    text = str(exc)
+    text = getattr(exc, "explanation", None) or str(exc)  # the engine's words, without the SDK's URL
     host = engine_host()
     what = f" while {doing}" if doing else ""
     if "Permission denied" in text or isinstance(exc, PermissionError):

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,40 @@ def test_permission_denied_on_the_socket(docker_flows, docker_host):
     assert proc.returncode == 1, proc.stderr
     assert f"permission denied on the Docker socket at {docker_host}" in proc.stderr
     assert "docker' group" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def small_engine(base_image: str) -> Iterator[str]:
+    """A second dockerd whose data root is a 480 MB tmpfs: the base image (about 300 MB) fits,
+    and little else, so a build that adds more meets a real full disk."""
+    from engine_fixtures import SCRIPTS, _rootfs_tarball, _stop_pidfile
+
+    root = Path(tempfile.mkdtemp(prefix="fs-small-"))
+    (root / "docker-data").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=480m", "tmpfs", str(root / "docker-data")]).returncode:
+        pytest.skip("cannot mount a tmpfs (needs root) for an engine with a small disk")
+    try:
+        subprocess.run(["bash", str(SCRIPTS / "start-dockerd.sh"), str(root)], check=True, capture_output=True, timeout=60)
+        host = f"unix://{root}/docker.sock"
+        subprocess.run(["docker", "import", str(_rootfs_tarball()), base_image], check=True, capture_output=True,
+                       env={**os.environ, "DOCKER_HOST": host}, timeout=300)
+        yield host
+    finally:
+        _stop_pidfile(root / "docker.pid")
+        for mount in (root / "docker-exec" / "netns" / "default", root / "docker-data"):
+            if os.path.ismount(mount):
+                subprocess.run(["umount", str(mount)], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_disk_full_says_so(docker_flows, small_engine):
+    folder = docker_flows.root / "diskfull"
+    folder.mkdir()
+    with open(folder / "big.bin", "wb") as fh:
+        fh.write(os.urandom(250 * 1024 * 1024))  # more than the engine has left
+    spec = docker_flows.write("diskfull", HELLO, storage=f"  base_image: {docker_flows.base}\n"
+                                                         "  files:\n    big.bin: /srv/big.bin\n")
+    proc = docker_flows.cli("build", str(spec), env={**docker_flows.env, "DOCKER_HOST": small_engine})
+    assert proc.returncode == 1
+    assert "the Docker engine's disk is full" in proc.stderr and "no space left on device" in proc.stderr
+    assert "docker system prune" in proc.stderr and "Traceback" not in proc.stderr and "http+docker" not in proc.stderr
