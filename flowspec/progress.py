@@ -1,7 +1,9 @@
 """Progress of a flow run for `flowspec run`: a runner observer.
 
 On a terminal it keeps one status line at the bottom of stderr (tasks and mapped runs done out of
-all, what is running, failures, elapsed time), redrawn in place. Whatever else reaches the
+all, what is running, failures, elapsed time), redrawn in place a few times a second from
+counters that each state change updates (never from a scan of the tasks), as wide as the
+terminal it is drawn on. Whatever else reaches the
 terminal goes above it: log lines (flowspec.logs clears the status line, prints, redraws) and
 the tasks' own print() output (standard streams are wrapped for the run). Not on a terminal
 (a file, a pipe, CI), it writes plain log lines instead, without any escape code.
