@@ -210,7 +210,7 @@ class FargateTaskEnvironment(PlatformEnvironment):
             handle.stopped_at = time.monotonic()
             handle.stopped.set()
             return stop_outcome(handle, task)
-        if status == "RUNNING" and not handle.running:
+        if status in ("RUNNING", "DEACTIVATING", "STOPPING", "DEPROVISIONING") and not handle.running:
             handle.running = True
             log.info("run %s: task %s is RUNNING", handle.run_id, handle.id)
         now = time.monotonic()
