@@ -141,10 +141,7 @@ def spawn(argv: list[str], env: dict, cwd: str, terminal: bool) -> dict:
         t.join()
     for fd in readers:
         os.close(fd)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(argv)} exited with {code}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+    return {"exit": os.waitstatus_to_exitcode(status), "wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
             "bytes": counted[0]}
 
 
@@ -187,6 +184,10 @@ class Bench:
                 runs.append(spawn(argv, self.env(home), self.dir, terminal))
             finally:
                 shutil.rmtree(home, ignore_errors=True)
+        failed = [r for r in runs if r["exit"] != 0]
+        if failed:  # an older tree may crash (a long chain: RecursionError); shown as such
+            print(f"  {label}: exited with {failed[0]['exit']}", file=sys.stderr, flush=True)
+            runs = [dict(failed[0], wall=float("inf"), cpu=float("inf"))]
         runs.sort(key=lambda r: r["wall"])
         row = dict(runs[0], key=key, label=label, output="pty" if terminal else "pipe",
                    tasks=tasks, runs=repeat, rss_mb=max(r["rss_mb"] for r in runs))
@@ -284,6 +285,9 @@ class Bench:
             over = (f"{r['over_us']:.1f} us/task" if "over_us" in r else
                     f"+{r['over_s']:.2f} s" if "over_s" in r else "-")
             after = f"{r['task_us']:.1f} (cpu {r['task_cpu_us']:.1f}) us/task" if "task_us" in r else "-"
+            if r["exit"] != 0:
+                lines.append((r["label"], r["output"], f"{r['tasks']:,}", f"exit {r['exit']}", *["-"] * 6))
+                continue
             lines.append((r["label"], r["output"], f"{r['tasks']:,}", f"{r['wall']:.3f} s", f"{r['cpu']:.2f} s",
                           f"{r['wall'] / r['tasks'] * 1e6:.1f}", over, after, f"{r['rss_mb']:.0f} MB", f"{r['bytes']:,}"))
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
