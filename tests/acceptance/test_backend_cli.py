@@ -275,43 +275,49 @@ def test_a_run_where_nothing_ran_is_not_recorded(home: Home, problem) -> None:
 SLEEPY = "import time\n\ndef sleep(seconds: float) -> None:\n    time.sleep(seconds)\n"
 
 
-def _lost_local_run(home: Home, cli_start, wait: bool = True) -> tuple[str, int]:
-    """A `flowspec run FILE` killed with SIGKILL while its task runs: nothing said it ended.
-    With `wait`, returns once its heartbeat timeout (1 s) has passed."""
+def _lost_local_runs(home: Home, cli_start, n: int) -> tuple[list[str], set[int]]:
+    """`n` runs of `flowspec run FILE` killed with SIGKILL while their task runs: nothing said
+    they ended. Returns their ids and the pids of their processes, as soon as they are killed."""
     import signal
     import time
 
     (home.spec.parent / "sleepy.py").write_text(SLEEPY)
     spec = home.root / "greet" / "sleepy.yaml"
     spec.write_text("version: 1\nname: sleepy\ntasks:\n  nap: {run: 'sleepy:sleep', with: {seconds: 60}}\n")
-    proc = cli_start("run", spec, "--heartbeat-timeout", "1", env=home.env)
+    procs = [cli_start("run", spec, "--heartbeat-timeout", "1", "--format", "json", env=home.env) for _ in range(n)]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         runs = home.json("runs", "list")
-        if runs and runs[0]["state"] == "Running":
+        if len(runs) == n and {r["state"] for r in runs} == {"Running"}:
             break
         time.sleep(0.1)
     else:
-        raise AssertionError(f"the run was not recorded Running: {runs}")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    time.sleep(1.3 if wait else 0)
-    return runs[0]["id"], proc.pid
+        raise AssertionError(f"the runs were not recorded Running: {runs}")
+    for proc in procs:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    return [run["id"] for run in runs], {proc.pid for proc in procs}
 
 
-@pytest.mark.parametrize("reader", [("runs", "list"), ("runs", "show", "RUN"), ("runs", "logs", "RUN", "--follow")])
-def test_a_killed_local_run_is_marked_failed_by_whoever_reads_it(home: Home, cli_start, reader) -> None:
-    follow = "--follow" in reader  # started before the run is lost: it ends when it is, exit 1
-    run_id, pid = _lost_local_run(home, cli_start, wait=not follow)
-    done = home.cli(*(run_id if a == "RUN" else a for a in reader))
-    assert done.rc == (1 if follow else 0), done.output
-    shown = home.json("runs", "show", run_id)
-    assert shown["state"] == "Failed"
-    assert shown["message"].startswith(f"no heartbeat for 1s: the process running it (a local `flowspec run`, pid {pid}"
-                                       " on "), shown["message"]
-    assert f"marked Failed by `flowspec {' '.join(a for a in reader if a != 'RUN')}`" in shown["message"]
-    assert "agent ?" not in shown["message"]
-    assert [e["state"] for e in shown["history"]] == ["Running", "Failed"]
+def test_killed_local_runs_are_marked_failed_by_whoever_reads_them(home: Home, cli_start) -> None:
+    """`runs logs --follow`, started before the run is lost, ends when it is (exit 1); `runs show`
+    and `runs list`, run after the timeout, mark what they read."""
+    import time
+
+    (followed, shown, listed), pids = _lost_local_runs(home, cli_start, 3)
+    done = home.cli("runs", "logs", followed, "--follow")
+    assert done.rc == 1, done.output
+    time.sleep(1.2)
+    assert home.cli("runs", "show", shown).rc == 0
+    assert [r["state"] for r in home.json("runs", "list", "--state", "Running")] == []
+    readers = {followed: "runs logs --follow", shown: "runs show", listed: "runs list"}
+    for run_id, reader in readers.items():
+        got = home.json("runs", "show", run_id)
+        assert got["state"] == "Failed"
+        said = re.fullmatch(r"no heartbeat for 1s: the process running it \(a local `flowspec run`, pid (\d+) on \S+\)"
+                            rf" is gone; marked Failed by `flowspec {reader}` \(pid \d+ on \S+\)", got["message"])
+        assert said and int(said.group(1)) in pids, got["message"]
+        assert [e["state"] for e in got["history"]] == ["Running", "Failed"]
 
 
 def test_a_live_local_run_heartbeats_and_is_never_marked_lost(home: Home, cli_start) -> None:
