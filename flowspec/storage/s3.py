@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from typing import Any
 
 from flowspec import references as refs
@@ -11,6 +12,7 @@ from flowspec.errors import FlowspecError, SpecError
 from flowspec.storage.base import Storage, deserialize, serialize
 
 REREGISTER = "register the flow again (flowspec register FILE) to upload a fresh copy"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # AWS's rules for bucket names
 
 
 class S3Storage(Storage):
@@ -100,6 +102,10 @@ def options(spec) -> dict[str, Any]:
                                         "write it without a leading or trailing '/', e.g. flows/etl.flow"))
     if "bucket" in out and not out["bucket"]:
         diags.append(spec.document.diag(("storage", "bucket"), "bucket is empty", "name the S3 bucket"))
+    elif out.get("bucket") and not _BUCKET.match(out["bucket"]):
+        diags.append(spec.document.diag(("storage", "bucket"), f"'{out['bucket']}' is not an S3 bucket name",
+                                        "3 to 63 lowercase letters, digits, '.' and '-', starting and ending"
+                                        " with a letter or digit"))
     if diags:
         raise SpecError(diags)
     return out

@@ -200,6 +200,10 @@ def test_build_errors_say_what_is_wrong_and_what_to_do(tmp_path, moto, s3):
     stderr = flow.fails("build", str(flow.spec), env=unreachable)
     assert "cannot reach the AWS endpoint http://127.0.0.1:9" in stderr and "hint: check endpoint_url" in stderr
 
+    flow = Flow(tmp_path / "b", moto.env, storage={"bucket": "Not_A_Bucket"})
+    stderr = flow.fails("build", str(flow.spec))
+    assert "storage.bucket: 'Not_A_Bucket' is not an S3 bucket name" in stderr
+
     flow = Flow(tmp_path / "p", moto.env, storage={"profile": "nobody"})
     stderr = flow.fails("build", str(flow.spec))
     assert "the AWS profile 'nobody' is not in the shared AWS configuration" in stderr
