@@ -659,3 +659,33 @@ def test_a_secret_read_from_the_environment_is_never_shown_in_differences(tmp_pa
                           text=True, timeout=60)
     assert done.returncode == 0 and "s3cr3t-from-env" not in done.stdout, done.stdout + done.stderr
     assert len(revisions(ecs, "fg-flow")) == 1
+
+
+def test_run_task_arguments_keep_the_specs_and_give_flowspecs_the_last_word():
+    """RunTask's arguments as built for a run (no call made): the spec's own overrides kept, the
+    run's command and variables on the flow container, capacity providers instead of a launch type."""
+    from flowspec.environments.fargate_task import run_task_args
+    from flowspec.environments.platform import FlowRunJob
+
+    opts = {"cluster": "flows", "run_task": {
+        "capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
+        "overrides": {"cpu": "1024", "containerOverrides": [
+            {"name": "sidecar", "environment": [{"name": "A", "value": "1"}]},
+            {"name": "runner", "environment": [{"name": "KEEP", "value": "k"}, {"name": "FLOWSPEC_RUN_ID", "value": "x"}]}]},
+        "tags": [{"key": "team", "value": "data"}]}}
+    revision = {"taskDefinitionArn": "arn:aws:ecs:us-east-1:123456789012:task-definition/etl:4",
+                "containerDefinitions": [{"name": "runner"}, {"name": "sidecar"}]}
+    job = FlowRunJob("run-9", "localhost/etl:v1", ("/opt/venv/bin/python", "-m", "flowspec.inside", "run-9"), {},
+                     "flowspec-etl-run9", {"flowspec.run-id": "run-9", "flowspec.flow": "etl"})
+    args = run_task_args(opts, revision, job, {"FLOWSPEC_RUN_ID": "run-9", "GREETING": "hi"})
+    assert "launchType" not in args and args["capacityProviderStrategy"][0]["capacityProvider"] == "FARGATE_SPOT"
+    assert args["cluster"] == "flows" and args["taskDefinition"].endswith(":4") and args["count"] == 1
+    assert args["overrides"]["cpu"] == "1024"
+    sidecar, runner = args["overrides"]["containerOverrides"]
+    assert sidecar == {"name": "sidecar", "environment": [{"name": "A", "value": "1"}]}
+    assert runner["command"] == list(job.command)
+    assert {e["name"]: e["value"] for e in runner["environment"]} == {
+        "KEEP": "k", "FLOWSPEC_RUN_ID": "run-9", "GREETING": "hi"}
+    assert args["tags"] == [{"key": "team", "value": "data"}, {"key": "flowspec.run-id", "value": "run-9"},
+                            {"key": "flowspec.flow", "value": "etl"}]
+    assert opts["run_task"]["overrides"]["containerOverrides"][1]["environment"][1]["value"] == "x"  # spec untouched
