@@ -156,6 +156,33 @@ def test_user_dockerfile_gets_flowspec_steps_after_it(docker_flows):
     assert "read /etc/marker.txt: from the user's dockerfile" in proc.stderr
 
 
+def test_local_environment_loads_the_flow_from_the_image(docker_flows):
+    # docker storage with the local environment: the agent's flow run process reads the payload
+    # out of the image (its sha256 checked) and runs the flow here, not in a container.
+    spec = docker_flows.write("from-image", HELLO)
+    spec.write_text(spec.read_text().replace("environment:\n  type: docker\n", "environment:\n  type: local\n"))
+    assert docker_flows.cli("register", str(spec)).returncode == 0
+    (spec.parent / "tasks.py").unlink()  # the code is in the image now, and nowhere else
+    docker_flows.agent()
+    proc = docker_flows.cli("run", "--name", "from-image", "--watch", timeout=120)
+    assert proc.returncode == 0, proc.stdout + docker_flows.agent_log()
+    assert "hello Docker from the container" in proc.stdout  # its log line, recorded by the agent's child
+    assert docker_flows.containers() == []
+
+
+def test_docker_environment_options_are_checked_before_anything_runs(docker_flows):
+    spec = docker_flows.write("options", HELLO, environment="  network_mode: 'host mode'\n  mem_limit: 2k\n"
+                                                          "  volumes:\n    data: /srv\n    ./rel: srv\n")
+    proc = docker_flows.cli("validate", str(spec))
+    assert proc.returncode == 1
+    out = proc.stdout
+    assert f"{spec}:10:17: error: environment.network_mode: 'host mode' is not a network mode" in out
+    assert "environment.mem_limit: mem_limit 2k is below the engine's minimum of 6m" in out
+    assert "'./rel': a host path must be absolute (or a volume name)" in out
+    assert "'srv': the path in the container must be absolute" in out
+    assert "environment.volumes.data" not in out  # a named volume is fine
+
+
 def test_base_image_and_dockerfile_together_is_a_validation_error(docker_flows):
     spec = docker_flows.write("both", HELLO, storage=f"  base_image: {docker_flows.base}\n  dockerfile: Dockerfile\n")
     proc = docker_flows.cli("validate", str(spec))
