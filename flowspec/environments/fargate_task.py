@@ -128,7 +128,8 @@ class FargateTaskEnvironment(PlatformEnvironment):
         from flowspec.backend import backend_url
         from flowspec.storage import storage_for
 
-        self.backend_url_inside(backend_url(url))
+        self.backend_url = backend_url(url)  # the run's, also when given with --backend
+        self.backend_url_inside(self.backend_url)
         if self.location is None:
             describe_family(self.session.client("ecs"), self.opts["family"])  # credentials, endpoint: before a build
             self.location = storage_for(self.spec.storage.type).build(self.spec)
