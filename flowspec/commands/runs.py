@@ -58,7 +58,8 @@ def run_json(run) -> dict:
     return {"id": run.id, "flow_id": run.flow_id, "flow": run.flow_name, "state": run.state,
             "labels": list(run.labels), "parameters": run.parameters, "agent": run.agent,
             "created": run.created, "updated": run.updated, "heartbeat": run.heartbeat,
-            "exit_code": run.exit_code, "message": run.message}
+            "exit_code": run.exit_code, "message": run.message, "runner": run.runner,
+            "heartbeat_timeout": run.heartbeat_timeout}
 
 
 # -- list / show / cancel ---------------------------------------------------------------------
@@ -111,7 +112,7 @@ def main_show(args) -> int:
     origin = f" (project {flow.project}, version {flow.version})" if flow else " (a local run)"
     fields = [("run", run.id), ("flow", run.flow_name + origin), ("state", run.state),
               ("waiting", reason), ("message", run.message), ("labels", labels_text(run.labels)),
-              ("parameters", json.dumps(run.parameters)), ("agent", run.agent),
+              ("parameters", json.dumps(run.parameters)), ("agent", run.agent), ("run by", run.runner),
               ("exit code", run.exit_code), ("created", when(run.created)), ("updated", when(run.updated))]
     for name, value in fields:
         if value is not None:
