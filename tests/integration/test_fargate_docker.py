@@ -153,7 +153,8 @@ def _wait_for_task(ecs, watcher: subprocess.Popen, err: Path, timeout: float = 6
 
 def test_run_file_registers_reuses_and_refuses_drift_and_fails_a_task_that_never_reports(
         tmp_path: Path, moto, docker_env, base_image, pg_url):
-    """Through `flowspec run FILE` alone (the image is built once, then named with `build: false`).
+    """Through `flowspec run FILE --backend URL` alone (the image is built once, then named with
+    `build: false`).
     Nothing plays the container here: moto's task stops at once, without the run reaching a final
     state, which is what a crashed container looks like to the watcher."""
     moto.client("ecs").create_cluster(clusterName="default")
@@ -174,9 +175,8 @@ def test_run_file_registers_reuses_and_refuses_drift_and_fails_a_task_that_never
                                 "run_task": {"networkConfiguration": {"awsvpcConfiguration": {
                                     "subnets": subnets, "securityGroups": groups}}}}}
         (folder / "flow.yaml").write_text(json.dumps(spec, indent=2))
-        return subprocess.run([sys.executable, "-m", "flowspec", "run", str(folder / "flow.yaml")],
-                              env={**docker_env, "FLOWSPEC_BACKEND": pg_url}, capture_output=True, text=True,
-                              timeout=600)
+        return subprocess.run([sys.executable, "-m", "flowspec", "run", str(folder / "flow.yaml"), "--backend", pg_url],
+                              env=docker_env, capture_output=True, text=True, timeout=600)
 
     first = run("256", build=True)
     assert first.returncode == 1, first.stdout + first.stderr
