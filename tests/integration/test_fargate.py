@@ -453,6 +453,10 @@ def test_a_run_goes_to_fargate_with_its_overrides_logs_and_stop_report(cluster):
     assert "flow container exit code 0" in note
     lines = [(line.task, line.message) for line in cluster.backend.logs(run_id)]
     assert ("fargate", "hello from the container") in lines
+    shown = cluster.cli("runs", "show", run_id)
+    assert shown.returncode == 0 and "stopCode" in shown.stdout and "flow container exit code 0" in shown.stdout
+    logged = cluster.cli("runs", "logs", run_id)
+    assert "hello from the container" in logged.stdout and "task definition fg-flow:1 registered" in logged.stdout
     dump = backend_dump(cluster.url)
     assert "hello from the container" in dump and SECRET not in cluster.output() + dump
     # A second run reuses the revision: no new one for an unchanged spec.
