@@ -25,6 +25,7 @@ _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?
                          re.I)
 _SECRET_VAR = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+_URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/@:]*:(?!\$\{\{)[^\s/@]+@", re.I)  # scheme://user:pw@
 
 
 def parse_duration(value) -> float:
@@ -374,6 +375,10 @@ class _Checker:
         if isinstance(value, str) and _AWS_KEY_ID.search(value):
             self.error(path, "this looks like an AWS access key id written into the spec",
                        "credentials come from the AWS credential chain or ${{ env.NAME }}")
+        elif isinstance(value, str) and _URL_PASSWORD.search(value):
+            self.error(path, "this URL carries a password written into the spec",
+                       "credentials never go in a spec: write the password as ${{ env.NAME }}"
+                       " (scheme://user:${{ env.NAME }}@host) or use the service's own credential files")
         elif isinstance(value, dict):
             for k, v in value.items():
                 self.check_aws_key_ids(path + (k,), v)

@@ -298,7 +298,7 @@ def test_missing_credentials_and_an_unreachable_endpoint_are_said_with_the_next_
 
 
 def test_a_literal_credential_in_a_fargate_spec_is_refused(tmp_path, moto):
-    data = spec_data(env={"AWS_SECRET_ACCESS_KEY": "literal"})
+    data = spec_data(env={"AWS_SECRET_ACCESS_KEY": "literal", "DATABASE_URL": "postgresql://app:hunter2@db/flows"})
     data["environment"]["task_definition"]["containerDefinitions"][0]["environment"] = [
         {"name": "DB_PASSWORD", "value": "hunter2"}]
     data["environment"]["task_definition"]["executionRoleArn"] = "AKIAABCDEFGHIJKLMNOP"
@@ -309,6 +309,7 @@ def test_a_literal_credential_in_a_fargate_spec_is_refused(tmp_path, moto):
     assert "environment.env.AWS_SECRET_ACCESS_KEY: 'AWS_SECRET_ACCESS_KEY' looks like a credential" in out
     assert "containerDefinitions[0].environment[0].value: 'DB_PASSWORD' looks like a credential" in out
     assert "executionRoleArn: this looks like an AWS access key id" in out
+    assert "environment.env.DATABASE_URL: this URL carries a password written into the spec" in out
 
 
 # -- runs through an agent ---------------------------------------------------------------------------------
