@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flowspec.errors import FlowspecError, SpecError, require
-from flowspec.storage.base import Storage, code_modules, deserialize, fingerprint, import_flow, serialize
+from flowspec.storage.base import Storage, code_modules, deserialize, serialize
 
 VENV = "/opt/venv"
 PYTHON = f"{VENV}/bin/python"
@@ -120,15 +120,19 @@ class DockerStorage(Storage):
             client.close()
 
     def locate(self, spec) -> dict[str, Any]:
-        """The image named by image_name and image_tag, which must exist (locally or in the registry)."""
+        """The image to use without a build (locally or in the registry): with `build: false`,
+        the one image_name and image_tag name; for `register --no-build` of a spec that builds,
+        that tag or else the digest tag a build of this exact spec and code made."""
         opts = spec.storage.options
         missing = [k for k in ("image_name", "image_tag") if not opts.get(k)]
-        if missing:
-            key = "build" if "build" in opts else "type"
-            raise SpecError([spec.document.diag(("storage", key), f"without a build, storage needs "
+        if missing and opts.get("build") is False:
+            raise SpecError([spec.document.diag(("storage", "build"), f"without a build, storage needs "
                                                 f"{' and '.join(missing)} to name the image to use",
                                                 "add them, or build the image (build: true)")])
-        ref = image_ref(opts, opts["image_tag"])
+        if opts.get("image_tag"):
+            ref = image_ref(opts, opts["image_tag"], _slug(spec.name))
+        else:
+            ref = BuildPlan(spec, *serialize(spec)).ref  # the digest of this spec and code as they are now
         client = engine()
         try:
             image = find_image(client, ref, bool(opts.get("registry_url")))
@@ -320,8 +324,6 @@ class BuildPlan:
         for rel, module in sorted(code_modules(spec).items()):
             if not rel.startswith(".."):  # code from outside the spec's folder travels in the payload only
                 self.files[f"{flow}/{rel}"] = Path(module.__file__)
-        from flowspec.compile import import_all  # noqa: F401  (targets below are the spec's)
-
         env = spec.environment
         targets = [(f"tasks.{t.name}.run", t.run) for t in spec.tasks.values()]
         targets += [(f"environment.{k}", v) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]

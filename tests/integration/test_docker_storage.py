@@ -46,7 +46,11 @@ def test_digest_tag_unchanged_flow_builds_nothing_and_a_change_rebuilds(docker_f
     assert built(again)["image"] == first["image"]
     assert "nothing to build" in again.stderr and "Step " not in again.stderr
     assert elapsed < 5  # the target is < 1 s (benchmarks/docker.py); a loaded test machine gets slack
+    reg = docker_flows.cli("register", str(spec), "--no-build", "--format", "json")  # the build made above
+    assert reg.returncode == 0 and json.loads(reg.stdout)["storage"]["image"] == first["image"], reg.stderr
     (spec.parent / "tasks.py").write_text((spec.parent / "tasks.py").read_text() + "\n# one more line\n")
+    stale = docker_flows.cli("register", str(spec), "--no-build")  # this code was never built
+    assert stale.returncode == 1 and "is not on the engine" in stale.stderr
     changed = docker_flows.cli("build", str(spec), "--format", "json")
     assert built(changed)["image"] != first["image"]
     assert "Using cache" in changed.stderr  # the layers before the flow's code were kept
@@ -176,7 +180,7 @@ def test_docker_environment_options_are_checked_before_anything_runs(docker_flow
     proc = docker_flows.cli("validate", str(spec))
     assert proc.returncode == 1
     out = proc.stdout
-    assert f"{spec}:10:17: error: environment.network_mode: 'host mode' is not a network mode" in out
+    assert f"{spec}:12:17: error: environment.network_mode: 'host mode' is not a network mode" in out
     assert "environment.mem_limit: mem_limit 2k is below the engine's minimum of 6m" in out
     assert "'./rel': a host path must be absolute (or a volume name)" in out
     assert "'srv': the path in the container must be absolute" in out
