@@ -39,6 +39,12 @@ What runs and where:
   Cancelling and interrupts it as Ctrl-C would; the run inside sees it too) → `stop(grace)`;
   the run inside ends Cancelled, and execute() returns the Cancelled result.
 
+Process-level helpers: `execute_registered` (the agent's child: compile the registered spec, no
+flow code imported, and run the platform environment), `runs_elsewhere` (the agent: does this
+run's flow run from an image? then its next waiting children call `warm_up`, which imports the
+compiler and every module of PLATFORM_SDKS that is installed, calling its own `warm_up()` if it
+has one), `abandon_all` (a child whose agent died stops and cleans up what it follows).
+
 The job's environment, later wins (`job_env`): the watcher's environment (the agent's, minus
 variables that only make sense on this machine: PATH, HOME, VIRTUAL_ENV, DOCKER_*, ...), the
 agent's `--env` values (always passed), `environment.env` (resolved here, where the agent's
