@@ -364,14 +364,19 @@ def test_an_agent_and_its_run_ride_out_a_postgresql_restart_and_a_stop_of_second
         with open_backend(postgres_server.url) as backend:
             run_id = backend.create_flow_run(flow_id).id
             wait_for(lambda: logged(backend, run_id, "tick 1"), 30, cluster.output)
-        follower = subprocess.Popen([sys.executable, "-m", "flowspec", "runs", "logs", run_id, "--follow"],
-                                    env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        followed_path = tmp_path / "followed.txt"
+        with open(followed_path, "w") as out:
+            follower = subprocess.Popen([sys.executable, "-m", "flowspec", "runs", "logs", run_id, "--follow"],
+                                        env=cluster.env, stdout=out, stderr=subprocess.PIPE, text=True)
+        # It follows: the server goes away under it, not before it starts.
+        wait_for(lambda: "tick 0" in followed_path.read_text(), 30, lambda: followed_path.read_text())
         postgres_server.restart("fast")
         time.sleep(1.0)
         postgres_server.stop("fast")
         time.sleep(4.0)
         postgres_server.start()
-        followed, follower_err = follower.communicate(timeout=60)
+        follower_err = follower.communicate(timeout=60)[1]
+        followed = followed_path.read_text()
         # The follower waited through both outages too, and missed nothing.
         assert follower.returncode == 0, follower_err
         assert [ln.rsplit("| ", 1)[1] for ln in followed.splitlines() if "| tick " in ln] == [
