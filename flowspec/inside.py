@@ -122,6 +122,10 @@ def run(run_id: str) -> int:
         current = backend.get_run(run_id)
         if current is None or current.state != "Running":
             return not_running(backend, run_id, current)
+        if backend.task_states(run_id):  # e.g. a Job's next pod, after the first was evicted
+            print(f"flowspec: run {run_id} has started before (its task states are recorded): it is not run twice",
+                  file=sys.stderr)
+            return 1
         recorder = Recorder(backend, run_id, on_cancel=interrupt_self)
         signal.signal(signal.SIGTERM, _on_sigterm)
         recorder.start()

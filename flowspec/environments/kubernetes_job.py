@@ -34,6 +34,7 @@ class JobHandle:
     over: threading.Event = field(default_factory=threading.Event)
     stopped: bool = False
     unreachable_since: float | None = None
+    outside: str | None = None  # why the pod went, when someone else deleted or evicted it
 
 
 class KubernetesJobEnvironment(PlatformEnvironment):
@@ -128,6 +129,8 @@ class KubernetesJobEnvironment(PlatformEnvironment):
             if (created.metadata.labels or {}).get(mf.RUN_LABEL) != meta["labels"][mf.RUN_LABEL]:
                 raise FlowspecError(f"a Job named {name} already exists in namespace {namespace} and is not this"
                                     f" run's", hint="delete it, or start a new run")
+        if name != job.name:
+            log.info("run %s: its Job is %s in namespace %s", job.run_id, name, namespace)
         first = built.manifest["spec"]["template"]["spec"]["containers"][0]["name"]
         return JobHandle(name, namespace, created.metadata.uid, job.run_id, first,
                          watch.Trouble(watch.pending_timeout()))
@@ -150,6 +153,8 @@ class KubernetesJobEnvironment(PlatformEnvironment):
         else:
             handle.unreachable_since = None
         if outcome is not None:
+            self.not_cancelled(handle, outcome)
+        if outcome is not None:
             handle.over.set()
         return outcome
 
@@ -159,16 +164,23 @@ class KubernetesJobEnvironment(PlatformEnvironment):
         job = call(f"read Job {handle.name}", batch.read_namespaced_job, handle.name, handle.namespace,
                    ok=(404, 410))
         if job is None or job.metadata.uid != handle.uid:
-            gone = "was deleted" + (" (cancelled)" if handle.stopped else " from outside (its Job is gone)")
+            gone = handle.outside or ("was deleted" + (" (cancelled)" if handle.stopped else
+                                                       " from outside (its Job is gone)"))
             return Outcome(None, gone)
         pods = call(f"list the pods of Job {handle.name}", core.list_namespaced_pod, handle.namespace,
                     label_selector=f"controller-uid={handle.uid}").items
         problem = None
         for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp):
+            if handle.pod is not None and pod.metadata.name != handle.pod:
+                self.second_pod(handle, pod)
+                continue
             handle.pod = pod.metadata.name
+            if pod.metadata.deletion_timestamp is not None and not handle.stopped and handle.outside is None:
+                self.deleted_outside(handle, pod)
             ended = watch.ended(pod, handle.container)
             if ended is not None:
-                return Outcome(*ended)
+                code, reason = ended
+                return Outcome(code, f"{handle.outside} ({reason})" if handle.outside else reason)
             if pod.status is not None and pod.status.phase == "Pending":
                 problem = watch.pod_problem(pod, handle.container) or self.event_problem(handle.namespace,
                                                                                       pod.metadata.uid, pending=pod)
@@ -177,6 +189,42 @@ class KubernetesJobEnvironment(PlatformEnvironment):
                 return Outcome(None, f"failed: {failed}")
             problem = self.event_problem(handle.namespace, handle.uid)
         return self.judge(handle, problem)
+
+    def deleted_outside(self, handle: JobHandle, pod) -> None:
+        """Our pod is being deleted by someone else (an eviction, a drain, kubectl delete): say so,
+        and delete the Job, or its controller would start the flow again in a new pod."""
+        handle.outside = f"was evicted or deleted from outside flowspec (pod {pod.metadata.name})"
+        log.warning("run %s: pod %s is being deleted from outside flowspec (an eviction or a delete)",
+                    handle.run_id, pod.metadata.name)
+        self.stop(handle, float(pod.metadata.deletion_grace_period_seconds or 30))
+        handle.stopped = False  # it was not flowspec's decision: the Job is deleted, the run not cancelled
+
+    def second_pod(self, handle: JobHandle, pod) -> None:
+        """The Job controller started another pod for the run (its first was deleted or evicted):
+        deleted at once, with the Job, so that the flow run never runs twice."""
+        if pod.metadata.deletion_timestamp is not None:
+            return
+        if handle.outside is None and not handle.stopped:
+            self.deleted_outside(handle, pod)
+            handle.outside = f"was evicted or deleted from outside flowspec (pod {handle.pod})"
+        log.warning("run %s: the Job started another pod, %s: deleting it, the run never runs twice",
+                    handle.run_id, pod.metadata.name)
+        call(f"delete pod {pod.metadata.name}", self.kube.core.delete_namespaced_pod, pod.metadata.name,
+             handle.namespace, grace_period_seconds=0, ok=(404,))
+
+    def not_cancelled(self, handle: JobHandle, outcome: Outcome) -> None:
+        """A pod evicted or deleted from outside got SIGTERM, which the run inside takes for a
+        cancel: unless someone did cancel the run, it failed, for that reason."""
+        if self.backend is None or not (handle.outside or outcome.reason.startswith("was evicted")):
+            return
+        run = self.backend.get_run(handle.run_id)
+        if run is None or run.state != "Cancelled":
+            return
+        if any(e.state == "Cancelling" for e in self.backend.run_history(handle.run_id)):
+            return
+        message = f"the {self.platform}'s pod {outcome.reason}"
+        if self.backend.set_run_state(handle.run_id, "Failed", message, expected_from={"Cancelled"}, exit_code=1):
+            log.warning("run %s: Failed: %s", handle.run_id, message)
 
     def event_problem(self, namespace: str, uid: str, pending=None) -> str | None:
         """The last Warning event about an object (a Job's FailedCreate, a pod's FailedMount)."""

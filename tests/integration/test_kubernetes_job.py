@@ -304,3 +304,24 @@ def test_the_agent_runs_with_exactly_the_role_in_the_docs(cases, kube_namespace,
     assert cluster.wait_gone("jobs,pods", ns, f"flowspec.io/run-id={run_id}", 60) == []  # deleted by the agent
     failed = cases.start_run("rbac", "--label", "rbac", "--param", "mode=oom")
     assert "OOMKilled" in cases.wait_run(failed, timeout=120).message  # watching needs no more than the Role
+
+
+def test_an_evicted_pod_fails_the_run_with_the_reason_and_is_never_rerun(cases):
+    """Evicted through the Eviction API, as a node drain does (this cluster's kubelet evicts
+    nothing by itself): the pod gets SIGTERM, which the run inside takes for a cancel; the run
+    must end Failed, naming the eviction, and the Job must not start the flow again."""
+    run_id = cases.start_run("cases", "--label", "main", "--param", "mode=nap")
+    deadline = time.monotonic() + 120
+    while "napping" not in cases.logs(run_id):
+        assert time.monotonic() < deadline, cases.agent_logs()[-3000:]
+        time.sleep(0.3)
+    pod = cases.cluster.kubectl("get", "pods", "-n", cases.namespace, "-l", f"flowspec.io/run-id={run_id}",
+                                "-o", "jsonpath={.items[0].metadata.name}").stdout
+    eviction = {"apiVersion": "policy/v1beta1", "kind": "Eviction", "metadata": {"name": pod, "namespace": cases.namespace}}
+    cases.cluster.kubectl("create", "--raw", f"/api/v1/namespaces/{cases.namespace}/pods/{pod}/eviction", "-f", "-",
+                          input=json.dumps(eviction))
+    # The run inside ends Cancelled on SIGTERM; its watcher then fails it, naming the eviction.
+    run = cases.wait_run(run_id, ("Failed",), timeout=90)
+    assert "evicted or deleted from outside" in run.message and pod in run.message, run.message
+    assert cases.left(run_id, timeout=60) == []
+    assert cases.logs(run_id).count("napping") == 1  # the pod the Job made next never ran the flow
