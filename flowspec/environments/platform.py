@@ -358,12 +358,15 @@ def result_from_backend(spec, backend, run_id: str, params: dict):
 
     tasks = {name: TaskRecord(name) for name in spec.tasks}
     children: dict[str, dict[int, str]] = {}
+    tries: dict[str, dict[int, int]] = {}  # a mapped task's attempts: its children's, summed
     for s in backend.task_states(run_id, history=True):
         rec = tasks.get(s.task)
         if rec is None:
             continue
         if s.map_index is not None:
             children.setdefault(s.task, {})[s.map_index] = s.state
+            mine = tries.setdefault(s.task, {})
+            mine[s.map_index] = max(mine.get(s.map_index, 0), s.attempt)
             rec.start = rec.start if rec.start is not None else s.time
             rec.end = s.time
             continue
@@ -374,6 +377,7 @@ def result_from_backend(spec, backend, run_id: str, params: dict):
     for name, states in children.items():
         rec = tasks[name]
         rec.children = [states[i] for i in sorted(states)]
+        rec.attempts = sum(tries[name].values())
         if rec.state in ("Pending", "Running"):
             rec.state = aggregate(rec.children)
     run = backend.get_run(run_id)

@@ -46,6 +46,29 @@ def test_run_file_failing_task_exits_1_with_the_error(docker_flows):
     assert "kaboom" in proc.stderr
 
 
+MAPPED_CODE = """
+from flowspec import context
+
+def inc(x):
+    if x == 3:
+        raise ValueError("three")
+    return x + 1
+
+def hook(summary=None):
+    context.logger.info("on_exit saw %s", summary["state"])
+"""
+
+
+def test_run_file_mapped_task_and_hook_summary_as_a_local_run_shows_it(docker_flows):
+    spec = docker_flows.write("mapped", "  inc:\n    run: tasks:inc\n    map: {x: [1, 2, 3, 4]}\n",
+                              environment="  on_exit: tasks:hook\n", code=MAPPED_CODE)
+    proc = docker_flows.cli("run", str(spec), "--format", "json")
+    assert proc.returncode == 1, proc.stderr
+    inc = json.loads(proc.stdout)["tasks"]["inc"]
+    assert inc["state"] == "Failed" and inc["children"] == {"Success": 3, "Failed": 1} and inc["attempts"] == 4
+    assert "on_exit saw Failed" in proc.stderr
+
+
 def test_agent_runs_the_flow_in_a_container_with_logs_in_runs_logs(docker_flows):
     spec = docker_flows.write("agented", HELLO)
     reg = docker_flows.cli("register", str(spec))
