@@ -556,7 +556,8 @@ class BuildPlan:
             return disk_full(error)
         head = step[0] if step else "a build step"
         if "python3" in head and ("not found" in error or "127" in error or any("not found" in s for s in step)):
-            return FlowspecError(f"the base image has no python3 ({head}): {_first_line(error)}",
+            found = re.search(r'exec: "python3": [^:]*', error)
+            return FlowspecError(f"the base image has no python3: {found.group(0) if found else _first_line(error)}",
                                  hint=f"use a base image with Python {self.python} and its venv module")
         if "pull access denied" in error or "manifest unknown" in error or "not found" in error and head.startswith(
                 "Step 1/"):

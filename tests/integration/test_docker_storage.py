@@ -148,6 +148,19 @@ def test_python_version_mismatch_is_named(docker_flows, python39_image):
     assert "neither tagged nor pushed" in proc.stderr
 
 
+def test_a_base_image_without_python_says_so(docker_flows):
+    folder = docker_flows.root / "nopython-base"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(f"FROM {docker_flows.base}\nRUN rm -f /usr/bin/python3 /usr/bin/python3.11\n")
+    with client(docker_flows) as c:
+        c.images.build(path=str(folder), tag="localhost/no-python:1", rm=True)
+    spec = docker_flows.write("nopython", HELLO, storage="  base_image: localhost/no-python:1\n")
+    proc = docker_flows.cli("build", str(spec))
+    assert proc.returncode == 1
+    assert 'the base image has no python3: exec: "python3": executable file not found' in proc.stderr
+    assert "use a base image with Python" in proc.stderr
+
+
 def test_user_dockerfile_gets_flowspec_steps_after_it(docker_flows):
     folder = docker_flows.root / "custom"
     folder.mkdir()
