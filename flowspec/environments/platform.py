@@ -223,10 +223,10 @@ class PlatformEnvironment(Environment):
         for obs in observers:
             obs.flow_state(_started(self.spec, run_id, params))
         handle = self.start(job)
-        _WATCHED[id(handle)] = (self, handle)
-        log.info("run %s: %s %s started from image %s", run_id, self.platform, job.name, job.image)
         outcome = None
         try:
+            _WATCHED[id(handle)] = (self, handle)
+            log.info("run %s: %s %s started from image %s", run_id, self.platform, job.name, job.image)
             outcome, cancelled, tail = self.follow(handle, backend, run_id, [o for o in observers if o not in recorders])
             result = self.settle(backend, run_id, params, outcome, cancelled, tail)
             for obs in observers:
