@@ -385,10 +385,12 @@ def rebuild_error(blob: bytes | None, type_name: str, text: str, tb: str) -> Bas
 
 # -- the child process --------------------------------------------------------------------------
 def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
-    """Run calls sent by the parent until the socket closes. Ctrl-C is the parent's business."""
+    """Run calls sent by the parent until the socket closes. Ctrl-C, SIGTERM and SIGHUP sent to
+    the whole process group are the parent's business: it cancels the run and stops its children."""
     from multiprocessing.connection import Connection
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     conn = Connection(fd)
     sys.stderr = logs.whole_lines(2)  # the parent writes this child's log lines to the same stderr as they come
     if stdout_is_stderr:
