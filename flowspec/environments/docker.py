@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import codecs
 import ipaddress
-import re
 import os
+import re
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -106,6 +107,10 @@ class DockerEnvironment(PlatformEnvironment):
             self.cleanup(handle, None)
             raise self._refused(exc, f"starting the container for run {job.run_id}") from None
         handle.watch()
+        if self.run_backend is not None:
+            handle.output = threading.Thread(target=_record_stdout, args=(handle, self.run_backend, job.run_id),
+                                             daemon=True, name=f"stdout-{container.short_id}")
+            handle.output.start()
         return handle
 
     def _image(self, ref: str) -> str:
@@ -161,6 +166,8 @@ class DockerEnvironment(PlatformEnvironment):
             pass
 
     def cleanup(self, handle: Any, outcome: Outcome | None) -> None:
+        if handle.output is not None and outcome is not None:
+            handle.output.join(5.0)  # its last lines into the run's logs, before the container goes
         if self.options.get("keep_container"):
             return
         try:
@@ -180,6 +187,7 @@ class _Container:
         self.ended = threading.Event()
         self.exit_code: int | None = None
         self.error: str | None = None
+        self.output: threading.Thread | None = None  # records its standard output in the run's logs
 
     def watch(self) -> None:
         threading.Thread(target=self._wait, daemon=True, name=f"wait-{self.container.short_id}").start()
@@ -190,6 +198,38 @@ class _Container:
         except Exception as exc:  # removed from outside, or the engine went away
             self.error = str(exc)
         self.ended.set()
+
+
+OUTPUT_EVERY_S = 0.2
+
+
+def _record_stdout(handle: _Container, backend, run_id: str) -> None:
+    """The container's standard output (its tasks' print()) into the run's logs, in batches. Its
+    standard error carries flowspec's own log lines, which the run inside records itself."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending, lines, last = "", [], time.monotonic()
+    label = "output"
+
+    def write(batch: list) -> None:
+        try:
+            backend.add_logs(run_id, batch)
+        except FlowspecError:  # they still reached the watcher's output
+            pass
+
+    try:
+        for chunk in handle.container.logs(stream=True, follow=True, stdout=True, stderr=False):
+            parts = (pending + decoder.decode(chunk)).split("\n")
+            pending = parts.pop()
+            lines += [(time.time(), "INFO", label, text) for text in parts]
+            if lines and time.monotonic() - last >= OUTPUT_EVERY_S:
+                write(lines)
+                lines, last = [], time.monotonic()
+    except Exception:  # removed under the stream: its output ends there
+        pass
+    if pending:
+        lines.append((time.time(), "INFO", label, pending))
+    if lines:
+        write(lines)
 
 
 def _is_loopback(host: str) -> bool:

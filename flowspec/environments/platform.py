@@ -173,6 +173,7 @@ class PlatformEnvironment(Environment):
         super().__init__(spec)
         self.location = location
         self.backend_url: str | None = None  # the run's backend, when not $FLOWSPEC_BACKEND or the default
+        self.run_backend = None  # the run's backend while execute() follows it
 
     # -- what each platform says -----------------------------------------------------------------
     @abstractmethod
@@ -214,7 +215,7 @@ class PlatformEnvironment(Environment):
             raise FlowspecError(f"the {self.spec.environment.type} environment runs recorded flow runs only,"
                                 " and this run has no backend to record it in",
                                 hint="check that the backend ($FLOWSPEC_BACKEND) can be opened")
-        backend = recorders[0].backend
+        backend = self.run_backend = recorders[0].backend
         location = self.location or registered_location(backend, run_id)
         url = self.backend_url_inside(self.backend_url or backend_url())
         job = make_job(self.spec, location, run_id, url)
