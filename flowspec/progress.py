@@ -162,7 +162,9 @@ class Progress:
         self.draws = 0
         self._tokens, self._filled = DRAW_BURST, time.monotonic()  # the drawing budget (a token bucket)
         self._stop = threading.Event()
-        self._changed = threading.Event()  # a task started or ended: worth drawing soon
+        # A task started or ended: worth drawing soon. A plain flag the ticker looks at, not an
+        # Event: setting an Event wakes the ticker's thread at every task of a 10 000-task chain.
+        self._changed = False
         self._second, self._clock = -1, ""  # the time of day of plain lines, made once a second
 
     # -- runner observer -------------------------------------------------------------------------
@@ -193,12 +195,12 @@ class Progress:
                     return
                 self._count(task, index, state)  # the map's first child: the task starts
             if self.live:
-                self._changed.set()
+                self._changed = True
             return
         with self.lock:
             self._count(task, index, state)
         if self.live:
-            self._changed.set()  # the ticker shows it shortly, within the drawing budget
+            self._changed = True  # the ticker shows it shortly, within the drawing budget
         else:
             self._plain(task, index, state, attempt, message)
 
@@ -288,12 +290,13 @@ class Progress:
             self.clear()
 
     def _tick(self) -> None:
-        while not self._stop.is_set():
-            if self._changed.wait(self.interval):
-                # Changes come in bursts (a task ends, the next starts): draw where they lead.
-                self._stop.wait(SETTLE_S)
-                self._changed.clear()
-            if not self._stop.is_set():
+        ticked = time.monotonic()
+        while not self._stop.wait(SETTLE_S):
+            # Changes come in bursts (a task ends, the next starts): drawn SETTLE_S later, where
+            # they lead; otherwise every `interval` for the clock.
+            now = time.monotonic()
+            if self._changed or now - ticked >= self.interval:
+                self._changed, ticked = False, now
                 self.draw()
 
     # -- plain lines -------------------------------------------------------------------------------
