@@ -95,8 +95,16 @@ def build_job(kind: str, flow_name: str, project: str, options: Mapping, templat
                                    "service_account": ("environment", "service_account"),
                                    "pull_secret": secret_path})
     built.template = template
+    written = mf.image_of(data) if kind == "dask-kubernetes" and isinstance(data, dict) else None
+    if written and written != inputs.image:
+        built.warnings.append(replaced(template, "scheduler", written, inputs.image))
     _raise_problems(built, flow_doc, ("environment", key if template is not None else "type"), template_doc)
     return built
+
+
+def replaced(template: mf.Template, what: str, written: str, image: str) -> str:
+    return (f"{template.written}: the {what} image {written} is replaced by the flow's image {image}: the"
+            f" {what} must run the flow's code and flowspec")
 
 
 def build_worker(flow_name: str, project: str, options: Mapping, templates: Mapping, inputs: RunInputs, flow_doc,
@@ -118,8 +126,7 @@ def build_worker(flow_name: str, project: str, options: Mapping, templates: Mapp
     built.template = template
     written = mf.image_of(data) if isinstance(data, dict) else None
     if written and written != inputs.image:
-        built.warnings.append(f"{template.written}: the worker image {written} is replaced by the flow's image "
-                              f"{inputs.image}: workers must run the flow's code and flowspec")
+        built.warnings.append(replaced(template, "worker", written, inputs.image))
     _raise_problems(built, flow_doc, ("environment", "worker_spec_file" if template else "type"), template_doc)
     return built
 
@@ -167,12 +174,14 @@ def check_environment(doc, base_dir: str, files: dict | None = None) -> tuple[li
 
 
 def plan_warnings(spec) -> list[str]:
-    """What `flowspec plan` should say about a Kubernetes environment (a replaced worker image)."""
-    options, templates = spec.environment.options, templates_of(spec.environment.options)
-    worker = templates.get("worker_spec_file")
-    if worker is None:
+    """What `flowspec plan` says about a dask-kubernetes environment: template images it replaces."""
+    if spec.environment.type != "dask-kubernetes":
         return []
-    data = worker.document().data
-    written = mf.image_of(data) if isinstance(data, dict) else None
-    return [f"{worker.written}: the worker image {written} would be replaced by the flow's image"
-            " (workers must run the flow's code and flowspec)"] if written and options else []
+    out = []
+    for key, what in (("scheduler_spec_file", "scheduler"), ("worker_spec_file", "worker")):
+        template = templates_of(spec.environment.options).get(key)
+        data = template.document().data if template is not None else None
+        if written := (mf.image_of(data) if isinstance(data, dict) else None):
+            out.append(f"{template.written}: the {what} image {written} would be replaced by the flow's image"
+                       f" (the {what} must run the flow's code and flowspec)")
+    return out

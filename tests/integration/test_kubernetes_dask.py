@@ -118,3 +118,18 @@ def test_a_failing_run_and_a_cancelled_run_leave_no_pod(dask_flows):
     assert dask_flows.cli("runs", "cancel", napping).returncode == 0
     assert dask_flows.wait_run(napping, timeout=90).state == "Cancelled"
     assert dask_flows.left(napping, timeout=90) == []
+
+
+def test_killing_the_jobs_pod_takes_its_workers_with_it(dask_flows):
+    run_id = dask_flows.start_run("dask", "--param", "mode=nap")
+    deadline = time.monotonic() + 180
+    while "napping in pod" not in dask_flows.logs(run_id):
+        assert time.monotonic() < deadline, dask_flows.agent_logs()[-3000:]
+        time.sleep(0.5)
+    pods = pods_of(dask_flows, run_id)
+    job_pod = next(p for p in pods if not re.search(r"-w\d+$", p))
+    assert len(pods) == 3, pods  # the Job's pod and its two workers
+    dask_flows.cluster.kubectl("delete", job_pod, "-n", dask_flows.namespace, "--grace-period=0", "--force")
+    run = dask_flows.wait_run(run_id, ("Failed",), timeout=90)
+    assert "deleted from outside" in run.message, run.message
+    assert dask_flows.left(run_id, timeout=90) == []  # the workers went with the pod that owned them
