@@ -135,7 +135,7 @@ def run(run_id: str) -> int:
         except (Exception, KeyboardInterrupt) as exc:
             state, message = outcome_of(exc)
             if isinstance(exc, KeyboardInterrupt):
-                message = "cancelled (stopped by its watcher, or by runs cancel)"
+                message = _stop_reason(backend, run_id)
             elif not isinstance(exc, FlowspecError):
                 traceback.print_exc()
         code = EXIT_CODES.get(state, 1)
@@ -180,6 +180,16 @@ def not_running(backend, run_id: str, current) -> int:
     state = current.state if current is not None else "not in the backend"
     print(f"flowspec: run {run_id} is {state}, not Running: not starting it", file=sys.stderr)
     return 1
+
+
+def _stop_reason(backend, run_id: str) -> str:
+    try:
+        run = backend.get_run(run_id)
+    except FlowspecError:
+        run = None
+    if run is not None and run.state == "Cancelling":
+        return "cancelled by the user"
+    return "stopped by SIGTERM (its watcher was interrupted, or the container was stopped)"
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
