@@ -76,11 +76,34 @@ def check(doc: Document) -> list[Diagnostic]:
 # the diagnostics are jsonschema's own. The checker only ever says "valid" when the schema would.
 _ANNOTATIONS = frozenset(("description", "default", "patternErrorMessage", "title", "$comment", "examples",
                           "markdownDescription"))
-_TYPES = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
-          "string": lambda v: isinstance(v, str), "null": lambda v: v is None,
-          "boolean": lambda v: isinstance(v, bool),
-          "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+_TYPES = {"object": (dict,), "array": (list,), "string": (str,), "null": (type(None),), "boolean": (bool,),
+          "integer": (int,), "number": (int, float)}
+
+
+def _is_any(kinds: list[str]):
+    """A test for the JSON types `kinds` (an integer is not a boolean, unless both are allowed)."""
+    types = tuple(t for k in kinds for t in _TYPES[k])
+    if int in types and "boolean" not in kinds:
+        return lambda v: isinstance(v, types) and not isinstance(v, bool)
+    return lambda v: isinstance(v, types)
+
+
+def _all_of(tests: list):
+    """One test from several, with as few calls as possible (it runs for every value)."""
+    if not tests:
+        return lambda v: True
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda v: first(v) and second(v)
+
+    def every(v) -> bool:
+        for test in tests:
+            if not test(v):
+                return False
+        return True
+    return every
 
 
 def _sure_valid(schema):
@@ -100,8 +123,7 @@ def _sure_valid(schema):
         kinds = [kinds] if isinstance(kinds, str) else kinds
         if any(k not in _TYPES for k in kinds):
             return None
-        checks = [_TYPES[k] for k in kinds]
-        tests.append(lambda v: any(c(v) for c in checks))
+        tests.append(_is_any(kinds))
     if "enum" in schema:
         choices = frozenset(c for c in schema["enum"] if isinstance(c, str))
         tests.append(lambda v: isinstance(v, str) and v in choices)
@@ -115,7 +137,13 @@ def _sure_valid(schema):
         item = _sure_valid(schema["items"])
         if item is None:
             return None
-        tests.append(lambda v: not isinstance(v, list) or all(item(x) for x in v))
+        def items(v) -> bool:
+            if isinstance(v, list):
+                for x in v:
+                    if not item(x):
+                        return False
+            return True
+        tests.append(items)
     if schema.get("uniqueItems"):
         tests.append(lambda v: not isinstance(v, list) or (all(isinstance(x, str) for x in v)
                                                            and len(set(v)) == len(v)))
@@ -136,11 +164,18 @@ def _sure_valid(schema):
     def mapping(v) -> bool:
         if not isinstance(v, dict):
             return True
-        if len(v) < least or any(k not in v for k in required):
+        if len(v) < least:
             return False
+        for key in required:
+            if key not in v:
+                return False
+        get = props.get
         for key, value in v.items():
-            check = props.get(key)
-            if check is None and extra is False or check is not None and not check(value):
+            check = get(key)
+            if check is None:
+                if extra is False:
+                    return False
+            elif not check(value):
                 return False
             if names is not None and not names(key):
                 return False
@@ -148,7 +183,7 @@ def _sure_valid(schema):
 
     if props or extra is False or names or required or least:
         tests.append(mapping)
-    return lambda v: all(t(v) for t in tests)
+    return _all_of(tests)
 
 
 @lru_cache(maxsize=1)
