@@ -204,9 +204,11 @@ class KubernetesJobEnvironment(PlatformEnvironment):
         deleted at once, with the Job, so that the flow run never runs twice."""
         if pod.metadata.deletion_timestamp is not None:
             return
-        if handle.outside is None and not handle.stopped:
-            self.deleted_outside(handle, pod)
+        if handle.outside is None and not handle.stopped:  # the first pod vanished between two looks
             handle.outside = f"was evicted or deleted from outside flowspec (pod {handle.pod})"
+            log.warning("run %s: pod %s is gone, deleted from outside flowspec", handle.run_id, handle.pod)
+            self.stop(handle, 30.0)
+            handle.stopped = False
         log.warning("run %s: the Job started another pod, %s: deleting it, the run never runs twice",
                     handle.run_id, pod.metadata.name)
         call(f"delete pod {pod.metadata.name}", self.kube.core.delete_namespaced_pod, pod.metadata.name,
