@@ -2,6 +2,7 @@
 docker storage image, watched to its end by the agent (or by `flowspec run FILE`)."""
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -59,6 +60,7 @@ class KubernetesJobEnvironment(PlatformEnvironment):
         self.options = jobs.resolved_options(spec.environment.options)
         self.templates = jobs.templates_of(spec.environment.options)
         self.backend = None
+        self.sqlite_dir: str | None = None
         self._kube = None
 
     @property
@@ -92,13 +94,19 @@ class KubernetesJobEnvironment(PlatformEnvironment):
                 self._kube.close()
 
     def backend_url_inside(self, url: str) -> str:
+        """PostgreSQL as it is; an SQLite file only on a cluster that runs on this machine (its API
+        server on loopback), mounted into the pod at its own path (a hostPath volume)."""
         scheme = url.split("://", 1)[0].lower() if "://" in url else "sqlite"
-        if scheme not in ("postgresql", "postgres"):
+        if scheme in ("postgresql", "postgres"):
+            return url
+        path = os.path.abspath(url[len("sqlite://"):] if url.startswith("sqlite://") else url)
+        if not mf.loopback_backend(self.kube.host):
             raise FlowspecError(
-                f"the backend is the SQLite file {url.split('://', 1)[-1]}, which a pod cannot open: the flow run"
-                " in the pod records its states and logs in the backend",
+                f"the backend is the SQLite file {path}, which a pod of the cluster at {self.kube.host} cannot open:"
+                " the flow run in the pod records its states and logs in the backend",
                 hint="use a PostgreSQL backend the pods can reach (FLOWSPEC_BACKEND=postgresql://...)")
-        return url
+        self.sqlite_dir = os.path.dirname(path)  # the folder: SQLite writes its journal beside the file
+        return f"sqlite://{path}"
 
     # -- the Job -----------------------------------------------------------------------------------
     def manifest(self, job: FlowRunJob) -> mf.Built:
@@ -110,8 +118,11 @@ class KubernetesJobEnvironment(PlatformEnvironment):
         inputs = jobs.RunInputs(image=job.image, command=list(job.command), env=self.job_env(job), run_id=job.run_id,
                                 agent=run.agent if run is not None else None,
                                 backend_url=job.env.get("FLOWSPEC_BACKEND"), own=set(OWN_VARIABLES), name=job.name)
-        return jobs.build_job(self.kind, self.spec.name, self.spec.project, self.options, self.templates,
-                              self.spec.environment.env, inputs, self.spec.document)
+        built = jobs.build_job(self.kind, self.spec.name, self.spec.project, self.options, self.templates,
+                               self.spec.environment.env, inputs, self.spec.document)
+        if self.sqlite_dir:
+            mf.mount_host_folder(built.manifest, "flowspec-backend", self.sqlite_dir)
+        return built
 
     def job_env(self, job: FlowRunJob) -> dict:
         return dict(job.env)

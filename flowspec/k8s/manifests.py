@@ -14,8 +14,9 @@ A Job is built from the default manifest or from a user's template (`job_spec_fi
   --env`, `environment.env`, flowspec's own variables;
 - `namespace` and `service_account` from the spec, over the template's; `image_pull_secret`
   added to the template's `imagePullSecrets`;
-- `hostNetwork: true` when the template does not say, and the backend is on a loopback
-  address: the flow run in the pod must reach the backend, and a pod reaches the host's
+- `hostNetwork: true` when the template does not say, and the backend is on this machine (a
+  loopback address, or an SQLite file, mounted with a hostPath volume when the cluster runs
+  here): the flow run in the pod must reach the backend, and a pod reaches the host's
   127.0.0.1 only with host networking.
 
 `Built.origins` maps a manifest path to the flow.yaml path that set it, so that `checks` can
@@ -77,11 +78,22 @@ def selector(labels: dict[str, str]) -> str:
 
 
 def loopback_backend(url: str | None) -> bool:
-    """Is the backend at a loopback address (so a pod reaches it only with host networking)?"""
-    if not url or "://" not in url:
+    """Is this URL on this machine: a loopback address (a pod reaches it only with host
+    networking), or an SQLite file?"""
+    if not url:
         return False
+    if "://" not in url or url.startswith("sqlite://"):
+        return True
     host = urlsplit(url).hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def mount_host_folder(manifest: dict, name: str, folder: str) -> None:
+    """A folder of this machine at the same path in the first container (an SQLite backend)."""
+    pod = get_path(manifest, pod_spec_path(manifest))
+    pod["volumes"] = [*(pod.get("volumes") or []), {"name": name, "hostPath": {"path": folder, "type": "Directory"}}]
+    first = pod["containers"][0]
+    first["volumeMounts"] = [*(first.get("volumeMounts") or []), {"name": name, "mountPath": folder}]
 
 
 @dataclass(frozen=True)

@@ -325,3 +325,15 @@ def test_an_evicted_pod_fails_the_run_with_the_reason_and_is_never_rerun(cases):
     assert "evicted or deleted from outside" in run.message and pod in run.message, run.message
     assert cases.left(run_id, timeout=60) == []
     assert cases.logs(run_id).count("napping") == 1  # the pod the Job made next never ran the flow
+
+
+def test_an_sqlite_backend_is_mounted_into_the_pod_on_a_cluster_of_this_machine(cases, tmp_path):
+    """The API server is on loopback: the cluster runs here, and the pod opens the same file."""
+    env = {**cases.env, "FLOWSPEC_BACKEND": f"sqlite://{tmp_path / 'backend.db'}"}
+    done = cases.cli("register", str(cases.root / "cases" / "flow.yaml"), env=env)
+    assert done.returncode == 0, done.stderr
+    cases.agent("--label", "main", env=env)
+    started = cases.cli("run", "--name", "cases", "--label", "main", "--watch", env=env, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    logs = cases.cli("runs", "logs", started.stdout.split()[0], env=env).stdout
+    assert "volume says: written in the pod" in logs
