@@ -225,6 +225,31 @@ def test_sigint_cancels_the_container_run_cleanly(docker_flows):
     assert left == [], [(c.name, c.status, c.labels) for c in left] + [err]
 
 
+def test_runs_cancel_of_a_run_file_stops_its_container(docker_flows):
+    spec = docker_flows.write("cancel-file", "  rest:\n    run: tasks:nap\n    with: {seconds: 120}\n")
+    assert docker_flows.cli("build", str(spec)).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "flowspec", "run", str(spec)], env=docker_flows.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        with docker_flows.backend() as backend:
+            while not (runs := backend.list_runs()) or not any(s.state == "Running"
+                                                               for s in backend.task_states(runs[0].id)):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert docker_flows.cli("runs", "cancel", runs[0].id).returncode == 0
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Cancelled" in out.splitlines()[-1]
+    with docker_flows.backend() as backend:
+        run = backend.get_run(runs[0].id)
+    assert run.state == "Cancelled", run.message
+    assert docker_flows.containers() == []
+
+
 def test_postgres_backend_on_loopback_needs_host_networking(docker_flows, postgres_url):
     import uuid
 
