@@ -245,8 +245,7 @@ def test_a_quota_that_blocks_pod_creation_fails_the_run_with_the_reason(cases, k
 
 def test_a_manifest_wrong_only_at_run_time_is_refused_before_it_is_sent(cases):
     """The namespace comes from the agent's environment: checked when the run starts, no Job sent."""
-    env = (f"  type: kubernetes-job\n  namespace: '${{{{ env.TARGET_NS }}}}'\n  labels: [odd]\n"
-           f"  job_spec_file: job.yaml\n")
+    env = "  type: kubernetes-job\n  namespace: '${{ env.TARGET_NS }}'\n  labels: [odd]\n  job_spec_file: job.yaml\n"
     path = cases.write("late", WORK, env, TASKS, {"job.yaml": TEMPLATE}, top=MODE)
     assert cases.cli("validate", str(path)).returncode == 0
     cases.register(path)
@@ -256,7 +255,6 @@ def test_a_manifest_wrong_only_at_run_time_is_refused_before_it_is_sent(cases):
     assert run.state == "Failed"
     assert re.search(r"late \(registered version 1\):\d+:\d+: error: environment.namespace: metadata.namespace: "
                      r"namespace 'Not_A_Namespace' is not a valid DNS-1123 label", run.message), run.message
-    assert "Job" in run.message or "namespace" in run.message
     jobs = cases.cluster.kubectl("get", "jobs", "-A", "-l", f"flowspec.io/run-id={run_id}", "-o", "name").stdout
     assert jobs.strip() == ""
 
