@@ -175,3 +175,77 @@ def test_names_and_labels_are_valid_for_any_flow_name():
     assert mf.label_value("x" * 64) != mf.label_value("x" * 65)  # cleaned values stay distinct
     assert checks.quantity("1Gi") == 2 ** 30 and checks.quantity("500m") * 2 == 1 and checks.quantity("1e3") == 1000
     assert checks.quantity("12x") is None and checks.quantity(True) is None
+
+
+def _templates(**texts: str) -> dict:
+    return {key: mf.Template(key, f"{key}.yaml", f"/spec/{key}.yaml", textwrap.dedent(text))
+            for key, text in texts.items()}
+
+
+def _flow_doc():
+    from flowspec.loader import load_text
+
+    return load_text("version: 1\nname: f\ntasks: {a: {run: 'm:f'}}\nenvironment: {type: kubernetes-job}\n", "flow.yaml")
+
+
+def test_the_spec_wins_over_the_template_and_flowspec_owns_what_runs():
+    from flowspec.k8s import jobs
+
+    templates = _templates(job_spec_file="""\
+        apiVersion: batch/v1
+        kind: Job
+        metadata: {name: my-job, namespace: theirs, labels: {team: data}}
+        spec:
+          template:
+            spec:
+              serviceAccount: old-sa
+              imagePullSecrets: [{name: their-secret}]
+              containers:
+                - name: main
+                  image: theirs
+                  args: [x]
+                  env: [{name: A, value: template}, {name: B, value: template}]
+                - {name: sidecar, image: localhost/side:1}
+        """)
+    inputs = jobs.RunInputs(image="127.0.0.1:5055/f:tag", command=["python", "-m", "flowspec.inside", "r" * 32],
+                            env={"B": "spec", "C": "agent", "FLOWSPEC_RUN_ID": "r" * 32}, run_id="r" * 32, agent="ag",
+                            backend_url="postgresql://u@db.example.com/flows", own={"FLOWSPEC_RUN_ID"})
+    options = {"namespace": "ours", "service_account": "runner", "image_pull_secret": "our-secret"}
+    job = jobs.build_job("kubernetes-job", "f", "p", options, templates, {"B": "spec"}, inputs, _flow_doc()).manifest
+    assert job["metadata"]["namespace"] == "ours" and job["metadata"]["name"] == "my-job-rrrrrrrrrrrr"
+    assert job["metadata"]["labels"]["team"] == "data" and job["metadata"]["labels"][mf.AGENT_LABEL] == "ag"
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and "hostNetwork" not in pod  # the backend is not on this machine
+    assert pod["serviceAccountName"] == "runner" and "serviceAccount" not in pod
+    assert pod["imagePullSecrets"] == [{"name": "their-secret"}, {"name": "our-secret"}]
+    first, sidecar = pod["containers"]
+    assert first["image"] == inputs.image and first["command"] == inputs.command and "args" not in first
+    assert first["env"] == [{"name": "A", "value": "template"}, {"name": "B", "value": "spec"},
+                            {"name": "C", "value": "agent"}, {"name": "FLOWSPEC_RUN_ID", "value": "r" * 32}]
+    assert sidecar == {"name": "sidecar", "image": "localhost/side:1"}
+
+
+def test_dask_kubernetes_pulls_with_its_secret_and_names_replaced_images():
+    from flowspec.k8s import jobs
+
+    templates = _templates(scheduler_spec_file="""\
+        apiVersion: batch/v1
+        kind: Job
+        spec: {template: {spec: {containers: [{name: flow, image: localhost/mine:1}]}}}
+        """, worker_spec_file="""\
+        apiVersion: v1
+        kind: Pod
+        spec: {containers: [{name: w, image: localhost/mine:2}]}
+        """)
+    inputs = jobs.RunInputs(image="127.0.0.1:5055/f:tag", command=["x"], env={}, run_id="r" * 32,
+                            backend_url="postgresql://u@127.0.0.1/flows")
+    options = {"private_registry": True, "docker_secret": "regcred"}
+    built = jobs.build_job("dask-kubernetes", "f", "p", options, templates, {}, inputs, _flow_doc())
+    pod = built.manifest["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["hostNetwork"] is True  # backend on loopback
+    assert any("localhost/mine:1" in w and "127.0.0.1:5055/f:tag" in w for w in built.warnings), built.warnings
+    worker = jobs.build_worker("f", "p", options, templates, inputs, _flow_doc(), "w-0", {mf.RUN_LABEL: "r"})
+    assert worker.manifest["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert worker.manifest["metadata"]["labels"][mf.ROLE_LABEL] == "dask-worker"
+    assert any("localhost/mine:2" in w for w in worker.warnings)
