@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration, pytest.mark.slow]
 
@@ -66,7 +68,9 @@ spec:
 def dask_flows(kube_flows):
     ns, cluster = kube_flows.namespace, kube_flows.cluster
     cluster.kubectl("create", "serviceaccount", "flowspec-dask", "-n", ns)
-    cluster.kubectl("create", "role", "flowspec-dask", "--verb=create,get,list,delete", "--resource=pods", "-n", ns)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
+    role = yaml.safe_load(re.search(r"<!-- dask-role -->\n```yaml\n(.*?)```", docs, re.S).group(1))
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(role))  # the Role as documented
     cluster.kubectl("create", "rolebinding", "flowspec-dask", "--role=flowspec-dask",
                     f"--serviceaccount={ns}:flowspec-dask", "-n", ns)
     env = (f"  type: dask-kubernetes\n  namespace: {ns}\n  min_workers: 2\n  max_workers: 2\n  scheduler_logs: true\n"
