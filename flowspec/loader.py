@@ -191,72 +191,80 @@ def _load_plain(text: str, file: str) -> Document | None:
     None when the document has anything else in it (see _NotPlain): `_load` then composes it
     and reports what is wrong, as before. A 10 000-task flow loads in a third of the time."""
     loader = _Loader(text)
-    resolve, constructor = loader.resolve, yaml.constructor.SafeConstructor()
-    scalars: dict = {}  # (plain?, text) → value: keys and small values repeat a lot
+    get_event, resolve, constructor = loader.get_event, loader.resolve, yaml.constructor.SafeConstructor()
+    scalar_event, alias_event, sequence_start = yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    scalars: tuple = ({}, {})  # quoted, plain: text → (tag, value); keys and small values repeat a lot
     values: dict = {}
     keys: dict = {}
-    # One frame per open collection: [container, its path, the pending key (mappings), the key's mark]
+    # One frame per open collection: [container, its path, is it a list, the pending key (mappings)]
     stack: list = []
     root = None
     try:
-        loader.get_event()  # StreamStartEvent
+        get_event()  # StreamStartEvent
         if loader.check_event(yaml.StreamEndEvent):
             return Document(file, None, {(): (1, 1)}, {}, text)
-        loader.get_event()  # DocumentStartEvent
+        get_event()  # DocumentStartEvent
         while True:
-            event = loader.get_event()
+            event = get_event()
             kind = type(event)
-            if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+            if kind in ends:
                 value = stack.pop()[0]
                 if not stack:
                     root = value
                     break
-                _put(stack[-1], value, keys)
+                top = stack[-1]
+                if top[2]:
+                    top[0].append(value)
+                else:
+                    top[0][top[3]], top[3] = value, None
                 continue
-            if kind is yaml.AliasEvent or event.anchor is not None:
+            if kind is alias_event or event.anchor is not None or event.tag is not None and event.tag != "!":
                 raise _NotPlain()
-            if not stack:
-                path = ()
-            elif type(stack[-1][0]) is list:
+            if stack:
                 top = stack[-1]
-                path = top[1] + (len(top[0]),)
+                if top[2]:
+                    path = top[1] + (len(top[0]),)
+                else:
+                    path = None if top[3] is None else top[1] + (top[3],)  # None: this is a key
             else:
-                top = stack[-1]
-                path = None if top[2] is None else top[1] + (top[2],)  # None: this is a key
+                top, path = None, ()
             mark = event.start_mark
-            if kind is yaml.ScalarEvent:
-                if event.tag is not None and event.tag != "!":
-                    raise _NotPlain()
-                plain = event.implicit[0]
-                cached = scalars.get((plain, event.value))
+            if kind is scalar_event:
+                text_value = event.value
+                cache = scalars[event.implicit[0]]
+                cached = cache.get(text_value)
                 if cached is None:
-                    tag = resolve(yaml.ScalarNode, event.value, event.implicit)
-                    if tag in (_STR, _TIMESTAMP):
-                        cached = (tag, event.value)
+                    tag = resolve(yaml.ScalarNode, text_value, event.implicit)
+                    if tag == _STR or tag == _TIMESTAMP:
+                        cached = (tag, text_value)
                     elif tag == _MERGE or tag not in _SCALAR_TAGS:
                         raise _NotPlain()
                     else:
-                        cached = (tag, constructor.construct_object(yaml.ScalarNode(tag, event.value), deep=True))
-                    scalars[plain, event.value] = cached
+                        cached = (tag, constructor.construct_object(yaml.ScalarNode(tag, text_value), deep=True))
+                    cache[text_value] = cached
                 tag, value = cached
-                if path is None:  # a mapping key
-                    if tag != _STR or event.value in top[3]:
+                if path is None:  # a mapping key; the mapping holds every key before it already
+                    if tag != _STR or text_value in top[0]:
                         raise _NotPlain()
-                    top[2] = event.value
-                    top[3][event.value] = True
-                    keys[top[1] + (event.value,)] = (mark.line + 1, mark.column + 1)
+                    top[3] = text_value
+                    keys[top[1] + (text_value,)] = (mark.line + 1, mark.column + 1)
                     continue
                 values[path] = (mark.line + 1, mark.column + 1)
-                if not stack:
+                if top is None:
                     root = value
                     break
-                _put(top, value, keys)
+                if top[2]:
+                    top[0].append(value)
+                else:
+                    top[0][top[3]], top[3] = value, None
                 continue
-            if path is None or event.tag is not None and event.tag != "!" or len(stack) >= MAX_DEPTH:
-                raise _NotPlain()  # a collection as a key, a tag, or too deep: the full path says so
+            if path is None or len(stack) >= MAX_DEPTH:
+                raise _NotPlain()  # a collection as a key, or too deep: the full path says so
             values[path] = (mark.line + 1, mark.column + 1)
-            stack.append([[] if kind is yaml.SequenceStartEvent else {}, path, None, {}])
-        loader.get_event()  # DocumentEndEvent
+            is_list = kind is sequence_start
+            stack.append([[] if is_list else {}, path, is_list, None])
+        get_event()  # DocumentEndEvent
         if not loader.check_event(yaml.StreamEndEvent):
             raise _NotPlain()  # a second document: refused by the full path
     except (_NotPlain, yaml.YAMLError):
@@ -264,16 +272,6 @@ def _load_plain(text: str, file: str) -> Document | None:
     finally:
         loader.dispose()
     return Document(file, root, values, keys, text)
-
-
-def _put(frame: list, value, keys: dict) -> None:
-    """Add a finished value to the collection of `frame` (after its key, in a mapping)."""
-    container = frame[0]
-    if type(container) is list:
-        container.append(value)
-    else:
-        container[frame[2]] = value
-        frame[2] = None
 
 
 def _tab_hint(text: str, line: int) -> str | None:
