@@ -141,7 +141,8 @@ def spawn(argv: list[str], env: dict, cwd: str, terminal: bool) -> dict:
         t.join()
     for fd in readers:
         os.close(fd)
-    return {"exit": os.waitstatus_to_exitcode(status), "wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+    return {"exit": os.waitstatus_to_exitcode(status), "wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
+            "rss_mb": usage.ru_maxrss / 1024,
             "bytes": counted[0]}
 
 
@@ -168,7 +169,8 @@ class Bench:
         # A user's shell: no backend URL, no fixed size, .pyc files written, standard buffering.
         drop = ("FLOWSPEC_BACKEND", "COLUMNS", "LINES", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
         env = {k: v for k, v in os.environ.items() if k not in drop}
-        path = self.dir if self.args.checkout is None else os.pathsep.join((os.path.abspath(self.args.checkout), self.dir))
+        path = self.dir if self.args.checkout is None else \
+            os.pathsep.join((os.path.abspath(self.args.checkout), self.dir))
         env.update(FLOWSPEC_HOME=home, TERM="xterm", PYTHONPATH=path)
         return env
 
@@ -192,7 +194,8 @@ class Bench:
         row = dict(runs[0], key=key, label=label, output="pty" if terminal else "pipe",
                    tasks=tasks, runs=repeat, rss_mb=max(r["rss_mb"] for r in runs))
         self.rows.append(row)
-        print(f"  {label:<44} {row['output']:<4} {row['wall']:8.3f} s  cpu {row['cpu']:6.2f} s  {row['rss_mb']:6.0f} MB",
+        print(f"  {label:<44} {row['output']:<4} {row['wall']:8.3f} s  cpu {row['cpu']:6.2f} s"
+              f"  {row['rss_mb']:6.0f} MB",
               file=sys.stderr, flush=True)
         return row
 
@@ -220,7 +223,8 @@ class Bench:
                                 n + 2, terminal, repeat)
                 row["over_us"] = (row["wall"] - plain["wall"]) / (n + 2) * 1e6
                 row["task_us"], row["task_cpu_us"] = (
-                    (row[k] - one[terminal][k] - plain[k] + self.plain_start()[k]) / (n + 1) * 1e6 for k in ("wall", "cpu"))
+                    (row[k] - one[terminal][k] - plain[k] + self.plain_start()[k]) / (n + 1) * 1e6
+                    for k in ("wall", "cpu"))
                 if n in targets:
                     limit = 30 if terminal else 20
                     self.check(f"run w2 N={n:,} ({row['output']})", f"<= {limit} us/task over the plain loop",
@@ -262,7 +266,8 @@ class Bench:
                 row = self.time(f"run-chain-{n}", f"run chain, L={n:,}", [*self.flowspec, "run", name], n, terminal)
                 row["over_us"] = (row["wall"] - plain["wall"]) / n * 1e6
                 row["task_us"], row["task_cpu_us"] = (
-                    (row[k] - one_r[terminal][k] - plain[k] + self.plain_start()[k]) / (n - 1) * 1e6 for k in ("wall", "cpu"))
+                    (row[k] - one_r[terminal][k] - plain[k] + self.plain_start()[k]) / (n - 1) * 1e6
+                    for k in ("wall", "cpu"))
                 if n == max(lengths):
                     self.check(f"run chain L={n:,} ({row['output']})", "<= 50 us/task over the plain loop",
                                row["task_us"] <= 50, f"{row['task_us']:.1f} us/task after start-up, cpu "
@@ -296,7 +301,8 @@ class Bench:
                 lines.append((r["label"], r["output"], f"{r['tasks']:,}", f"exit {r['exit']}", *["-"] * 6))
                 continue
             lines.append((r["label"], r["output"], f"{r['tasks']:,}", f"{r['wall']:.3f} s", f"{r['cpu']:.2f} s",
-                          f"{r['wall'] / r['tasks'] * 1e6:.1f}", over, after, f"{r['rss_mb']:.0f} MB", f"{r['bytes']:,}"))
+                          f"{r['wall'] / r['tasks'] * 1e6:.1f}", over, after, f"{r['rss_mb']:.0f} MB",
+                          f"{r['bytes']:,}"))
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*line) for line in lines]
@@ -333,7 +339,8 @@ def main() -> int:
     bench = Bench(args)
     try:
         chosen = args.only.split(",")
-        for argv in ([*bench.flowspec, "validate", "one.yaml"], [*bench.flowspec, "run", "one.yaml"]):  # page cache, .pyc
+        # warm the page cache and write the .pyc files
+        for argv in ([*bench.flowspec, "validate", "one.yaml"], [*bench.flowspec, "run", "one.yaml"]):
             home = tempfile.mkdtemp(dir=bench.dir, prefix="home-")
             spawn(argv, bench.env(home), bench.dir, False)
         if "w2" in chosen:

@@ -181,9 +181,10 @@ def test_concurrent_prints_reach_the_terminal_as_whole_lines(folder):
 
 # -- what a run shows afterwards ------------------------------------------------------------------
 def test_runs_show_counts_a_maps_children_by_state_and_lists_them_with_children(cli, folder):
-    (folder / "some.yaml").write_text('version: 1\nname: some\ntasks:\n'
-                                      '  pick: {run: "steps:fail_on", map: {x: [0, 1, 2, 3, 4]}, with: {bad: 3}}\n'
-                                      '  after: {run: "steps:inc", with: {x: 1}, trigger: all_finished, after: [pick]}\n')
+    (folder / "some.yaml").write_text(
+        'version: 1\nname: some\ntasks:\n'
+        '  pick: {run: "steps:fail_on", map: {x: [0, 1, 2, 3, 4]}, with: {bad: 3}}\n'
+        '  after: {run: "steps:inc", with: {x: 1}, trigger: all_finished, after: [pick]}\n')
     ran = cli("run", "some.yaml", cwd=folder, env=_env(folder))
     assert ran.rc == 1, ran.output
     run_id = json.loads(cli("runs", "list", "--format", "json", env=_env(folder)).stdout)[0]["id"]
