@@ -326,7 +326,8 @@ class _Checker:
             for path, message, hint in option_problems(env):
                 self.error(("environment",) + path, message, hint)
         text = self.doc.text
-        if not text or "AKIA" in text or "ASIA" in text or "\\" in text:  # else no value holds one: skip the walk
+        # Skip the walk when no value can hold an access key id or a URL with a password.
+        if not text or "AKIA" in text or "ASIA" in text or "@" in text or "\\" in text:
             self.check_aws_key_ids((), self.data)
 
     def check_manifests(self, files: dict | None = None) -> list[Diagnostic]:

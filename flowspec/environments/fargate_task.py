@@ -112,7 +112,7 @@ class FargateTaskEnvironment(PlatformEnvironment):
                                                      "register the new revision yourself, set on_drift: register,"
                                                      " or change task_definition to match the active revision")])
         if decision["action"] == "reuse":
-            self.revision = active
+            self.revision = active = first_of_change(ecs, desired, active)
             log.info("task definition %s:%d is identical in every field the spec sets: reusing it",
                      self.opts["family"], active["revision"])
         else:
@@ -600,6 +600,28 @@ def register(ecs, desired: dict, base: int) -> dict:
                      family, revision, family, mine["revision"])
             return other
     return mine
+
+
+def first_of_change(ecs, desired: dict, active: dict, lookback: int = 10) -> dict:
+    """The lowest ACTIVE revision identical to `active` just below it, else `active` itself.
+
+    A racing agent may still be about to deregister `active` as the duplicate of a lower one (see
+    `register`); reusing it would run on a revision that is gone a moment later. Every agent that
+    reuses or registers the same change thus converges on the first revision that made it."""
+    from flowspec.aws import translated
+
+    family = desired["family"]
+    with translated(f"listing task definition family '{family}'", "ecs:ListTaskDefinitions"):
+        arns = ecs.list_task_definitions(familyPrefix=family, status="ACTIVE", sort="DESC")["taskDefinitionArns"]
+    lower = sorted((int(a.rsplit(":", 1)[1]) for a in arns if a.rsplit("/", 1)[-1].rsplit(":", 1)[0] == family
+                    and int(a.rsplit(":", 1)[1]) < active["revision"]), reverse=True)
+    chosen = active
+    for revision in lower[:lookback]:
+        other = _revision(ecs, family, revision)
+        if other is None or other.get("status") != "ACTIVE" or differences(desired, other):
+            break
+        chosen = other
+    return chosen
 
 
 def _revision(ecs, family: str, revision: int, attempts: int = 3) -> dict | None:
