@@ -297,7 +297,65 @@ def read(path: str):
 '''
 
 
-class DockerFlows:
+class CliFlows:
+    """What the platform tests share: the CLI with `self.env`, agent processes logging to files in
+    `self.root` (stopped with SIGTERM at the end), and the backend at `self.url`."""
+
+    root: Path
+    url: str
+    env: dict[str, str]
+    agent_stop_s = 30.0  # an agent stops its runs first: a platform's stop may take a while
+    wait_s = 60.0
+
+    def cli(self, *args: str, timeout: float = 300, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flowspec", *args], env=env or self.env, capture_output=True,
+                              text=True, timeout=timeout, **kw)
+
+    def agent(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        log = self.root / f"agent-{len(self.agents)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "flowspec", "agent", "start", "--poll-interval", "0.1",
+                                     *args], env=env or self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.agents.append((proc, log))
+        return proc
+
+    def agent_log(self, index: int = -1) -> str:
+        return self.agents[index][1].read_text(errors="replace")
+
+    def agent_logs(self) -> str:
+        return "\n".join(log.read_text(errors="replace") for _, log in self.agents)
+
+    def stop_agents(self) -> None:
+        for proc, _ in self.agents:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.agents:
+            try:
+                proc.wait(self.agent_stop_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def backend(self):
+        from flowspec.backend import open_backend
+
+        return open_backend(self.url)
+
+    def wait_run(self, run_id: str, states: tuple[str, ...] = ("Success", "Failed", "Cancelled"),
+                 timeout: float | None = None):
+        deadline = time.monotonic() + (self.wait_s if timeout is None else timeout)
+        with self.backend() as backend:
+            while True:
+                run = backend.get_run(run_id)
+                if run is not None and run.state in states:
+                    return run
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"run {run_id} is {run.state if run else None}, not {states}:\n"
+                                         + self.agent_logs()[-5000:])
+                time.sleep(0.1)
+
+
+class DockerFlows(CliFlows):
     """Flow folders with docker storage and environment, the CLI with this session's engine, and
     agents on a SQLite backend in the test's folder (or `url`). Agents are stopped at the end."""
 
@@ -318,49 +376,6 @@ class DockerFlows:
                 f"environment:\n  type: docker\n{environment}")
         (folder / "flow.yaml").write_text(spec)
         return folder / "flow.yaml"
-
-    def cli(self, *args: str, timeout: float = 300, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flowspec", *args], env=env or self.env, capture_output=True,
-                              text=True, timeout=timeout, **kw)
-
-    def agent(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        log = self.root / f"agent-{len(self.agents)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "flowspec", "agent", "start", "--poll-interval", "0.1",
-                                     *args], env=env or self.env, stdout=out, stderr=subprocess.STDOUT)
-        self.agents.append((proc, log))
-        return proc
-
-    def agent_log(self, index: int = -1) -> str:
-        return self.agents[index][1].read_text(errors="replace")
-
-    def stop_agents(self) -> None:
-        for proc, _ in self.agents:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _ in self.agents:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def backend(self):
-        from flowspec.backend import open_backend
-
-        return open_backend(self.url)
-
-    def wait_run(self, run_id: str, states: tuple[str, ...], timeout: float = 60):
-        deadline = time.monotonic() + timeout
-        with self.backend() as backend:
-            while True:
-                run = backend.get_run(run_id)
-                if run is not None and run.state in states:
-                    return run
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"run {run_id} is {run.state if run else None}, not {states}:\n"
-                                         + "\n".join(self.agent_log(i) for i in range(len(self.agents))))
-                time.sleep(0.1)
 
     def containers(self, run_id: str | None = None) -> list:
         import docker

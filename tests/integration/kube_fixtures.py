@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from engine_fixtures import CliFlows
 
 REPO = Path(__file__).resolve().parents[2]
 API_PORT = 16443
@@ -297,10 +298,13 @@ def k8s_wheelhouse() -> Path:
     return folder
 
 
-class KubeFlows:
+class KubeFlows(CliFlows):
     """Flow folders with docker storage and a Kubernetes environment, the CLI on this session's
     engine and cluster, a PostgreSQL backend of their own (pods reach it with host networking),
     and agent processes, stopped at the end."""
+
+    agent_stop_s = 60.0  # stopping an agent deletes its Jobs, Foreground
+    wait_s = 120.0
 
     def __init__(self, root: Path, cluster: KubeCluster, namespace: str, url: str, docker_host: str,
                  wheelhouse: Path, base_image: str, registry: str) -> None:
@@ -325,58 +329,14 @@ class KubeFlows:
         (folder / "flow.yaml").write_text(spec)
         return folder / "flow.yaml"
 
-    def cli(self, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flowspec", *args], env=env or self.env, capture_output=True,
-                              text=True, timeout=timeout)
-
     def register(self, path: Path) -> None:
         done = self.cli("register", str(path), timeout=600)
         assert done.returncode == 0, done.stdout + done.stderr
-
-    def agent(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        log = self.root / f"agent-{len(self.agents)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "flowspec", "agent", "start", "--poll-interval", "0.1",
-                                     *args], env=env or self.env, stdout=out, stderr=subprocess.STDOUT)
-        self.agents.append((proc, log))
-        return proc
-
-    def agent_logs(self) -> str:
-        return "\n".join(log.read_text(errors="replace") for _, log in self.agents)
-
-    def stop_agents(self) -> None:
-        for proc, _ in self.agents:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _ in self.agents:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     def start_run(self, name: str, *args: str) -> str:
         done = self.cli("run", "--name", name, *args)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().split()[-1]
-
-    def backend(self):
-        from flowspec.backend import open_backend
-
-        return open_backend(self.url)
-
-    def wait_run(self, run_id: str, states: tuple[str, ...] = ("Success", "Failed", "Cancelled"),
-                 timeout: float = 120):
-        deadline = time.monotonic() + timeout
-        with self.backend() as backend:
-            while True:
-                run = backend.get_run(run_id)
-                if run is not None and run.state in states:
-                    return run
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"run {run_id} is {run.state if run else None}, not {states}:\n"
-                                         + self.agent_logs()[-5000:])
-                time.sleep(0.1)
 
     def history(self, run_id: str) -> list:
         with self.backend() as backend:
