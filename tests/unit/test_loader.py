@@ -157,3 +157,13 @@ def test_a_byte_that_is_not_utf8_is_placed_by_characters_before_it(tmp_path):
         load_file(str(spec))
     d = caught.value.diagnostics[0]
     assert (d.line, d.column, d.message) == (2, 7, "the file is not UTF-8 text: byte 0xFF (invalid start byte)")
+
+
+def test_a_plain_document_finds_its_positions_when_a_diagnostic_first_asks():
+    line = "  a: {run: 'm:f', with: {x: [1, 2]}}"
+    doc = load_text(f"version: 1\nname: x\ntasks:\n{line}\n")
+    assert doc._values is None and doc._keys is None  # a valid spec never pays for them
+    assert doc.mark(("tasks", "a", "with", "x", 1)) == (4, line.index("2]") + 1)
+    assert doc.mark(("tasks", "a", "with"), prefer_key=True) == (4, line.index("with") + 1)
+    assert doc.mark(("tasks", "a", "nothing", "here")) == (4, line.index("{") + 1)  # the closest parent
+    assert doc.data == {"version": 1, "name": "x", "tasks": {"a": {"run": "m:f", "with": {"x": [1, 2]}}}}
