@@ -12,7 +12,7 @@ from flowspec.loader import Document, LoadError, gc_paused, load_file
 from flowspec.params import type_error
 from flowspec.schema import check as schema_check
 from flowspec.schema import did_you_mean
-from flowspec.spec import DriverSpec, EnvironmentSpec, FlowSpec, ParameterSpec, TaskSpec
+from flowspec.spec import DriverSpec, EnvironmentSpec, FlowSpec, ParameterSpec, TaskSpec, built
 
 NEEDS_DOCKER_STORAGE = ("docker", "kubernetes-job", "dask-kubernetes", "fargate-task")
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
@@ -20,6 +20,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION = 30 * 24 * 3600.0
 MAX_SUGGESTED = 100  # unknown names that get a did-you-mean hint (see _Checker.suggest)
 MAX_LISTED = 50  # known names listed in a hint
+EMPTY_ARGS: dict = {}  # the `with` or `map` of a task that has none (read only, never changed)
 # Keys and variable names that hold secrets: their values must come from ${{ env.NAME }}.
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?|api_?key|token|credential|private_key",
                          re.I)
@@ -84,30 +85,39 @@ def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
     out = []
     loaded: dict = {}  # target -> the callable, or the CallableError it gave
     checked: dict = {}  # (target, argument names) -> signature problems
-    targets = [(t.name, ("tasks", t.name, "run"), t.run, t) for t in spec.tasks.values()]
     env = spec.environment
-    targets += [(k, ("environment", k), v, None) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]
-    for key, path, target, task in targets:
+    hooks = [(k, v) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]
+
+    def load(target: str):
         if target not in loaded:
             try:
                 loaded[target] = load_callable(target, spec.base_dir)
             except CallableError as exc:
                 loaded[target] = exc
-        fn = loaded[target]
+        return loaded[target]
+
+    for task in spec.tasks.values():
+        fn = loaded.get(task.run) or load(task.run)
         if isinstance(fn, CallableError):
-            out.append(doc.diag(path, fn.message, fn.hint))
+            out.append(doc.diag(("tasks", task.name, "run"), fn.message, fn.hint))
+            continue
+        callables[task.name] = fn
+        key = (task.run, tuple(task.with_args), tuple(task.map_args))
+        problems = checked.get(key)
+        if problems is None:
+            problems = checked[key] = signature_problems(fn, set(task.with_args) | set(task.map_args))
+        for problem in problems:
+            out.append(doc.diag(("tasks", task.name, "run"), f"{task.run}: {problem}",
+                                "arguments come from 'with' and 'map'; they must match the function's parameters"))
+    for key, target in hooks:
+        fn = load(target)
+        if isinstance(fn, CallableError):
+            out.append(doc.diag(("environment", key), fn.message, fn.hint))
             continue
         callables[key] = fn
-        if task is None and (problem := hook_problem(fn)):
-            out.append(doc.diag(path, f"{target}: {problem}",
+        if (problem := hook_problem(fn)):
+            out.append(doc.diag(("environment", key), f"{target}: {problem}",
                                 "write it as def hook(): ... or def hook(run): ... (run: the run's summary)"))
-        if task is not None:
-            given = frozenset(task.with_args) | frozenset(task.map_args)
-            if (target, given) not in checked:
-                checked[target, given] = signature_problems(fn, set(given))
-            for problem in checked[target, given]:
-                out.append(doc.diag(path, f"{target}: {problem}",
-                                    "arguments come from 'with' and 'map'; they must match the function's parameters"))
     return callables, out
 
 
@@ -121,7 +131,12 @@ class _Checker:
         self.tasks = self._mapping("tasks")
         self.params = self._mapping("parameters")
         self.compiled: dict = {}  # task name → {"with": ..., "map": ...} compiled values
-        self._upstream: dict = {}  # task name → upstream(name), worked out once
+        # task name → (data upstreams, all upstreams), in first-mention order, known tasks only:
+        # gathered while its references are checked, then read by the cycle check and the build
+        self._upstream: dict = {}
+        self._data: list | None = None  # the task being checked: the tasks its references name so far
+        self.uses_env = False  # does any task argument hold an env reference (checked before each run)
+        self._order: list[str] | None = None  # the execution order, once the cycle check made it
         self._suggested: dict = {}  # unknown name → its did-you-mean hint
 
     def _mapping(self, key: str) -> dict:
@@ -165,26 +180,39 @@ class _Checker:
     def check_task(self, name: str, task: dict) -> None:
         base = ("tasks", name)
         compiled = {}
+        self._data = data = []
         for section in ("with", "map"):
             values = task.get(section)
             if isinstance(values, dict):
                 compiled[section] = {k: self.compile_value(base + (section, k), v) for k, v in values.items()}
         self.compiled[name] = compiled
-        for key in set(compiled.get("with", {})) & set(compiled.get("map", {})):
-            self.error(base + ("map", key), f"argument '{key}' is given in both 'with' and 'map'", key=True)
-        for key, value in compiled.get("map", {}).items():
-            self.check_map_value(base + ("map", key), value)
-        self.check_map_lengths(base, compiled.get("map", {}))
+        self._data = None
+        mapped = compiled.get("map")
+        if mapped:
+            for key in compiled.get("with", {}).keys() & mapped.keys():
+                self.error(base + ("map", key), f"argument '{key}' is given in both 'with' and 'map'", key=True)
+            for key, value in mapped.items():
+                self.check_map_value(base + ("map", key), value)
+            self.check_map_lengths(base, mapped)
         after = task.get("after")
-        for i, other in enumerate(after if isinstance(after, list) else []):
-            if other == name:
-                self.error(base + ("after", i), f"task '{name}' cannot wait for itself")
-            elif isinstance(other, str) and other not in self.tasks:
-                self.error(base + ("after", i), f"unknown task '{other}' in after",
-                           self.suggest(other, self.tasks) or _known("tasks", self.tasks))
+        if len(data) > 1:  # each upstream once (a set only when there can be a repeat)
+            data = list(dict.fromkeys(data))
+        extra = []
+        if isinstance(after, list):
+            seen = set(data)
+            for i, other in enumerate(after):
+                if other == name:  # reported here, and left out of the upstreams: no second error
+                    self.error(base + ("after", i), f"task '{name}' cannot wait for itself")
+                elif isinstance(other, str) and other not in self.tasks:
+                    self.error(base + ("after", i), f"unknown task '{other}' in after",
+                               self.suggest(other, self.tasks) or _known("tasks", self.tasks))
+                elif isinstance(other, str) and other not in seen:
+                    seen.add(other)
+                    extra.append(other)
+        self._upstream[name] = (data, data + extra) if extra else (data, data)
         for key in ("timeout", "retry_delay"):
             value = task.get(key)
-            if not _is_duration(value):
+            if value is None or not _is_duration(value):
                 continue
             seconds = parse_duration(value)
             if not math.isfinite(seconds) or seconds > MAX_DURATION:
@@ -198,8 +226,11 @@ class _Checker:
             compiled = refs.compile_value(value)
         except refs.ReferenceError_:
             compiled = self._compile_each(path, value)
-        for sub, ref in refs.iter_refs(compiled):
-            self.check_ref(path + sub, ref)
+        if isinstance(compiled, refs.Ref):  # the common case, without walking it
+            self.check_ref(path, compiled)
+        elif isinstance(compiled, (refs.Template, list, dict)):
+            for sub, ref in refs.iter_refs(compiled):
+                self.check_ref(path + sub, ref)
         return compiled
 
     def _compile_each(self, path: tuple, value):
@@ -220,8 +251,19 @@ class _Checker:
         return Diagnostic(d.file, d.line, self.doc.column_of(path, offset), d.path, d.message, d.hint)
 
     def check_ref(self, path: tuple, ref: refs.Ref) -> None:
-        table = {"params": self.params, "tasks": self.tasks}.get(ref.kind)
-        if table is None or ref.name in table:
+        kind = ref.kind
+        if kind == "tasks":
+            table = self.tasks
+            if ref.name in table:
+                if self._data is not None:
+                    self._data.append(ref.name)
+                return
+        elif kind == "params":
+            table = self.params
+            if ref.name in table:
+                return
+        else:
+            self.uses_env = True
             return
         noun = "parameter" if ref.kind == "params" else "task"
         hint = self.suggest(ref.name, table) or _known("parameters" if ref.kind == "params" else "tasks", table)
@@ -259,35 +301,20 @@ class _Checker:
         return declared if isinstance(declared, str) else None
 
     def upstream(self, name: str) -> tuple[list[str], list[str]]:
-        """(data upstreams, all upstreams) of a task, in first-mention order, known tasks only.
-        Worked out once per task: the cycle check, ordering and building all ask for it."""
-        cached = self._upstream.get(name)
-        if cached is not None:
-            return cached
-        data: list[str] = []
-        seen: set[str] = set()
-        for section in self.compiled.get(name, {}).values():
-            for _, ref in refs.iter_refs(section):
-                if ref.kind == "tasks" and ref.name in self.tasks and ref.name not in seen:
-                    seen.add(ref.name)
-                    data.append(ref.name)
-        after = self.tasks[name].get("after")
-        # `after: [itself]` is reported by check_task; leaving it out here avoids a second error.
-        extra = []
-        for a in after if isinstance(after, list) else []:
-            if isinstance(a, str) and a in self.tasks and a not in seen and a != name:
-                seen.add(a)
-                extra.append(a)
-        self._upstream[name] = data, data + extra
+        """(data upstreams, all upstreams) of a task, in first-mention order, known tasks only
+        (see check_task, which gathers them)."""
         return self._upstream[name]
 
     def check_cycles(self) -> None:
         """Name one cycle per group of tasks that depend on each other, and every task that
         references its own result. Iterative and linear: a 10 000-task cycle is named too."""
-        graph = {name: self.upstream(name)[1] for name in self.tasks}
+        graph = {name: ups for name, (_, ups) in self._upstream.items()}
         for name, ups in graph.items():
             if name in ups:  # only a data reference can be one: `after: [itself]` is left out above
                 self.error(("tasks", name), f"task '{name}' references its own result", key=True)
+        self._order = self.order()
+        if self.acyclic:  # every task ordered: there is no cycle to name
+            return
         position = {name: i for i, name in enumerate(graph)}
         for component in _strongly_connected(graph):
             if len(component) > 1:
@@ -398,7 +425,7 @@ class _Checker:
                                       required="default" not in p, description=p.get("description", ""),
                                       enum=tuple(p["enum"]) if "enum" in p else None)
                   for name, p in self.params.items()}
-        tasks = {name: self.build_task(name) for name in self.order()}
+        tasks = {name: self.build_task(name) for name in self._order or self.order()}
         env = d.get("environment", {})
         env_own = {k: v for k, v in env.items() if k not in ("type", "labels", "env", "on_start", "on_exit")}
         if getattr(self, "attached", None):  # manifest templates a Kubernetes environment read
@@ -414,36 +441,40 @@ class _Checker:
             description=d.get("description", ""), project=d.get("project", "default"),
             parameters=MappingProxyType(params), tasks=MappingProxyType(tasks),
             executor=_driver(d.get("executor")), storage=_driver(d.get("storage")),
-            environment=environment, source=self.doc.text, document=self.doc)
+            environment=environment, source=self.doc.text, document=self.doc, uses_env=self.uses_env)
 
     def build_task(self, name: str) -> TaskSpec:
         t = self.tasks[name]
         compiled = self.compiled[name]
-        data_up, all_up = self.upstream(name)
-        map_args = compiled.get("map", {})
+        data_up, all_up = self._upstream[name]
+        map_args = compiled.get("map", EMPTY_ARGS)
         per_child = tuple(v.name for v in map_args.values()
-                          if isinstance(v, refs.Ref) and v.kind == "tasks" and "map" in self.tasks[v.name])
-        return TaskSpec(
-            name=name, run=t["run"], with_args=MappingProxyType(compiled.get("with", {})),
+                          if isinstance(v, refs.Ref) and v.kind == "tasks" and "map" in self.tasks[v.name]
+                          ) if map_args else ()
+        delay = t.get("retry_delay")
+        timeout = t.get("timeout")
+        return built(
+            TaskSpec, name=name, run=t["run"], with_args=MappingProxyType(compiled.get("with", EMPTY_ARGS)),
             map_args=MappingProxyType(map_args), after=tuple(t.get("after", ())),
-            retries=t.get("retries", 0), retry_delay=parse_duration(t.get("retry_delay", 0)),
-            timeout=parse_duration(t["timeout"]) if "timeout" in t else None,
+            retries=t.get("retries", 0), retry_delay=0.0 if delay is None else parse_duration(delay),
+            timeout=None if timeout is None else parse_duration(timeout),
             trigger=t.get("trigger", "all_successful"), description=t.get("description", ""),
             upstream=tuple(all_up), data_upstream=tuple(data_up), per_child=per_child)
 
     def order(self) -> list[str]:
         """Topological order in rounds: each round takes, in declaration order, every task whose
         upstreams all ran in earlier rounds (a task's round is its longest path from a root).
-        Kahn's algorithm with a counter per task, then one bucket per round: linear."""
+        Kahn's algorithm with a counter per task, then one bucket per round: linear. Sets
+        `acyclic`: whether every task was reached (tasks on a cycle never are)."""
         downstream: dict[str, list[str]] = {name: [] for name in self.tasks}
         waiting = {}
-        for name in self.tasks:
-            ups = self.upstream(name)[1]
+        for name, (_, ups) in self._upstream.items():
             waiting[name] = len(ups)
             for up in ups:
                 downstream[up].append(name)
         depth = dict.fromkeys(self.tasks, 0)
         ready = [name for name, n in waiting.items() if n == 0]
+        reached = len(ready)
         while ready:
             name = ready.pop()
             for down in downstream[name]:
@@ -451,6 +482,8 @@ class _Checker:
                 waiting[down] -= 1
                 if waiting[down] == 0:
                     ready.append(down)
+                    reached += 1
+        self.acyclic = reached == len(self.tasks)
         rounds: list[list[str]] = [[] for _ in range(max(depth.values(), default=0) + 1)]
         for name in self.tasks:  # declaration order within each round
             rounds[depth[name]].append(name)

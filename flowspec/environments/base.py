@@ -77,6 +77,8 @@ def restore_env(saved: dict) -> None:
 
 def check_env_refs(spec) -> None:
     """Every `${{ env.NAME }}` without a fallback must be set before any task runs."""
+    if not getattr(spec, "uses_env", True):  # the compiler saw none: nothing to look for in every task's arguments
+        return
     diags = []
     for task in spec.tasks.values():
         for section, values in (("with", task.with_args), ("map", task.map_args)):

@@ -60,6 +60,11 @@ def test_builds_a_frozen_spec(flow):
         spec.name = "other"
     with pytest.raises(TypeError):
         spec.tasks["new"] = None
+    for task in spec.tasks.values():  # built without their __init__: every field set, still frozen
+        assert set(vars(task)) == {f.name for f in dataclasses.fields(task)}
+        assert task == dataclasses.replace(task)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            task.retries = 9
 
 
 def test_tasks_in_topological_order_with_their_upstreams(flow):
