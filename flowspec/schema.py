@@ -60,7 +60,10 @@ def did_you_mean(word: object, choices) -> str | None:
 
 def check(doc: Document) -> list[Diagnostic]:
     """Every schema error of the document, positioned and worded for people."""
-    from jsonschema import Draft202012Validator  # deferred: only validation needs it
+    sure = _document_check()
+    if sure is not None and sure(doc.data):  # valid, and said so without jsonschema (see below)
+        return []
+    from jsonschema import Draft202012Validator  # deferred: only a document in doubt needs it
 
     validator = Draft202012Validator(_validation_schema())
     out: list[Diagnostic] = []
@@ -69,13 +72,15 @@ def check(doc: Document) -> list[Diagnostic]:
     return _dedupe(out)
 
 
-# -- a fast path for the tasks ----------------------------------------------------------------------
-# jsonschema costs some 30 us per task; a 10 000-task flow spends most of its validation there.
-# Tasks that a simple checker, made from the same schema, finds valid are left out of the
-# jsonschema pass; every other task (and everything else in the document) goes through it, so
-# the diagnostics are jsonschema's own. The checker only ever says "valid" when the schema would.
+# -- a fast path ----------------------------------------------------------------------------------
+# jsonschema costs some 30 us per task, and importing it and making its validator some 50 ms,
+# a third of the start of every `flowspec` command. A simple checker made from the same schema
+# says "valid" only when the schema would: a document it finds valid is not handed to jsonschema
+# at all. Otherwise the tasks it finds valid are left out of the jsonschema pass, and every other
+# part goes through it, so that the diagnostics are jsonschema's own.
 _ANNOTATIONS = frozenset(("description", "default", "patternErrorMessage", "title", "$comment", "examples",
-                          "markdownDescription"))
+                          "markdownDescription", "$schema", "$id"))
+_SCALARS = (str, int, float, bool)
 _TYPES = {"object": (dict,), "array": (list,), "string": (str,), "null": (type(None),), "boolean": (bool,),
           "integer": (int,), "number": (int, float)}
 
@@ -115,18 +120,39 @@ def _sure_valid(schema):
         return lambda v: True
     if not isinstance(schema, dict) or set(schema) - _ANNOTATIONS - {
             "type", "required", "properties", "additionalProperties", "propertyNames", "items", "uniqueItems",
-            "minimum", "minProperties", "enum", "pattern"}:
+            "minimum", "exclusiveMinimum", "minProperties", "minLength", "minItems", "enum", "const", "pattern",
+            "allOf", "if", "then"}:
         return None
     tests = []
+    for sub in schema.get("allOf", ()):
+        tests.append(_sure_valid(sub))
+        if tests[-1] is None:
+            return None
+    if "if" in schema:  # without `else`: valid when the condition fails or `then` holds
+        condition, then = _exactly(schema["if"]), _sure_valid(schema.get("then", True))
+        if condition is None or then is None:
+            return None
+        tests.append(lambda v: not condition(v) or then(v))
     kinds = schema.get("type")
     if kinds is not None:
         kinds = [kinds] if isinstance(kinds, str) else kinds
         if any(k not in _TYPES for k in kinds):
             return None
         tests.append(_is_any(kinds))
-    if "enum" in schema:
-        choices = frozenset(c for c in schema["enum"] if isinstance(c, str))
-        tests.append(lambda v: isinstance(v, str) and v in choices)
+    if "enum" in schema or "const" in schema:
+        # (type, value): JSON's true is not its 1; a value equal only as JSON numbers (1.0 for 1)
+        # is left to jsonschema
+        choices = frozenset((type(c), c) for c in schema.get("enum", [schema.get("const")]) if isinstance(c, _SCALARS))
+        tests.append(lambda v: isinstance(v, _SCALARS) and (type(v), v) in choices)
+    if "minLength" in schema:
+        shortest = schema["minLength"]
+        tests.append(lambda v: not isinstance(v, str) or len(v) >= shortest)
+    if "minItems" in schema:
+        fewest = schema["minItems"]
+        tests.append(lambda v: not isinstance(v, list) or len(v) >= fewest)
+    if "exclusiveMinimum" in schema:
+        above = schema["exclusiveMinimum"]
+        tests.append(lambda v: isinstance(v, bool) or not isinstance(v, (int, float)) or v > above)
     if "pattern" in schema:
         search = re.compile(schema["pattern"]).search
         tests.append(lambda v: not isinstance(v, str) or search(v) is not None)
@@ -153,8 +179,11 @@ def _sure_valid(schema):
         if props[key] is None:
             return None
     extra = schema.get("additionalProperties", True)
+    other = None  # the test of the other keys' values, when additionalProperties is a schema
     if extra not in (True, False):
-        return None
+        other = _sure_valid(extra)
+        if other is None:
+            return None
     names = _sure_valid(schema["propertyNames"]) if "propertyNames" in schema else None
     if "propertyNames" in schema and names is None:
         return None
@@ -173,7 +202,7 @@ def _sure_valid(schema):
         for key, value in v.items():
             check = get(key)
             if check is None:
-                if extra is False:
+                if extra is False or other is not None and not other(value):
                     return False
             elif not check(value):
                 return False
@@ -181,9 +210,48 @@ def _sure_valid(schema):
                 return False
         return True
 
-    if props or extra is False or names or required or least:
+    if props or extra is not True or names or required or least:
         tests.append(mapping)
     return _all_of(tests)
+
+
+def _exactly(schema):
+    """A predicate that is exactly "valid under `schema`", for the conditions of `if`: strings
+    compared with `const` or `enum`, `type`, `required` and `properties` of such; None for any
+    other schema."""
+    if not isinstance(schema, dict) or set(schema) - _ANNOTATIONS - {"type", "required", "properties", "const", "enum"}:
+        return None
+    tests = []
+    if "type" in schema:
+        kinds = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
+        if any(k not in _TYPES for k in kinds):
+            return None
+        tests.append(_is_any(kinds))
+    if "enum" in schema or "const" in schema:
+        choices = schema.get("enum", [schema.get("const")])
+        if not all(isinstance(c, str) for c in choices):
+            return None
+        strings = frozenset(choices)
+        tests.append(lambda v: isinstance(v, str) and v in strings)
+    props = {}
+    for key, sub in schema.get("properties", {}).items():
+        props[key] = _exactly(sub)
+        if props[key] is None:
+            return None
+    required = tuple(schema.get("required", ()))
+    if props or required:
+        def mapping(v) -> bool:
+            if not isinstance(v, dict):
+                return True  # `properties` and `required` say nothing of other values
+            return all(key in v for key in required) and all(test(v[key]) for key, test in props.items() if key in v)
+        tests.append(mapping)
+    return _all_of(tests)
+
+
+@lru_cache(maxsize=1)
+def _document_check():
+    """The fast check of a whole document, or None when the schema is not simple enough."""
+    return _sure_valid({k: v for k, v in _validation_schema().items() if k != "$defs"})
 
 
 @lru_cache(maxsize=1)
