@@ -47,6 +47,7 @@ _ACTIVE = (RUNNING, RETRYING)
 MAX_RUNNING_SHOWN = 8  # names on the status line; the rest are counted
 DRAWS_PER_S, DRAW_BURST = 3.0, 2.0  # how often the live line may be drawn (see Progress)
 SETTLE_S = 0.02  # after a task starts or ends, the line is drawn this much later
+PLAIN_FLUSH_S = 0.1  # plain lines reach the stream at most this late (one write per batch)
 
 
 class _Mapped:
@@ -82,7 +83,10 @@ class Counts:
     def task(self, name: str, state: str) -> None:
         """An unmapped task (or a mapped one not started) changed state."""
         new = _CODE[state]
-        self.tasks_done += self._apply(self._state.get(name, 0), new)
+        old = self._state.get(name, 0)
+        if old == new:  # told again (the runner's word that it is final): nothing moves
+            return
+        self.tasks_done += self._apply(old, new)
         self._state[name] = new
         if state in _ACTIVE:
             self.active.setdefault(name, None)
@@ -123,6 +127,9 @@ class Counts:
         self.active.pop(name, None)
 
     def line(self, elapsed: float) -> str:
+        minutes, seconds = divmod(int(elapsed), 60)
+        if not (self.runs or self.active or self.failed or self.cancelled):  # the common case, at once
+            return f"{self.tasks_done}/{self.tasks} tasks done | {minutes:02d}:{seconds:02d}"
         parts = [f"{self.tasks_done}/{self.tasks} tasks"]
         if self.runs:
             parts.append(f"{self.runs_done}/{self.runs} mapped runs")
@@ -138,7 +145,6 @@ class Counts:
         bad = [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.cancelled, "cancelled")) if n]
         if bad:
             text += " | " + ", ".join(bad)
-        minutes, seconds = divmod(int(elapsed), 60)
         return text + f" | {minutes:02d}:{seconds:02d}"
 
 
@@ -166,6 +172,10 @@ class Progress:
         # Event: setting an Event wakes the ticker's thread at every task of a 10 000-task chain.
         self._changed = False
         self._second, self._clock = -1, ""  # the time of day of plain lines, made once a second
+        # Plain lines waiting to be written, and when they last were: a write to a pipe per
+        # finished task costs as much as running the task; a batch every PLAIN_FLUSH_S does not.
+        self._pending: list[str] = []
+        self._written = 0.0
 
     # -- runner observer -------------------------------------------------------------------------
     def flow_state(self, result) -> None:
@@ -175,6 +185,8 @@ class Progress:
                 self.counts.tasks = len(result.tasks)
             if result.start:
                 self.start = result.start
+            if result.state in FINAL_STATES:  # the run is over: no plain line waits any longer
+                self.clear()
         self.draw(force=True)
 
     def task_state(self, task: str, index, state: str, attempt: int, message) -> None:
@@ -222,7 +234,7 @@ class Progress:
             self.counts.finished(record.name, record.children)
         if not self.live and not self.verbose:
             n = len(record.children)
-            self._line(f"{record.name}: {n}/{n} mapped runs done | {self.status()}")
+            self._line(f"{record.name}: {n}/{n} mapped runs done")
 
     # -- the status line ---------------------------------------------------------------------------
     def status(self) -> str:
@@ -260,7 +272,11 @@ class Progress:
             self.shown = True
 
     def clear(self) -> None:
+        """Off the screen before other output: the status line on a terminal, or else the plain
+        lines still waiting, so that they stay in order with what follows them."""
         with self.lock:
+            if self._pending:
+                self._write_pending()
             if self.shown:
                 self.stream.write(CLEAR)
                 self.stream.flush()
@@ -268,25 +284,26 @@ class Progress:
 
     @contextlib.contextmanager
     def attached(self):
-        """For the run: redraw every `interval`, keep other output above the line."""
-        if not self.live:
-            yield self
-            return
-        ticker = threading.Thread(target=self._tick, name="flowspec-progress", daemon=True)
+        """For the run: on a terminal, redraw every `interval` and keep other output above the
+        line; otherwise write the waiting plain lines every PLAIN_FLUSH_S (and before any log line)."""
+        thread = threading.Thread(target=self._tick if self.live else self._flush_plain, name="flowspec-progress",
+                                  daemon=True)
         saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _AboveStatus(sys.stdout, self), _AboveStatus(sys.stderr, self)
+        if self.live:
+            sys.stdout, sys.stderr = _AboveStatus(sys.stdout, self), _AboveStatus(sys.stderr, self)
         logs.set_status_line(self)
-        ticker.start()
+        thread.start()
         try:
             yield self
         finally:
             self._stop.set()
-            ticker.join()
+            thread.join()
             logs.set_status_line(None)
-            wrapped, sys.stdout, sys.stderr = (sys.stdout, sys.stderr), *saved
-            for stream in wrapped:
-                if isinstance(stream, _AboveStatus):
-                    stream.close_lines()
+            if self.live:
+                wrapped, sys.stdout, sys.stderr = (sys.stdout, sys.stderr), *saved
+                for stream in wrapped:
+                    if isinstance(stream, _AboveStatus):
+                        stream.close_lines()
             self.clear()
 
     def _tick(self) -> None:
@@ -300,24 +317,38 @@ class Progress:
                 self.draw()
 
     # -- plain lines -------------------------------------------------------------------------------
+    def _flush_plain(self) -> None:
+        while not self._stop.wait(PLAIN_FLUSH_S):
+            if self._pending:
+                self.clear()
+
+    def _write_pending(self) -> None:
+        lines, self._pending = self._pending, []
+        self.stream.write("".join(lines))
+        self.stream.flush()
+        self._written = time.monotonic()
+
     def _plain(self, task: str, index, state: str, attempt: int, message) -> None:
         if index is None and state in FINAL_STATES or self.verbose:
             label = task if index is None else f"{task}[{index}]"
             detail = f" (attempt {attempt})" if state in (RUNNING, RETRYING) else ""
             detail += f": {message}" if message and state != RUNNING else ""
-            self._line(f"{label} {state}{detail} | {self.status()}")
+            self._line(f"{label} {state}{detail}")
 
     def _line(self, text: str) -> None:
-        """A plain progress line, in the log lines' layout (`12:03:04.567 INFO    progress | ...`).
-        Written to the stream itself, not through `logging`: a line per finished task of a
-        10 000-task flow costs a third as much, and the backend records the task states
-        themselves, not these lines about them."""
+        """A plain progress line, in the log lines' layout (`12:03:04.567 INFO    progress | ...`),
+        `text` followed by the status. Written to the stream itself, not through `logging`: a
+        line per finished task of a 10 000-task flow costs a third as much, and the backend
+        records the task states themselves, not these lines about them."""
         now = time.time()
         second = int(now)
         with self.lock:
             if second != self._second:
                 self._second, self._clock = second, time.strftime("%H:%M:%S", time.localtime(second))
-            self.stream.write(f"{self._clock}.{int((now - second) * 1000):03d} INFO    progress | {text}\n")
+            self._pending.append(f"{self._clock}.{int((now - second) * 1000):03d} INFO    progress | {text}"
+                                 f" | {self.counts.line(now - self.start)}\n")
+            if time.monotonic() - self._written >= PLAIN_FLUSH_S:
+                self._write_pending()
 
 
 class _AboveStatus:

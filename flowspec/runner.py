@@ -374,14 +374,21 @@ class FlowRunner:
         return out
 
     def _launch(self, task) -> None:
-        rec = self.records[task.name]
+        records = self.records
+        rec = records[task.name]
         rec.start = time.time()
-        state, reason = trigger_decision(task.trigger, self._upstream_states(task))
-        if state is not None:
-            return self._finish(rec, state, reason)
+        for up in task.upstream:  # the common case at once: every upstream succeeded
+            if records[up].state != SUCCESS:
+                break
+        else:
+            up = None
+        if up is not None or task.trigger != "all_successful":
+            state, reason = trigger_decision(task.trigger, self._upstream_states(task))
+            if state is not None:
+                return self._finish(rec, state, reason)
         try:
             lookup = self._lookup_here if task.name in self._fetch_first else self._lookup
-            kwargs = refs.resolve(dict(task.with_args), lookup) if task.with_args else {}
+            kwargs = {k: refs.resolve(v, lookup) for k, v in task.with_args.items()} if task.with_args else {}
             lists = self._map_lists(task) if task.mapped else None
         except (MapError, refs.UnsetEnvError) as exc:
             return self._finish(rec, FAILED, str(exc))
