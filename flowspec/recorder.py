@@ -24,6 +24,7 @@ from flowspec.backend.outage import MAX_DELAY_S, Outage
 from flowspec.errors import BackendError, FlowspecError, SpecError
 
 FLUSH_INTERVAL_S = 0.2
+FLUSH_ROWS = 2000  # task states that wake the thread before its interval: a fast run writes as it goes
 HEARTBEAT_INTERVAL_S = 1.0
 LOCAL_OUTAGE_S = 10.0  # a local run waits this long, at its end, for a failing backend to record it
 EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
@@ -70,6 +71,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one flush at a time keeps rows in order
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by `_stop` too: one wait serves both
         self._thread = threading.Thread(target=self._loop, name="flowspec-recorder", daemon=True)
         self._handler = _Capture(self._add_log)
         self._last_beat = time.monotonic()
@@ -81,6 +83,8 @@ class Recorder:
     def task_state(self, task: str, index: int | None, state: str, attempt: int, message: str | None) -> None:
         with self._lock:
             self._states.append((task, index, state, attempt, time.time(), message))
+            if len(self._states) == FLUSH_ROWS:
+                self._wake.set()
 
     def flow_state(self, result: Any) -> None:
         """Create the run when it starts (with `create`); the owner sets its final state, with
@@ -110,6 +114,7 @@ class Recorder:
         if self._thread.ident is None:
             return False  # never started: nothing ran, nothing is recorded
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
         logging.getLogger("flowspec").removeHandler(self._handler)
@@ -146,7 +151,11 @@ class Recorder:
                 raise
 
     def _loop(self) -> None:
-        while not self._stop.wait(FLUSH_INTERVAL_S):
+        while True:
+            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             if self.guard is not None:
                 self.guard()
             if time.monotonic() < self._retry_at:
