@@ -121,11 +121,15 @@ def _print_json_error(message: str, hint: str | None, exit_code: int) -> None:
     print(json.dumps({"error": message, "hint": hint, "exit_code": exit_code}, indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with `argv` that names one command first, of that one
+    only: the modules of the others are not imported (a third of the start of `flowspec build`)."""
     parser = _Parser(prog="flowspec", description="Validate and run workflows described in flow.yaml.")
     parser.add_argument("--version", action="version", version=f"flowspec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    named = argv[0].replace("-", "_") if argv and not argv[0].startswith("-") else None
+    only = named if named in COMMANDS and argv[0] == named.replace("_", "-") else None
+    for name in (only,) if only else COMMANDS:  # all of them for the top help or a mistyped command
         importlib.import_module(f"flowspec.commands.{name}").register(sub)
     _add_epilogs(parser, "")
     return parser
@@ -144,8 +148,8 @@ def _add_epilogs(parser: argparse.ArgumentParser, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     _ARGV[:] = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_ARGV)
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser, which knows the flags to suggest
         _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")

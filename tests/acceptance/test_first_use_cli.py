@@ -341,3 +341,22 @@ def test_a_usage_error_with_format_json_is_json_on_stdout_too(cli, home):
         "error": "argument --limit: expected a whole number of runs, 1 or more, got '-3'", "hint": None, "exit_code": 2}
     assert "usage: flowspec runs list" in result.stderr
     assert cli("runs", "list", "--limit", "-3", env=home).stdout == ""  # text: stderr only, as ever
+
+
+def test_a_command_parsed_alone_has_the_help_and_defaults_of_the_full_parser():
+    # `flowspec WORD ...` builds only WORD's parser (the other modules are not imported): it
+    # must be the very parser the full one holds
+    import argparse
+
+    from flowspec.cli import COMMANDS, build_parser
+
+    def commands(parser) -> dict:
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    full = commands(build_parser())
+    for module in COMMANDS:
+        word = module.replace("_", "-")
+        alone = commands(build_parser([word, "--help"]))
+        assert list(alone) == [word]
+        assert alone[word].format_help() == full[word].format_help()
+    assert len(commands(build_parser(["runz"]))) == len(COMMANDS)  # a mistyped command: all, for the hint
