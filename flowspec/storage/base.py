@@ -52,11 +52,15 @@ def code_modules(spec) -> dict[str, ModuleType]:
     roots = [os.path.realpath(p) for p in sys.path if p]
     others = [r for r in roots if r != base and r.startswith(base + os.sep)]
     found: dict[str, ModuleType] = {}
+    folders: dict[str, str] = {}  # a module's folder → its real path: hundreds of modules share a few dozen
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if not path or name.split(".")[0] == "flowspec":
             continue
-        path = os.path.realpath(path)
+        folder, file = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        path = os.path.realpath(path) if os.path.islink(path) else os.path.join(folders[folder], file)
         # `file.py:attr` targets are imported under a private name from anywhere, `../` included.
         beside = path.startswith(base + os.sep) and not any(path.startswith(r + os.sep) for r in others)
         if beside or name.startswith("_flowspec_file_"):

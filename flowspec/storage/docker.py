@@ -44,8 +44,7 @@ def engine():
     """A client of the engine at DOCKER_HOST (or the default socket), checked to answer."""
     docker = require("docker", "docker", "the Docker engine (docker storage and environment)")
     try:
-        client = docker.from_env(timeout=120)
-        client.ping()
+        client = docker.from_env(timeout=120)  # asks the engine its API version: it answers, or this fails
     except Exception as exc:  # the SDK wraps socket errors in several types: read its words
         raise engine_error(exc) from None
     return client
