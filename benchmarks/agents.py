@@ -48,6 +48,8 @@ class Bench:
         self.root = root
         self.url = url or f"sqlite://{root / 'flowspec.db'}"
         self.env = {**os.environ, "FLOWSPEC_HOME": str(root / "home"), "FLOWSPEC_BACKEND": self.url}
+        for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"):  # as a user runs it: .pyc files written
+            self.env.pop(name, None)
         (root / "flow").mkdir()
         (root / "flow" / "flow.yaml").write_text(SPEC)
         (root / "flow" / "steps.py").write_text(STEPS)

@@ -117,6 +117,8 @@ class Bench:
         self.env = {**os.environ, "DOCKER_HOST": engine.host, "FLOWSPEC_WHEELHOUSE": str(wheels),
                     "FLOWSPEC_HOME": str(root / "home"), "FLOWSPEC_BACKEND": self.url}
         self.env.pop("PYTHONWARNINGS", None)
+        for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"):  # as a user runs it: .pyc files written
+            self.env.pop(name, None)
 
     def flow(self, name: str) -> Path:
         folder = self.root / name

@@ -45,6 +45,8 @@ class Bench:
         self.registry = os.environ.get("BENCH_REGISTRY", "127.0.0.1:5055")
         self.base = os.environ.get("BENCH_BASE_IMAGE", "localhost/debian-python:bookworm")
         self.env = {**os.environ, "FLOWSPEC_HOME": str(root / "home")}
+        for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"):  # as a user runs it: .pyc files written
+            self.env.pop(name, None)
         for need in ("KUBECONFIG", "DOCKER_HOST", "FLOWSPEC_BACKEND"):
             if not self.env.get(need):
                 sys.exit(f"benchmarks/kubernetes.py: set {need} (see the module docstring)")
