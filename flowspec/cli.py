@@ -129,7 +129,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     named = argv[0].replace("-", "_") if argv and not argv[0].startswith("-") else None
     only = named if named in COMMANDS and argv[0] == named.replace("_", "-") else None
-    for name in (only,) if only else COMMANDS:  # all of them for the top help or a mistyped command
+    wanted = (only,) if only else () if argv and argv[0] == "--version" else COMMANDS
+    for name in wanted:  # all of them for the top help or a mistyped command
         importlib.import_module(f"flowspec.commands.{name}").register(sub)
     _add_epilogs(parser, "")
     return parser

@@ -1,10 +1,12 @@
 """YAML → plain data plus the position of every key and value.
 
-One pass: PyYAML composes the node graph (safe loader, so no Python objects are ever built),
-then `_Builder` turns nodes into dicts/lists/scalars while recording marks per path. Doing the
-construction ourselves is what lets us refuse duplicate keys (PyYAML keeps the last one),
-unknown tags such as `!!python/object`, and alias bombs (sizes are counted on the node graph,
-where an alias is shared, before anything is expanded).
+A plain document (no anchor, alias, tag, merge key or duplicate key: nearly every spec) is built
+in one pass from the parser's events, without positions; they are found when a diagnostic first
+asks for one. Anything else is composed into PyYAML's node graph (safe loader, so no Python
+objects are ever built), and `_Builder` turns nodes into dicts/lists/scalars while recording
+marks per path. Doing the construction ourselves is what lets us refuse duplicate keys (PyYAML
+keeps the last one), unknown tags such as `!!python/object`, and alias bombs (sizes are counted
+on the node graph, where an alias is shared, before anything is expanded).
 """
 from __future__ import annotations
 
