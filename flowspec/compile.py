@@ -348,7 +348,7 @@ class _Checker:
                 self.error(("storage", "build"), f"without a build, storage needs {' and '.join(missing)}"
                            " to name the image to use", "add them, or build the image (build: true)")
         if isinstance(env, dict) and env.get("type") == "docker":
-            from flowspec.environments.docker import option_problems  # the SDK is imported only to run
+            from flowspec.environments.docker_options import option_problems
 
             for path, message, hint in option_problems(env):
                 self.error(("environment",) + path, message, hint)
