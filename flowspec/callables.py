@@ -34,10 +34,30 @@ def add_import_path(base_dir: str) -> None:
             _leave_world()
         _world.update(dir=base_dir, added=base_dir not in sys.path, before=frozenset(sys.modules), twins=None)
         importlib.invalidate_caches()  # files written since the last import must be seen
+        _import_standard_twins(base_dir)
     if not sys.path or sys.path[0] != base_dir:
         if base_dir in sys.path:
             sys.path.remove(base_dir)
         sys.path.insert(0, base_dir)
+
+
+# Standard modules that act when imported (print, open a browser, start a GUI): never imported here.
+_ACTS_ON_IMPORT = frozenset(("this", "antigravity", "__hello__", "__phello__", "idlelib", "turtle", "turtledemo",
+                             "tkinter"))
+
+
+def _import_standard_twins(base_dir: str) -> None:
+    """A file beside the spec named like a standard module (random.py) would shadow it once the
+    folder leads the import path, but only if nothing had imported the standard one yet: which
+    one `import random` gives would depend on what flowspec happened to import first, and
+    flowspec's own code would get the spec's file. The standard one is imported first, so it
+    always wins, and a task module that wanted the other gets an error that says so."""
+    for name in _stdlib_twins(base_dir):
+        if name not in sys.modules and name not in _ACTS_ON_IMPORT:
+            try:
+                importlib.import_module(name)  # the spec's folder is not on the import path yet
+            except Exception:  # e.g. a module of another platform: nothing to shadow then
+                pass
 
 
 def _leave_world() -> None:
