@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -345,6 +345,12 @@ class Tx:
 
     def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._cur.executemany(self._translate(sql), list(rows))
+
+    def batches(self, sql: str, size: int, *params: Any) -> Iterator[list[tuple]]:
+        """The rows of a query, `size` at a time."""
+        self._cur.execute(self._translate(sql), params)
+        while rows := self._cur.fetchmany(size):
+            yield rows
 
 
 # -------------------------------------------------------------------------- the backend
@@ -802,15 +808,23 @@ class Backend(ABC):
 
     def task_states(self, run_id: str, *, history: bool = False) -> list[TaskRunState]:
         """The latest state of each (task, map_index), or with `history` every state recorded."""
+        if not history:
+            return list(self.latest_task_states(run_id))
         with self._transaction(write=False) as tx:
             rows = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE run_id = ? ORDER BY id", run_id)
-        states = [TaskRunState(*row) for row in rows]
-        if history:
-            return states
-        latest: dict[tuple[str, int | None], TaskRunState] = {}
-        for state in states:
-            latest[state.task, state.map_index] = state
-        return list(latest.values())
+        return [TaskRunState(*row) for row in rows]
+
+    def latest_task_states(self, run_id: str, batch: int = 10_000) -> Iterator[TaskRunState]:
+        """The latest state of each (task, map_index), in the order each was first recorded,
+        picked in the database and read `batch` rows at a time: a map of a million children is
+        never held whole (consume it while the backend is open)."""
+        cols = ", ".join(f"t.{c.strip()}" for c in _TASK_COLS.split(","))
+        with self._transaction(write=False) as tx:
+            for rows in tx.batches(f"SELECT {cols} FROM task_states t JOIN (SELECT MIN(id) AS first,"
+                                   " MAX(id) AS last FROM task_states WHERE run_id = ? GROUP BY task, map_index) g"
+                                   " ON t.id = g.last ORDER BY g.first", batch, run_id):
+                for row in rows:
+                    yield TaskRunState(*row)
 
     def task_states_since(self, run_id: str, after_id: int = 0) -> tuple[list[TaskRunState], int]:
         """The states recorded for a run after row `after_id`, in order, and the id to ask after

@@ -10,7 +10,8 @@ import sys
 import time
 
 from flowspec.commands._backend import (
-    add_common, clock, emit_json, find_run, labels_text, mark_lost, open_from, subcommands, table, warn, when)
+    add_common, clock, emit_json, find_run, labels_text, mark_lost, open_from, subcommands, table, table_lines, warn,
+    when)
 
 EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
 FOLLOW_POLL_S = 0.25
@@ -98,17 +99,41 @@ def main_show(args) -> int:
         run = backend.get_run(run.id)
         flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
         history = backend.run_history(run.id)
-        tasks = backend.task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
         reason = backend.waiting_reason(run.id)
-    if args.format == "json":
-        emit_json(run_json(run) | {
-            "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
-            "waiting_reason": reason,
-            "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
-            "tasks": [{"task": t.task, "map_index": t.map_index, "state": t.state, "attempt": t.attempt,
-                       "time": t.time, "message": t.message} | ({"children": t.children} if getattr(t, "children", None) else {})
-                      for t in tasks]})
-        return 0
+        # Every child, read as it is written out (a million of them are never held whole), or
+        # one row per task with its children counted
+        tasks = backend.latest_task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
+        if args.format == "json":
+            _show_json(run, flow, reason, history, tasks)
+        else:
+            _show_text(run, flow, reason, history, tasks, args.children)
+    return 0
+
+
+def _show_json(run, flow, reason, history, tasks) -> None:
+    head = json.dumps(run_json(run) | {
+        "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
+        "waiting_reason": reason,
+        "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
+        "tasks": None}, indent=2, default=str)
+    before, after = head.rsplit('"tasks": null', 1)
+    out = sys.stdout
+    out.write(before + '"tasks": [')
+    comma = "\n"
+    dumps = json.dumps  # without indent: the C encoder, for each value
+    for t in tasks:  # the layout emit_json gives, one task at a time
+        children = getattr(t, "children", None)
+        text = (f'{{\n      "task": {dumps(t.task)},\n      "map_index": {dumps(t.map_index)},\n'
+                f'      "state": {dumps(t.state)},\n      "attempt": {dumps(t.attempt)},\n'
+                f'      "time": {dumps(t.time)},\n      "message": {dumps(t.message)}')
+        if children:
+            text += ',\n      "children": ' + dumps(children, indent=2).replace("\n", "\n      ")
+        out.write(f"{comma}    {text}\n    }}")
+        comma = ",\n"
+    out.write(("\n  ]" if comma != "\n" else "]") + after + "\n")
+
+
+def _show_text(run, flow, reason, history, tasks, children: bool) -> None:
     origin = f" (project {flow.project}, version {flow.version})" if flow else " (a local run)"
     fields = [("run", run.id), ("flow", run.flow_name + origin), ("state", run.state),
               ("waiting", reason), ("message", run.message), ("labels", labels_text(run.labels)),
@@ -120,15 +145,19 @@ def main_show(args) -> int:
     print("\nhistory:")
     for e in history:
         print(f"  {when(e.time)}  {e.state:<10}" + (f"  {_indent(e.message, 4)}" if e.message else ""))
-    if tasks:
-        print("\ntasks:")
+    words: dict = {}  # each state and attempt text once, however many children share it
+    if children:
         head, rows = ("TASK", "STATE", "ATTEMPT", "MESSAGE"), [
-            (_task_label(t.task, t.map_index), t.state, str(t.attempt), t.message or "") for t in tasks]
-        if not args.children:  # a mapped task's row counts its children by state
-            head, rows = head[:3] + ("CHILDREN",) + head[3:], [
-                row[:3] + (_children_text(t.children),) + row[3:] for row, t in zip(rows, tasks)]
-        print("\n".join("  " + line for line in table(head, rows).splitlines()))
-    return 0
+            (_task_label(t.task, t.map_index), words.setdefault(t.state, t.state),
+             words.setdefault(t.attempt, str(t.attempt)), t.message or "") for t in tasks]
+    else:  # a mapped task's row counts its children by state
+        head, rows = ("TASK", "STATE", "ATTEMPT", "CHILDREN", "MESSAGE"), [
+            (_task_label(t.task, t.map_index), t.state, str(t.attempt), _children_text(t.children), t.message or "")
+            for t in tasks]
+    if rows:
+        print("\ntasks:")
+        for lines in table_lines(head, rows, indent="  "):
+            sys.stdout.write(lines)
 
 
 class _Shown:

@@ -379,6 +379,12 @@ def test_task_states_latest_per_task_and_index(backend: Backend) -> None:
     latest = {(s.task, s.map_index): (s.state, s.attempt) for s in backend.task_states(run_id)}
     assert latest == {("extract", None): ("Success", 2), ("load", 0): ("Running", 1), ("load", 1): ("Failed", 1)}
     assert len(backend.task_states(run_id, history=True)) == 6
+    # read a batch at a time, in the order each was first recorded, from another run's rows too
+    other = new_run(backend)
+    backend.add_task_state(other, "extract", "Failed")
+    streamed = [(s.task, s.map_index, s.state) for s in backend.latest_task_states(run_id, batch=2)]
+    assert streamed == [("extract", None, "Success"), ("load", 0, "Running"), ("load", 1, "Failed")]
+    assert [s.run_id for s in backend.latest_task_states(other, batch=1)] == [other]
 
 
 def test_logs_are_read_incrementally(backend: Backend) -> None:
