@@ -11,8 +11,10 @@ from flowspec.commands._backend import add_common, emit_json, labels_text, open_
 def register(sub) -> None:
     p = sub.add_parser("register", help="build a flow's storage and record the flow in the backend",
                        description="Validate a flow spec, import its code, build its storage and record "
-                                   "it in the backend. An unchanged spec and code keep their version; a "
-                                   "changed one gets the next. Exit 0 registered, 1 invalid spec or "
+                                   "it in the backend. An unchanged spec and code (and, for docker storage, "
+                                   "the same image inputs: flowspec's version, the dependencies, the base image) keep "
+                                   "their version; a changed one gets the next. Exit 0 registered, 1 invalid "
+                                   "spec or "
                                    "backend error, 2 usage error.")
     p.add_argument("file", metavar="FILE", help="the flow spec")
     p.add_argument("--project", help="the project (default: the spec's `project`, else 'default')")
@@ -38,10 +40,15 @@ def main(args) -> int:
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
     environment = (spec.document.data or {}).get("environment") or {}
-    checksum = location["fingerprint"]
+    checksum = location["fingerprint"]  # the spec and its code
+    more = {}  # what else makes a new version
+    if location.get("digest"):  # an image's inputs: flowspec's own version, the dependencies, the base image
+        more["image"] = location["digest"]
     if files := spec.environment.options.get("_files"):  # templates the watcher needs, far from the spec's folder
         environment = {**environment, "_files": {key: {"written": t.written, "text": t.text} for key, t in files.items()}}
-        checksum = hashlib.sha256(json.dumps([checksum, environment["_files"]], sort_keys=True).encode()).hexdigest()
+        more["_files"] = environment["_files"]
+    if more:
+        checksum = hashlib.sha256(json.dumps([checksum, more], sort_keys=True).encode()).hexdigest()
     with open_from(args) as backend:
         flow, created = backend.register_flow(
             args.project or spec.project, spec.name, [*spec.environment.labels, *args.label],

@@ -58,6 +58,27 @@ def test_digest_tag_unchanged_flow_builds_nothing_and_a_change_rebuilds(docker_f
         assert c.images.get(first["image"]).labels["org.flowspec.fingerprint"] == first["fingerprint"]
 
 
+def test_register_makes_a_new_version_when_the_image_inputs_change_without_the_code(docker_flows, tmp_path):
+    # An upgrade of flowspec or of a wheel in the wheelhouse changes the image, not the spec or
+    # its code: registering again must record the new image, not keep the old one
+    house = tmp_path / "wheels"
+    house.mkdir()
+    for wheel in Path(docker_flows.env["FLOWSPEC_WHEELHOUSE"]).glob("*.whl"):
+        os.symlink(wheel.resolve(), house / wheel.name)
+    env = {**docker_flows.env, "FLOWSPEC_WHEELHOUSE": str(house)}
+    spec = docker_flows.write("upgraded", HELLO)
+    first = json.loads(docker_flows.cli("register", str(spec), "--format", "json", env=env).stdout)
+    same = json.loads(docker_flows.cli("register", str(spec), "--format", "json", env=env).stdout)
+    assert (first["version"], same["version"], same["created"]) == (1, 1, False)
+    [pickle] = house.glob("cloudpickle-*.whl")  # a newer wheel appears; the pinned version is still installed
+    shutil.copy(pickle.resolve(), house / pickle.name.replace(pickle.name.split("-")[1], "99.0"))
+    proc = docker_flows.cli("register", str(spec), "--format", "json", env=env)
+    after = json.loads(proc.stdout)
+    assert (after["version"], after["created"]) == (2, True), proc.stderr
+    assert after["storage"]["image"] != first["storage"]["image"]
+    assert after["storage"]["fingerprint"] == first["storage"]["fingerprint"]  # the same spec and code
+
+
 def test_flowspec_from_a_checkout_goes_in_as_a_wheel_built_from_it(docker_flows, dependency_wheels):
     spec = docker_flows.write("from-checkout", HELLO)
     env = {**docker_flows.env, "FLOWSPEC_WHEELHOUSE": str(dependency_wheels)}  # no flowspec wheel in it
