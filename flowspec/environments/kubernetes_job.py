@@ -327,7 +327,9 @@ class KubernetesJobEnvironment(PlatformEnvironment):
             log.info("run %s: Job %s kept (delete_finished_jobs: %s)", handle.run_id, handle.name,
                      self.options.get("delete_finished_jobs"))
             return
-        self.stop(handle, 30.0)
+        # A job that ended (or whose pod never started) has nothing left to stop gracefully: its
+        # pods go at once. Without an outcome (cleaning up after an error) they get the grace.
+        self.stop(handle, 0.0 if outcome is not None else 30.0)
         deadline = time.monotonic() + GONE_WAIT_S
         while time.monotonic() < deadline:
             job = call(f"read Job {handle.name}", self.kube.batch.read_namespaced_job, handle.name, handle.namespace,
