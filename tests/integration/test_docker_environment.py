@@ -22,6 +22,23 @@ def run_id_of(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout.strip().splitlines()[0]
 
 
+def _run_until_a_task_runs(docker_flows, spec) -> tuple[subprocess.Popen, str]:
+    """`flowspec run FILE` in the background, handed back once a task of its run is Running."""
+    proc = subprocess.Popen([sys.executable, "-m", "flowspec", "run", str(spec)], env=docker_flows.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    try:
+        with docker_flows.backend() as backend:
+            while not (runs := backend.list_runs()) or not any(s.state == "Running"
+                                                               for s in backend.task_states(runs[0].id)):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, runs[0].id
+
+
 def test_run_file_streams_logs_prints_the_summary_and_removes_the_container(docker_flows):
     spec = docker_flows.write("hello", HELLO)
     proc = docker_flows.cli("run", str(spec))
@@ -203,14 +220,8 @@ def test_keep_container_keeps_it(docker_flows):
 def test_sigint_cancels_the_container_run_cleanly(docker_flows):
     spec = docker_flows.write("interrupted", "  rest:\n    run: tasks:nap\n    with: {seconds: 120}\n")
     assert docker_flows.cli("build", str(spec)).returncode == 0  # so that the run below starts at once
-    proc = subprocess.Popen([sys.executable, "-m", "flowspec", "run", str(spec)], env=docker_flows.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, _ = _run_until_a_task_runs(docker_flows, spec)
     try:
-        deadline = time.monotonic() + 60
-        with docker_flows.backend() as backend:
-            while not any(s.state == "Running" for r in backend.list_runs() for s in backend.task_states(r.id)):
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -228,16 +239,9 @@ def test_sigint_cancels_the_container_run_cleanly(docker_flows):
 def test_runs_cancel_of_a_run_file_stops_its_container(docker_flows):
     spec = docker_flows.write("cancel-file", "  rest:\n    run: tasks:nap\n    with: {seconds: 120}\n")
     assert docker_flows.cli("build", str(spec)).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "flowspec", "run", str(spec)], env=docker_flows.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, run_id = _run_until_a_task_runs(docker_flows, spec)
     try:
-        deadline = time.monotonic() + 60
-        with docker_flows.backend() as backend:
-            while not (runs := backend.list_runs()) or not any(s.state == "Running"
-                                                               for s in backend.task_states(runs[0].id)):
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
-        assert docker_flows.cli("runs", "cancel", runs[0].id).returncode == 0
+        assert docker_flows.cli("runs", "cancel", run_id).returncode == 0
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -245,7 +249,7 @@ def test_runs_cancel_of_a_run_file_stops_its_container(docker_flows):
     assert proc.returncode == 130, err
     assert "Cancelled" in out.splitlines()[-1]
     with docker_flows.backend() as backend:
-        run = backend.get_run(runs[0].id)
+        run = backend.get_run(run_id)
     assert run.state == "Cancelled", run.message
     assert docker_flows.containers() == []
 
