@@ -122,7 +122,7 @@ def run(run_id: str) -> int:
         current = backend.get_run(run_id)
         if current is None or current.state != "Running":
             return not_running(backend, run_id, current)
-        if backend.task_states(run_id):  # e.g. a Job's next pod, after the first was evicted
+        if backend.has_task_states(run_id):  # e.g. a Job's next pod, after the first was evicted
             print(f"flowspec: run {run_id} has started before (its task states are recorded): it is not run twice",
                   file=sys.stderr)
             return 1

@@ -814,6 +814,11 @@ class Backend(ABC):
             rows = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE run_id = ? ORDER BY id", run_id)
         return [TaskRunState(*row) for row in rows]
 
+    def has_task_states(self, run_id: str) -> bool:
+        """Has any task state of this run been recorded (has it started before)?"""
+        with self._transaction(write=False) as tx:
+            return tx.one("SELECT 1 FROM task_states WHERE run_id = ? LIMIT 1", run_id) is not None
+
     def latest_task_states(self, run_id: str, batch: int = 10_000) -> Iterator[TaskRunState]:
         """The latest state of each (task, map_index), in the order each was first recorded,
         picked in the database and read `batch` rows at a time: a map of a million children is

@@ -116,6 +116,8 @@ def _show_json(run, flow, reason, history, tasks) -> None:
         "waiting_reason": reason,
         "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
         "tasks": None}, indent=2, default=str)
+    # "tasks" is the last key: its `null` is the last one in the text (quotes inside strings are
+    # escaped), and the list is written in its place
     before, after = head.rsplit('"tasks": null', 1)
     out = sys.stdout
     out.write(before + '"tasks": [')

@@ -165,7 +165,6 @@ class KubernetesJobEnvironment(PlatformEnvironment):
             handle.unreachable_since = None
         if outcome is not None:
             self.not_cancelled(handle, outcome)
-        if outcome is not None:
             handle.over.set()
         return outcome
 
@@ -207,8 +206,7 @@ class KubernetesJobEnvironment(PlatformEnvironment):
         handle.outside = f"was evicted or deleted from outside flowspec (pod {pod.metadata.name})"
         log.warning("run %s: pod %s is being deleted from outside flowspec (an eviction or a delete)",
                     handle.run_id, pod.metadata.name)
-        self.stop(handle, float(pod.metadata.deletion_grace_period_seconds or 30))
-        handle.stopped = False  # it was not flowspec's decision: the Job is deleted, the run not cancelled
+        self.delete(handle, float(pod.metadata.deletion_grace_period_seconds or 30))  # not a cancel
 
     def second_pod(self, handle: JobHandle, pod) -> None:
         """The Job controller started another pod for the run (its first was deleted or evicted):
@@ -218,8 +216,7 @@ class KubernetesJobEnvironment(PlatformEnvironment):
         if handle.outside is None and not handle.stopped:  # the first pod vanished between two looks
             handle.outside = f"was evicted or deleted from outside flowspec (pod {handle.pod})"
             log.warning("run %s: pod %s is gone, deleted from outside flowspec", handle.run_id, handle.pod)
-            self.stop(handle, 30.0)
-            handle.stopped = False
+            self.delete(handle, 30.0)
         log.warning("run %s: the Job started another pod, %s: deleting it, the run never runs twice",
                     handle.run_id, pod.metadata.name)
         call(f"delete pod {pod.metadata.name}", self.kube.core.delete_namespaced_pod, pod.metadata.name,
@@ -300,10 +297,14 @@ class KubernetesJobEnvironment(PlatformEnvironment):
             status.state.running is not None or status.state.terminated is not None)
 
     def stop(self, handle: JobHandle, grace_s: float) -> None:
+        """flowspec stops the run (a cancel, the end of the run): its Job is deleted."""
+        handle.stopped = True
+        self.delete(handle, grace_s)
+
+    def delete(self, handle: JobHandle, grace_s: float) -> None:
         """Delete the Job, Foreground: its pods go first (SIGTERM, then SIGKILL after the grace)."""
         from kubernetes import client
 
-        handle.stopped = True
         body = client.V1DeleteOptions(propagation_policy="Foreground", grace_period_seconds=int(grace_s))
         call(f"delete Job {handle.name}", self.kube.batch.delete_namespaced_job, handle.name, handle.namespace,
              body=body, ok=(404, 409))

@@ -385,6 +385,7 @@ def test_task_states_latest_per_task_and_index(backend: Backend) -> None:
     streamed = [(s.task, s.map_index, s.state) for s in backend.latest_task_states(run_id, batch=2)]
     assert streamed == [("extract", None, "Success"), ("load", 0, "Running"), ("load", 1, "Failed")]
     assert [s.run_id for s in backend.latest_task_states(other, batch=1)] == [other]
+    assert backend.has_task_states(run_id) and not backend.has_task_states(new_run(backend))
 
 
 def test_logs_are_read_incrementally(backend: Backend) -> None:

@@ -39,6 +39,19 @@ def _run_until_a_task_runs(docker_flows, spec) -> tuple[subprocess.Popen, str]:
     return proc, runs[0].id
 
 
+def _ends_cancelled(proc: subprocess.Popen, stop) -> str:
+    """stop() the background `flowspec run`, which then ends Cancelled (exit 130); its stderr."""
+    try:
+        stop()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Cancelled" in out.splitlines()[-1]
+    return err
+
+
 def test_run_file_streams_logs_prints_the_summary_and_removes_the_container(docker_flows):
     spec = docker_flows.write("hello", HELLO)
     proc = docker_flows.cli("run", str(spec))
@@ -221,14 +234,7 @@ def test_sigint_cancels_the_container_run_cleanly(docker_flows):
     spec = docker_flows.write("interrupted", "  rest:\n    run: tasks:nap\n    with: {seconds: 120}\n")
     assert docker_flows.cli("build", str(spec)).returncode == 0  # so that the run below starts at once
     proc, _ = _run_until_a_task_runs(docker_flows, spec)
-    try:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert "Cancelled" in out.splitlines()[-1]
+    err = _ends_cancelled(proc, lambda: proc.send_signal(signal.SIGINT))
     with docker_flows.backend() as backend:
         (run,) = backend.list_runs()
         assert run.state == "Cancelled"
@@ -240,14 +246,11 @@ def test_runs_cancel_of_a_run_file_stops_its_container(docker_flows):
     spec = docker_flows.write("cancel-file", "  rest:\n    run: tasks:nap\n    with: {seconds: 120}\n")
     assert docker_flows.cli("build", str(spec)).returncode == 0
     proc, run_id = _run_until_a_task_runs(docker_flows, spec)
-    try:
+
+    def cancel() -> None:
         assert docker_flows.cli("runs", "cancel", run_id).returncode == 0
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert "Cancelled" in out.splitlines()[-1]
+
+    _ends_cancelled(proc, cancel)
     with docker_flows.backend() as backend:
         run = backend.get_run(run_id)
     assert run.state == "Cancelled", run.message
