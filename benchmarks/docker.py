@@ -22,6 +22,7 @@ many      20 runs created at once for one agent with --max-runs 4: every one Suc
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -175,7 +176,7 @@ def plain_build(b: Bench, path: Path) -> float:
         plan = BuildPlan(compiled, payload, fp)
         context = b.root / "plain-context"
         shutil.rmtree(context, ignore_errors=True)
-        with tarfile.open(fileobj=plan.context()) as tar:
+        with tarfile.open(fileobj=io.BytesIO(plan.context())) as tar:
             tar.extractall(context)
     finally:
         for k, v in saved.items():

@@ -2,6 +2,6 @@ from __future__ import annotations
 
 import sys
 
-from flowspec.cli import main
+from flowspec.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

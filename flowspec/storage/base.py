@@ -55,8 +55,8 @@ def code_modules(spec) -> dict[str, ModuleType]:
     folders: dict[str, str] = {}  # a module's folder → its real path: hundreds of modules share a few dozen
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
-        if not path or name.split(".")[0] == "flowspec":
-            continue
+        if not path or not os.path.isabs(path) or name.split(".")[0] == "flowspec":
+            continue  # no file, or a pseudo one such as `<stdin>`, has no code to carry
         folder, file = os.path.split(path)
         if folder not in folders:
             folders[folder] = os.path.realpath(folder)

@@ -50,6 +50,29 @@ def engine():
     return client
 
 
+class BuildEngine:
+    """The engine as a build meets it: `api` answers the two calls every build makes (see
+    docker_api: directly when it can, else through the SDK); `sdk`, made when first asked for,
+    pulls and pushes with the registry credentials it knows."""
+
+    def __init__(self, may_pull: bool) -> None:
+        from flowspec.storage.docker_api import SdkEngine, http_engine
+
+        self._sdk = None
+        direct = None if may_pull else http_engine()  # a user's FROM lines may need credentials
+        self.api = direct or SdkEngine(self.sdk)
+
+    @property
+    def sdk(self):
+        if self._sdk is None:
+            self._sdk = engine()
+        return self._sdk
+
+    def close(self) -> None:
+        if self._sdk is not None:
+            self._sdk.close()
+
+
 def engine_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
@@ -112,11 +135,11 @@ class DockerStorage(Storage):
             return self.locate(spec)
         payload, fp = serialize(spec)
         plan = BuildPlan(spec, payload, fp)
-        client = engine()
+        engines = BuildEngine(plan.user_dockerfile is not None)
         try:
-            return plan.run(client)
+            return plan.run(engines)
         finally:
-            client.close()
+            engines.close()
 
     def locate(self, spec) -> dict[str, Any]:
         """The image to use without a build (locally or in the registry): with `build: false`,
@@ -286,6 +309,7 @@ class BuildPlan:
         self.spec, self.opts, self.fp = spec, spec.storage.options, fp
         self.python = "%d.%d" % sys.version_info[:2]
         self.files: dict[str, Path | bytes] = {}  # context path → a file on disk, or bytes
+        self.executable: set[str] = set()  # context paths of files with an execute bit
         self.notes: list[str] = []
         self.user_dockerfile = self._user_dockerfile()
         self._add_flow(payload)
@@ -432,10 +456,13 @@ class BuildPlan:
             digest.update(f"\n--- {name}\n".encode())
             if isinstance(value, tuple):  # flowspec's own wheel: its source stands for it
                 digest.update(self.source[1].encode())
-            elif isinstance(value, Path):
-                digest.update(hashlib.sha256(value.read_bytes()).digest())
-            else:
-                digest.update(hashlib.sha256(value).digest())
+                continue
+            if isinstance(value, Path):
+                if os.stat(value).st_mode & 0o111:  # COPY keeps the mode: a script stays runnable
+                    self.executable.add(name)
+                    digest.update(b"+x")
+                value = self.files[name] = value.read_bytes()  # read once: the context sends these bytes
+            digest.update(hashlib.sha256(value).digest())
         return digest.hexdigest()
 
     def labels(self) -> dict[str, str]:
@@ -443,30 +470,23 @@ class BuildPlan:
                 f"{LABEL}.payload-sha256": self.payload_sha, f"{LABEL}.flow": self.spec.name}
 
     # -- building --------------------------------------------------------------------------------------
-    def run(self, client) -> dict[str, Any]:
-        image = self.existing(client)
+    def run(self, engines: BuildEngine) -> dict[str, Any]:
+        image = self.existing(engines.api)
         up_to_date = image is not None
         if up_to_date:
             say(f"image {self.ref} is up to date (digest {self.digest[:12]}): nothing to build")
         else:
             for note in self.notes:
                 say(note)
-            self.check_base(client)
-            image = self.build(client)
-        if self.opts.get("registry_url") and not (up_to_date and self.in_registry(client)):
-            self.push(client)
+            self.check_base(engines)
+            image = self.build(engines.api)
+        if self.opts.get("registry_url") and not (up_to_date and self.in_registry(engines.sdk)):
+            self.push(engines.sdk)
         return location(self.ref, self.opts, image.labels or self.labels(), image.id)
 
-    def existing(self, client):
-        import docker
-
-        try:
-            image = client.images.get(self.ref)
-        except docker.errors.ImageNotFound:
-            return None
-        except Exception as exc:
-            raise engine_error(exc, f"looking for image {self.ref}") from None
-        return image if (image.labels or {}).get(f"{LABEL}.digest") == self.digest else None
+    def existing(self, api):
+        image = _image(api, self.ref, f"looking for image {self.ref}")
+        return image if image is not None and image.labels.get(f"{LABEL}.digest") == self.digest else None
 
     def in_registry(self, client) -> bool:
         """Whether the registry has this tag already (then an unchanged build pushes nothing)."""
@@ -476,24 +496,17 @@ class BuildPlan:
         except Exception:
             return False
 
-    def check_base(self, client) -> None:
+    def check_base(self, engines: BuildEngine) -> None:
         """The base image must be on the engine or pullable: say so before a build starts."""
-        import docker
-
         if self.user_dockerfile is not None:
             return  # its FROM lines are its own; the engine reports a missing one
         base = self.opts.get("base_image") or f"python:{self.python}-slim"
-        try:
-            client.images.get(base)
+        if _image(engines.api, base, f"looking for the base image {base}") is not None:
             return
-        except docker.errors.ImageNotFound:
-            pass
-        except Exception as exc:
-            raise engine_error(exc, f"looking for the base image {base}") from None
         say(f"pulling the base image {base}")
         try:
             repo, _, tag = base.rpartition(":") if ":" in base.rsplit("/", 1)[-1] else (base, "", "latest")
-            client.images.pull(repo, tag=tag)
+            engines.sdk.images.pull(repo, tag=tag)
         except Exception as exc:
             raise FlowspecError(
                 f"base image {base} is not on the engine at {engine_host()} and cannot be pulled:"
@@ -501,9 +514,9 @@ class BuildPlan:
                 hint="pull or load it first (docker pull / docker load), or set storage.base_image to an image"
                      " the engine has") from None
 
-    def context(self) -> io.BytesIO:
+    def context(self) -> bytes:
         buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
+        with tarfile.open(fileobj=buf, mode="w", copybufsize=1 << 20) as tar:  # wheels of MBs: large copies
             entries = dict(self.files)
             # The labels name the digest, so they come after it was taken: one LABEL step, last.
             labels = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(self.labels().items()))
@@ -514,20 +527,18 @@ class BuildPlan:
                     value = checkout_wheel(*self.source)
                 data = value.read_bytes() if isinstance(value, Path) else value
                 info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o644, 0  # mtime 0: the layer cache keys on content
+                info.size, info.mtime = len(data), 0  # mtime 0: the layer cache keys on content
+                info.mode = 0o755 if name in self.executable else 0o644
                 tar.addfile(info, io.BytesIO(data))
-        buf.seek(0)
-        return buf
+        return buf.getvalue()
 
-    def build(self, client):
+    def build(self, api):
         say(f"building image {self.ref}")
         context = self.context()
         step: deque = deque(maxlen=40)  # the current step's output, shown when it fails
         checks: list[str] = []
         try:
-            stream = client.api.build(fileobj=context, custom_context=True, dockerfile="Dockerfile.flowspec",
-                                      tag=self.ref, rm=True, forcerm=False, pull=False, decode=True)
-            for chunk in stream:
+            for chunk in api.build(context, self.ref, "Dockerfile.flowspec"):
                 if "stream" in chunk:
                     text = _ANSI.sub("", chunk["stream"])  # the engine colours a step's stderr
                     for line in text.splitlines():
@@ -544,7 +555,11 @@ class BuildPlan:
             raise
         except Exception as exc:
             raise engine_error(exc, f"building {self.ref}") from None
-        return client.images.get(self.ref)
+        image = _image(api, self.ref, f"looking for image {self.ref}")
+        if image is None:
+            raise FlowspecError(f"the build of {self.ref} ended without an image of that name",
+                                hint="see the engine's log (journalctl -u docker): something removed it meanwhile")
+        return image
 
     def failure(self, error: str, step: list[str], checks: list[str]) -> FlowspecError:
         if checks and not any("loads in this image" in c for c in checks):
@@ -579,6 +594,14 @@ class BuildPlan:
             raise
         except Exception as exc:
             raise push_error(self.ref, str(exc)) from None
+
+
+def _image(api, ref: str, doing: str):
+    """The image `ref` (id and labels), or None when the engine has none of that name."""
+    try:
+        return api.image(ref)
+    except Exception as exc:  # a socket's or the SDK's error: read its words
+        raise engine_error(exc, doing) from None
 
 
 def push_error(ref: str, error: str) -> FlowspecError:

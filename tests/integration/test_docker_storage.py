@@ -94,15 +94,18 @@ def test_files_env_vars_and_python_dependencies_reach_the_image(docker_flows):
     (folder / "data.txt").write_text("forty-two\n")
     (folder / "conf").mkdir()
     (folder / "conf" / "a.ini").write_text("[a]\n")
+    (folder / "conf" / "hello.sh").write_text("#!/bin/sh\necho from-script\n")
+    (folder / "conf" / "hello.sh").chmod(0o755)  # COPY keeps the mode: the script stays runnable
     spec = docker_flows.write(
         "extras", "  read:\n    run: tasks:read\n    with: {path: /srv/data.txt}\n",
         storage=f"  base_image: {docker_flows.base}\n  files:\n    data.txt: /srv/data.txt\n    conf: /srv/conf\n"
                 "  env_vars:\n    FROM_IMAGE: baked\n  python_dependencies: [pyyaml]\n")
     location = built(docker_flows.cli("build", str(spec), "--format", "json"))
     with client(docker_flows) as c:
-        out = c.containers.run(location["image"], ["sh", "-c", "cat /srv/data.txt /srv/conf/a.ini; echo $FROM_IMAGE"],
+        out = c.containers.run(location["image"], ["sh", "-c", "cat /srv/data.txt /srv/conf/a.ini; echo $FROM_IMAGE;"
+                                                               " /srv/conf/hello.sh; test -x /srv/data.txt || echo no-x"],
                                remove=True)
-    assert out.decode().split() == ["forty-two", "[a]", "baked"]
+    assert out.decode().split() == ["forty-two", "[a]", "baked", "from-script", "no-x"]
     run = docker_flows.cli("run", str(spec))
     assert run.returncode == 0 and "read /srv/data.txt: forty-two" in run.stderr, run.stderr
 
@@ -361,3 +364,43 @@ def test_disk_full_says_so(docker_flows, small_engine):
     assert proc.returncode == 1
     assert "the Docker engine's disk is full" in proc.stderr and "no space left on device" in proc.stderr
     assert "docker system prune" in proc.stderr and "Traceback" not in proc.stderr and "http+docker" not in proc.stderr
+
+
+def test_the_direct_and_the_sdk_engine_calls_agree(docker_flows, docker_host):
+    # Builds ask a local engine directly and others through the SDK (flowspec/storage/docker_api.py):
+    # both against this real engine, on the same contexts, must give the same answers.
+    import io
+    import tarfile
+
+    import docker
+
+    from flowspec.storage.docker_api import EngineError, HttpEngine, SdkEngine
+
+    def context(dockerfile: str) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile.x")
+            info.size = len(dockerfile.encode())
+            tar.addfile(info, io.BytesIO(dockerfile.encode()))
+        return buf.getvalue()
+
+    sdk = docker.DockerClient(base_url=docker_host)
+    try:
+        engines = {"direct": HttpEngine("unix", docker_host[len("unix://"):]), "sdk": SdkEngine(sdk)}
+        images = {}
+        for name, api in engines.items():
+            assert api.image("localhost/surely-absent:1") is None
+            good = context(f"FROM {docker_flows.base}\nLABEL org.example.who={name}\n")
+            messages = list(api.build(good, f"localhost/agree-{name}:1", "Dockerfile.x"))
+            assert any("Successfully tagged" in m.get("stream", "") for m in messages), messages
+            images[name] = api.image(f"localhost/agree-{name}:1")
+            assert images[name].labels["org.example.who"] == name
+            assert images[name].id == sdk.images.get(f"localhost/agree-{name}:1").id
+            failing = context(f"FROM {docker_flows.base}\nRUN exit 3\n")
+            assert any("returned a non-zero code: 3" in m.get("error", "")
+                       for m in api.build(failing, f"localhost/agree-{name}:2", "Dockerfile.x"))
+        with pytest.raises(EngineError) as refused:  # a refusal before any step: an error status
+            list(engines["direct"].build(b"not a tar", "localhost/agree:3", "Dockerfile.x"))
+        assert refused.value.status >= 400 and refused.value.explanation
+    finally:
+        sdk.close()
