@@ -93,6 +93,13 @@ def engine_error(exc: BaseException, doing: str = "") -> FlowspecError:
                                   " socket, e.g. unix:///var/run/docker.sock")
     if "no space left on device" in text.lower():
         return disk_full(text)
+    if "paramiko" in text:  # the SDK reaches ssh:// engines through it
+        return FlowspecError(f"the Docker engine at {host} needs SSH support: {_first_line(text)}",
+                             hint="pip install paramiko, or set DOCKER_HOST to a local socket or tcp:// address")
+    if "client_cert" in text or "ca_cert" in text:  # the SDK's words for a TLS setup it cannot use
+        return FlowspecError(f"the TLS settings for the Docker engine at {host} are incomplete: {_first_line(text)}",
+                             hint="set DOCKER_CERT_PATH to the folder with ca.pem, cert.pem and key.pem, or unset"
+                                  " DOCKER_TLS_VERIFY for an engine without TLS")
     return FlowspecError(f"the Docker engine at {host} failed{what}: {_first_line(text)}",
                          hint="see the engine's log (journalctl -u docker) for details")
 

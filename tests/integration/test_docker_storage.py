@@ -5,9 +5,11 @@ on 127.0.0.1:5055 and `--no-build`, and the engine errors users meet."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -306,6 +308,22 @@ def test_no_engine_at_docker_host(docker_flows, tmp_path):
     assert f"no Docker engine answers at unix://{tmp_path}/nothing-here.sock" in proc.stderr
     assert "hint:" in proc.stderr and "Traceback" not in proc.stderr
     assert docker_flows.cli("validate", str(spec), env=env).returncode == 0  # validate needs no engine
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there now
+    cases = [  # (DOCKER_HOST and more, what the error says, what its hint says)
+        ({"DOCKER_HOST": f"tcp://127.0.0.1:{port}"}, f"no Docker engine answers at tcp://127.0.0.1:{port}",
+         "start the engine"),
+        ({"DOCKER_HOST": f"tcp://127.0.0.1:{port}", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": ""},
+         f"the TLS settings for the Docker engine at tcp://127.0.0.1:{port} are incomplete", "DOCKER_CERT_PATH"),
+    ]
+    if importlib.util.find_spec("paramiko") is None:
+        cases.append(({"DOCKER_HOST": f"ssh://nobody@127.0.0.1:{port}"}, "needs SSH support", "pip install paramiko"))
+    for extra, said, hint in cases:
+        proc = docker_flows.cli("build", str(spec), env={**docker_flows.env, **extra})
+        assert proc.returncode == 1 and said in proc.stderr and hint in proc.stderr, (extra, proc.stderr)
+        assert "Traceback" not in proc.stderr
 
 
 def test_permission_denied_on_the_socket(docker_flows, docker_host):
