@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import os
@@ -26,13 +27,41 @@ _EXITS_HINT = ("a module is imported to find its functions: code that exits or w
                "belongs under `if __name__ == \"__main__\":`")
 
 
+class FreshSourceLoader(importlib.machinery.SourceFileLoader):
+    """Code beside a spec is compiled from its source at each import. A cached .pyc is trusted
+    when its source has the same size and the same mtime in whole seconds: an edit within the
+    second after an import that keeps the size (FACTOR = 2 -> 3, as a script may make between
+    two registers) would run, and register, the old code under the new file's fingerprint."""
+
+    def path_stats(self, path: str) -> dict:
+        raise OSError("no bytecode cache for code beside a spec")  # get_code then reads the source
+
+
+def _fresh_finder(path: str):
+    """sys.path_hooks entry: the finder for a folder of the current spec's code (its folder and
+    the packages in it, not an import root of its own below it such as a virtualenv)."""
+    base = _world["dir"]
+    inside = base is not None and (path == base or path.startswith(base + os.sep))
+    if not inside or any(path == p or path.startswith(p + os.sep) for p in sys.path if p and p != base
+                         and p.startswith(base + os.sep)):
+        raise ImportError  # not ours: the next hook (the standard FileFinder) takes it
+    machinery = importlib.machinery
+    return machinery.FileFinder(path, (machinery.ExtensionFileLoader, machinery.EXTENSION_SUFFIXES),
+                                (FreshSourceLoader, machinery.SOURCE_SUFFIXES),
+                                (machinery.SourcelessFileLoader, machinery.BYTECODE_SUFFIXES))
+
+
 def add_import_path(base_dir: str) -> None:
-    """Enter the spec's world: its folder first on the import path, as SPEC.md promises, and
-    no module left over from another spec's folder."""
+    """Enter the spec's world: its folder first on the import path, as SPEC.md promises, its
+    code read from source, and no module left over from another spec's folder."""
     if _world["dir"] != base_dir:
         if _world["dir"] is not None:
             _leave_world()
         _world.update(dir=base_dir, added=base_dir not in sys.path, before=frozenset(sys.modules), twins=None)
+        if _fresh_finder not in sys.path_hooks:
+            sys.path_hooks.insert(0, _fresh_finder)
+        for path in [p for p in sys.path_importer_cache if p == base_dir or p.startswith(base_dir + os.sep)]:
+            del sys.path_importer_cache[path]  # found before with the standard finder
         importlib.invalidate_caches()  # files written since the last import must be seen
         _import_standard_twins(base_dir)
     if not sys.path or sys.path[0] != base_dir:
@@ -160,7 +189,7 @@ def _import_file(relpath: str, base_dir: str):
     name = "_flowspec_file_" + hashlib.sha1(path.encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=FreshSourceLoader(name, path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:

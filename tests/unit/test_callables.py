@@ -170,3 +170,28 @@ def test_leaving_a_world_never_forgets_flowspec_itself(flow, monkeypatch):
     flow.write("other/tasks.py", "def f():\n    return 1\n")
     assert load_callable("tasks:f", str(flow.path / "other"))() == 1
     assert sys.modules["flowspec.drivers"] is drivers
+
+
+def test_code_beside_the_spec_is_read_from_its_source_not_a_stale_pyc(flow, monkeypatch):
+    # A .pyc is trusted when its source keeps its size and its mtime in whole seconds: an edit
+    # within that second (a script between two registers) must still be the code that runs.
+    import importlib.util
+    import os
+    import py_compile
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    module, package = "fs_stale_mod", "fs_stale_pkg"
+    for rel in (f"{module}.py", f"{package}/__init__.py", f"{package}/inner.py"):
+        source = flow.write(rel, "def factor():\n    return 2\n")
+        py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))  # as a first import left it
+        stamp = os.stat(source).st_mtime_ns
+        source.write_text("def factor():\n    return 3\n")  # the same size
+        os.utime(source, ns=(stamp, stamp))  # and the same second
+    try:
+        base = str(flow.path)
+        assert load_callable(f"{module}:factor", base)() == 3
+        assert load_callable(f"{package}.inner:factor", base)() == 3
+        assert load_callable(f"{package}/inner.py:factor", base)() == 3
+    finally:
+        for name in (module, package, f"{package}.inner"):
+            sys.modules.pop(name, None)
