@@ -9,6 +9,7 @@ environment shares: `engine()` and `engine_error()`.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import io
 import json
@@ -20,7 +21,6 @@ import sys
 import tarfile
 import tempfile
 from collections import deque
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +238,33 @@ def find_image(client, ref: str, in_registry: bool):
 
 
 # -- flowspec itself, and the wheels that go in ------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _installed() -> tuple[list[str], str | None]:
+    """flowspec's requirements and its direct_url.json, from its .dist-info folder, found on
+    sys.path as importlib.metadata finds it but without importing that (its email parser and
+    zipfile cost 10 ms a build). Another layout (an egg-info) is left to importlib.metadata."""
+    for entry in sys.path:
+        for info in sorted(glob.glob(os.path.join(glob.escape(entry or "."), "flowspec-*.dist-info"))):
+            try:
+                text = Path(info, "METADATA").read_text(encoding="utf-8")
+            except OSError:
+                continue
+            requires = [line[len("Requires-Dist:"):].strip() for line in text.splitlines()
+                        if line.startswith("Requires-Dist:")]
+            direct = Path(info, "direct_url.json")
+            return requires, direct.read_text(encoding="utf-8") if direct.is_file() else None
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("flowspec")
+    except metadata.PackageNotFoundError:
+        return [], None  # run from a source tree on PYTHONPATH: flowspec_source() finds it
+    return list(dist.requires or ()), dist.read_text("direct_url.json")
+
+
 def flowspec_source() -> Path | None:
     """The source checkout of the running flowspec, when it is not a released install."""
-    try:
-        direct = metadata.distribution("flowspec").read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
-        direct = None
+    direct = _installed()[1]
     if direct:
         info = json.loads(direct)
         if "dir_info" in info and info.get("url", "").startswith("file://"):
@@ -625,16 +646,22 @@ def push_error(ref: str, error: str) -> FlowspecError:
                          hint="check registry_url and the registry's log")
 
 
-@functools.lru_cache(maxsize=None)
 def _version(name: str) -> str:
-    return metadata.version(name)  # each lookup scans the installed distributions: once is enough
+    """The version of flowspec or cloudpickle here: what the image must hold to load the payload."""
+    if name == "flowspec":
+        from flowspec import __version__
+    else:
+        import cloudpickle
+
+        __version__ = cloudpickle.__version__
+    return __version__
 
 
 def _requirements() -> list[str]:
     """flowspec's own requirements, with those of its `postgres` extra (a container reaches a
     PostgreSQL backend with it)."""
     out = []
-    for req in metadata.requires("flowspec") or ():
+    for req in _installed()[0]:
         name, _, marker = req.partition(";")
         marker = marker.replace(" ", "")
         if not marker or marker in ('extra=="postgres"', "extra=='postgres'"):
