@@ -227,6 +227,17 @@ def test_image_environments_need_docker_storage(flow, environment):
     assert _problems(flow, body + "storage: {type: docker, image_name: img}\n") == []
 
 
+def test_image_names_tags_and_registries_the_engine_would_refuse_are_positioned_errors(flow):
+    body = "tasks: {a: {run: 'm:f'}}\nstorage:\n  type: docker\n  %s\n"
+    for good in ("image_name: team/etl-flow", "image_name: 127.0.0.1:5055/etl", "image_tag: v1.2_rc-3",
+                 "registry_url: registry.example.com:5000/team", "registry_url: http://127.0.0.1:5055"):
+        assert _problems(flow, body % good) == [], good
+    for bad, column in (("image_name: My_Flow", 15), ("image_tag: 'v 1'", 14), ("image_tag: .hidden", 14),
+                        ("registry_url: 127.0.0.1:5055/Team", 17)):
+        [(line, col, path, message, _)] = _problems(flow, body % bad)
+        assert (line, col, path) == (6, column, f"storage.{bad.split(':')[0]}"), (bad, message)
+
+
 def test_literal_credentials_are_refused(flow):
     problems = _problems(flow, """\
 tasks:
