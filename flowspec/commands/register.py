@@ -14,8 +14,7 @@ def register(sub) -> None:
                                    "it in the backend. An unchanged spec and code (and, for docker storage, "
                                    "the same image inputs: flowspec's version, the dependencies, the base image) keep "
                                    "their version; a changed one gets the next. Exit 0 registered, 1 invalid "
-                                   "spec or "
-                                   "backend error, 2 usage error.")
+                                   "spec or backend error, 2 usage error.")
     p.add_argument("file", metavar="FILE", help="the flow spec")
     p.add_argument("--project", help="the project (default: the spec's `project`, else 'default')")
     p.add_argument("--label", action="append", default=[], metavar="LABEL",

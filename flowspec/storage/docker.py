@@ -239,7 +239,7 @@ def find_image(client, ref: str, in_registry: bool):
 
 # -- flowspec itself, and the wheels that go in ------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def _installed() -> tuple[list[str], str | None]:
+def _installed() -> tuple[list[str] | None, str | None]:
     """flowspec's requirements and its direct_url.json, from its .dist-info folder, found on
     sys.path as importlib.metadata finds it but without importing that (its email parser and
     zipfile cost 10 ms a build). Another layout (an egg-info) is left to importlib.metadata."""
@@ -258,7 +258,7 @@ def _installed() -> tuple[list[str], str | None]:
     try:
         dist = metadata.distribution("flowspec")
     except metadata.PackageNotFoundError:
-        return [], None  # run from a source tree on PYTHONPATH: flowspec_source() finds it
+        return None, None  # run from a source tree on PYTHONPATH: flowspec_source() finds it
     return list(dist.requires or ()), dist.read_text("direct_url.json")
 
 
@@ -336,7 +336,7 @@ class BuildPlan:
     def __init__(self, spec, payload: bytes, fp: str) -> None:
         self.spec, self.opts, self.fp = spec, spec.storage.options, fp
         self.python = "%d.%d" % sys.version_info[:2]
-        self.files: dict[str, Path | bytes] = {}  # context path → a file on disk, or bytes
+        self.files: dict[str, Path | bytes | tuple] = {}  # context path → a file (bytes once digested), or bytes
         self.executable: set[str] = set()  # context paths of files with an execute bit
         self.notes: list[str] = []
         self.user_dockerfile = self._user_dockerfile()
@@ -550,10 +550,9 @@ class BuildPlan:
             labels = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(self.labels().items()))
             entries["Dockerfile.flowspec"] = (self.dockerfile + f"LABEL {labels}\n").encode()
             for name in sorted(entries):
-                value = entries[name]
-                if isinstance(value, tuple):
-                    value = checkout_wheel(*self.source)
-                data = value.read_bytes() if isinstance(value, Path) else value
+                data = entries[name]  # bytes: the digest read every file (see _digest)
+                if isinstance(data, tuple):  # flowspec's own wheel, built now that the image is
+                    data = checkout_wheel(*self.source).read_bytes()
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime = len(data), 0  # mtime 0: the layer cache keys on content
                 info.mode = 0o755 if name in self.executable else 0o644
@@ -660,8 +659,13 @@ def _version(name: str) -> str:
 def _requirements() -> list[str]:
     """flowspec's own requirements, with those of its `postgres` extra (a container reaches a
     PostgreSQL backend with it)."""
+    requires = _installed()[0]
+    if requires is None:
+        raise FlowspecError("flowspec is not installed here (no flowspec-*.dist-info on sys.path), so the"
+                            " packages it needs in the image are unknown",
+                            hint="install it: pip install flowspec, or pip install -e CHECKOUT for a source tree")
     out = []
-    for req in _installed()[0]:
+    for req in requires:
         name, _, marker = req.partition(";")
         marker = marker.replace(" ", "")
         if not marker or marker in ('extra=="postgres"', "extra=='postgres'"):
