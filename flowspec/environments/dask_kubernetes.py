@@ -26,7 +26,7 @@ class DaskKubernetesEnvironment(KubernetesJobEnvironment):
     The Job's pod creates the worker pods, so its service account needs the Role in
     docs/kubernetes.md (pods: create, get, list, delete). The flow's image needs
     `dask[distributed]` and `kubernetes` (storage.python_dependencies). Worker pods are owned
-    by the Job's pod: deleting the Job (cancel, cleanup) removes them; a death timeout ends
+    by the Job's pod, and the watcher deletes any left when the run ends; a death timeout ends
     any worker whose scheduler is gone.
     """
 
@@ -38,6 +38,20 @@ class DaskKubernetesEnvironment(KubernetesJobEnvironment):
         host = urlsplit(self.kube.host).hostname or ""
         api = {"FLOWSPEC_K8S_API_SERVER": self.kube.host} if host.startswith("127.") or host == "localhost" else {}
         return {**api, **job.env, **downward_env()}
+
+    def cleanup(self, handle, outcome) -> None:
+        """The Job as for any kubernetes-job, then the run's worker pods. The Job's pod deletes
+        them as it ends, and they are owned by it; but a pod deleted or evicted at once cannot,
+        and the garbage collector can take minutes on a busy cluster to follow the ownership."""
+        super().cleanup(handle, outcome)
+        if outcome is not None and self.keep(handle):
+            return  # kept with the Job, for a look
+        from flowspec.k8s import manifests as mf
+        from flowspec.k8s.client import call
+
+        selector = f"{mf.RUN_LABEL}={mf.label_value(handle.run_id)},{mf.ROLE_LABEL}=dask-worker"
+        call(f"delete the Dask worker pods of run {handle.run_id}", self.kube.core.delete_collection_namespaced_pod,
+             handle.namespace, label_selector=selector, grace_period_seconds=0)
 
     @classmethod
     def run_inside(cls, spec, params: dict, observers, run_id: str, callables: dict):
