@@ -225,22 +225,25 @@ class _Layout:
     """Per line: the block collections that contain it (outermost first), as (column, shift)
     pairs, and whether it continues a multi-line scalar (its text is content, not layout)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.n = n = len(lines)
         self.chains: list[list[tuple[int, int]]] = [[] for _ in range(n)]
         self.in_scalar = [False] * n
 
     def walk(self, node, shift: int, column: int | None = None) -> None:
         """Record `node`; `column` is its new column when it is a block that starts a line."""
         if isinstance(node, yaml.ScalarNode):
-            for line in range(node.start_mark.line + 1, _last_line(node) + 1):
+            for line in range(node.start_mark.line + 1, self._end(node)):
                 self.in_scalar[line] = True
             return
         if _is_block(node):
             start = _start(node)
+            start_column = self._explicit_key_column(start)
             if column is not None:
-                shift = column - start.column
-            for line in range(start.line, _last_line(node) + 1):
-                self.chains[line].append((start.column, shift))
+                shift = column - start_column
+            for line in range(start.line, self._end(node)):
+                self.chains[line].append((start_column, shift))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 self.walk(key, shift)
@@ -249,6 +252,19 @@ class _Layout:
         elif isinstance(node, yaml.SequenceNode):
             for item in node.value:
                 self.walk(item, shift)  # a collection in `- item` stays where the dash puts it
+
+    def _explicit_key_column(self, mark) -> int:
+        """The column of the `?` that comes before a first key written as an explicit key (`? a`):
+        the mapping starts there, not at the key's text."""
+        before = self.lines[mark.line][:mark.column].rstrip(" ") if mark.line < self.n else ""
+        if before.endswith("?") and (len(before) == 1 or before[-2] in " -"):
+            return len(before) - 1
+        return mark.column
+
+    def _end(self, node) -> int:
+        """One past the last line of `node`, within the text: the empty value of an explicit key
+        on the last line (`? key` with no newline) is marked on a line after the end."""
+        return min(_last_line(node) + 1, self.n)
 
     def shift_of(self, lines: list[str], i: int) -> int:
         if self.in_scalar[i] or not _is_comment(lines[i]):
@@ -282,7 +298,7 @@ def reindent(text: str) -> str:
     if root is None:
         return text
     lines = text.split("\n")
-    layout = _Layout(len(lines))
+    layout = _Layout(lines)
     layout.walk(root, 0, 0 if _is_block(root) else None)
     return "\n".join(_shift(line, layout.shift_of(lines, i)) if line.strip() else line
                      for i, line in enumerate(lines))
@@ -299,7 +315,7 @@ def tidy(text: str) -> str:
     """No trailing spaces, no runs of blank lines, one final newline; scalar content untouched."""
     root = _compose(text)
     lines = text.split("\n")
-    layout = _Layout(len(lines))
+    layout = _Layout(lines)
     if root is not None:
         layout.walk(root, 0)
     out: list[tuple[bool, str]] = []  # (is scalar content, line)

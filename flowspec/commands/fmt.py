@@ -119,8 +119,10 @@ def _write(path: str, text: str) -> None:
 def _diff(path: str, old: str, new: str):
     import difflib
 
-    return difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                f"{path} (before)", f"{path} (formatted)")
+    for line in difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                     f"{path} (before)", f"{path} (formatted)"):
+        # as diff(1) marks it: a last line without a newline is not run into the next one
+        yield line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
 
 
 def _summary(changed: int, unchanged: int, failed: int, written: bool) -> str:
