@@ -121,6 +121,33 @@ def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
     return callables, out
 
 
+def unset_env(spec: FlowSpec, environ=None, given=(), severity: str = "error") -> list[Diagnostic]:
+    """Each `${{ env.NAME }}` without a fallback whose variable is not set, at its line and column:
+    in the executor's settings (read once `environment.env` is applied, so the flow's own
+    variables count) and in the defaults of parameters not `given` (read before). For run,
+    register, build and plan these are errors (nothing starts); `validate` warns, since the
+    machine that validates is often not the one that runs."""
+    environ = os.environ if environ is None else environ
+    doc = spec.document
+    out = []
+
+    def check(path: tuple, value, provided=(), instead: str = "") -> None:
+        for sub, ref in refs.iter_refs(refs.compile_value(value)):
+            if ref.kind == "env" and ref.fallback is None and ref.name not in environ and ref.name not in provided:
+                d = doc.diag(path + sub, f"environment variable {ref.name} is not set (read by {ref})",
+                             f"set it ({ref.name}=...) before the command{instead}, or write"
+                             f" ${{{{ env.{ref.name} || 'fallback' }}}}")
+                out.append(Diagnostic(d.file, d.line, doc.column_of(path + sub, ref.offset), d.path, d.message,
+                                      d.hint, severity))
+
+    for key, value in spec.executor.options.items():
+        check(("executor", key), value, spec.environment.env)
+    for name, p in spec.parameters.items():
+        if not p.required and name not in given and isinstance(p.default, (str, list, dict)):
+            check(("parameters", name, "default"), p.default, instead=f", give --param {name}=VALUE")
+    return out
+
+
 class _Checker:
     """Semantic checks over schema-shaped data; skips parts whose shape is already wrong."""
 
@@ -171,10 +198,32 @@ class _Checker:
             for i, choice in enumerate(enum or []):
                 if (why := type_error(choice, declared)):
                     self.error(("parameters", name, "enum", i), f"enum value: {why}")
-            if "default" in p and (why := type_error(p["default"], declared, tuple(enum) if enum else None)):
+            if "default" not in p or self.default_reads_env(name, p["default"]):
+                continue  # a default read from the environment is checked once it is resolved, at run time
+            if (why := type_error(p["default"], declared, tuple(enum) if enum else None)):
                 self.error(("parameters", name, "default"), f"default of parameter '{name}': {why}",
                            "quote it if it is meant as a string"
                            if declared == "string" and not isinstance(p["default"], str) else None)
+
+    def default_reads_env(self, name: str, default) -> bool:
+        """Does a parameter's default hold `${{ env.NAME }}` references? Only env references are
+        allowed there (parameters and task results do not exist yet when defaults are resolved)."""
+        if not isinstance(default, (str, list, dict)) or isinstance(default, str) and "${{" not in default:
+            return False
+        path = ("parameters", name, "default")
+        try:
+            compiled = refs.compile_value(default)
+        except refs.ReferenceError_:
+            compiled = self._compile_each(path, default)
+        reads = False
+        for sub, ref in refs.iter_refs(compiled):
+            if ref.kind == "env":
+                reads = True
+            else:
+                self.diags.append(self.ref_diag(path + sub, ref.offset, f"{ref}: only env references are allowed"
+                                                " in a parameter default", "give the value at run time with"
+                                                f" --param {name}=VALUE, or write ${{{{ env.NAME }}}}"))
+        return reads
 
     # -- tasks ----------------------------------------------------------------------------------
     def check_task(self, name: str, task: dict) -> None:

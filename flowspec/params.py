@@ -95,8 +95,10 @@ class ParamsError(UsageError):
         super().__init__("\n".join([d.text() for d in self.diagnostics] + self.problems))
 
 
-def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: list[tuple[str, object]]) -> dict:
-    """Merge defaults < params file < --param flags; every problem reported at once."""
+def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: list[tuple[str, object]],
+                       environ=None) -> dict:
+    """Merge defaults < params file < --param flags; every problem reported at once. Defaults
+    read `${{ env.NAME }}` from `environ` (default: this process's environment)."""
     problems: list[str] = []
     diags: list[Diagnostic] = []
     values: dict = {}
@@ -118,10 +120,46 @@ def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: lis
                 problems.append(f"missing required parameter '{name}'"
                                 f" (give it with --param {name}=VALUE or in --params-file)")
             else:
-                values[name] = spec.default
+                try:
+                    values[name] = default_value(spec, environ)
+                except ValueError as exc:
+                    problems.append(str(exc))
     if diags or problems:
         raise ParamsError(diags, problems)
     return {name: values[name] for name in parameters}
+
+
+def default_value(spec, environ=None):
+    """A parameter's default with its `${{ env.NAME }}` references resolved. A default that is
+    exactly one reference, of a parameter that is not a string, is parsed as a --param value is
+    (`port: {type: integer, default: ${{ env.PORT || '8080' }}}` gives 8080); the result must
+    fit the type. ValueError says what is wrong."""
+    import os
+
+    from flowspec import references as refs
+
+    default = spec.default
+    if not isinstance(default, (str, list, dict)) or isinstance(default, str) and "${{" not in default:
+        return default
+    compiled = refs.compile_value(default)
+    if not refs.has_refs(compiled):
+        return default
+    environ = os.environ if environ is None else environ
+    unset = next((r for _, r in refs.iter_refs(compiled) if r.fallback is None and r.name not in environ), None)
+    if unset is not None:
+        raise ValueError(f"parameter '{spec.name}': its default reads {unset}, and {unset.name} is not set"
+                         f" (set it, give --param {spec.name}=VALUE, or write"
+                         f" ${{{{ env.{unset.name} || 'fallback' }}}})")
+    value = refs.resolve(compiled, refs.env_lookup(environ))
+    if isinstance(compiled, refs.Ref) and spec.type not in (None, "string"):
+        try:
+            value = parse_flag(f"{spec.name}={value}", {})[1]
+        except UsageError:
+            pass  # not YAML: kept as the string it is, which the type check below refuses
+    if (why := type_error(value, spec.type, spec.enum)):
+        raise ValueError(f"parameter '{spec.name}': its default {default} resolves to a value that does not"
+                         f" fit: {why}")
+    return value
 
 
 def _known(name: str, parameters) -> str:

@@ -57,9 +57,20 @@ def is_secret(name: str, env_var: bool = True) -> bool:
 
 
 def _parameter(p, value, source: str) -> dict:
-    secret = is_secret(p.name)
+    secret = is_secret(p.name) or source == "default" and _reads_secret(p.default)
     return {"name": p.name, "type": p.type or "any", "value": MASK if secret else value,
             "source": source, "masked": secret, "description": p.description}
+
+
+def _reads_secret(value) -> bool:
+    """Does a value read a variable whose name says it holds a credential (`${{ env.DB_PASSWORD }}`)?"""
+    if not isinstance(value, (str, list, dict)):
+        return False
+    try:
+        compiled = refs.compile_value(value)
+    except refs.ReferenceError_:
+        return False
+    return any(ref.kind == "env" and is_secret(ref.name) for _, ref in refs.iter_refs(compiled))
 
 
 # -- tasks ---------------------------------------------------------------------------------------

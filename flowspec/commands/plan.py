@@ -56,6 +56,8 @@ def _plan(path: str, args, fmt: str) -> tuple[int, dict | None]:
     """(exit code, the plan or None) of one spec; problems are reported in `fmt`."""
     from flowspec.commands.graph import load_spec
     from flowspec.commands.run import report_invalid
+    from flowspec.diagnostics import render
+    from flowspec.errors import SpecError
     from flowspec.params import ParamsError
     from flowspec.plan import build_plan
 
@@ -66,6 +68,11 @@ def _plan(path: str, args, fmt: str) -> tuple[int, dict | None]:
         params, sources = parameters(spec, args)
     except ParamsError as exc:
         return report_invalid(exc.diagnostics, fmt, exc.problems), None
+    except SpecError as exc:  # a variable the executor or a default reads is not set: as an invalid spec
+        if fmt == "json":
+            print(render(exc.diagnostics, "json"))
+        print(render(exc.diagnostics, "text"), file=sys.stderr)
+        return 1, None
     return 0, build_plan(spec, params, sources, args.backend)
 
 

@@ -63,7 +63,7 @@ def main(args) -> int:
     if args.heartbeat_timeout is not None and not args.heartbeat_timeout > 0:
         raise UsageError(f"--heartbeat-timeout: expected a number of seconds > 0, got {args.heartbeat_timeout:g}")
     try:
-        spec = prepare(args.file)
+        spec = prepare(args.file, env=False)  # the variables once the parameters given are known
         params = parameters(spec, args)
         backend_url(args.backend)  # a FLOWSPEC_HOME that is not a directory stops the run before it starts
     except SpecError as exc:
@@ -116,10 +116,11 @@ def stop_signals(stopped: list[int]):
             signal.signal(sig, handler)
 
 
-def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor")):
-    """Compile the spec and check that this release has its drivers of these `tables`."""
+def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), env: bool = True):
+    """Compile the spec and check that this release has its drivers of these `tables`, and (with
+    `env`) that the variables its executor and parameter defaults read are set."""
     from flowspec.commands import unreadable
-    from flowspec.compile import compile_file
+    from flowspec.compile import compile_file, unset_env
     from flowspec.drivers import TABLES, available
     from flowspec.errors import SpecError, UsageError
 
@@ -135,6 +136,8 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor")):
             missing.append(spec.document.diag(
                 (table, "type"), f"the {table} type '{kind}' is not available in this release of flowspec",
                 f"available {table} types: {', '.join(available(table))}"))
+    if env:
+        missing += unset_env(spec)
     if missing:
         raise SpecError(missing)
     return spec
@@ -143,8 +146,16 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor")):
 def parameters(spec, args) -> dict:
     from flowspec.params import load_params_file, parse_flag, resolve_parameters
 
+    from flowspec.compile import unset_env
+    from flowspec.errors import SpecError
+
     file_values, file_doc = load_params_file(args.params_file) if args.params_file else ({}, None)
     flags = [parse_flag(text, spec.parameters) for text in args.param]
+    # The defaults that will be used read their variables (a value given instead reads none), at
+    # their line and column in the spec (a registered flow's parameters alone have no document).
+    if getattr(spec, "document", None) is not None and (
+            unset := unset_env(spec, given={*file_values, *(name for name, _ in flags)})):
+        raise SpecError(unset)
     return resolve_parameters(spec.parameters, file_values, file_doc, flags)
 
 
@@ -180,13 +191,11 @@ def execute(spec, params: dict, fmt: str, verbosity: int = 0, url: str | None = 
 
 def report_invalid(diags: list, fmt: str, problems: list[str] = ()) -> int:
     """An invalid spec or usage problem: nothing ran; exit 2."""
-    from dataclasses import asdict
-
     from flowspec.diagnostics import Diagnostic, count_line
 
     diags = sorted(diags, key=Diagnostic.sort_key)
     if fmt == "json":
-        items = [asdict(d) for d in diags] + [
+        items = [d.as_json() for d in diags] + [
             {"file": None, "line": None, "column": None, "path": None, "message": p, "hint": None} for p in problems]
         print(json.dumps(items, indent=2))
     for d in diags:

@@ -11,7 +11,10 @@ from flowspec.commands import unreadable as cannot_read
 def register(sub) -> None:
     p = sub.add_parser("validate", help="check flow specs; report every error with its line and column",
                        description="Check flow specs against the schema and the semantic rules; "
-                                   "exit 0 valid, 1 invalid, 2 usage error or unreadable file. "
+                                   "exit 0 valid, 1 invalid, 2 usage error or unreadable file. A variable "
+                                   "that ${{ env.NAME }} reads without a fallback in the executor or a "
+                                   "parameter default, and that is not set here, is a warning (run, "
+                                   "register, build and plan refuse it). "
                                    "FILE '-' reads a spec from standard input, reported as <stdin> (with "
                                    "--strict, its modules are imported from the current folder).")
     p.add_argument("files", nargs="+", metavar="FILE", help="flow spec files ('-': standard input)")
@@ -38,12 +41,12 @@ def main(args) -> int:
         print(render(diags, args.format, files=checked))
     for line in unreadable:
         print(line, file=sys.stderr)
-    return 2 if unreadable else (1 if diags else 0)
+    return 2 if unreadable else (1 if any(d.severity == "error" for d in diags) else 0)
 
 
 def _check(path: str, strict: bool) -> tuple[list, str | None]:
     """(diagnostics, why the file cannot be read or None) of one spec."""
-    from flowspec.compile import compile_document, compile_file
+    from flowspec.compile import compile_document, compile_file, unset_env
     from flowspec.loader import LoadError, load_text
 
     if path != STDIN and (why := cannot_read(path)):
@@ -52,8 +55,11 @@ def _check(path: str, strict: bool) -> tuple[list, str | None]:
     with contextlib.redirect_stdout(sys.stderr) if strict else contextlib.nullcontext():
         try:
             if path != STDIN:
-                return compile_file(path, strict=strict)[1], None
-            return compile_document(load_text(read_stdin(), "<stdin>"), strict=strict)[1], None
+                spec, diags = compile_file(path, strict=strict)
+            else:
+                spec, diags = compile_document(load_text(read_stdin(), "<stdin>"), strict=strict)
+            # Variables are the running machine's: unset here, they are said, not held against the spec.
+            return diags + (unset_env(spec, severity="warning") if spec is not None else []), None
         except LoadError as exc:
             return exc.diagnostics, None
         except OSError as exc:

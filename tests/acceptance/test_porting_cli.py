@@ -1,6 +1,7 @@
 """What a new user and a port of real flows ran into: each case through the command, as typed."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,98 @@ def test_fmt_indents_a_mapping_that_starts_with_an_explicit_key(cli, tmp_path):
     spec.write_text("version: 1\nname: a\ntasks:\n  x:\n    run: m:f\n    with:\n        ? a\n        : 3\n        b: 4\n")
     assert cli("fmt", spec).rc == 0
     assert spec.read_text().endswith("    with:\n      ? a\n      : 3\n      b: 4\n")
+
+
+# -- ${{ env.NAME }} in the executor and in parameter defaults -----------------------------------
+EXECUTOR_ENV = """\
+version: 1
+name: remote-cluster
+tasks:
+  show:
+    run: tasks:show
+    with: {where: here}
+executor:
+  type: dask
+  address: ${{ env.FS16_SCHEDULER }}
+"""
+DEFAULTS_ENV = """\
+version: 1
+name: defaults
+parameters:
+  where:
+    type: string
+    default: ${{ env.FS16_WHERE }}
+  port:
+    type: integer
+    default: ${{ env.FS16_PORT || '8080' }}
+  token:
+    type: string
+    default: ${{ env.FS16_API_TOKEN || 'not-a-token' }}
+tasks:
+  show:
+    run: tasks:show
+    with: {where: "${{ params.where }}", port: "${{ params.port }}"}
+"""
+SHOW = """\
+def show(where, port=None):
+    print(f"where={where} port={port!r}")
+    return where
+"""
+
+
+def _flow(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "flow.yaml").write_text(text)
+    (tmp_path / "tasks.py").write_text(SHOW)
+    return tmp_path / "flow.yaml"
+
+
+def test_an_unset_variable_in_the_executor_is_an_error_at_its_position_and_nothing_runs(cli, tmp_path, home):
+    spec = _flow(tmp_path, EXECUTOR_ENV)
+    at = f"{spec}:9:12"
+    for strict in ((), ("--strict",)):  # validate warns: the machine that validates may not run it
+        checked = cli("validate", *strict, spec)
+        assert checked.rc == 0, checked.output
+        assert f"{at}: warning: executor.address: environment variable FS16_SCHEDULER is not set" in checked.stdout
+        assert checked.stdout.endswith("no errors in 1 file (1 warning)\n")
+    items = json.loads(cli("validate", "--format", "json", spec).stdout)
+    assert [(i["line"], i["column"], i["severity"]) for i in items] == [(9, 12, "warning")]
+    result = cli("run", spec, env=home)
+    assert result.rc == 2 and "internal error" not in result.output, result.output
+    assert f"{at}: error: executor.address: environment variable FS16_SCHEDULER is not set" in result.stderr
+    assert "${{ env.FS16_SCHEDULER || 'fallback' }}" in result.stderr and "nothing was run" in result.stderr
+    as_json = cli("run", spec, "--format", "json", env=home)
+    assert as_json.rc == 2 and json.loads(as_json.stdout)[0]["path"] == "executor.address"
+    assert not (tmp_path / "home" / "flowspec.db").exists()  # nothing recorded
+    plan = cli("plan", spec, env=home)
+    assert plan.rc == 1 and f"{at}: error: executor.address" in plan.stderr
+    registered = cli("register", spec, env=home)
+    assert registered.rc == 1 and f"{at}: error: executor.address" in registered.stderr
+    assert "nothing was registered" in registered.stderr
+
+
+def test_parameter_defaults_read_the_environment_at_run_time(cli, tmp_path, home):
+    spec = _flow(tmp_path, DEFAULTS_ENV)
+    checked = cli("validate", "--strict", spec)
+    assert checked.rc == 0 and f"{spec}:6:14: warning: parameters.where.default: environment variable" \
+                               " FS16_WHERE is not set" in checked.stdout
+    unset = cli("run", spec, env=home)
+    assert unset.rc == 2 and f"{spec}:6:14: error: parameters.where.default" in unset.stderr
+    assert "--param where=VALUE" in unset.stderr and "internal error" not in unset.stderr
+    given = cli("run", spec, "--param", "where=given", env=home)  # a value given: its default is not read
+    assert given.rc == 0 and "where=given port=8080" in given.stdout, given.output
+    read = cli("run", spec, env=home | {"FS16_WHERE": "from-env", "FS16_PORT": "99"})
+    assert read.rc == 0 and "where=from-env port=99" in read.stdout, read.output
+    wrong = cli("run", spec, env=home | {"FS16_WHERE": "x", "FS16_PORT": "ninety"})
+    assert wrong.rc == 2 and "parameter 'port'" in wrong.stderr and 'expected integer, got string "ninety"' \
+        in wrong.stderr
+    plan = json.loads(cli("plan", spec, "--format", "json", env=home | {"FS16_WHERE": "w",
+                                                                        "FS16_API_TOKEN": "s3cr3t"}).stdout)
+    values = {p["name"]: p["value"] for p in plan["parameters"]}
+    assert values == {"where": "w", "port": 8080, "token": "****"}  # a default read from a secret: masked
+
+
+def test_only_env_references_stand_in_a_parameter_default(cli, tmp_path):
+    spec = _flow(tmp_path, DEFAULTS_ENV.replace("${{ env.FS16_WHERE }}", "${{ params.port }}"))
+    result = cli("validate", spec)
+    assert result.rc == 1 and f"{spec}:6:14: error: parameters.where.default: ${{{{ params.port }}}}: only env" \
+                               " references are allowed in a parameter default" in result.stdout
