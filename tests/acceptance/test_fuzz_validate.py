@@ -37,7 +37,8 @@ FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["${{ params.x }}", "${{ tasks.", "1e400", "5s",
-                                                           "a:b", "${{ env.X || 'y' }}", "}}", "*a", "&a"]))
+                                                           "a:b", "${{ env.X || 'y' }}", "${{ env.FLOWSPEC_FUZZ_UNSET }}", "}}",
+                                                           "*a", "&a"]))
 json_like = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                          | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
 
@@ -123,21 +124,24 @@ def _validate(path: Path, fmt: str) -> tuple[int, str, str, float]:
 
 def _check_text_report(rc: int, stdout: str, file: str, n_lines: int) -> None:
     lines = stdout.splitlines()
-    if rc == 0:
-        assert lines == ["no errors in 1 file"]
-        return
-    head = re.compile(rf"^{re.escape(file)}:(\d+):(\d+): error: .*: .+$")
-    errors = [head.match(line) for line in lines[:-1] if not line.startswith("  hint: ")]
-    assert errors and all(errors), stdout
-    assert all(1 <= int(m[1]) <= n_lines + 1 and int(m[2]) >= 1 for m in errors), stdout
-    n = len(errors)
-    assert lines[-1] == f"{n} error{'s' if n != 1 else ''} found"
+    head = re.compile(rf"^{re.escape(file)}:(\d+):(\d+): (error|warning): .*: .+$")
+    found = [head.match(line) for line in lines[:-1] if not line.startswith("  hint: ")]
+    assert all(found), stdout
+    assert all(1 <= int(m[1]) <= n_lines + 1 and int(m[2]) >= 1 for m in found), stdout
+    n = sum(m[3] == "error" for m in found)
+    w = len(found) - n
+    also = f" ({w} warning{'s' if w != 1 else ''})" if w else ""
+    assert (n > 0) == (rc == 1)
+    assert lines[-1] == (f"{n} error{'s' if n != 1 else ''} found" if n else "no errors in 1 file") + also
 
 
 def _check_json_report(rc: int, stdout: str) -> None:
     items = json.loads(stdout)
-    assert isinstance(items, list) and bool(items) == (rc == 1)
-    assert all(set(i) == {"file", "line", "column", "path", "message", "hint"} for i in items)
+    errors = [i for i in items if i.get("severity", "error") == "error"]  # a warning says it is one
+    assert isinstance(items, list) and bool(errors) == (rc == 1)
+    assert all(set(i) == {"file", "line", "column", "path", "message", "hint"} for i in errors)
+    assert all(set(i) == {"file", "line", "column", "path", "message", "hint", "severity"}
+               for i in items if i not in errors)
 
 
 def check(path: Path, text: str, fmt: str) -> None:
