@@ -23,6 +23,7 @@ ABOUT = {
                 "docker": "an image holding the flow and its code", "s3": "the compiled flow in an S3 object"},
     "environment": {"local": "the flow runner runs in this process",
                     "remote": "the runner runs here, tasks go wherever the executor sends them",
+                    "docker": "a container from the docker storage image, on the Docker engine",
                     "kubernetes-job": "a Kubernetes Job from the docker storage image",
                     "dask-kubernetes": "a Job with a temporary Dask cluster on Kubernetes",
                     "fargate-task": "an AWS ECS Fargate task"},
@@ -165,13 +166,41 @@ def _environment(spec, environ, warnings: list[str]) -> dict:
     for name, value in env.env.items():
         variables[name] = _effective(value, environ, warnings, f"environment.env.{name}", is_secret(name))
     view.update(labels=list(env.labels), env=variables, on_start=env.on_start, on_exit=env.on_exit)
-    if env.type in ("kubernetes-job", "dask-kubernetes"):  # e.g. a worker template's image, replaced
-        from flowspec.k8s.jobs import plan_warnings
-
-        warnings.extend(plan_warnings(spec))
+    warnings.extend(_replaced_images(spec))
     if (setup := _setup_plan(spec)) is not None:
         view["setup"] = setup
     return view
+
+
+def _replaced_images(spec) -> list[str]:
+    """dask-kubernetes: a scheduler or worker template that names an image other than the flow's,
+    which the run replaces (the pods must run the flow's code and flowspec). The flow's own image,
+    written out, is no news."""
+    if spec.environment.type != "dask-kubernetes":
+        return []
+    from flowspec.k8s.jobs import templates_of
+    from flowspec.k8s.manifests import image_of
+
+    own = _flow_image(spec)
+    out = []
+    for key, what in (("scheduler_spec_file", "scheduler"), ("worker_spec_file", "worker")):
+        template = templates_of(spec.environment.options).get(key)
+        data = template.document().data if template is not None else None
+        written = image_of(data) if isinstance(data, dict) else None
+        if written and written != own:
+            out.append(f"{template.written}: the {what} image {written} would be replaced by the flow's image"
+                       f"{' ' + own if own else ''} (the {what} must run the flow's code and flowspec)")
+    return out
+
+
+def _flow_image(spec) -> str | None:
+    """The image docker storage would build, when its settings name it in full (name and tag)."""
+    from flowspec.storage.docker import image_ref
+
+    storage = dict(spec.storage.options)
+    if spec.storage.type != "docker" or not storage.get("image_name") or not storage.get("image_tag"):
+        return None
+    return image_ref(storage, storage["image_tag"])
 
 
 def _setup_plan(spec) -> dict | None:
@@ -192,17 +221,35 @@ def _env_references(spec, environ, warnings: list[str]) -> list[dict]:
     """Every environment variable the tasks read through `${{ env.NAME }}`, and whether it is set."""
     seen: dict[str, dict] = {}
     provided = set(spec.environment.env)
+    platform = _platform_provided(spec)  # set in the container, not here
     for task in spec.tasks.values():
         for section in (task.with_args, task.map_args):
             for _, ref in refs.iter_refs(dict(section)):
                 if ref.kind == "env" and ref.name not in seen:
-                    is_set = ref.name in environ or ref.name in provided
+                    by_platform = ref.name in platform and ref.name not in provided
+                    is_set = ref.name in environ or ref.name in provided or by_platform
                     seen[ref.name] = {"name": ref.name, "task": task.name, "set": is_set,
-                                      "fallback": ref.fallback}
+                                      "fallback": ref.fallback,
+                                      "set_by": "the task definition" if by_platform else None}
                     if not is_set and ref.fallback is None:
                         warnings.append(f"task '{task.name}' reads ${{{{ env.{ref.name} }}}}, which is not set: "
                                         "the run would stop before any task runs")
     return list(seen.values())
+
+
+def _platform_provided(spec) -> set[str]:
+    """Variables the platform sets in the flow's container: for fargate-task, the `environment`
+    and `secrets` (valueFrom: Secrets Manager, SSM) of the task definition's container definitions."""
+    if spec.environment.type != "fargate-task":
+        return set()
+    definition = spec.environment.options.get("task_definition")
+    containers = definition.get("containerDefinitions") if isinstance(definition, dict) else None
+    names = set()
+    for container in containers if isinstance(containers, list) else ():
+        for key in ("environment", "secrets"):
+            pairs = container.get(key) if isinstance(container, dict) else None
+            names.update(p["name"] for p in pairs or () if isinstance(p, dict) and isinstance(p.get("name"), str))
+    return names
 
 
 # -- backend -------------------------------------------------------------------------------------
@@ -304,7 +351,7 @@ def _text_platform(plan: dict) -> list[str]:
     lines += [f"  env {name}={value}" for name, value in env["env"].items()]
     lines += [f"  {hook}: {env[hook]}" for hook in ("on_start", "on_exit") if env[hook]]
     for ref in plan["env_references"]:
-        state = "set" if ref["set"] else (f"unset, fallback '{ref['fallback']}'" if ref["fallback"] is not None
+        state = (f"set by {ref['set_by']}" if ref.get("set_by") else "set") if ref["set"] else (f"unset, fallback '{ref['fallback']}'" if ref["fallback"] is not None
                                           else "NOT SET")
         lines.append(f"  reads ${{{{ env.{ref['name']} }}}} in task {ref['task']} ({state})")
     if env.get("setup"):

@@ -130,3 +130,76 @@ def test_only_env_references_stand_in_a_parameter_default(cli, tmp_path):
     result = cli("validate", spec)
     assert result.rc == 1 and f"{spec}:6:14: error: parameters.where.default: ${{{{ params.port }}}}: only env" \
                                " references are allowed in a parameter default" in result.stdout
+
+
+# -- plan ----------------------------------------------------------------------------------------
+FARGATE_SECRETS = """\
+version: 1
+name: fargate-secrets
+tasks:
+  load:
+    run: tasks:show
+    with: {where: "${{ env.FS16_WAREHOUSE_PASSWORD }}", port: "${{ env.FS16_WAREHOUSE_HOST }}"}
+storage: {type: docker, image_name: localhost/flows/fargate-secrets, image_tag: v1}
+environment:
+  type: fargate-task
+  region: eu-west-1
+  cluster: etl
+  task_definition:
+    cpu: "256"
+    memory: "512"
+    containerDefinitions:
+      - name: flow
+        environment:
+          - {name: FS16_WAREHOUSE_HOST, value: db.internal}
+        secrets:
+          - {name: FS16_WAREHOUSE_PASSWORD, valueFrom: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:wh"}
+"""
+# Whatever the plan asks AWS goes to a closed port on this machine.
+NO_AWS = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_MAX_ATTEMPTS": "1", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+
+def test_plan_counts_what_a_fargate_task_definition_sets_as_provided(cli, tmp_path, home):
+    spec = _flow(tmp_path, FARGATE_SECRETS)
+    result = cli("plan", spec, env=home | NO_AWS)
+    assert result.rc == 0, result.output
+    assert "Warnings" not in result.stdout and "not set" not in result.stdout, result.stdout
+    assert "reads ${{ env.FS16_WAREHOUSE_PASSWORD }} in task load (set by the task definition)" in result.stdout
+    plan = json.loads(cli("plan", spec, "--format", "json", env=home | NO_AWS).stdout)
+    assert [r["set"] for r in plan["env_references"]] == [True, True] and plan["warnings"] == []
+
+
+DASK_KUBERNETES = """\
+version: 1
+name: dk
+tasks:
+  load:
+    run: tasks:show
+    with: {where: here}
+storage: {type: docker, image_name: localhost/flows/dk, image_tag: v1}
+environment:
+  type: dask-kubernetes
+  worker_spec_file: worker.yaml
+"""
+WORKER = "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - name: worker\n      image: {image}\n"
+
+
+def test_plan_says_nothing_of_a_worker_image_that_is_the_flows_own(cli, tmp_path, home):
+    spec = _flow(tmp_path, DASK_KUBERNETES)
+    (tmp_path / "worker.yaml").write_text(WORKER.format(image="localhost/flows/dk:v1"))
+    same = cli("plan", spec, env=home)
+    assert same.rc == 0 and "would be replaced" not in same.stdout and "Warnings" not in same.stdout, same.output
+    (tmp_path / "worker.yaml").write_text(WORKER.format(image="localhost/flows/other:v2"))
+    other = cli("plan", spec, env=home)
+    assert "worker.yaml: the worker image localhost/flows/other:v2 would be replaced by the flow's image" \
+           " localhost/flows/dk:v1" in other.stdout
+
+
+def test_plan_describes_the_docker_environment(cli, tmp_path, home):
+    spec = _flow(tmp_path, DASK_KUBERNETES.replace("dask-kubernetes", "docker").replace(
+        "  worker_spec_file: worker.yaml\n", ""))
+    result = cli("plan", spec, env=home)
+    assert result.rc == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("Environment"))
+    assert line == "Environment  docker: a container from the docker storage image, on the Docker engine"
