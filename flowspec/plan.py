@@ -221,7 +221,7 @@ def _env_references(spec, environ, warnings: list[str]) -> list[dict]:
     """Every environment variable the tasks read through `${{ env.NAME }}`, and whether it is set."""
     seen: dict[str, dict] = {}
     provided = set(spec.environment.env)
-    platform = _platform_provided(spec)  # set in the container, not here
+    platform = _platform_provided(spec)
     for task in spec.tasks.values():
         for section in (task.with_args, task.map_args):
             for _, ref in refs.iter_refs(dict(section)):
@@ -229,8 +229,9 @@ def _env_references(spec, environ, warnings: list[str]) -> list[dict]:
                     by_platform = ref.name in platform and ref.name not in provided
                     is_set = ref.name in environ or ref.name in provided or by_platform
                     seen[ref.name] = {"name": ref.name, "task": task.name, "set": is_set,
-                                      "fallback": ref.fallback,
-                                      "set_by": "the task definition" if by_platform else None}
+                                      "fallback": ref.fallback}
+                    if by_platform:  # set in the container, not here
+                        seen[ref.name]["set_by"] = "the task definition"
                     if not is_set and ref.fallback is None:
                         warnings.append(f"task '{task.name}' reads ${{{{ env.{ref.name} }}}}, which is not set: "
                                         "the run would stop before any task runs")
