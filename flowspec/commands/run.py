@@ -175,7 +175,9 @@ def execute(spec, params: dict, fmt: str, verbosity: int = 0, url: str | None = 
         result.message = run_message(result)  # a Failed run says which tasks failed, as agent runs do
         return result
 
-    logs.configure({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
+    # -q and -v choose what is shown; the run records INFO lines whatever is shown (and DEBUG with -v)
+    shown_level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]
+    logs.configure(min(shown_level, logging.INFO)).setLevel(shown_level)
     environment = load_driver("environment", spec.environment.type)(spec)
     if hasattr(environment, "prepare"):  # it runs from an image: the backend in its reach, the image built
         environment.prepare(url)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,30 @@ def test_plan_describes_the_docker_environment(cli, tmp_path, home):
     assert result.rc == 0, result.output
     line = next(line for line in result.stdout.splitlines() if line.startswith("Environment"))
     assert line == "Environment  docker: a container from the docker storage image, on the Docker engine"
+
+
+# -- run -----------------------------------------------------------------------------------------
+LOGGING_FLOW = """\
+version: 1
+name: logging
+tasks:
+  work:
+    run: work:work
+"""
+LOGGING_WORK = """\
+from flowspec import context
+def work():
+    context.logger.info("an info line for the record")
+    context.logger.warning("a warning line")
+"""
+
+
+def test_quiet_is_a_display_option_and_the_backend_keeps_every_info_line(cli, tmp_path, home):
+    (tmp_path / "flow.yaml").write_text(LOGGING_FLOW)
+    (tmp_path / "work.py").write_text(LOGGING_WORK)
+    quiet = cli("run", "-q", tmp_path / "flow.yaml", env=home)
+    assert quiet.rc == 0, quiet.output
+    assert "an info line" not in quiet.output and "a warning line" in quiet.stderr
+    run_id = re.search(r"\((\w{8})\)", quiet.stdout)[1]
+    logs = cli("runs", "logs", run_id, env=home)
+    assert logs.rc == 0 and "an info line for the record" in logs.stdout and "a warning line" in logs.stdout
