@@ -4,7 +4,7 @@ A load-and-dump round trip loses comments or leaves them at their old columns, s
 whole lines instead, guided by the positions PyYAML reports for every node:
 
 1. reorder: each key moves with its block of lines (the comments just above it, its end-of-line
-   comment, everything nested in it) into the key order of SPEC.md;
+   comment, everything nested in it) into the key order of the flow.yaml reference (docs/flow-yaml.md);
 2. reindent: block mappings and sequences get two spaces per level; a block shifts as a whole,
    so scalars, flow collections and comments inside it keep their relative layout;
 3. tidy: no trailing spaces, at most one blank line in a row, one newline at the end.

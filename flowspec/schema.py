@@ -304,7 +304,8 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
         allowed = list(schema.get("properties", {}))
         extras = [k for k in error.instance if k not in allowed]
         return [doc.diag(path + (k,), f"unknown key '{k}'",
-                         did_you_mean(k, allowed) or _allowed_hint(allowed), key=True) for k in extras]
+                         feature_hint(path, k) or did_you_mean(k, allowed) or _allowed_hint(allowed), key=True)
+                for k in extras]
     if kind == "required":
         missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
         # Point at the key that owns the incomplete mapping: that is where the user looks.
@@ -315,6 +316,9 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
                          "contain only letters, digits, '_' and '-'", key=True)]
     if kind == "enum" and path == ("version",):
         versions = ", ".join(map(str, SUPPORTED_VERSIONS))
+        if isinstance(error.instance, str) and error.instance.strip() in map(str, SUPPORTED_VERSIONS):
+            return [doc.diag(path, f"version is the string {error.instance!r}, not the number {error.instance.strip()}",
+                             f"remove the quotes: version: {error.instance.strip()}")]
         return [doc.diag(path, f"unsupported spec version {error.instance!r}; this release reads version {versions}",
                          "set 'version: 1'")]
     if kind in ("enum", "const"):
@@ -338,6 +342,73 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
     if kind == "uniqueItems":
         return [doc.diag(path, "items must be unique")]
     return [doc.diag(path, error.message)]
+
+
+# Keys that people write because another tool has them, or that later releases of the flow
+# language add: what flowspec does instead, or that this release does not have it yet. Each
+# hint is true of this release; docs/flow-yaml.md lists the same under "Not in this release yet".
+_LATER = "not in this release yet (docs/flow-yaml.md, 'Not in this release yet')"
+_FEATURE_HINTS: dict[str, dict[str, str]] = {
+    "top": {
+        "schedule": f"schedules: {_LATER}; until then start runs from cron or CI"
+                    " with `flowspec run FILE` or `flowspec run --name NAME` (an agent runs them)",
+        "schedules": f"schedules (a top-level `schedule`): {_LATER}",
+        "results": f"a result store (results: {{type: local|s3}}, for caching and restarts): {_LATER}",
+        "outputs": f"flow outputs: {_LATER}; `flowspec run --format json` reports each task's state",
+        "timeout": f"a limit on the whole flow run: {_LATER}; set `timeout` on each task (a limit per attempt)",
+        "on_success": f"flow-level hooks: {_LATER}; environment.on_exit is called after every run and gets the"
+                      " run's summary (its state) when it takes one parameter",
+        "on_failure": f"flow-level hooks: {_LATER}; environment.on_exit is called after every run and gets the"
+                      " run's summary (its state) when it takes one parameter",
+        "secrets": f"secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}} (`flowspec agent start"
+                   " --env NAME=VALUE` passes them to an agent's runs)",
+        "cache": f"caching is set per task (tasks.NAME.cache): {_LATER}",
+    },
+    "task": {
+        "cache_for": f"caching will be `cache: {{expires: DURATION}}` (with results), {_LATER}",
+        "cache_validator": f"caching will be `cache: {{key: ..., expires: DURATION}}` (with results), {_LATER}",
+        "cache_key": f"caching will be `cache: {{key: ..., expires: DURATION}}` (with results), {_LATER}",
+        "cache": f"task caching (cache: true or {{key, expires}}, with results): {_LATER}",
+        "target": f"targets (a result path; the task is Cached when it exists): {_LATER}",
+        "persist": f"keeping task results (persist, with results): {_LATER}",
+        "checkpoint": f"keeping task results (persist, with results): {_LATER}",
+        "result": f"a result store (top-level results): {_LATER}",
+        "loop": f"loops (loop: {{until, max}}): {_LATER}",
+        "if": f"conditions (if: ${{{{ expression }}}}): {_LATER}; `trigger: any_failed` runs a task only when"
+              " an upstream failed",
+        "run_name": f"task run names (run_name): {_LATER}; mapped children are named NAME[index]",
+        "task_run_name": f"task run names (run_name): {_LATER}; mapped children are named NAME[index]",
+        "name": "a task's name is its key under `tasks`",
+        "flow": f"subflows (flow: ...): {_LATER}",
+        "cleanup": f"a cleanup callable: {_LATER}; a task with `trigger: all_finished` runs once its upstreams"
+                   " have finished, whatever their states",
+        "on_success": f"task hooks: {_LATER}",
+        "on_failure": f"task hooks: {_LATER}; a task with `trigger: any_failed` runs only when an upstream failed",
+        "on_retry": f"task hooks: {_LATER}",
+        "state_handlers": f"task hooks (on_success, on_failure, on_retry): {_LATER}",
+        "max_retries": "write `retries: N` (attempts after the first failure)",
+        "outputs": f"flow outputs (top-level outputs): {_LATER}; a task's result is its return value",
+        "secrets": f"secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}}",
+    },
+    "environment": {
+        "secrets": f"environment.secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}} (`flowspec agent"
+                   " start --env NAME=VALUE` passes them to an agent's runs)",
+        "schedule": f"schedules (a top-level `schedule`): {_LATER}",
+    },
+}
+
+
+def feature_hint(path: tuple, key: str) -> str | None:
+    """What flowspec has for an unknown `key` in the mapping at `path`, when people write it."""
+    if path == ():
+        table = _FEATURE_HINTS["top"]
+    elif len(path) == 2 and path[0] == "tasks":
+        table = _FEATURE_HINTS["task"]
+    elif path == ("environment",):
+        table = _FEATURE_HINTS["environment"]
+    else:
+        return None
+    return table.get(key) if isinstance(key, str) else None
 
 
 def _allowed_hint(allowed: list[str]) -> str | None:

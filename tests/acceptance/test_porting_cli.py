@@ -231,3 +231,67 @@ def test_quiet_is_a_display_option_and_the_backend_keeps_every_info_line(cli, tm
     run_id = re.search(r"\((\w{8})\)", quiet.stdout)[1]
     logs = cli("runs", "logs", run_id, env=home)
     assert logs.rc == 0 and "an info line for the record" in logs.stdout and "a warning line" in logs.stdout
+
+
+# -- validate: hints for what people write -------------------------------------------------------
+def test_a_quoted_version_is_told_to_drop_the_quotes(cli, tmp_path):
+    spec = tmp_path / "flow.yaml"
+    spec.write_text('version: "1"\nname: a\ntasks:\n  x:\n    run: m:f\n')
+    result = cli("validate", spec)
+    assert result.rc == 1
+    assert f"{spec}:1:10: error: version: version is the string '1', not the number 1" in result.stdout
+    assert "hint: remove the quotes: version: 1" in result.stdout
+
+
+@pytest.mark.parametrize("where, key, value, says", [
+    ((), "schedule", "[{cron: '0 * * * *'}]", "schedules: not in this release yet"),
+    ((), "results", "{type: local}", "a result store"),
+    ((), "outputs", "{total: x}", "flow outputs: not in this release yet"),
+    (("tasks", "x"), "cache_for", "1h", "caching will be `cache: {expires: DURATION}` (with results)"),
+    (("tasks", "x"), "cache", "true", "task caching"),
+    (("tasks", "x"), "target", "out.pkl", "targets"),
+    (("tasks", "x"), "loop", "{max: 3}", "loops"),
+    (("tasks", "x"), "if", "yes", "`trigger: any_failed`"),
+    (("tasks", "x"), "run_name", "n", "mapped children are named NAME[index]"),
+    (("tasks", "x"), "max_retries", "3", "write `retries: N`"),
+    (("environment",), "secrets", "{A: b}", "`flowspec agent start --env NAME=VALUE`"),
+])
+def test_an_unknown_key_that_people_write_says_what_flowspec_has(cli, tmp_path, where, key, value, says):
+    indent = "  " * len(where)
+    lines = ["version: 1", "name: a", "tasks:", "  x:", "    run: m:f"]
+    if where == ():
+        lines.insert(2, f"{key}: {value}")
+    elif where == ("environment",):
+        lines += ["environment:", f"  {key}: {value}"]
+    else:
+        lines.append(f"{indent}{key}: {value}")
+    spec = tmp_path / "flow.yaml"
+    spec.write_text("\n".join(lines) + "\n")
+    result = cli("validate", spec)
+    path = ".".join(where + (key,))
+    assert result.rc == 1 and f"error: {path}: unknown key '{key}'" in result.stdout, result.stdout
+    hint = result.stdout.split(f"unknown key '{key}'\n", 1)[1].splitlines()[0]
+    assert hint.startswith("  hint: ") and says in hint, hint
+    if "not in this release yet" in hint:
+        assert "docs/flow-yaml.md, 'Not in this release yet'" in hint
+
+
+def test_the_flow_yaml_reference_is_self_contained_and_lists_what_is_not_there_yet(repo):
+    text = (repo / "docs" / "flow-yaml.md").read_text()
+    assert "SPEC.md" not in text
+    assert "## Not in this release yet" in text
+    for target in re.findall(r"\]\(([\w./-]+\.md)", text):
+        assert (repo / "docs" / target).exists(), target
+
+
+def test_the_remote_environment_example_validates_and_plans(cli, repo, tmp_path, home):
+    text = (repo / "docs" / "flow-yaml.md").read_text()
+    section = text.split("### The `remote` environment", 1)[1]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)[1]
+    spec = tmp_path / "flow.yaml"
+    spec.write_text("version: 1\nname: remote-example\ntasks:\n  show:\n    run: tasks:show\n"
+                    "    with: {where: here}\n" + example)
+    (tmp_path / "tasks.py").write_text(SHOW)
+    assert cli("validate", "--strict", spec).rc == 0
+    plan = cli("plan", spec, env=home)
+    assert plan.rc == 0 and "Environment  remote: the runner runs here" in plan.stdout, plan.output
