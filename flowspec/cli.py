@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except FlowspecError as exc:
         if getattr(args, "format", None) == "json":  # a program reading stdout gets the error too
             _print_json_error(exc.message, exc.hint, exc.exit_code)
-        print(f"flowspec: error: {exc}", file=sys.stderr)
+        print(error_text(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("flowspec: interrupted", file=sys.stderr)
@@ -172,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # the reader went away (e.g. `| head`): nothing more to say
     except Exception:
         return crash_report()
+
+
+def error_text(exc: FlowspecError) -> str:
+    """An error for stderr: `flowspec: error: MESSAGE`, or, for one that carries positioned
+    diagnostics (a params file, a spec), each at its file:line:col (each says `error:` once)."""
+    diags = getattr(exc, "diagnostics", None)
+    if not diags:
+        return f"flowspec: error: {exc}"
+    return "\n".join([d.text() for d in diags] + [f"flowspec: error: {p}" for p in getattr(exc, "problems", ())])
 
 
 def entry() -> int:

@@ -96,9 +96,10 @@ class ParamsError(UsageError):
 
 
 def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: list[tuple[str, object]],
-                       environ=None) -> dict:
+                       environ=None, env_defaults: bool = True) -> dict:
     """Merge defaults < params file < --param flags; every problem reported at once. Defaults
-    read `${{ env.NAME }}` from `environ` (default: this process's environment)."""
+    read `${{ env.NAME }}` from `environ` (default: this process's environment); without
+    `env_defaults`, a default that reads the environment is left out (resolved where the run runs)."""
     problems: list[str] = []
     diags: list[Diagnostic] = []
     values: dict = {}
@@ -119,14 +120,26 @@ def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: lis
             if spec.required:
                 problems.append(f"missing required parameter '{name}'"
                                 f" (give it with --param {name}=VALUE or in --params-file)")
-            else:
+            elif env_defaults or not reads_env(spec.default):
                 try:
                     values[name] = default_value(spec, environ)
                 except ValueError as exc:
                     problems.append(str(exc))
     if diags or problems:
         raise ParamsError(diags, problems)
-    return {name: values[name] for name in parameters}
+    return {name: values[name] for name in parameters if name in values}
+
+
+def reads_env(default) -> bool:
+    """Does a parameter default hold `${{ env.NAME }}` references?"""
+    from flowspec import references as refs
+
+    if not isinstance(default, (str, list, dict)) or isinstance(default, str) and "${{" not in default:
+        return False
+    try:
+        return refs.has_refs(refs.compile_value(default))
+    except refs.ReferenceError_:
+        return False
 
 
 def default_value(spec, environ=None):

@@ -40,7 +40,9 @@ def main(args) -> int:
         try:
             code, plan = _plan(path, args, "text")
         except FlowspecError as exc:  # an unreadable file: said, and the other specs still planned
-            print(f"flowspec: error: {exc}", file=sys.stderr)
+            from flowspec.cli import error_text
+
+            print(error_text(exc), file=sys.stderr)
             code, plan = exc.exit_code, None
         codes.append(code)
         if plan is not None:

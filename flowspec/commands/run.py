@@ -70,8 +70,8 @@ def main(args) -> int:
         return report_invalid(exc.diagnostics, args.format)
     except ParamsError as exc:
         return report_invalid(exc.diagnostics, args.format, exc.problems)
-    except UsageError as exc:
-        return report_invalid([], args.format, [str(exc)])
+    # Any other UsageError (no such FILE, a malformed --param) goes to the CLI, which prints it
+    # (as the documented {"error", "hint", "exit_code"} object with --format json) and exits 2.
     stopped: list[int] = []
     try:
         with stop_signals(stopped):
@@ -148,15 +148,29 @@ def parameters(spec, args) -> dict:
 
     from flowspec.compile import unset_env
     from flowspec.errors import SpecError
+    from flowspec.params import ParamsError
 
     file_values, file_doc = load_params_file(args.params_file) if args.params_file else ({}, None)
     flags = [parse_flag(text, spec.parameters) for text in args.param]
     # The defaults that will be used read their variables (a value given instead reads none), at
     # their line and column in the spec (a registered flow's parameters alone have no document).
-    if getattr(spec, "document", None) is not None and (
-            unset := unset_env(spec, given={*file_values, *(name for name, _ in flags)})):
+    if getattr(spec, "document", None) is None:  # a registered flow's run, made here for an agent:
+        # a default that reads the environment is resolved where the run runs, not here
+        return resolve_parameters(spec.parameters, file_values, file_doc, flags, env_defaults=False)
+    unset = unset_env(spec, given={*file_values, *(name for name, _ in flags)})
+    try:
+        values = resolve_parameters(spec.parameters, file_values, file_doc, flags)
+    except ParamsError as exc:
+        if not unset:
+            raise
+        # every problem at once: the unset variables at their line and column, not twice
+        unset_defaults = {d.path.split(".")[1] for d in unset if d.path.startswith("parameters.")}
+        problems = [p for p in exc.problems if not any(p.startswith(f"parameter '{n}': its default reads")
+                                                        for n in unset_defaults)]
+        raise ParamsError(exc.diagnostics + unset, problems) from None
+    if unset:  # the executor's
         raise SpecError(unset)
-    return resolve_parameters(spec.parameters, file_values, file_doc, flags)
+    return values
 
 
 def execute(spec, params: dict, fmt: str, verbosity: int = 0, url: str | None = None,

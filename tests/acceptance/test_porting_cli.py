@@ -295,3 +295,37 @@ def test_the_remote_environment_example_validates_and_plans(cli, repo, tmp_path,
     assert cli("validate", "--strict", spec).rc == 0
     plan = cli("plan", spec, env=home)
     assert plan.rc == 0 and "Environment  remote: the runner runs here" in plan.stdout, plan.output
+
+
+def test_run_of_a_missing_file_as_json_is_the_documented_error_object(cli, tmp_path, home):
+    result = cli("run", tmp_path / "nothere.yaml", "--format", "json", env=home)
+    assert result.rc == 2
+    assert json.loads(result.stdout) == {"error": f"{tmp_path / 'nothere.yaml'}: no such file", "hint": None,
+                                         "exit_code": 2}
+    malformed = cli("run", _flow(tmp_path, DEFAULTS_ENV), "--param", "where", "--format", "json", env=home)
+    assert malformed.rc == 2 and json.loads(malformed.stdout)["error"] == "--param 'where': expected NAME=VALUE"
+
+
+def test_params_file_errors_say_error_once_per_line(cli, tmp_path, home):
+    spec = _flow(tmp_path, DEFAULTS_ENV)
+    (tmp_path / "params.yaml").write_text("wher: here\nport: x\n")
+    env = home | {"FS16_WHERE": "w"}
+    here = cli("run", spec, "--params-file", tmp_path / "params.yaml", env=env)
+    assert here.rc == 2 and f"{tmp_path / 'params.yaml'}:1:1: error: wher: unknown parameter 'wher'" in here.stderr
+    assert "did you mean 'where'?" in here.stderr
+    registered = cli("register", spec, env=env)
+    assert registered.rc == 0, registered.output
+    for command in (("run", "--name", "defaults"), ("plan", spec, spec)):
+        result = cli(*command, "--params-file", tmp_path / "params.yaml", env=env)
+        assert result.rc == 2, result.output
+        lines = result.stderr.splitlines()
+        assert any(line.startswith(f"{tmp_path / 'params.yaml'}:2:7: error: port:") for line in lines), lines
+        assert not any(line.count("error:") > 1 for line in lines), lines
+
+
+def test_a_registered_flows_default_is_read_where_the_run_runs(cli, tmp_path, home):
+    spec = _flow(tmp_path, DEFAULTS_ENV)
+    assert cli("register", spec, env=home | {"FS16_WHERE": "at-register"}).rc == 0
+    created = cli("run", "--name", "defaults", "--format", "json", env=home)  # FS16_WHERE is not set here
+    assert created.rc == 0, created.output
+    assert "where" not in json.loads(created.stdout)["parameters"]
