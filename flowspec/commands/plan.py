@@ -14,7 +14,8 @@ def register(sub) -> None:
                                    "reachable, the agents that could pick the flow up and the concurrency "
                                    "limits on its labels. Several specs: one plan each (--format json: "
                                    "a list of them). Exit 0, 1 invalid spec, 2 usage error.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="the flow spec (or several)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="the flow spec (or several); a folder stands for its flow.yaml")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter value (repeatable), as for `flowspec run`")
     p.add_argument("--params-file", metavar="FILE", help="a YAML mapping of parameter values")
@@ -57,13 +58,13 @@ def main(args) -> int:
 def _plan(path: str, args, fmt: str) -> tuple[int, dict | None]:
     """(exit code, the plan or None) of one spec; problems are reported in `fmt`."""
     from flowspec.commands.graph import load_spec
-    from flowspec.commands.run import report_invalid
+    from flowspec.commands.run import report_invalid, spec_file
     from flowspec.diagnostics import render
     from flowspec.errors import SpecError
     from flowspec.params import ParamsError
     from flowspec.plan import build_plan
 
-    spec = load_spec(path, fmt)
+    spec = load_spec(spec_file(path), fmt)
     if spec is None:
         return 1, None
     try:

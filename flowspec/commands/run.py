@@ -16,7 +16,8 @@ def register(sub) -> None:
                        description="Validate a flow spec, then run it. Exit 0 Success, 1 Failed, "
                                    "2 invalid spec or usage, 130 interrupted (Ctrl-C); SIGTERM and SIGHUP "
                                    "stop it as Ctrl-C does, exit 143 and 129.")
-    p.add_argument("file", metavar="FILE", nargs="?", help="the flow spec (or use --name)")
+    p.add_argument("file", metavar="FILE", nargs="?",
+                   help="the flow spec, or a folder that holds it as flow.yaml (or use --name)")
     p.add_argument("--name", metavar="NAME", help="create a run of this registered flow for an agent, print its id")
     p.add_argument("--project", metavar="P", help="with --name: the flow's project")
     p.add_argument("--label", action="append", default=[], metavar="LABEL",
@@ -124,6 +125,7 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
     from flowspec.drivers import TABLES, available
     from flowspec.errors import SpecError, UsageError
 
+    path = spec_file(path)
     if why := unreadable(path):
         raise UsageError(f"{path}: {why}")
     spec, diags = compile_file(path)
@@ -141,6 +143,24 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
     if missing:
         raise SpecError(missing)
     return spec
+
+
+def spec_file(path: str) -> str:
+    """The spec a FILE argument names: a folder stands for the flow.yaml in it."""
+    import os
+    import shlex
+
+    from flowspec.errors import UsageError
+
+    if not os.path.isdir(path):
+        return path
+    spec = os.path.join(path, "flow.yaml")
+    if os.path.isfile(spec):
+        return spec
+    others = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))[:5]
+    raise UsageError(f"{path} is a folder without a flow.yaml",
+                     f"give the spec's path: {', '.join(os.path.join(path, n) for n in others)}" if others
+                     else f"give the path of a flow spec, or create one there with: flowspec init {shlex.quote(path)}")
 
 
 def parameters(spec, args) -> dict:

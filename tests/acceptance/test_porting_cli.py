@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -329,3 +332,38 @@ def test_a_registered_flows_default_is_read_where_the_run_runs(cli, tmp_path, ho
     created = cli("run", "--name", "defaults", "--format", "json", env=home)  # FS16_WHERE is not set here
     assert created.rc == 0, created.output
     assert "where" not in json.loads(created.stdout)["parameters"]
+
+
+# -- run DIR, init -------------------------------------------------------------------------------
+def test_run_and_plan_of_a_folder_use_its_flow_yaml(cli, tmp_path, home):
+    folder = tmp_path / "greet"
+    folder.mkdir()
+    _flow(folder, LOGGING_FLOW.replace("work:work", "tasks:show\n    with: {where: folder}"))
+    result = cli("run", folder, env=home)
+    assert result.rc == 0 and "where=folder" in result.stdout, result.output
+    assert cli("plan", folder, env=home).rc == 0
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "other.yaml").write_text("version: 1\n")
+    empty = cli("run", tmp_path / "empty", env=home)
+    assert empty.rc == 2
+    assert f"flowspec: error: {tmp_path / 'empty'} is a folder without a flow.yaml" in empty.stderr
+    assert f"hint: give the spec's path: {tmp_path / 'empty' / 'other.yaml'}" in empty.stderr
+
+
+def test_init_quotes_the_paths_it_prints_for_the_shell(cli, tmp_path):
+    result = cli("init", "My Flow", cwd=tmp_path)
+    assert result.rc == 0, result.output
+    assert "next: flowspec validate --strict 'My Flow/flow.yaml'" in result.stderr
+    assert "      flowspec run 'My Flow/flow.yaml'" in result.stderr
+    assert "      python -m pytest 'My Flow'" in result.stderr
+    assert "wrote 'My Flow/flow.yaml', 'My Flow/tasks.py', 'My Flow/test_my_flow.py'" in result.stderr
+
+
+def test_the_tests_of_two_init_folders_run_together(cli, tmp_path, home):
+    for folder in ("first", "second"):
+        assert cli("init", folder, cwd=tmp_path).rc == 0
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | home
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "first", "second"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "6 passed" in tests.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowspec.cli import main
-from flowspec.commands.init import FILES, SCHEMA_COPY
+from flowspec.commands.init import SCHEMA_COPY, starter_test_name
 from flowspec.compile import compile_file
 from flowspec.fmt import format_text
 from flowspec.schema import SCHEMA_PATH
@@ -28,7 +28,9 @@ def own_imports(monkeypatch):
 def test_init_writes_a_starter_that_validates_strictly_and_is_formatted(tmp_path: Path):
     folder = tmp_path / "greetings"
     assert main(["init", str(folder)]) == 0
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, SCHEMA_COPY])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["flow.yaml", "tasks.py", "test_greetings.py",
+                                                               SCHEMA_COPY])
+    assert starter_test_name("my-flow.v2") == "test_my_flow_v2.py"
     flow = (folder / "flow.yaml").read_text()
     assert flow.splitlines()[0] == MODELINE + SCHEMA_COPY
     assert (folder / SCHEMA_COPY).read_text() == Path(SCHEMA_PATH).read_text()
