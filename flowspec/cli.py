@@ -98,7 +98,8 @@ class _Parser(argparse.ArgumentParser):
             self.print_help()  # `flowspec runs`: the group's help lists its actions
             sys.exit(0)
         m = re.match(r"argument (.+?): invalid choice: '(.*)' \(choose from (.*)\)$", message)
-        hint = did_you_mean(m.group(2), re.findall(r"'([^']*)'", m.group(3))) if m else None
+        hint = (self._in_a_group(m.group(2)) or did_you_mean(m.group(2), re.findall(r"'([^']*)'", m.group(3)))
+                if m else None)
         if message.startswith("unrecognized arguments: "):
             flags = [w.partition("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
             hint = next(filter(None, (did_you_mean(f, self._option_string_actions) for f in flags)), None)
@@ -107,6 +108,22 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
         sys.exit(2)
+
+
+    def _in_a_group(self, word: str) -> str | None:
+        """`flowspec logs`: an action of a command group, named with its group (`runs logs`)."""
+        found = [f"'{group} {word}'" for group, parser in _subcommands(self).items() if word in _subcommands(parser)]
+        if not found:
+            return None
+        return f"did you mean {found[0]}?" if len(found) == 1 else f"did you mean one of {', '.join(found)}?"
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict:
+    """A parser's subcommands (or actions), by name; none for a command without them."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 _ARGV: list[str] = []  # the arguments being parsed, for the error of any parser

@@ -367,3 +367,13 @@ def test_the_tests_of_two_init_folders_run_together(cli, tmp_path, home):
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "6 passed" in tests.stdout
+
+
+def test_a_command_that_lives_in_a_group_is_named_with_its_group(cli):
+    logs = cli("logs", "3f2a")
+    assert logs.rc == 2 and "hint: did you mean 'runs logs'?" in logs.stderr
+    listed = cli("list")
+    assert "hint: did you mean one of 'flows list', 'runs list', 'agents list', 'concurrency-limit list'?" \
+        in listed.stderr
+    assert "hint: did you mean 'validate'?" in cli("valdate").stderr
+    assert "hint: did you mean 'logs'?" in cli("runs", "log").stderr
