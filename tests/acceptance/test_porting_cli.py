@@ -377,3 +377,51 @@ def test_a_command_that_lives_in_a_group_is_named_with_its_group(cli):
         in listed.stderr
     assert "hint: did you mean 'validate'?" in cli("valdate").stderr
     assert "hint: did you mean 'logs'?" in cli("runs", "log").stderr
+
+
+# -- docs: the pre-commit example ----------------------------------------------------------------
+def _pre_commit_blocks(repo: Path) -> list[str]:
+    text = (repo / "docs" / "authoring.md").read_text()
+    section = text.split("## Before a commit: pre-commit", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```yaml\n(.*?)```", section, re.S)
+
+
+def test_the_pre_commit_example_names_no_tag_the_project_does_not_have(repo):
+    import yaml
+
+    for block in _pre_commit_blocks(repo):
+        for entry in yaml.safe_load(block)["repos"]:
+            if entry["repo"] != "local":  # a remote hook's rev: a commit, since there are no release tags
+                assert re.fullmatch(r"[0-9a-f]{40}", entry["rev"]), entry["rev"]
+
+
+@pytest.mark.integration
+def test_the_documented_local_hooks_block_a_bad_spec(repo, tmp_path):
+    import shutil
+
+    import yaml
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed (apt-get install git)")
+    pytest.importorskip("pre_commit", reason="pre-commit is not installed (pip install pre-commit)")
+    config = yaml.safe_load(_pre_commit_blocks(repo)[0])
+    assert config["repos"][0]["repo"] == "local"
+    for hook in config["repos"][0]["hooks"]:  # this checkout's flowspec, whatever is on PATH
+        hook["entry"] = hook["entry"].replace("flowspec", f"{sys.executable} -m flowspec", 1)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | {
+        "HOME": str(tmp_path), "PRE_COMMIT_HOME": str(tmp_path / "cache"), "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org"}
+    root = tmp_path / "project"
+    root.mkdir()
+
+    def run(*args) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+    run("git", "init", "-q", "-b", "main")
+    (root / ".pre-commit-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert run(sys.executable, "-m", "pre_commit", "install").returncode == 0
+    (root / "flow.yaml").write_text("version: 1\nname: bad\ntasks:\n  only:\n    run: m:f\n    retries: three\n")
+    run("git", "add", "-A")
+    blocked = run("git", "commit", "-q", "-m", "bad spec")
+    assert blocked.returncode != 0 and "flow.yaml:6:14: error: tasks.only.retries" in blocked.stdout + blocked.stderr
