@@ -352,8 +352,10 @@ def _text_platform(plan: dict) -> list[str]:
     lines += [f"  env {name}={value}" for name, value in env["env"].items()]
     lines += [f"  {hook}: {env[hook]}" for hook in ("on_start", "on_exit") if env[hook]]
     for ref in plan["env_references"]:
-        state = (f"set by {ref['set_by']}" if ref.get("set_by") else "set") if ref["set"] else (f"unset, fallback '{ref['fallback']}'" if ref["fallback"] is not None
-                                          else "NOT SET")
+        if ref["set"]:
+            state = f"set by {ref['set_by']}" if ref.get("set_by") else "set"
+        else:
+            state = f"unset, fallback '{ref['fallback']}'" if ref["fallback"] is not None else "NOT SET"
         lines.append(f"  reads ${{{{ env.{ref['name']} }}}} in task {ref['task']} ({state})")
     if env.get("setup"):
         lines += _text_setup(env["setup"])

@@ -36,7 +36,8 @@ def test_fmt_formats_a_spec_whose_last_line_is_an_explicit_key(cli, tmp_path):
 
 def test_fmt_indents_a_mapping_that_starts_with_an_explicit_key(cli, tmp_path):
     spec = tmp_path / "flow.yaml"
-    spec.write_text("version: 1\nname: a\ntasks:\n  x:\n    run: m:f\n    with:\n        ? a\n        : 3\n        b: 4\n")
+    spec.write_text("version: 1\nname: a\ntasks:\n  x:\n    run: m:f\n    with:\n"
+                    "        ? a\n        : 3\n        b: 4\n")
     assert cli("fmt", spec).rc == 0
     assert spec.read_text().endswith("    with:\n      ? a\n      : 3\n      b: 4\n")
 
