@@ -37,8 +37,8 @@ FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["${{ params.x }}", "${{ tasks.", "1e400", "5s",
-                                                           "a:b", "${{ env.X || 'y' }}", "${{ env.FLOWSPEC_FUZZ_UNSET }}",
-                                                           "}}", "*a", "&a"]))
+                                                           "a:b", "${{ env.X || 'y' }}", "}}", "*a", "&a",
+                                                           "${{ env.FLOWSPEC_FUZZ_UNSET }}"]))
 json_like = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                          | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
 
