@@ -154,7 +154,7 @@ def spec_file(path: str) -> str:
 
     if not os.path.isdir(path):
         return path
-    spec = os.path.join(path, "flow.yaml")
+    spec = os.path.normpath(os.path.join(path, "flow.yaml"))
     if os.path.isfile(spec):
         return spec
     others = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))[:5]
