@@ -96,10 +96,11 @@ class ParamsError(UsageError):
 
 
 def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: list[tuple[str, object]],
-                       environ=None, env_defaults: bool = True) -> dict:
+                       environ=None, env_defaults: bool = True, skip=()) -> dict:
     """Merge defaults < params file < --param flags; every problem reported at once. Defaults
     read `${{ env.NAME }}` from `environ` (default: this process's environment); without
-    `env_defaults`, a default that reads the environment is left out (resolved where the run runs)."""
+    `env_defaults`, a default that reads the environment is left out (resolved where the run
+    runs). The defaults of parameters in `skip` are left out too (their problem said already)."""
     problems: list[str] = []
     diags: list[Diagnostic] = []
     values: dict = {}
@@ -120,7 +121,7 @@ def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: lis
             if spec.required:
                 problems.append(f"missing required parameter '{name}'"
                                 f" (give it with --param {name}=VALUE or in --params-file)")
-            elif env_defaults or not reads_env(spec.default):
+            elif name not in skip and (env_defaults or not reads_env(spec.default)):
                 try:
                     values[name] = default_value(spec, environ)
                 except ValueError as exc:
@@ -152,11 +153,9 @@ def default_value(spec, environ=None):
     from flowspec import references as refs
 
     default = spec.default
-    if not isinstance(default, (str, list, dict)) or isinstance(default, str) and "${{" not in default:
+    if not reads_env(default):
         return default
     compiled = refs.compile_value(default)
-    if not refs.has_refs(compiled):
-        return default
     environ = os.environ if environ is None else environ
     unset = next((r for _, r in refs.iter_refs(compiled) if r.fallback is None and r.name not in environ), None)
     if unset is not None:

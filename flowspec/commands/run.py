@@ -164,31 +164,24 @@ def spec_file(path: str) -> str:
 
 
 def parameters(spec, args) -> dict:
-    from flowspec.params import load_params_file, parse_flag, resolve_parameters
-
     from flowspec.compile import unset_env
     from flowspec.errors import SpecError
-    from flowspec.params import ParamsError
+    from flowspec.params import ParamsError, load_params_file, parse_flag, resolve_parameters
 
     file_values, file_doc = load_params_file(args.params_file) if args.params_file else ({}, None)
     flags = [parse_flag(text, spec.parameters) for text in args.param]
-    # The defaults that will be used read their variables (a value given instead reads none), at
-    # their line and column in the spec (a registered flow's parameters alone have no document).
     if getattr(spec, "document", None) is None:  # a registered flow's run, made here for an agent:
         # a default that reads the environment is resolved where the run runs, not here
         return resolve_parameters(spec.parameters, file_values, file_doc, flags, env_defaults=False)
+    # The variables that the executor and the defaults used (not those of a parameter given a
+    # value) read, at their line and column; reported with any other parameter problem, once.
     unset = unset_env(spec, given={*file_values, *(name for name, _ in flags)})
+    reported = {name for name in spec.parameters if any(d.path.startswith(f"parameters.{name}.") for d in unset)}
     try:
-        values = resolve_parameters(spec.parameters, file_values, file_doc, flags)
+        values = resolve_parameters(spec.parameters, file_values, file_doc, flags, skip=reported)
     except ParamsError as exc:
-        if not unset:
-            raise
-        # every problem at once: the unset variables at their line and column, not twice
-        unset_defaults = {d.path.split(".")[1] for d in unset if d.path.startswith("parameters.")}
-        problems = [p for p in exc.problems if not any(p.startswith(f"parameter '{n}': its default reads")
-                                                        for n in unset_defaults)]
-        raise ParamsError(exc.diagnostics + unset, problems) from None
-    if unset:  # the executor's
+        raise ParamsError(exc.diagnostics + unset, exc.problems) if unset else exc from None
+    if unset:
         raise SpecError(unset)
     return values
 
