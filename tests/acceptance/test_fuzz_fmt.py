@@ -2,14 +2,15 @@
 
 The inputs are those of test_fuzz_validate.py (the examples mutated line by line and after
 parsing, random YAML data, random text). For each one:
-- `fmt` exits 0 or 1 (not YAML) and never crashes; when the input is a valid spec, its formatted
-  text is valid too, and formatting it again changes nothing (a fixed point);
+- `fmt` exits 0 or 1 (not YAML) and never crashes; its output validates as the input did (the
+  same errors and warnings, at their new positions), and formatting it again changes nothing;
 - `plan` and `graph` exit 0, 1 (invalid spec) or 2 (usage: a required parameter, say), never 70.
 Each command runs through `flowspec.cli.main` in this process, derandomized as the validate fuzzer.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -73,17 +74,26 @@ def _cli(*args) -> tuple[int, str, str]:
     return rc, out.buffer.getvalue().decode("utf-8", "replace"), err.getvalue()
 
 
+def _findings(path: Path) -> tuple[int, list]:
+    """validate's exit code and what it found, without positions (fmt moves lines)."""
+    rc, stdout, _ = _cli("validate", "--format", "json", path)
+    return rc, sorted((d["path"], d["message"]) for d in json.loads(stdout))
+
+
 def check(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    valid = _cli("validate", path)[0] == 0
+    before = _findings(path)
     rc, _, stderr = _cli("fmt", "--diff", path)
     assert rc in (0, 1) and "internal error" not in stderr, (rc, stderr)
-    if valid:
+    if rc == 0:
         once = format_text(path.read_text(encoding="utf-8"), str(path))
         assert format_text(once, str(path)) == once  # fmt twice = fmt once
         path.write_text(once, encoding="utf-8")
-        rc, stdout, stderr = _cli("validate", path)
-        assert rc == 0, (text, once, stdout)
+        after = _findings(path)
+        if before[0] == 0:  # a valid spec stays valid, with the same warnings
+            assert after == before, (text, once, after)
+        else:  # an invalid one keeps its errors
+            assert after[0] == before[0] and after[1] == before[1], (text, once, before, after)
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
     for command in (("plan", path), ("plan", "--format", "json", path), ("graph", path)):
         rc, _, stderr = _cli(*command)
