@@ -19,7 +19,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_fuzz_validate import FUZZ, VALID_DATA, json_like, mutated_data, mutated_text
+from test_fuzz_validate import FUZZ, SUBPROCESS_CASES, VALID_DATA, json_like, mutated_data, mutated_text
 
 from flowspec.cli import main
 from flowspec.fmt import format_text
@@ -138,3 +138,13 @@ EXPLICIT_KEYS = ["version: 1\nname: a\ntasks:\n  x:\n    run: m:f\n    with:\n  
 @pytest.mark.parametrize("text", EXPLICIT_KEYS)
 def test_explicit_keys(spec_path, text):
     check(spec_path, text)
+
+
+@pytest.mark.parametrize("name", sorted(SUBPROCESS_CASES) + ["explicit-key-last"])
+def test_real_commands_on_broken_input(cli, tmp_path, name):
+    text = SUBPROCESS_CASES.get(name) or EXPLICIT_KEYS[0]
+    (tmp_path / "flow.yaml").write_text(text, encoding="utf-8")
+    env = ISOLATED | {"FLOWSPEC_HOME": str(tmp_path / "home")}
+    for command in (("fmt", "--check"), ("plan",), ("plan", "--format", "json"), ("graph",)):
+        result = cli(*command, "flow.yaml", cwd=tmp_path, env=env, timeout=20)
+        assert result.rc in (0, 1, 2) and "internal error" not in result.stderr, (command, result.output)
