@@ -107,6 +107,8 @@ def test_an_unset_variable_in_the_executor_is_an_error_at_its_position_and_nothi
     registered = cli("register", spec, env=home)
     assert registered.rc == 1 and f"{at}: error: executor.address" in registered.stderr
     assert "nothing was registered" in registered.stderr
+    built = cli("build", spec, env=home)
+    assert built.rc == 1 and f"{at}: error: executor.address" in built.stderr and "nothing was built" in built.stderr
 
 
 def test_parameter_defaults_read_the_environment_at_run_time(cli, tmp_path, home):
