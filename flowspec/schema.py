@@ -390,6 +390,12 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "outputs": f"flow outputs (top-level outputs): {_LATER}; a task's result is its return value",
         "secrets": f"secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}}",
     },
+    "parameter": {
+        "required": "a parameter is required when it has no `default`; remove `required`",
+        "choices": "write `enum: [...]`: the only values allowed",
+        "allowed": "write `enum: [...]`: the only values allowed",
+        "value": "write `default: ...`: the value used when none is given at run time",
+    },
     "environment": {
         "secrets": f"environment.secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}} (`flowspec agent"
                    " start --env NAME=VALUE` passes them to an agent's runs)",
@@ -404,6 +410,8 @@ def feature_hint(path: tuple, key: str) -> str | None:
         table = _FEATURE_HINTS["top"]
     elif len(path) == 2 and path[0] == "tasks":
         table = _FEATURE_HINTS["task"]
+    elif len(path) == 2 and path[0] == "parameters":
+        table = _FEATURE_HINTS["parameter"]
     elif path == ("environment",):
         table = _FEATURE_HINTS["environment"]
     else:

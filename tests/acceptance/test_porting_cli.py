@@ -261,6 +261,7 @@ def test_a_quoted_version_is_told_to_drop_the_quotes(cli, tmp_path):
     (("tasks", "x"), "run_name", "n", "mapped children are named NAME[index]"),
     (("tasks", "x"), "max_retries", "3", "write `retries: N`"),
     (("environment",), "secrets", "{A: b}", "`flowspec agent start --env NAME=VALUE`"),
+    (("parameters", "p"), "required", "true", "a parameter is required when it has no `default`"),
 ])
 def test_an_unknown_key_that_people_write_says_what_flowspec_has(cli, tmp_path, where, key, value, says):
     indent = "  " * len(where)
@@ -269,6 +270,8 @@ def test_an_unknown_key_that_people_write_says_what_flowspec_has(cli, tmp_path, 
         lines.insert(2, f"{key}: {value}")
     elif where == ("environment",):
         lines += ["environment:", f"  {key}: {value}"]
+    elif where[0] == "parameters":
+        lines += ["parameters:", "  p:", f"    {key}: {value}"]
     else:
         lines.append(f"{indent}{key}: {value}")
     spec = tmp_path / "flow.yaml"
