@@ -228,7 +228,7 @@ class _Checker:
             compiled = self._compile_each(path, value)
         if isinstance(compiled, refs.Ref):  # the common case, without walking it
             self.check_ref(path, compiled)
-        elif isinstance(compiled, (refs.Template, list, dict)):
+        elif isinstance(compiled, (refs.Template, refs.Expr, list, dict)):
             for sub, ref in refs.iter_refs(compiled):
                 self.check_ref(path + sub, ref)
         return compiled
@@ -252,6 +252,8 @@ class _Checker:
 
     def check_ref(self, path: tuple, ref: refs.Ref) -> None:
         kind = ref.kind
+        if ref.accessors:
+            self.check_accessors(path, ref)
         if kind == "tasks":
             table = self.tasks
             if ref.name in table:
@@ -269,9 +271,16 @@ class _Checker:
         hint = self.suggest(ref.name, table) or _known("parameters" if ref.kind == "params" else "tasks", table)
         self.diags.append(self.ref_diag(path, ref.offset, f"unknown {noun} '{ref.name}' in {ref}", hint))
 
+    def check_accessors(self, path: tuple, ref: refs.Ref) -> None:
+        """An accessor that cannot apply to what is known of the value now (see accessor_problem)."""
+        from flowspec.expressions import accessor_problem
+
+        if (problem := accessor_problem(ref, self._param_type(ref))):
+            self.diags.append(self.ref_diag(path, problem[1], problem[0], problem[2]))
+
     def check_map_value(self, path: tuple, value) -> None:
-        if isinstance(value, list):
-            return
+        if isinstance(value, list) or isinstance(value, refs.Expr) or getattr(value, "accessors", None):
+            return  # an expression, or a part of a value: its shape is known at run time
         if isinstance(value, refs.Ref):
             if ref_type := self._param_type(value):
                 if ref_type != "array":
@@ -449,7 +458,8 @@ class _Checker:
         data_up, all_up = self._upstream[name]
         map_args = compiled.get("map", EMPTY_ARGS)
         per_child = tuple(v.name for v in map_args.values()
-                          if isinstance(v, refs.Ref) and v.kind == "tasks" and "map" in self.tasks[v.name]
+                          if isinstance(v, refs.Ref) and v.kind == "tasks" and not v.accessors
+                          and "map" in self.tasks[v.name]
                           ) if map_args else ()
         delay = t.get("retry_delay")
         timeout = t.get("timeout")
