@@ -388,7 +388,7 @@ class _Parser:
         keys, spots = [], []
         while self.peek()[1] in (".", "["):
             opener = self.take()
-            keys.append(self.key() if opener[1] == "." else self.index(opener))
+            keys.append(self.key() if opener[1] == "." else self.index())
             spots.append(opener[2])
         ref = Ref(kind, name, None, tok[2], tuple(keys), tuple(spots))
         self.refs.append(ref)
@@ -403,7 +403,7 @@ class _Parser:
         raise self.fail(word, f"expected a key after '.', got {_tok(word)}",
                         "write .key, ['key with spaces'] or [0]")
 
-    def index(self, opener: tuple):
+    def index(self):
         tok = self.take()
         if tok[0] == "str":
             key = tok[1][1:-1].replace("''", "'") if tok[1][0] == "'" else tok[1][1:-1]
@@ -416,8 +416,7 @@ class _Parser:
                             "write ['key'] or [0]; the key or index is a literal, not an expression")
         close = self.peek()
         if close[1] != "]":
-            raise self.fail(close if close[0] != "end" else opener,
-                            f"expected ']' to close the '[', got {_tok(close)}")
+            raise self.fail(close, f"expected ']' to close the '[', got {_tok(close)}")
         self.take()
         return key
 

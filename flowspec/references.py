@@ -206,7 +206,8 @@ def has_refs(value) -> bool:
 def resolve(value, lookup):
     """Replace references using `lookup(ref) -> value`; constants are returned as they are."""
     if isinstance(value, Ref):
-        return lookup(value) if not value.accessors else access(value, lookup(value))
+        found = lookup(value)
+        return found if not value.accessors and found is not UNSET else access(value, found)
     if isinstance(value, Template):
         return "".join(p if isinstance(p, str) else _fmt(resolve(p, lookup)) for p in value.parts)
     if isinstance(value, list):
