@@ -24,14 +24,13 @@ import re
 from flowspec.references import (ALL_KINDS, KINDS, AccessError, Expr, ExpressionError, Ref, ReferenceError_,
                                  UNSET, UnsetEnvError, UnsetValueError, access)
 
-_TOKEN = re.compile(r"""\s*(?:
-    (?P<end>\}\})
-  | (?P<str>'(?:[^']|'')*'|"[^"]*")
-  | (?P<num>-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(?![A-Za-z0-9_.])
-  | (?P<name>[A-Za-z_][A-Za-z0-9_-]*)
-  | (?P<op>==|!=|<=|>=|\|\||[<>()\[\].])
-  )""", re.X)
-_SPACE = re.compile(r"\s*")
+# One token per match, classified by its first character (_CLASS); group 1 is a character that
+# starts no token (reported with _BAD). Whitespace between tokens is skipped by finditer.
+_TOKEN = re.compile(r"""\}\}|'(?:[^']|'')*'|"[^"]*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?(?![A-Za-z0-9_.])"""
+                    r"""|[A-Za-z_][A-Za-z0-9_-]*|==|!=|<=|>=|\|\||[<>()\[\].]|(\S)""")
+_CLASS = {**dict.fromkeys("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_", "name"),
+          **dict.fromkeys("0123456789-", "num"), "'": "str", '"': "str", "}": "end",
+          **dict.fromkeys("=!<>|()[].", "op")}
 _WORD = re.compile(r"[^\s)\]}]*")
 _BAD = {  # a character the grammar does not have → (what it is, a hint)
     "=": ("'=' is not an operator", "did you mean '=='?"),
@@ -158,22 +157,17 @@ def _show(value) -> str:
 def tokenize(text: str, start: int) -> tuple[list[tuple], int]:
     """Tokens of the `${{ … }}` opening at `start`, as (type, value, offset) up to and including
     its closing `}}` (type 'end'), and the offset just past it."""
-    pos, out = start + 3, []
-    n = len(text)
-    while True:
-        m = _TOKEN.match(text, pos)
-        if m is None or m.lastgroup is None:
-            at = _SPACE.match(text, pos).end()
-            if at >= n:
-                raise ReferenceError_("unterminated reference: '${{' without a closing '}}'", start)
-            raise _bad_char(text, start, at)
-        kind = m.lastgroup
-        at = m.start(kind)
-        value = m.group(kind)
-        out.append((kind, value, at))
-        pos = m.end()
+    out = []
+    classes = _CLASS
+    for m in _TOKEN.finditer(text, start + 3):
+        if m.lastindex:
+            raise _bad_char(text, start, m.start())
+        value = m.group()
+        kind = classes[value[0]]
+        out.append((kind, value, m.start()))
         if kind == "end":
-            return out, pos
+            return out, m.end()
+    raise ReferenceError_("unterminated reference: '${{' without a closing '}}'", start)
 
 
 def _bad_char(text: str, start: int, at: int) -> ReferenceError_:
@@ -271,30 +265,42 @@ class _Parser:
         return self.fail(tok, f"unexpected {_tok(tok)} after a complete expression",
                          "join two conditions with 'and' / 'or'; strings are quoted: 'text'")
 
+    # A token's value tells keywords and operators apart: a string token keeps its quotes.
     def coalesce(self):
         operands = [self.or_()]
-        while self.at("op", "||"):
-            self.take()
+        while self.tokens[self.i][1] == "||":
+            self.i += 1
             operands.append(self.or_())
-        return operands[0] if len(operands) == 1 else Coalesce(tuple(operands))
+        if len(operands) == 1:
+            return operands[0]
+        for op in operands[:-1]:  # an env variable here may be unset: the next operand is taken
+            if isinstance(op, RefNode) and op.ref.kind == "env" and op.ref.fallback is None:
+                op.ref.fallback = UNSET
+        return Coalesce(tuple(operands))
 
     def or_(self):
-        operands = [self.and_()]
-        while self.at("name", "or"):
-            self.take()
+        first = self.and_()
+        if self.tokens[self.i][1] != "or":
+            return first
+        operands = [first]
+        while self.tokens[self.i][1] == "or":
+            self.i += 1
             operands.append(self.and_())
-        return operands[0] if len(operands) == 1 else Or(tuple(operands), self.source)
+        return Or(tuple(operands), self.source)
 
     def and_(self):
-        operands = [self.not_()]
-        while self.at("name", "and"):
-            self.take()
+        first = self.not_()
+        if self.tokens[self.i][1] != "and":
+            return first
+        operands = [first]
+        while self.tokens[self.i][1] == "and":
+            self.i += 1
             operands.append(self.not_())
-        return operands[0] if len(operands) == 1 else And(tuple(operands), self.source)
+        return And(tuple(operands), self.source)
 
     def not_(self):
-        if self.at("name", "not"):
-            self.take()
+        if self.tokens[self.i][1] == "not":
+            self.i += 1
             return Not(self.not_(), self.source)
         return self.compare()
 

@@ -19,6 +19,10 @@ KINDS = ("params", "tasks", "env")  # what a task's `with`/`map` may name (today
 ALL_KINDS = ("params", "tasks", "env", "secrets", "kv", "args", "result", "context")
 _WHOLE = re.compile(r"\$\{\{\s*(params|tasks|env)\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}").fullmatch
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*").fullmatch  # a key written as `.key`
+# A plain reference with accessors, `${{ tasks.NAME.rows[0]['id'] }}`, also without the parser.
+_ACCESSED = re.compile(r"\$\{\{\s*(params|tasks|env)\.([A-Za-z_][A-Za-z0-9_-]*)((?:\.[A-Za-z_][A-Za-z0-9_-]*"
+                       r"|\[(?:-?[0-9]+|'(?:[^']|'')*'|\"[^\"]*\")\])+)\s*\}\}").fullmatch
+_ACCESSOR = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(-?[0-9]+)\]|\['((?:[^']|'')*)'\]|\[\"([^\"]*)\"\]")
 
 
 class ReferenceError_(ValueError):
@@ -65,7 +69,8 @@ UNSET = _Unset()  # what a lookup returns for a value that is not set (a Skipped
 
 
 class Ref:
-    """One reference: `kind`, `name`, the env `fallback`, `offset` (where it starts in its
+    """One reference: `kind`, `name`, the env `fallback` (UNSET for an env operand of `||` that is
+    not the last: its lookup gives UNSET when the variable is unset), `offset` (where it starts in its
     string, for diagnostics), `accessors` (keys and indexes applied in order to the value) and
     `spots` (the offset of each accessor, for diagnostics; not part of equality). Read-only by
     convention; a plain class with slots, since a flow of 10 000 tasks makes one per argument."""
@@ -109,7 +114,7 @@ class Ref:
         return text
 
     def __str__(self) -> str:
-        fb = " || '" + self.fallback.replace("'", "''") + "'" if self.fallback is not None else ""
+        fb = " || '" + self.fallback.replace("'", "''") + "'" if isinstance(self.fallback, str) else ""
         return f"${{{{ {self.path()}{fb} }}}}"
 
 
@@ -165,12 +170,25 @@ def parse_string(text: str, kinds: tuple = KINDS):
     whole = _WHOLE(text)
     if whole is not None and whole.group(1) in kinds:  # the common case, `${{ tasks.NAME }}`, in one match
         return Ref(whole.group(1), whole.group(2))
+    accessed = _ACCESSED(text)
+    if accessed is not None and accessed.group(1) in kinds:
+        return _accessed_ref(accessed)
     from flowspec.expressions import parse_template
 
     parts = parse_template(text, kinds)
     if len(parts) == 1 and not isinstance(parts[0], str):
         return parts[0]
     return Template(tuple(parts))
+
+
+def _accessed_ref(m) -> Ref:
+    keys, spots = [], []
+    for a in _ACCESSOR.finditer(m.string, m.start(3), m.end(3)):
+        dotted, index, single, double = a.groups()
+        keys.append(dotted if dotted is not None else int(index) if index is not None
+                    else single.replace("''", "'") if single is not None else double)
+        spots.append(a.start())
+    return Ref(m.group(1), m.group(2), None, 0, tuple(keys), tuple(spots))
 
 
 def compile_value(value, kinds: tuple = KINDS):
@@ -222,6 +240,8 @@ def resolve(value, lookup):
 def access(ref: Ref, value):
     """`value` (what `ref`'s kind and name gave) with `ref`'s accessors applied, in order. Only
     subscription: `.key` is `value['key']`, never an attribute. A string takes no accessor."""
+    if value is UNSET and ref.kind == "env":
+        raise UnsetEnvError(f"environment variable {ref.name} is not set (referenced as {ref})")
     if value is UNSET:
         raise UnsetValueError(f"{ref}: {ref.path(0)} was skipped and has no value")
     for i, key in enumerate(ref.accessors):

@@ -522,7 +522,9 @@ class FlowRunner:
         rec.state, rec.message, rec.result = state, message, result
         rec.start = start if start is not None else rec.start
         rec.end = end if end is not None else time.time()
-        if state in (TRIGGER_FAILED, SKIPPED) and self.notify is not None and rec.children is None:
+        # Recorded here when no attempt was (a failed trigger, or arguments that could not be resolved)
+        if (state in (TRIGGER_FAILED, SKIPPED) or state == FAILED and rec.attempts == 0) \
+                and self.notify is not None and rec.children is None:
             self.notify(rec.name, None, state, 0, message)
         if state in (TRIGGER_FAILED, SKIPPED, FAILED) and rec.attempts == 0 and message:
             log.log(logging.WARNING if state != SKIPPED else logging.INFO, "%s: %s (%s)", rec.name, state, message)
