@@ -189,7 +189,8 @@ def _env_references(spec, environ, warnings: list[str]) -> list[dict]:
                 if ref.kind == "env" and ref.name not in seen:
                     is_set = ref.name in environ or ref.name in provided
                     seen[ref.name] = {"name": ref.name, "task": task.name, "set": is_set,
-                                      "fallback": ref.fallback}
+                                      "fallback": ref.fallback if ref.fallback is not refs.UNSET
+                                      else "(next operand of ||)"}
                     if not is_set and ref.fallback is None:
                         warnings.append(f"task '{task.name}' reads ${{{{ env.{ref.name} }}}}, which is not set: "
                                         "the run would stop before any task runs")

@@ -3,12 +3,21 @@ a missing key failing the task that takes it (named in the run's record), malfor
 reported at their line and column, and a large spec of expressions validated quickly."""
 from __future__ import annotations
 
+import io
 import json
 import re
 import resource
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flowspec.cli import main
+
+# When an example fails, Hypothesis's report imports a module that warns about mypy_extensions.
+pytestmark = pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
 
 STEPS = '''\
 from flowspec import context
@@ -216,3 +225,33 @@ def test_a_large_spec_of_expressions_validates_within_two_seconds_of_a_one_task_
 
     one, many = best("one.yaml"), best("many.yaml")
     assert many - one < 2.0, (one, many)
+
+
+# -- the fuzzer over specs with expressions --------------------------------------------------------
+PIECES = ["${{ ", " }}", "params.p", "params.cfg", "tasks.a", "tasks.b", "env.FSX_X", ".rows", "['k']", "[0]",
+          "[-1]", " == ", " != ", " < ", " in ", " not ", " and ", " or ", " || ", "(", ")", "'it''s'", '"q"',
+          "1", "-2.5", "true", "null", "=", "&&", "|", "[", "]", ".", "'", "x", " ", "secrets.S", "f(", "}", "{"]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(st.lists(st.sampled_from(PIECES), max_size=14).map("".join), min_size=1, max_size=4),
+       quoted=st.booleans())
+def test_validate_answers_any_expression_with_positioned_diagnostics(tmp_path_factory, values, quoted):
+    folder = tmp_path_factory.mktemp("fuzz")
+    lines = ["version: 1", "name: fuzz", "parameters:", "  p: {type: integer, default: 1}",
+             "  cfg: {type: object, default: {k: [1]}}", "tasks:", "  a: {run: steps:fetch}", "  b:",
+             "    run: steps:show", "    with:"]
+    for i, value in enumerate(values):
+        lines.append(f"      v{i}: " + ("'" + value.replace("'", "''") + "'" if quoted else json.dumps(value)))
+    (folder / "flow.yaml").write_text("\n".join(lines) + "\n")
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(["validate", "--format", "json", str(folder / "flow.yaml")])
+    assert "Traceback" not in err.getvalue(), err.getvalue()
+    items = json.loads(out.getvalue())
+    assert rc == (1 if items else 0), (rc, items)
+    for item in items:
+        line = lines[item["line"] - 1]
+        assert item["path"].startswith("tasks.b.with.v") and 1 <= item["column"] <= len(line), item
+        assert item["column"] >= line.index(":") + 3, item  # inside the value, never before it
