@@ -89,9 +89,13 @@ def _logged(stderr: str, label: str, message: str) -> bool:
     return any(line.match(ln) for ln in stderr.splitlines())
 
 
-def test_accessors_pick_keys_and_indexes_out_of_results_and_parameters(cli, folder):
-    (folder / "flow.yaml").write_text(FLOW)
-    result = cli("run", "flow.yaml", "--format", "json", cwd=folder, env=_env(folder))
+@pytest.mark.parametrize("executor", ["local", pytest.param("dask", marks=[pytest.mark.slow, pytest.mark.integration])])
+def test_accessors_pick_keys_and_indexes_out_of_results_and_parameters(cli, folder, executor):
+    """On dask, results stay on the workers: what an accessor or expression reads is fetched."""
+    flow = FLOW if executor == "local" else FLOW.replace(
+        "name: accessors\n", "name: accessors\nexecutor: {type: dask, workers: 1, threads: 2}\n")
+    (folder / "flow.yaml").write_text(flow)
+    result = cli("run", "flow.yaml", "--format", "json", cwd=folder, env=_env(folder), timeout=120)
     assert result.rc == 0, result.output
     report = json.loads(result.stdout)
     assert {name: t["state"] for name, t in report["tasks"].items()} == dict.fromkeys(report["tasks"], "Success")
