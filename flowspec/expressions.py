@@ -50,7 +50,8 @@ _BAD = {  # a character the grammar does not have → (what it is, a hint)
 }
 _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
             ">=": operator.ge, "in": lambda a, b: a in b, "not in": lambda a, b: a not in b}
-_KEYWORDS = ("and", "or", "not", "in", "true", "false", "null")
+MAX_DEPTH = 50  # nested parentheses and `not`s in one expression
+MAX_DIGITS = 100  # characters in a number literal
 _CONSTANTS = {"true": True, "false": False, "null": None}
 _UNSET_ERRORS = (UnsetEnvError, UnsetValueError)
 
@@ -214,6 +215,7 @@ class _Parser:
     def __init__(self, text: str, start: int, tokens: list[tuple], kinds: tuple) -> None:
         self.text, self.start, self.tokens, self.kinds = text, start, tokens, kinds
         self.i = 0
+        self.depth = 0  # open parentheses and `not`s: bounded, so that no input exhausts the stack
         self.refs: list[Ref] = []
         self.source = text[start:tokens[-1][2] + 2]  # `${{ … }}` as written
 
@@ -300,9 +302,18 @@ class _Parser:
 
     def not_(self):
         if self.tokens[self.i][1] == "not":
+            self.nest(self.tokens[self.i])
             self.i += 1
-            return Not(self.not_(), self.source)
+            operand = self.not_()
+            self.depth -= 1
+            return Not(operand, self.source)
         return self.compare()
+
+    def nest(self, tok: tuple) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(tok, f"the expression nests deeper than {MAX_DEPTH} levels",
+                            "compute the value in a task and reference its result")
 
     def compare(self):
         left = self.primary()
@@ -325,10 +336,12 @@ class _Parser:
         if kind == "str":
             return Lit(value[1:-1].replace("''", "'") if value[0] == "'" else value[1:-1])
         if kind == "num":
-            return Lit(float(value) if any(c in value for c in ".eE") else int(value))
+            return Lit(self.number(tok))
         if kind == "op":
             if value == "(":
+                self.nest(tok)
                 inner = self.coalesce()
+                self.depth -= 1
                 if not self.at("op", ")"):
                     closing = self.peek()
                     if closing[0] == "end":
@@ -400,6 +413,12 @@ class _Parser:
         self.refs.append(ref)
         return RefNode(ref)
 
+    def number(self, tok: tuple) -> int | float:
+        text = tok[1]
+        if len(text) > MAX_DIGITS:  # int() refuses thousands of digits with a ValueError
+            raise self.fail(tok, f"a number of {len(text)} characters is too long")
+        return float(text) if any(c in text for c in ".eE") else int(text)
+
     def key(self):
         word = self.take()
         if word[0] == "name":
@@ -414,7 +433,7 @@ class _Parser:
         if tok[0] == "str":
             key = tok[1][1:-1].replace("''", "'") if tok[1][0] == "'" else tok[1][1:-1]
         elif tok[0] == "num" and not any(c in tok[1] for c in ".eE"):
-            key = int(tok[1])
+            key = self.number(tok)
         elif tok[0] == "num":
             raise self.fail(tok, f"an index is a whole number, not {tok[1]}")
         else:

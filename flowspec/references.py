@@ -21,8 +21,8 @@ _WHOLE = re.compile(r"\$\{\{\s*(params|tasks|env)\.([A-Za-z_][A-Za-z0-9_-]*)\s*\
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*").fullmatch  # a key written as `.key`
 # A plain reference with accessors, `${{ tasks.NAME.rows[0]['id'] }}`, also without the parser.
 _ACCESSED = re.compile(r"\$\{\{\s*(params|tasks|env)\.([A-Za-z_][A-Za-z0-9_-]*)((?:\.[A-Za-z_][A-Za-z0-9_-]*"
-                       r"|\[(?:-?[0-9]+|'(?:[^']|'')*'|\"[^\"]*\")\])+)\s*\}\}").fullmatch
-_ACCESSOR = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(-?[0-9]+)\]|\['((?:[^']|'')*)'\]|\[\"([^\"]*)\"\]")
+                       r"|\[(?:-?[0-9]{1,18}|'(?:[^']|'')*'|\"[^\"]*\")\])+)\s*\}\}").fullmatch
+_ACCESSOR = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(-?[0-9]{1,18})\]|\['((?:[^']|'')*)'\]|\[\"([^\"]*)\"\]")
 
 
 class ReferenceError_(ValueError):

@@ -328,3 +328,26 @@ def test_expressions_round_trip_through_their_text(text):
     if isinstance(value, Expr):
         again = parse_expression(value.text)
         assert isinstance(again, (Expr, Ref))
+
+
+@pytest.mark.parametrize("text", [
+    "${{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "${{ " + "not " * 5000 + "true }}",
+    "${{ " + "(not " * 3000 + "true" + ")" * 3000 + " }}",
+])
+def test_deep_nesting_is_a_positioned_error_not_a_crash(text):
+    with pytest.raises(refs.ReferenceError_, match="nests deeper than 50 levels") as info:
+        refs.parse_string(text)
+    assert 0 < info.value.offset < len(text)
+
+
+def test_nesting_within_the_limit_evaluates():
+    assert ev("${{ " + "(" * 49 + "params.n" + ")" * 49 + " }}") == 5
+    assert ev("${{ " + "not " * 50 + "true }}") is True
+
+
+def test_huge_numbers_are_errors_not_crashes():
+    with pytest.raises(refs.ReferenceError_, match="too long"):
+        refs.parse_string("${{ params.n == " + "9" * 5000 + " }}")
+    with pytest.raises(refs.ReferenceError_, match="too long"):
+        refs.parse_string("${{ params.items[" + "9" * 5000 + "] }}")
+    assert ev("${{ params.n < 1e999 }}") is True
