@@ -82,7 +82,7 @@ def _tasks(spec, params: dict, warnings: list[str]) -> list[dict]:
 def _map_source(value, params: dict, runs: dict, per_child: tuple) -> dict:
     """What one mapped argument iterates over, and how many items, when that is known now."""
     if isinstance(value, refs.Ref) and value.accessors:  # a part of a value: its length is known at run time
-        return {"over": refs.Ref.path(value), "items": None}
+        return {"over": value.path(), "items": None}
     if isinstance(value, refs.Ref) and value.kind == "params":
         items = params.get(value.name)
         return {"over": f"params.{value.name}", "items": len(items) if isinstance(items, list) else None}
