@@ -21,7 +21,7 @@ from __future__ import annotations
 import operator
 import re
 
-from flowspec.references import (ALL_KINDS, KINDS, AccessError, Expr, ExpressionError, Ref, ReferenceError_,
+from flowspec.references import (ALL_KINDS, KINDS, Expr, ExpressionError, Ref, ReferenceError_,
                                  UNSET, UnsetEnvError, UnsetValueError, access)
 
 # One token per match, classified by its first character (_CLASS); group 1 is a character that
@@ -480,5 +480,5 @@ def accessor_problem(ref: Ref, declared: str | None = None) -> tuple[str, int, s
     return None
 
 
-__all__ = ["AccessError", "Coalesce", "Compare", "Lit", "RefNode", "accessor_problem", "parse_expression",
+__all__ = ["Coalesce", "Compare", "Lit", "RefNode", "accessor_problem", "parse_expression",
            "parse_template", "tokenize"]
