@@ -392,7 +392,7 @@ class _Checker:
             is_env = path[-1] in ("env", "env_vars", "environment") and len(path) >= 2
             for k, v in value.items():
                 secret = _SECRET_VAR.search(k) if is_env else _SECRET_KEY.search(k)
-                if secret and isinstance(v, str) and v and not isinstance(refs.compile_value(v), refs.Ref):
+                if secret and isinstance(v, str) and v and not _is_reference(v):
                     self.error(path + (k,), f"'{k}' looks like a credential written as a literal value",
                                f"credentials never go in a spec: write ${{{{ env.{k.upper() if is_env else 'NAME'} }}}} "
                                "and set it in the environment, or rely on the platform's credential chain")
@@ -403,7 +403,7 @@ class _Checker:
                 # `[{name: AWS_SECRET_ACCESS_KEY, value: ...}]`: ECS and Kubernetes name/value pairs
                 pair = isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("value"), str)
                 if pair and _SECRET_VAR.search(v["name"]) and v["value"] \
-                        and not isinstance(refs.compile_value(v["value"]), refs.Ref):
+                        and not _is_reference(v["value"]):
                     self.error(path + (i, "value"), f"'{v['name']}' looks like a credential written as a literal value",
                                f"credentials never go in a spec: write ${{{{ env.{v['name'].upper()} }}}} and set it"
                                " in the environment, or use the platform's secrets (ECS `secrets`, valueFrom)")
@@ -560,6 +560,14 @@ def _cycle_through(start: str, members: set[str], graph: dict[str, list[str]]) -
                 parent[up] = node
                 queue.append(up)
     raise AssertionError("a strongly connected component without a cycle")  # cannot happen for size > 1
+
+
+def _is_reference(text: str) -> bool:
+    """Whether `text` is one reference or expression (a malformed one counts: it is reported as such)."""
+    try:
+        return isinstance(refs.parse_string(text), (refs.Ref, refs.Expr))
+    except refs.ReferenceError_:
+        return True
 
 
 def _driver(value) -> DriverSpec:

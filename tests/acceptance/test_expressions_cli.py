@@ -259,3 +259,24 @@ def test_validate_answers_any_expression_with_positioned_diagnostics(tmp_path_fa
         line = lines[item["line"] - 1]
         assert item["path"].startswith("tasks.b.with.v") and 1 <= item["column"] <= len(line), item
         assert item["column"] >= line.index(":") + 3, item  # inside the value, never before it
+
+
+def test_expressions_in_platform_sections_are_env_only_and_count_as_references(cli, folder):
+    (folder / "flow.yaml").write_text("""\
+version: 1
+name: platform
+tasks:
+  a: {run: steps:fetch}
+environment:
+  env:
+    DB_PASSWORD: ${{ env.FSX_PW || env.FSX_PGPASSWORD }}
+    API_TOKEN: ${{ env.FSX_TOKEN = 1 }}
+    REGION: ${{ env.FSX_REGION || params.region }}
+""")
+    result = cli("validate", "flow.yaml", cwd=folder, env=_env(folder))
+    assert result.rc == 1 and "Traceback" not in result.output and "internal error" not in result.output, result.output
+    found = re.findall(r"^flow\.yaml:(\d+):(\d+): error: (\S+): (.*)$", result.stdout, re.M)
+    assert [(int(line), int(col), path) for line, col, path, _ in found] == [
+        (8, 34, "environment.env.API_TOKEN"), (9, 35, "environment.env.REGION")], result.stdout
+    assert "'=' is not an operator" in found[0][3] and "only env references are allowed" in found[1][3]
+    assert "looks like a credential" not in result.stdout
