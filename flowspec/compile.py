@@ -277,7 +277,7 @@ class _Checker:
             compiled = self._compile_each(path, value)
         if isinstance(compiled, refs.Ref):  # the common case, without walking it
             self.check_ref(path, compiled)
-        elif isinstance(compiled, (refs.Template, list, dict)):
+        elif isinstance(compiled, (refs.Template, refs.Expr, list, dict)):
             for sub, ref in refs.iter_refs(compiled):
                 self.check_ref(path + sub, ref)
         return compiled
@@ -301,6 +301,8 @@ class _Checker:
 
     def check_ref(self, path: tuple, ref: refs.Ref) -> None:
         kind = ref.kind
+        if ref.accessors:
+            self.check_accessors(path, ref)
         if kind == "tasks":
             table = self.tasks
             if ref.name in table:
@@ -318,9 +320,16 @@ class _Checker:
         hint = self.suggest(ref.name, table) or _known("parameters" if ref.kind == "params" else "tasks", table)
         self.diags.append(self.ref_diag(path, ref.offset, f"unknown {noun} '{ref.name}' in {ref}", hint))
 
+    def check_accessors(self, path: tuple, ref: refs.Ref) -> None:
+        """An accessor that cannot apply to what is known of the value now (see accessor_problem)."""
+        from flowspec.expressions import accessor_problem
+
+        if (problem := accessor_problem(ref, self._param_type(ref))):
+            self.diags.append(self.ref_diag(path, problem[1], problem[0], problem[2]))
+
     def check_map_value(self, path: tuple, value) -> None:
-        if isinstance(value, list):
-            return
+        if isinstance(value, list) or isinstance(value, refs.Expr) or getattr(value, "accessors", None):
+            return  # an expression, or a part of a value: its shape is known at run time
         if isinstance(value, refs.Ref):
             if ref_type := self._param_type(value):
                 if ref_type != "array":
@@ -432,7 +441,7 @@ class _Checker:
             is_env = path[-1] in ("env", "env_vars", "environment") and len(path) >= 2
             for k, v in value.items():
                 secret = _SECRET_VAR.search(k) if is_env else _SECRET_KEY.search(k)
-                if secret and isinstance(v, str) and v and not isinstance(refs.compile_value(v), refs.Ref):
+                if secret and isinstance(v, str) and v and not _is_reference(v):
                     self.error(path + (k,), f"'{k}' looks like a credential written as a literal value",
                                f"credentials never go in a spec: write ${{{{ env.{k.upper() if is_env else 'NAME'} }}}} "
                                "and set it in the environment, or rely on the platform's credential chain")
@@ -443,7 +452,7 @@ class _Checker:
                 # `[{name: AWS_SECRET_ACCESS_KEY, value: ...}]`: ECS and Kubernetes name/value pairs
                 pair = isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("value"), str)
                 if pair and _SECRET_VAR.search(v["name"]) and v["value"] \
-                        and not isinstance(refs.compile_value(v["value"]), refs.Ref):
+                        and not _is_reference(v["value"]):
                     self.error(path + (i, "value"), f"'{v['name']}' looks like a credential written as a literal value",
                                f"credentials never go in a spec: write ${{{{ env.{v['name'].upper()} }}}} and set it"
                                " in the environment, or use the platform's secrets (ECS `secrets`, valueFrom)")
@@ -498,7 +507,8 @@ class _Checker:
         data_up, all_up = self._upstream[name]
         map_args = compiled.get("map", EMPTY_ARGS)
         per_child = tuple(v.name for v in map_args.values()
-                          if isinstance(v, refs.Ref) and v.kind == "tasks" and "map" in self.tasks[v.name]
+                          if isinstance(v, refs.Ref) and v.kind == "tasks" and not v.accessors
+                          and "map" in self.tasks[v.name]
                           ) if map_args else ()
         delay = t.get("retry_delay")
         timeout = t.get("timeout")
@@ -599,6 +609,14 @@ def _cycle_through(start: str, members: set[str], graph: dict[str, list[str]]) -
                 parent[up] = node
                 queue.append(up)
     raise AssertionError("a strongly connected component without a cycle")  # cannot happen for size > 1
+
+
+def _is_reference(text: str) -> bool:
+    """Whether `text` is one reference or expression (a malformed one counts: it is reported as such)."""
+    try:
+        return isinstance(refs.parse_string(text), (refs.Ref, refs.Expr))
+    except refs.ReferenceError_:
+        return True
 
 
 def _driver(value) -> DriverSpec:

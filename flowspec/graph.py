@@ -31,7 +31,7 @@ def label_lines(task) -> list[str]:
     """The task's name, then what it maps over and a trigger that is not the default."""
     lines = [task.name]
     for arg, value in task.map_args.items():
-        source = f"{value.kind}.{value.name}" if isinstance(value, refs.Ref) else f"{len(value)} items" \
+        source = value.path() if isinstance(value, refs.Ref) else f"{len(value)} items" \
             if isinstance(value, list) else "?"
         lines.append(f"map {arg} ← {source}")
     if task.trigger != "all_successful":

@@ -74,8 +74,28 @@ class Document:
         if lines is None:  # split once: a spec with thousands of bad references asks thousands of times
             lines = self.__dict__["_lines"] = self.text.splitlines()
         src = lines[line - 1] if 0 < line <= len(lines) else ""
-        start = col - 1 + (1 if src[col - 1:col] in ("'", '"') else 0)
-        return start + offset + 1 if src[start + offset:start + offset + 3] == "${{" else col
+        quote = src[col - 1:col]
+        start = col - 1 + (1 if quote in ("'", '"') else 0)
+        if src[start + offset:start + offset + 3] == "${{":
+            return start + offset + 1
+        # An offset inside an expression: the source must show the value's text up to it (a
+        # one-line scalar; in single quotes a ' is written '').
+        value = self.value_at(path)
+        if isinstance(value, str) and 0 <= offset < len(value):
+            head = value[:offset + 1].replace("'", "''") if quote == "'" else value[:offset + 1]
+            if src.startswith(head, start):
+                return start + len(head) - (2 if quote == "'" and value[offset] == "'" else 1) + 1
+        return col
+
+    def value_at(self, path: Path):
+        """The loaded value at `path`, or None."""
+        value = self.data
+        for key in path:
+            try:
+                value = value[key]
+            except (KeyError, IndexError, TypeError):
+                return None
+        return value
 
     def mark(self, path: Path, prefer_key: bool = False) -> tuple[int, int]:
         """Position for a diagnostic at `path`; falls back to the closest known parent."""

@@ -93,6 +93,8 @@ def _tasks(spec, params: dict, warnings: list[str]) -> list[dict]:
 
 def _map_source(value, params: dict, runs: dict, per_child: tuple) -> dict:
     """What one mapped argument iterates over, and how many items, when that is known now."""
+    if isinstance(value, refs.Ref) and value.accessors:  # a part of a value: its length is known at run time
+        return {"over": value.path(), "items": None}
     if isinstance(value, refs.Ref) and value.kind == "params":
         items = params.get(value.name)
         return {"over": f"params.{value.name}", "items": len(items) if isinstance(items, list) else None}
@@ -229,7 +231,8 @@ def _env_references(spec, environ, warnings: list[str]) -> list[dict]:
                     by_platform = ref.name in platform and ref.name not in provided
                     is_set = ref.name in environ or ref.name in provided or by_platform
                     seen[ref.name] = {"name": ref.name, "task": task.name, "set": is_set,
-                                      "fallback": ref.fallback}
+                                      "fallback": ref.fallback if ref.fallback is not refs.UNSET
+                                      else "(next operand of ||)"}
                     if by_platform:  # set in the container, not here
                         seen[ref.name]["set_by"] = "the task definition"
                     if not is_set and ref.fallback is None:

@@ -226,9 +226,12 @@ def trigger_decision(trigger: str, upstream: list[tuple[str, str]]) -> tuple[str
 
 
 def formats_task_result(value) -> bool:
-    """Whether a task's result is formatted into a string inside `value` (a compiled argument)."""
-    if isinstance(value, refs.Template):
+    """Whether a task's result is formatted into a string inside `value` (a compiled argument), or
+    read by an expression or an accessor: the value itself is needed, not a handle to it."""
+    if isinstance(value, (refs.Template, refs.Expr)):  # an expression compares the values themselves
         return any(r.kind == "tasks" for r in value.refs())
+    if isinstance(value, refs.Ref):  # an accessor picks from the value itself
+        return value.kind == "tasks" and bool(value.accessors)
     if isinstance(value, (list, dict)):
         return any(formats_task_result(v) for v in (value.values() if isinstance(value, dict) else value))
     return False
@@ -260,7 +263,8 @@ class FlowRunner:
         # formatted into a string, split for `map` or kept in the RunResult is brought here.
         self._fetch = getattr(executor, "fetch", None)
         self._fetch_first = () if self._fetch is None else {
-            t.name for t in spec.tasks.values() if formats_task_result(dict(t.with_args))}
+            t.name for t in spec.tasks.values()
+            if formats_task_result(dict(t.with_args)) or formats_task_result(dict(t.map_args))}
         self.observers = list(observers)
         self.notify = self._notify_task if self.observers else None
         # Observers that want a word when a task is final (the progress display counts a mapped
@@ -390,7 +394,7 @@ class FlowRunner:
             lookup = self._lookup_here if task.name in self._fetch_first else self._lookup
             kwargs = {k: refs.resolve(v, lookup) for k, v in task.with_args.items()} if task.with_args else {}
             lists = self._map_lists(task) if task.mapped else None
-        except (MapError, refs.UnsetEnvError) as exc:
+        except (MapError, refs.ResolveError) as exc:
             return self._finish(rec, FAILED, str(exc))
         fn = self.callables[task.name]
         rec.state = RUNNING
@@ -448,8 +452,9 @@ class FlowRunner:
 
     def _map_lists(self, task) -> dict:
         lists = {}
+        lookup = self._lookup_here if task.name in self._fetch_first else self._lookup
         for key, value in task.map_args.items():
-            resolved = refs.resolve(value, self._lookup)
+            resolved = refs.resolve(value, lookup)
             if self._fetch is not None and not isinstance(resolved, (list, tuple)):
                 resolved = self._fetch(resolved)  # an unmapped task's list: the client splits it
             if not isinstance(resolved, (list, tuple)):
@@ -517,7 +522,9 @@ class FlowRunner:
         rec.state, rec.message, rec.result = state, message, result
         rec.start = start if start is not None else rec.start
         rec.end = end if end is not None else time.time()
-        if state in (TRIGGER_FAILED, SKIPPED) and self.notify is not None and rec.children is None:
+        # Recorded here when no attempt was (a failed trigger, or arguments that could not be resolved)
+        if (state in (TRIGGER_FAILED, SKIPPED) or state == FAILED and rec.attempts == 0) \
+                and self.notify is not None and rec.children is None:
             self.notify(rec.name, None, state, 0, message)
         if state in (TRIGGER_FAILED, SKIPPED, FAILED) and rec.attempts == 0 and message:
             log.log(logging.WARNING if state != SKIPPED else logging.INFO, "%s: %s (%s)", rec.name, state, message)

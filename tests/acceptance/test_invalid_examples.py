@@ -16,8 +16,8 @@ EXPECTED = {
         (18, 3, "tasks.publish"), (24, 3, "executor.worker"),
     ],
     "references-and-cycles.yaml": [
-        (19, 13, "tasks.greet.map.name"), (21, 42, "tasks.greet.with.text"), (25, 14, "tasks.count.with.items"),
-        (26, 14, "tasks.count.with.token"), (30, 13, "tasks.letters.map.char"), (31, 3, "tasks.extract"),
+        (19, 13, "tasks.greet.map.name"), (21, 62, "tasks.greet.with.text"), (25, 14, "tasks.count.with.items"),
+        (26, 18, "tasks.count.with.token"), (30, 13, "tasks.letters.map.char"), (31, 3, "tasks.extract"),
         (43, 13, "tasks.load.after[0]"),
     ],
     "platform-and-credentials.yaml": [

@@ -122,9 +122,9 @@ tasks:
 
 
 def test_each_bad_reference_in_a_value_is_reported(flow):
-    problems = _problems(flow, "tasks:\n  a:\n    run: m:f\n    with:\n      v: ['${{ a + b }}', {k: 'x ${{ tasks.a.b }}'}]\n")
-    assert [(line, col, path) for line, col, path, *_ in problems] == [
-        (7, 12, "tasks.a.with.v[0]"), (7, 34, "tasks.a.with.v[1].k")]
+    problems = _problems(flow, "tasks:\n  a:\n    run: m:f\n    with:\n      v: ['${{ a + b }}', {k: 'x ${{ tasks.a.b c }}'}]\n")
+    assert [(line, col, path) for line, col, path, *_ in problems] == [  # each at its offending token
+        (7, 18, "tasks.a.with.v[0]"), (7, 48, "tasks.a.with.v[1].k")]
 
 
 def test_references_in_platform_sections_must_be_env(flow):

@@ -33,14 +33,14 @@ def test_references_inside_text_make_a_template():
 
 
 @pytest.mark.parametrize(("text", "message", "offset"), [
-    ("${{ params.a + 1 }}", "invalid reference '${{ params.a + 1 }}'", 0),
-    ("x ${{ tasks.a.field }}", "invalid reference '${{ tasks.a.field }}'", 2),
-    ("${{ secrets.TOKEN }}", "unknown reference kind 'secrets' in '${{ secrets.TOKEN }}'", 0),
-    ("${{ parms.x }}", "unknown reference kind 'parms' in '${{ parms.x }}'", 0),
-    ("${{ params.x || 'd' }}", "a fallback ('||') is only allowed for env references, not 'params'", 0),
+    ("${{ params.a + 1 }}", "invalid expression '${{ params.a + 1 }}': expressions have no arithmetic", 13),
+    ("x ${{ tasks.a.field. }}", "invalid expression '${{ tasks.a.field. }}': expected a key after '.', got the end"
+                                " of the expression ('}}')", 21),
+    ("${{ secrets.TOKEN }}", "unknown reference kind 'secrets' in '${{ secrets.TOKEN }}'", 4),
+    ("${{ parms.x }}", "unknown reference kind 'parms' in '${{ parms.x }}'", 4),
     ("ok ${{ params.x }} then ${{ params.y", "unterminated reference: '${{' without a closing '}}'", 24),
-    ("${{ }}", "invalid reference '${{ }}'", 0),
-    ("${{ env.X || unquoted }}", "invalid reference '${{ env.X || unquoted }}'", 0),
+    ("${{ }}", "empty reference '${{ }}'", 0),
+    ("${{ env.X || unquoted }}", "invalid expression '${{ env.X || unquoted }}': unknown name 'unquoted'", 13),
 ])
 def test_malformed_references(text, message, offset):
     with pytest.raises(refs.ReferenceError_) as info:
