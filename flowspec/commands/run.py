@@ -6,6 +6,8 @@ import json
 import signal
 import sys
 
+from flowspec.commands._params import parameters  # noqa: F401  (also imported from here)
+
 EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
 # Ended as Ctrl-C ends a run (tasks cancelled, on_exit called, the summary printed), exit 128 + N.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -138,14 +140,6 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor")):
     if missing:
         raise SpecError(missing)
     return spec
-
-
-def parameters(spec, args) -> dict:
-    from flowspec.params import load_params_file, parse_flag, resolve_parameters
-
-    file_values, file_doc = load_params_file(args.params_file) if args.params_file else ({}, None)
-    flags = [parse_flag(text, spec.parameters) for text in args.param]
-    return resolve_parameters(spec.parameters, file_values, file_doc, flags)
 
 
 def execute(spec, params: dict, fmt: str, verbosity: int = 0, url: str | None = None,

@@ -351,7 +351,7 @@ def _parameters(flow, args) -> dict:
     """
     from types import SimpleNamespace
 
-    from flowspec.commands.run import parameters
+    from flowspec.commands._params import parameters
     from flowspec.loader import load_text
     from flowspec.spec import ParameterSpec
 
