@@ -21,6 +21,17 @@ class Agent:
     started: float
     last_seen: float
     stopped: float | None = None  # when it said it stopped (Ctrl-C, SIGTERM); None while it serves
+    stop_requested: float | None = None  # when `flowspec agent stop` asked it to stop
+
+    @property
+    def status(self) -> str:
+        """stopped (it said so), stopping (asked to, not yet done), alive (seen within the last
+        minute), or gone (not seen since)."""
+        if self.stopped is not None:
+            return "stopped"
+        if self.stop_requested is not None:
+            return "stopping"
+        return "alive" if self.alive() else "gone"
 
     def alive(self, now: float | None = None) -> bool:
         """Seen within AGENT_SEEN_WINDOW_S and not stopped since."""
@@ -28,7 +39,7 @@ class Agent:
 
 
 def _agent(row: Sequence[Any]) -> Agent:
-    return Agent(row[0], tuple(json.loads(row[1])), row[2], row[3], row[4])
+    return Agent(row[0], tuple(json.loads(row[1])), row[2], row[3], row[4], row[5])
 
 
 def agent_reason(run_labels: Sequence[str], agents: Iterable[Agent]) -> str | None:
@@ -47,8 +58,9 @@ class AgentStore(Store):
     """Agents: heartbeats, stops and listings."""
 
     def agent_heartbeat(self, name: str, labels: Iterable[str], *, starting: bool = False) -> None:
-        """Record that an agent is alive; `starting` also resets its start time."""
-        restart = ", started = excluded.started, stopped = NULL" if starting else ""
+        """Record that an agent is alive; `starting` also resets its start time (and forgets a
+        stop asked of an earlier agent of that name)."""
+        restart = ", started = excluded.started, stopped = NULL, stop_requested = NULL" if starting else ""
         now = time.time()
         with self._transaction() as tx:
             tx.run(
@@ -63,14 +75,38 @@ class AgentStore(Store):
         with self._transaction() as tx:
             tx.run("UPDATE agents SET stopped = ? WHERE name = ?", time.time(), name)
 
+    def request_agent_stop(self, name: str) -> Agent | None:
+        """Ask an agent to stop (it sees it at its next poll, see `agent_stop_requested`); returns
+        the agent as it was before, or None when no agent of that name was ever seen. An agent
+        already stopped is left as it is."""
+        with self._transaction() as tx:
+            before = self._agents(tx, None, name)
+            if before and before[0].stopped is None and before[0].stop_requested is None:
+                tx.run("UPDATE agents SET stop_requested = ? WHERE name = ? AND stopped IS NULL", time.time(), name)
+        return before[0] if before else None
+
+    def agent_stop_requested(self, name: str) -> bool:
+        """Has `flowspec agent stop` asked this agent to stop since it started?"""
+        with self._transaction(write=False) as tx:
+            row = tx.one("SELECT stop_requested FROM agents WHERE name = ?", name)
+        return row is not None and row[0] is not None
+
+    def get_agent(self, name: str) -> Agent | None:
+        with self._transaction(write=False) as tx:
+            found = self._agents(tx, None, name)
+        return found[0] if found else None
+
     def list_agents(self, seen_within_s: float | None = None) -> list[Agent]:
-        """Every agent ever seen; with `seen_within_s`, only those seen since that are still serving."""
+        """Every agent ever seen; with `seen_within_s`, only those seen since that are still serving
+        (neither stopped nor asked to stop)."""
         with self._transaction(write=False) as tx:
             return self._agents(tx, seen_within_s)
 
-    def _agents(self, tx: Tx, seen_within_s: float | None) -> list[Agent]:
-        where, since = ("last_seen >= ?", -1.0) if seen_within_s is None else (
-            "last_seen >= ? AND stopped IS NULL", time.time() - seen_within_s)
-        rows = tx.all(f"SELECT name, labels, started, last_seen, stopped FROM agents WHERE {where} ORDER BY name",
-                      since)
+    def _agents(self, tx: Tx, seen_within_s: float | None, name: str | None = None) -> list[Agent]:
+        where, params = ("last_seen >= ?", [-1.0]) if seen_within_s is None else (
+            "last_seen >= ? AND stopped IS NULL AND stop_requested IS NULL", [time.time() - seen_within_s])
+        if name is not None:
+            where, params = where + " AND name = ?", params + [name]
+        rows = tx.all(f"SELECT name, labels, started, last_seen, stopped, stop_requested FROM agents WHERE {where}"
+                      " ORDER BY name", *params)
         return [_agent(row) for row in rows]

@@ -2,7 +2,7 @@
 per-label concurrency limits, in one SQL database.
 
 `Backend` is one part per concern, each in a module of its own with its rows, rules and SQL:
-flowspec.backend.flows, .runs, .tasks, .logs, .agents, .limits and .claims, standing on .core
+flowspec.backend.flows, .runs, .tasks, .logs, .agents, .limits, .claims and .retention, standing on .core
 (transactions, migrations) and .schema (the tables). A new concern is a new module: a `Store`
 subclass added to `Backend`'s bases, and an entry appended to the schema's migrations.
 Everything is re-exported here, so `from flowspec.backend.base import ...` names any of it.
@@ -21,15 +21,16 @@ from flowspec.backend.core import NotFoundError, Store, Tx, _marks, labels_match
 from flowspec.backend.flows import _FLOW_COLS, Flow, FlowStore, _flow
 from flowspec.backend.limits import ConcurrencyLimit, LimitStore
 from flowspec.backend.logs import _LOG_COLS, LogLine, LogStore
+from flowspec.backend.retention import ActiveRunsError, FlowDeletion, RetentionStore
 from flowspec.backend.runs import (
     ACTIVE_STATES, CANCELLED, CANCELLING, FAILED, FINAL_STATES, HEARTBEAT_TIMEOUT_S, LOST_GRACE_S, QUEUED, RUN_STATES,
     RUNNING, SCHEDULED, SUBMITTED, SUCCESS, WAITING_STATES, _RUN_COLS, FlowRun, RunStore, StateEvent, _run,
     check_state, lost_after)
 from flowspec.backend.schema import MIGRATIONS, SCHEMA_VERSION
-from flowspec.backend.tasks import _TASK_COLS, TaskRunState, TaskStore
+from flowspec.backend.tasks import _TASK_COLS, TASK_FINAL_STATES, TaskRunState, TaskStore
 
 
-class Backend(FlowStore, RunStore, ClaimStore, TaskStore, LogStore, AgentStore, LimitStore):
+class Backend(FlowStore, RunStore, ClaimStore, TaskStore, LogStore, AgentStore, LimitStore, RetentionStore):
     """Flows, flow runs, states, logs, agents and concurrency limits, in one SQL database.
 
     Subclasses supply the dialect: `types` for the schema, `_transaction`, `_serialize` and
@@ -38,7 +39,8 @@ class Backend(FlowStore, RunStore, ClaimStore, TaskStore, LogStore, AgentStore, 
 
 
 __all__ = [
-    "ACTIVE_STATES", "AGENT_SEEN_WINDOW_S", "Agent", "HEARTBEAT_TIMEOUT_S", "Backend", "CANCELLED", "CANCELLING",
+    "ACTIVE_STATES", "AGENT_SEEN_WINDOW_S", "ActiveRunsError", "Agent", "FlowDeletion", "TASK_FINAL_STATES",
+    "HEARTBEAT_TIMEOUT_S", "Backend", "CANCELLED", "CANCELLING",
     "ConcurrencyLimit", "FAILED", "FINAL_STATES", "Flow", "FlowRun", "LogLine", "NotFoundError",
     "QUEUED", "RUNNING", "RUN_STATES", "SCHEDULED", "SUBMITTED", "SUCCESS", "StateEvent",
     "TaskRunState", "WAITING_STATES", "agent_reason", "labels_match", "plan_claim", "redact_url",
@@ -48,5 +50,5 @@ __all__ = [
 _REEXPORTED = (
     _HELD_BY, _FLOW_COLS, _LOG_COLS, _RUN_COLS, _TASK_COLS, _agent, _flow, _marks, _run, LOST_GRACE_S, MIGRATIONS,
     SCHEMA_VERSION, SlotBlock, Store, Tx, check_state, lost_after, normalize_labels, same_gist, slot_blocks,
-    AgentStore, ClaimStore, FlowStore, LimitStore, LogStore, RunStore, TaskStore,
+    AgentStore, ClaimStore, FlowStore, LimitStore, LogStore, RetentionStore, RunStore, TaskStore,
 )

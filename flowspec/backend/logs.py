@@ -26,6 +26,8 @@ _LOG_COLS = "id, run_id, time, level, task, message"
 class LogStore(Store):
     """Log lines: appended in batches, read after the last id a follower saw."""
 
+    run_tables = ("logs",)  # rows of one flow run (see RunStore.run_tables)
+
     def add_logs(self, run_id: str, lines: Iterable[tuple[float, str, str | None, str]]) -> int:
         """Append `(time, level, task, message)` lines in one transaction; returns how many."""
         rows = [(run_id, *line) for line in lines]

@@ -78,7 +78,15 @@ def check_state(state: str) -> None:
 
 
 class RunStore(Store):
-    """Flow runs: each move of a run is a compare-and-set in SQL, recorded in its history."""
+    """Flow runs: each move of a run is a compare-and-set in SQL, recorded in its history.
+
+    A run that ends other than Success has its unfinished task runs ended with it, in the same
+    transaction (`TaskStore._finish_tasks`).
+    """
+
+    # The tables holding rows of one flow run (by `run_id`), deleted with it: each part of the
+    # backend names its own, and `RetentionStore` collects them from every part.
+    run_tables: tuple[str, ...] = ("run_states",)
 
     def create_flow_run(
         self,
@@ -242,6 +250,7 @@ class RunStore(Store):
             ) == 0:
                 return None
             self._record(tx, run.id, final, message, now)
+            self._finish_tasks(tx, run.id, final, f"lost: {message}")
         return message
 
     def mark_lost_runs(self, marked_by: str, timeout_s: float = HEARTBEAT_TIMEOUT_S, run_id: str | None = None,
@@ -302,6 +311,8 @@ class RunStore(Store):
             self._state_of(tx, run_id)  # raises NotFoundError for an unknown run
             return False
         self._record(tx, run_id, state, message, now)
+        if state in FINAL_STATES and state != SUCCESS:  # a run that succeeded finished every task
+            self._finish_tasks(tx, run_id, state, message)
         return True
 
     def _record(self, tx: Tx, run_id: str, state: str, message: str | None, now: float) -> None:

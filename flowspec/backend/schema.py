@@ -41,5 +41,13 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE flow_runs ADD COLUMN heartbeat_timeout {float}",
         "ALTER TABLE agents ADD COLUMN stopped {float}",
     ],
+    [
+        # The tasks of a run's flow, written when it starts: a run that ends early (cancelled,
+        # lost) still shows the tasks it never reached. `flowspec agent stop` asks an agent to stop.
+        "CREATE TABLE run_tasks (run_id TEXT NOT NULL REFERENCES flow_runs (id), position INTEGER NOT NULL,"
+        " task TEXT NOT NULL)",
+        "CREATE INDEX run_tasks_by_run ON run_tasks (run_id, position)",
+        "ALTER TABLE agents ADD COLUMN stop_requested {float}",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,7 +5,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from flowspec.backend.core import Store, _marks
+from flowspec.backend.core import Store, Tx, _marks
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,47 @@ class TaskRunState:
 
 
 _TASK_COLS = "run_id, task, map_index, state, attempt, time, message"
+# The states in which a task run is over: flowspec.runner's FINAL_STATES, named here so that the
+# backend does not import the runner.
+TASK_FINAL_STATES = ("Success", "Failed", "TimedOut", "TriggerFailed", "Skipped", "Cancelled")
 
 
 class TaskStore(Store):
     """Task states: appended in batches, read back latest-first or as they come."""
+
+    run_tables = ("task_states", "run_tasks")  # rows of one flow run (see RunStore.run_tables)
+
+    def add_run_tasks(self, run_id: str, tasks: Iterable[str]) -> int:
+        """Record the tasks of a run's flow, in the spec's order, when the run starts (once: a
+        second call for the same run records nothing): a run that ends before it reached some of
+        them still lists them all (see `_finish_tasks`)."""
+        rows = [(run_id, position, task) for position, task in enumerate(tasks)]
+        with self._transaction() as tx:
+            if rows and tx.one("SELECT 1 FROM run_tasks WHERE run_id = ? LIMIT 1", run_id) is None:
+                tx.many("INSERT INTO run_tasks (run_id, position, task) VALUES (?, ?, ?)", rows)
+                return len(rows)
+        return 0
+
+    def _finish_tasks(self, tx: Tx, run_id: str, run_state: str, why: str | None) -> None:
+        """A run ended `run_state` (not Success): give every task run it left unfinished a final
+        state, Cancelled when the run was cancelled, else Failed; and every task of its flow that
+        never started a Cancelled "not run" row, so that `runs show` lists them all.
+
+        Two set-based statements over the run's rows, whatever their number (a map of 100 000
+        children): the latest row of each (task, map_index) is picked in the database, as
+        `latest_task_states` does."""
+        final = "Cancelled" if run_state == "Cancelled" else "Failed"
+        about = f"the flow run ended {run_state}" + (f" ({why})" if why else "")
+        now = time.time()
+        tx.run(f"INSERT INTO task_states ({_TASK_COLS}) SELECT t.run_id, t.task, t.map_index, ?, t.attempt, ?, ?"
+               " FROM task_states t JOIN (SELECT MAX(id) AS last FROM task_states WHERE run_id = ?"
+               " GROUP BY task, map_index) g ON t.id = g.last"
+               f" WHERE t.state NOT IN ({_marks(TASK_FINAL_STATES)}) ORDER BY t.id",
+               final, now, f"not finished: {about}", run_id, *TASK_FINAL_STATES)
+        tx.run(f"INSERT INTO task_states ({_TASK_COLS}) SELECT r.run_id, r.task, NULL, 'Cancelled', 0, ?, ?"
+               " FROM run_tasks r LEFT JOIN (SELECT DISTINCT task FROM task_states WHERE run_id = ?) s"
+               " ON s.task = r.task WHERE r.run_id = ? AND s.task IS NULL ORDER BY r.position",
+               now, f"not run: {about}", run_id, run_id)
 
     def add_task_state(
         self,
