@@ -282,12 +282,15 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
         runner = f"a local `flowspec run`, pid {os.getpid()} on {socket.gethostname()}"
         # Several beats fit in one timeout, so one slow beat never makes a live run look lost.
         beat = min(HEARTBEAT_INTERVAL_S, heartbeat_timeout / 5) if heartbeat_timeout else HEARTBEAT_INTERVAL_S
-        # This process holds the values: nothing reads them back from the backend, which stores
-        # the parameters masked (a run of a registered flow stores them as given: its agent's
-        # child reads them there).
+        # The backend keeps credentials only where the run reads them back: a flow that runs from
+        # an image (docker, Kubernetes, Fargate) gets its parameters there, as a registered flow's
+        # run does in its agent's child; a flow run in this process has them at hand, and they
+        # are stored masked. What is shown and logged is masked either way.
+        in_process = spec.environment.type in ("local", "remote")
+        stored = mask_params(params) if in_process else params
         recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self, secrets=secret_values(params),
                             create=lambda: backend.create_flow_run(
-                                None, mask_params(params), (), "Running", flow_name=spec.name, run_id=run_id,
+                                None, stored, (), "Running", flow_name=spec.name, run_id=run_id,
                                 runner=runner, heartbeat_timeout=heartbeat_timeout))
         try:
             result = execute((recorder,), run_id)
