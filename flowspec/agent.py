@@ -22,8 +22,9 @@ tolerance the agent stops with an error. After an outage the agent judges no oth
 until it has been back for a whole heartbeat timeout: their processes could not heartbeat
 either.
 
-Stopping (Ctrl-C, SIGTERM): children are stopped (their runs end Cancelled) and the agent is
-recorded stopped, so that nothing counts on it any more.
+Stopping (Ctrl-C, SIGTERM, or `flowspec agent stop NAME`, seen at the next poll): children are
+stopped (their runs end Cancelled) and the agent is recorded stopped, so that nothing counts on it
+any more.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from pathlib import Path
 from flowspec.backend import ACTIVE_STATES, CANCELLED, CANCELLING, FAILED, SUBMITTED, Backend, FlowRun
 from flowspec.backend.outage import DEFAULT_TOLERANCE_S, Outage
 from flowspec.errors import BackendError
+from flowspec.masking import mask_text, secret_values
 from flowspec.recorder import HEARTBEAT_INTERVAL_S
 
 AGENT_BEAT_S = 10.0  # well inside the one-minute window in which an agent counts as seen
@@ -128,6 +130,10 @@ class Agent:
         self._wake.set()
 
     def step(self) -> None:
+        if self.backend.agent_stop_requested(self.config.name):  # `flowspec agent stop NAME`
+            self._log.info("asked to stop (flowspec agent stop): stopping its flow runs")
+            self.stop()
+            return
         self.reap()
         if self._due_now("beat", AGENT_BEAT_S):
             self.backend.agent_heartbeat(self.config.name, self.config.labels)
@@ -251,7 +257,7 @@ class Agent:
         if run is not None and run.state in ACTIVE_STATES:
             final = CANCELLED if run.state == CANCELLING else FAILED
             message = f"the flow run process {exit_text(code)} without reporting a final state"
-            tail = read_tail(child.output)
+            tail = mask_text(read_tail(child.output), secret_values(run.parameters))  # it may print a password
             message += f"; its last output:\n{tail}" if tail else ""
             self.backend.set_run_state(run.id, final, message, expected_from={run.state},
                                        exit_code=code if code >= 0 else 128 - code)

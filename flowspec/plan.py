@@ -11,9 +11,9 @@ import os
 
 from flowspec import references as refs
 from flowspec.drivers import TABLES
+from flowspec.masking import MASK, is_secret
 from flowspec.schema import load_schema
 
-MASK = "****"
 # What each driver kind does, in a few words, for the text plan.
 ABOUT = {
     "executor": {"local": "tasks one after another in this process",
@@ -47,14 +47,6 @@ def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None
     plan["backend"] = backend_view(backend_url, spec.environment.labels)
     plan["warnings"] = warnings
     return plan
-
-
-def is_secret(name: str, env_var: bool = True) -> bool:
-    """Does a variable (or settings key) name say that its value is a credential?"""
-    # The same rules `flowspec validate` uses to refuse literal credentials in a spec.
-    from flowspec.compile import _SECRET_KEY, _SECRET_VAR
-
-    return bool((_SECRET_VAR if env_var else _SECRET_KEY).search(name))
 
 
 def _parameter(p, value, source: str) -> dict:

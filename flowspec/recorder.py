@@ -5,6 +5,9 @@ thread writes the buffer every FLUSH_INTERVAL_S and heartbeats the run, so recor
 waits on the database in the middle of a task. An agent's child process and a local
 `flowspec run FILE` both use it.
 
+Values of parameters named like credentials (flowspec.masking) are masked in every log line and
+message it writes: the backend never holds them in what it shows.
+
 A backend that fails (a database restart, a file locked by another process) only delays the
 writes: the buffer is kept, the heartbeat is retried first and the rest after it, with backoff
 (flowspec.backend.outage); one log line says that recording is behind, one that it caught up.
@@ -55,19 +58,25 @@ class Recorder:
 
     With `create`, the run is created (by calling it) only when the runner starts it: a run
     that stops before anything ran (a task module that does not import) is not recorded.
+
+    `secrets`: the texts to mask (flowspec.masking.secret_values); without it, those of the
+    run's stored parameters, read when the recorder starts.
     """
 
     def __init__(self, backend, run_id: str, *, heartbeat_s: float = HEARTBEAT_INTERVAL_S,
                  on_cancel: Callable[[], None] | None = None,
                  guard: Callable[[], None] | None = None,
                  outage_s: float = LOCAL_OUTAGE_S,
-                 create: Callable[[], object] | None = None) -> None:
+                 create: Callable[[], object] | None = None,
+                 secrets: tuple[str, ...] | None = None) -> None:
         self.backend, self.run_id = backend, run_id
+        self.secrets = secrets
         self.heartbeat_s, self.on_cancel, self.guard = heartbeat_s, on_cancel, guard
         self.create = create
         self.outage = Outage(backend.url, outage_s, self._say)
         self._states: list[tuple] = []
         self._logs: list[tuple] = []
+        self._tasks: list[str] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one flush at a time keeps rows in order
         self._stop = threading.Event()
@@ -87,9 +96,14 @@ class Recorder:
                 self._wake.set()
 
     def flow_state(self, result: Any) -> None:
-        """Create the run when it starts (with `create`); the owner sets its final state, with
-        the exit code, through `finish`."""
-        if self.create is not None and result.state == "Running":
+        """Create the run when it starts (with `create`), and record its flow's tasks (written
+        with the first batch); the owner sets its final state, with the exit code, through
+        `finish`."""
+        if result.state != "Running":
+            return
+        with self._lock:
+            self._tasks = list(result.tasks)  # every task, so that a run cut short still lists them all
+        if self.create is not None:
             create, self.create = self.create, None
             try:
                 create()
@@ -105,6 +119,11 @@ class Recorder:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Recorder:
+        if self.secrets is None:
+            from flowspec.masking import secret_values
+
+            run = self.outage.call(self.backend.get_run, self.run_id)
+            self.secrets = secret_values(run.parameters) if run is not None else ()
         logging.getLogger("flowspec").addHandler(self._handler)
         self._thread.start()
         return self
@@ -123,7 +142,7 @@ class Recorder:
         except FlowspecError as exc:  # the final state matters more: still try to write it
             self._warn("its last log lines and task states were not recorded", exc)
         try:
-            return self.outage.call(self.backend.set_run_state, self.run_id, state, message,
+            return self.outage.call(self.backend.set_run_state, self.run_id, state, self._mask(message),
                                     expected_from=_ACTIVE, exit_code=exit_code)
         except FlowspecError as exc:
             self._warn("its final state was not recorded", exc)
@@ -141,14 +160,32 @@ class Recorder:
         with self._write_lock:
             with self._lock:
                 states, logs, self._states, self._logs = self._states, self._logs, [], []
+                tasks, self._tasks = self._tasks, []
+            if self.secrets:
+                states, logs = self._masked(states, logs)
             try:
+                if tasks:
+                    self.backend.add_run_tasks(self.run_id, tasks)
+                    tasks = []
                 self.backend.add_task_states(self.run_id, states)
                 states = []
                 self.backend.add_logs(self.run_id, logs)
             except FlowspecError:
                 with self._lock:  # keep them for the next tick
                     self._states[:0], self._logs[:0] = states, logs
+                    self._tasks = self._tasks or tasks
                 raise
+
+    def _mask(self, text: str | None) -> str | None:
+        from flowspec.masking import mask_text
+
+        return mask_text(text, self.secrets or ())
+
+    def _masked(self, states: list[tuple], logs: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+        """The buffered rows with credentials masked in task messages and log lines."""
+        mask = self._mask
+        return ([row if row[5] is None else (*row[:5], mask(row[5])) for row in states],
+                [(*line[:3], mask(line[3])) for line in logs])
 
     def _loop(self) -> None:
         while True:
@@ -238,15 +275,23 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
         print(f"flowspec: warning: this run is not recorded in the backend: {getattr(exc, 'message', exc)}",
               file=sys.stderr)
         return execute((), None)
+    from flowspec.masking import mask_params, secret_values
+
     with backend:
         run_id = uuid.uuid4().hex
         runner = f"a local `flowspec run`, pid {os.getpid()} on {socket.gethostname()}"
         # Several beats fit in one timeout, so one slow beat never makes a live run look lost.
         beat = min(HEARTBEAT_INTERVAL_S, heartbeat_timeout / 5) if heartbeat_timeout else HEARTBEAT_INTERVAL_S
-        recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self,
+        # The backend keeps credentials only where the run reads them back: a flow that runs from
+        # an image (docker, Kubernetes, Fargate) gets its parameters there, as a registered flow's
+        # run does in its agent's child; a flow run in this process has them at hand, and they
+        # are stored masked. What is shown and logged is masked either way.
+        in_process = spec.environment.type in ("local", "remote")
+        stored = mask_params(params) if in_process else params
+        recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self, secrets=secret_values(params),
                             create=lambda: backend.create_flow_run(
-                                None, params, (), "Running", flow_name=spec.name, run_id=run_id, runner=runner,
-                                heartbeat_timeout=heartbeat_timeout))
+                                None, stored, (), "Running", flow_name=spec.name, run_id=run_id,
+                                runner=runner, heartbeat_timeout=heartbeat_timeout))
         try:
             result = execute((recorder,), run_id)
         except BaseException as exc:

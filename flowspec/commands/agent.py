@@ -1,11 +1,13 @@
 """`flowspec agent start [--label L]... [--env KEY=VALUE]... [--name N] [--max-runs N] [--poll-interval S]
-[--heartbeat-timeout S] [--outage-tolerance S] [--backend URL]`"""
+[--heartbeat-timeout S] [--outage-tolerance S] [--backend URL]`, and `flowspec agent stop NAME [--backend URL]
+[--format text|json]`."""
 from __future__ import annotations
 
 import argparse
 
 from flowspec.backend.base import HEARTBEAT_TIMEOUT_S
 from flowspec.backend.outage import DEFAULT_TOLERANCE_S
+from flowspec.commands._backend import add_common
 
 # The agent's defaults: a poll interval short enough for a run to start within a second of being
 # created, a heartbeat timeout long enough that a busy machine never looks dead.
@@ -16,7 +18,7 @@ BUSY_TIMEOUT_S = 2.0
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("agent", help="run flow runs from the backend on this machine",
+    parser = sub.add_parser("agent", help="run flow runs from the backend on this machine, or stop an agent",
                             description="Agents claim the flow runs their labels allow and run each in "
                                         "a child process.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
@@ -43,6 +45,42 @@ def register(sub) -> None:
     p.add_argument("--backend", metavar="URL", default=None, help="the backend (default: $FLOWSPEC_BACKEND, "
                    "else flowspec.db in $FLOWSPEC_HOME or ~/.flowspec)")
     p.set_defaults(func=main)
+    p = actions.add_parser("stop", help="ask a running agent to stop, as SIGTERM does (its runs end Cancelled)",
+                           description="Ask an agent, wherever it runs, to stop: it sees the request at its next"
+                                       " poll, cancels its running flow runs and is recorded stopped, as on"
+                                       " SIGTERM. Exit 0 asked, 1 unknown or already stopped, 2 usage.")
+    p.add_argument("name", metavar="NAME", help="the agent's name (see: flowspec agents list)")
+    add_common(p)
+    p.set_defaults(func=main_stop)
+
+
+def main_stop(args) -> int:
+    import time
+
+    from flowspec.backend import NotFoundError
+    from flowspec.commands._backend import emit_json, open_from, warn, when
+    from flowspec.errors import FlowspecError
+
+    with open_from(args) as backend:
+        before = backend.request_agent_stop(args.name)
+        known = [a.name for a in backend.list_agents()] if before is None else []
+    if before is None:
+        raise NotFoundError(f"no agent named '{args.name}' has been seen by the backend {backend.url}",
+                            hint=f"agents seen: {', '.join(known)}" if known else "no agent has been seen")
+    if before.stopped is not None:
+        raise FlowspecError(f"agent {args.name} already stopped at {when(before.stopped)}: nothing to stop")
+    gone = not before.alive()
+    if args.format == "json":
+        emit_json({"agent": args.name, "status": "stopping", "last_seen": before.last_seen,
+                   "already_asked": before.stop_requested is not None})
+    elif before.stop_requested is not None:
+        print(f"agent {args.name}: already asked to stop at {when(before.stop_requested)}; it stops at its next poll")
+    else:
+        print(f"agent {args.name}: asked to stop; at its next poll it cancels its flow runs and stops")
+    if gone:
+        warn(f"agent {args.name} was last seen {time.time() - before.last_seen:.0f}s ago: it may be gone already"
+             " (it stops as soon as it polls again)")
+    return 0
 
 
 def _env_pair(text: str) -> tuple[str, str]:

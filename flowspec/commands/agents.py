@@ -13,23 +13,19 @@ def register(sub) -> None:
     p.set_defaults(func=main)
 
 
-def status(agent, now: float) -> str:
-    """alive (seen within the last minute), stopped (it said so), or gone (not seen since)."""
-    return "stopped" if agent.stopped is not None else "alive" if agent.alive(now) else "gone"
-
-
 def main(args) -> int:
     with open_from(args) as backend:
         agents = backend.list_agents()
     now = time.time()
     if args.format == "json":
         emit_json([{"name": a.name, "labels": list(a.labels), "started": a.started, "last_seen": a.last_seen,
-                    "stopped": a.stopped, "alive": a.alive(now), "status": status(a, now)} for a in agents])
+                    "stopped": a.stopped, "stop_requested": a.stop_requested, "alive": a.alive(now),
+                    "status": a.status} for a in agents])
         return 0
     if not agents:
         print("no agent has been seen; start one with: flowspec agent start")
         return 0
-    rows = [(a.name, labels_text(a.labels), status(a, now), when(a.started), when(a.last_seen))
+    rows = [(a.name, labels_text(a.labels), a.status, when(a.started), when(a.last_seen))
             for a in agents]
     print(table(("NAME", "LABELS", "STATUS", "STARTED", "LAST SEEN"), rows))
     return 0

@@ -6,6 +6,8 @@ import json
 import signal
 import sys
 
+from flowspec.commands._params import parameters  # noqa: F401  (also imported from here)
+
 EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
 # Ended as Ctrl-C ends a run (tasks cancelled, on_exit called, the summary printed), exit 128 + N.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -161,29 +163,6 @@ def spec_file(path: str) -> str:
     raise UsageError(f"{path} is a folder without a flow.yaml",
                      f"give the spec's path: {', '.join(os.path.join(path, n) for n in others)}" if others
                      else f"give the path of a flow spec, or create one there with: flowspec init {shlex.quote(path)}")
-
-
-def parameters(spec, args) -> dict:
-    from flowspec.compile import unset_env
-    from flowspec.errors import SpecError
-    from flowspec.params import ParamsError, load_params_file, parse_flag, resolve_parameters
-
-    file_values, file_doc = load_params_file(args.params_file) if args.params_file else ({}, None)
-    flags = [parse_flag(text, spec.parameters) for text in args.param]
-    if getattr(spec, "document", None) is None:  # a registered flow's run, made here for an agent:
-        # a default that reads the environment is resolved where the run runs, not here
-        return resolve_parameters(spec.parameters, file_values, file_doc, flags, env_defaults=False)
-    # The variables that the executor and the defaults used (not those of a parameter given a
-    # value) read, at their line and column; reported with any other parameter problem, once.
-    unset = unset_env(spec, given={*file_values, *(name for name, _ in flags)})
-    reported = {name for name in spec.parameters if any(d.path.startswith(f"parameters.{name}.") for d in unset)}
-    try:
-        values = resolve_parameters(spec.parameters, file_values, file_doc, flags, skip=reported)
-    except ParamsError as exc:
-        raise ParamsError(exc.diagnostics + unset, exc.problems) if unset else exc from None
-    if unset:
-        raise SpecError(unset)
-    return values
 
 
 def execute(spec, params: dict, fmt: str, verbosity: int = 0, url: str | None = None,

@@ -1,4 +1,4 @@
-"""`flowspec runs list|show|logs|cancel`, and `flowspec run --name` (a run of a registered flow).
+"""`flowspec runs list|show|logs|cancel|delete`, and `flowspec run --name` (a run of a registered flow).
 
 Every action takes `--backend URL` and `--format text|json`. A RUN is a run id or a unique
 prefix of it (4 characters or more).
@@ -13,12 +13,15 @@ from flowspec.commands._backend import (
     add_common, clock, emit_json, find_run, labels_text, mark_lost, open_from, subcommands, table, table_lines, warn,
     when)
 
-EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
+EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}  # `run --name --watch`: the run's own code
+# `runs logs --follow` watches a run: a run that ended Cancelled is no interrupt of the watcher
+# (130 is for a Ctrl-C of `runs logs` itself), so it exits 1 as for any run that did not succeed.
+FOLLOW_EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 1}
 FOLLOW_POLL_S = 0.25
 
 
 def register(sub) -> None:
-    actions = subcommands(sub, "runs", "list, inspect, follow and cancel flow runs")
+    actions = subcommands(sub, "runs", "list, inspect, follow, cancel and delete flow runs")
     p = actions.add_parser("list", help="flow runs, newest first")
     p.add_argument("--flow", metavar="NAME", help="only runs of this flow")
     p.add_argument("--state", action="append", metavar="STATE",
@@ -30,11 +33,22 @@ def register(sub) -> None:
     p.add_argument("--children", action="store_true",
                    help="list every mapped child (default: a mapped task's children counted by state)")
     _run_arg(p, main_show)
-    p = actions.add_parser("logs", help="a run's log lines")
+    p = actions.add_parser("logs", help="a run's log lines",
+                           description="A run's log lines. With --follow: exit 0 when the run succeeded, 1 when it"
+                                       " failed or was cancelled, 130 when you stop watching (Ctrl-C).")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run ends")
     _run_arg(p, main_logs)
-    p = actions.add_parser("cancel", help="cancel a run: a waiting one at once, a running one through its agent")
+    p = actions.add_parser("cancel", help="cancel a run: a waiting one at once, a running one through its agent"
+                                          " (or its local `flowspec run` process)")
     _run_arg(p, main_cancel)
+    p = actions.add_parser("delete", help="delete finished runs with their states, task states and logs",
+                           description="Delete finished runs (Success, Failed, Cancelled) with everything recorded"
+                                       " of them, in one transaction: all the runs named, or none when one is"
+                                       " unknown or has not ended (cancel it first). Exit 0 deleted, 1 unknown or"
+                                       " refused, 2 usage.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="a run id, or a unique prefix of it (repeatable)")
+    add_common(p)
+    p.set_defaults(func=main_delete)
 
 
 def _at_least_one(text: str) -> int:
@@ -56,11 +70,46 @@ def _run_arg(p, func) -> None:
 
 
 def run_json(run) -> dict:
+    run = shown(run)
     return {"id": run.id, "flow_id": run.flow_id, "flow": run.flow_name, "state": run.state,
             "labels": list(run.labels), "parameters": run.parameters, "agent": run.agent,
             "created": run.created, "updated": run.updated, "heartbeat": run.heartbeat,
             "exit_code": run.exit_code, "message": run.message, "runner": run.runner,
             "heartbeat_timeout": run.heartbeat_timeout}
+
+
+def shown(run):
+    """The run as people see it: the values of parameters named like credentials masked, in its
+    parameters and in its message (a run of a registered flow stores them as given, for its
+    agent; see flowspec.masking)."""
+    from dataclasses import replace
+
+    from flowspec.masking import mask_params, mask_text, secret_values
+
+    values = secret_values(run.parameters)
+    return replace(run, parameters=mask_params(run.parameters), message=mask_text(run.message, values))
+
+
+def _masking(run):
+    """A function that masks a text of this run (a message, a log line) as `shown` does; None
+    when the run has nothing to mask."""
+    from flowspec.masking import mask_text, secret_values
+
+    values = secret_values(run.parameters)
+    return (lambda text: mask_text(text, values)) if values else None
+
+
+def _masked_tasks(tasks, mask):
+    """The task rows with their messages masked, one at a time (a million children stream)."""
+    from dataclasses import is_dataclass, replace
+
+    for t in tasks:
+        if t.message and mask(t.message) != t.message:
+            if is_dataclass(t):
+                t = replace(t, message=mask(t.message))
+            else:
+                t.message = mask(t.message)
+        yield t
 
 
 # -- list / show / cancel ---------------------------------------------------------------------
@@ -80,7 +129,11 @@ def main_list(args) -> int:
     args.state = [by_case[s.lower()] for s in args.state] if args.state else args.state
     with open_from(args) as backend:
         mark_lost(backend, "runs list")
-        runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit)
+        runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit + 1)
+    more, runs = len(runs) > args.limit, runs[:args.limit]
+    if more:  # on stderr: the table (or the JSON list) on stdout stays what it was
+        print(f"flowspec: note: more runs match; only the {args.limit} newest are shown (see more with"
+              f" --limit N, or narrow with --flow and --state)", file=sys.stderr)
     if args.format == "json":
         emit_json([run_json(r) for r in runs])
     elif not runs:
@@ -93,6 +146,8 @@ def main_list(args) -> int:
 
 
 def main_show(args) -> int:
+    from dataclasses import replace
+
     with open_from(args) as backend:
         run = find_run(backend, args.run)
         mark_lost(backend, "runs show", run.id)
@@ -103,6 +158,9 @@ def main_show(args) -> int:
         # Every child, read as it is written out (a million of them are never held whole), or
         # one row per task with its children counted
         tasks = backend.latest_task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
+        if mask := _masking(run):  # a registered flow's run: values stored as given, masked here
+            history = [replace(e, message=mask(e.message)) for e in history]
+            tasks = _masked_tasks(tasks, mask)
         if args.format == "json":
             _show_json(run, flow, reason, history, tasks)
         else:
@@ -136,6 +194,7 @@ def _show_json(run, flow, reason, history, tasks) -> None:
 
 
 def _show_text(run, flow, reason, history, tasks, children: bool) -> None:
+    run = shown(run)
     origin = f" (project {flow.project}, version {flow.version})" if flow else " (a local run)"
     fields = [("run", run.id), ("flow", run.flow_name + origin), ("state", run.state),
               ("waiting", reason), ("message", run.message), ("labels", labels_text(run.labels)),
@@ -207,9 +266,36 @@ def main_cancel(args) -> int:
     if args.format == "json":
         emit_json({"id": run.id, "state": state})
     elif state == "Cancelling":
-        print(f"run {run.id}: Cancelling (its agent stops the flow run process)")
+        print(f"run {run.id}: Cancelling ({_who_stops(run)})")
     else:
         print(f"run {run.id}: {state}")
+    return 0
+
+
+def _who_stops(run) -> str:
+    """Who ends a Cancelling run, and how."""
+    if run.flow_id is None:  # a local `flowspec run FILE`: no agent is involved
+        from flowspec.recorder import HEARTBEAT_INTERVAL_S
+
+        # the beat record_local_run gives it
+        beat = min(HEARTBEAT_INTERVAL_S, run.heartbeat_timeout / 5) if run.heartbeat_timeout else HEARTBEAT_INTERVAL_S
+        who = run.runner or "the local `flowspec run` process"
+        return (f"a local run: {who} sees the cancel at its next heartbeat (within {beat:g}s) and cancels its"
+                " tasks as Ctrl-C does")
+    if run.agent:
+        return f"agent {run.agent} stops its flow run process"
+    return "its agent stops the flow run process"
+
+
+def main_delete(args) -> int:
+    with open_from(args) as backend:
+        mark_lost(backend, "runs delete")  # a run whose process is gone has ended: it may go
+        ids = backend.delete_runs([find_run(backend, ref).id for ref in args.runs])
+    if args.format == "json":
+        emit_json({"deleted": {"runs": ids}})
+    else:
+        for run_id in ids:
+            print(f"run {run_id}: deleted")
     return 0
 
 
@@ -221,11 +307,15 @@ def main_logs(args) -> int:
         if args.follow:
             return follow(backend, run.id, args.format, kinds=("log",))
         lines = backend.logs(run.id)
+    events = [_log_event(line) for line in lines]
+    if mask := _masking(run):
+        for event in events:
+            event["message"] = mask(event["message"])
     if args.format == "json":
-        emit_json([_log_event(line) for line in lines])
+        emit_json(events)
     else:
-        for line in lines:
-            print(_text(_log_event(line)))
+        for event in events:
+            print(_text(event))
     return 0
 
 
@@ -239,6 +329,7 @@ def follow(backend, run_id: str, fmt: str, kinds: tuple[str, ...] = ("state", "t
 
     cursor = {"state": 0, "task": 0, "log": 0}
     judged = 0.0
+    mask, masking = None, True
     # A backend that blinks (a database restart) pauses the watch instead of ending it.
     outage = Outage(backend.url, DEFAULT_TOLERANCE_S, lambda level, text: print(f"flowspec: {level}: {text}",
                                                                                  file=sys.stderr, flush=True))
@@ -248,6 +339,8 @@ def follow(backend, run_id: str, fmt: str, kinds: tuple[str, ...] = ("state", "t
                 if time.monotonic() - judged >= 1.0:  # a run whose process is gone ends the watch, Failed
                     mark_lost(backend, "runs logs --follow" if kinds == ("log",) else "run --watch", run_id)
                     judged = time.monotonic()
+                if masking:  # once, but within the outage's retries
+                    mask, masking = _masking(backend.get_run(run_id)), False
                 final = backend.get_run(run_id).state in EXIT_CODES  # read first: nothing after it is missed
                 read = dict(cursor)  # moved on only once every kind was read
                 events = sorted(_new_events(backend, run_id, read, kinds), key=lambda e: e["time"])
@@ -257,6 +350,8 @@ def follow(backend, run_id: str, fmt: str, kinds: tuple[str, ...] = ("state", "t
             outage.ok()
             cursor = read
             for event in events:
+                if mask and event.get("message"):
+                    event["message"] = mask(event["message"])
                 print(json.dumps(event, default=str) if fmt == "json" else _text(event), flush=True)
             if final:
                 break
@@ -265,10 +360,10 @@ def follow(backend, run_id: str, fmt: str, kinds: tuple[str, ...] = ("state", "t
         print(f"stopped watching; run {run_id} goes on (stop it with: flowspec runs cancel {run_id})",
               file=sys.stderr)
         return 130
-    run = backend.get_run(run_id)
+    run = shown(backend.get_run(run_id))
     if fmt == "text" and "state" in kinds:
         print(f"flow run {run_id}: {run.state}" + (f" ({run.message})" if run.message else ""))
-    return EXIT_CODES.get(run.state, 1)
+    return (FOLLOW_EXIT_CODES if kinds == ("log",) else EXIT_CODES).get(run.state, 1)
 
 
 def _new_events(backend, run_id: str, cursor: dict, kinds: tuple[str, ...]) -> list[dict]:
@@ -351,7 +446,7 @@ def _parameters(flow, args) -> dict:
     """
     from types import SimpleNamespace
 
-    from flowspec.commands.run import parameters
+    from flowspec.commands._params import parameters
     from flowspec.loader import load_text
     from flowspec.spec import ParameterSpec
 

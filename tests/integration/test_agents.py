@@ -219,7 +219,9 @@ def test_kill_9_of_an_agent_fails_its_run_frees_the_slot_and_keeps_its_records(
         assert "agent" in failed.message and "died" in failed.message
         assert history(backend, doomed) == ["Scheduled", "Submitted", "Running", "Failed"]
         assert logged(backend, doomed, "napping")  # recorded before the kill, still there
-        assert [(t.task, t.state) for t in backend.task_states(doomed)] == [("only", "Running")]
+        # the task it left running ended with the run
+        assert [(t.task, t.state, t.message) for t in backend.task_states(doomed)] == [
+            ("only", "Failed", f"not finished: the flow run ended Failed ({failed.message})")]
         done = wait_state(backend, cluster, waiting, {"Success", "Failed"})
         assert (done.state, done.agent) == ("Success", "second")
 

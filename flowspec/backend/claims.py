@@ -1,0 +1,135 @@
+"""Claiming runs: which waiting run an agent takes now, under the label rule and the limits."""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flowspec.backend.agents import AGENT_SEEN_WINDOW_S, agent_reason
+from flowspec.backend.core import NotFoundError, Store, Tx, _marks, labels_match
+from flowspec.backend.runs import QUEUED, SUBMITTED, WAITING_STATES, FlowRun
+
+
+@dataclass(frozen=True)
+class SlotBlock:
+    """A limited label of a run whose slots are all taken (or kept for older waiting runs)."""
+
+    label: str
+    limit: int
+    holders: tuple[str, ...]
+    kept_for: tuple[str, ...] = ()
+
+    @property
+    def gist(self) -> str:
+        return f"label '{self.label}' is at its limit of {self.limit}"
+
+    def __str__(self) -> str:
+        parts = [f"held by runs {', '.join(self.holders)}"] if self.holders else []
+        if self.kept_for:
+            parts.append(f"kept for older waiting runs {', '.join(self.kept_for)}")
+        return self.gist + (f" ({'; '.join(parts)})" if parts else "")
+
+
+_HELD_BY = re.compile(r" \((held by|kept for) [^)]*\)")
+
+
+def slot_blocks(
+    labels: Iterable[str], limits: dict[str, int], holders: dict[str, list[str]],
+    kept: dict[str, list[str]] | None = None,
+) -> list[SlotBlock]:
+    """The limited labels among `labels` that have no free slot (`kept`: slots set aside)."""
+    kept = kept or {}
+    return [
+        SlotBlock(label, limits[label], tuple(holders.get(label, ())), tuple(kept.get(label, ())))
+        for label in sorted(set(labels))
+        if label in limits and len(holders.get(label, ())) + len(kept.get(label, ())) >= limits[label]
+    ]
+
+
+def same_gist(message: str | None, blocks: list[SlotBlock]) -> bool:
+    """Is a stored Queued message about the same full labels (whoever holds them now)?"""
+    return _HELD_BY.sub("", message or "") == "; ".join(b.gist for b in blocks)
+
+
+def plan_claim(
+    candidates: Iterable[FlowRun],
+    agent_labels: Iterable[str],
+    limits: dict[str, int],
+    holders: dict[str, list[str]],
+) -> tuple[FlowRun | None, list[tuple[FlowRun, list[SlotBlock]]]]:
+    """Choose the run an agent takes now, and the runs it found blocked by full limits.
+
+    `candidates` must be oldest first. The first run the agent may take that has a free slot
+    in every limited label wins. A run blocked on a full label stops every later run needing
+    that label too (it is just as full), and it keeps a slot of each of its other limited
+    labels for itself, so that later runs cannot take those one by one while it waits: a
+    freed slot always goes to the oldest waiting run, and no run starves. Runs that need
+    only labels with room to spare may go ahead.
+    """
+    agent_labels = set(agent_labels)
+    kept: dict[str, list[str]] = {}
+    blocked: list[tuple[FlowRun, list[SlotBlock]]] = []
+    for run in candidates:
+        if not labels_match(run.labels, agent_labels):
+            continue
+        blocks = slot_blocks(run.labels, limits, holders, kept)
+        if not blocks:
+            return run, blocked
+        blocked.append((run, blocks))
+        full = {block.label for block in blocks}
+        for label in (set(run.labels) & limits.keys()) - full:
+            kept.setdefault(label, []).append(run.id)
+    return None, blocked
+
+
+class ClaimStore(Store):
+    """An agent's claim of the oldest run it may take, and why a waiting run still waits."""
+
+    def claim_run(self, agent_name: str, agent_labels: Iterable[str],
+                  heartbeat_timeout: float | None = None) -> FlowRun | None:
+        """Take the oldest waiting run this agent may run and that has free slots.
+
+        The run moves to Submitted (agent set, heartbeat now). Runs found blocked by a full
+        limit move to Queued with a message naming the label, its limit and the holders.
+        """
+        with self._transaction() as tx:
+            # Every claim runs alone, so the slot count it reads is still true when it writes.
+            self._serialize(tx, "claim")
+            waiting = self._runs(tx, f"state IN ({_marks(WAITING_STATES)})", *WAITING_STATES)
+            limits, holders = self._slots(tx)
+            chosen, blocked = plan_claim(waiting, agent_labels, limits, holders)
+            for run, blocks in blocked:
+                self._queue(tx, run, blocks)
+            if chosen is None:
+                return None
+            extra = {"agent": agent_name, "heartbeat": time.time(), "runner": f"agent {agent_name}",
+                     "heartbeat_timeout": heartbeat_timeout}
+            if not self._move(tx, chosen.id, SUBMITTED, None, WAITING_STATES, extra):
+                return None  # cancelled meanwhile; the agent simply polls again
+            return self._runs(tx, "id = ?", chosen.id)[0]
+
+    def _queue(self, tx: Tx, run: FlowRun, blocks: list[SlotBlock]) -> None:
+        message = "; ".join(map(str, blocks))
+        if run.state == QUEUED and same_gist(run.message, blocks):
+            # Same full labels, maybe other holders: refresh the message without new history.
+            if run.message != message:
+                tx.run("UPDATE flow_runs SET message = ? WHERE id = ?", message, run.id)
+            return
+        self._move(tx, run.id, QUEUED, message, {run.state}, {})
+
+    def waiting_reason(self, run_id: str) -> str | None:
+        """Why a Scheduled or Queued run is not running yet; None when nothing holds it back."""
+        with self._transaction(write=False) as tx:
+            runs = self._runs(tx, "id = ?", run_id)
+            if not runs:
+                raise NotFoundError(f"no flow run has id {run_id}")
+            if runs[0].state not in WAITING_STATES:
+                return None
+            agents = self._agents(tx, AGENT_SEEN_WINDOW_S)
+            limits, holders = self._slots(tx)
+        run = runs[0]
+        blocks = [str(block) for block in slot_blocks(run.labels, limits, holders)]
+        if not blocks and run.state == QUEUED and run.message:
+            blocks = [run.message]  # its slots are kept for older waiting runs: the claim said which
+        return "; ".join(r for r in [agent_reason(run.labels, agents), *blocks] if r) or None

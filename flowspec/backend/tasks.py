@@ -1,0 +1,143 @@
+"""Task states: every state a task (or a mapped child) went through, and summaries of them."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from flowspec.backend.core import Store, Tx, _marks
+
+
+@dataclass(frozen=True)
+class TaskRunState:
+    """One recorded state of a task (or of one mapped child when `map_index` is set)."""
+
+    run_id: str
+    task: str
+    map_index: int | None
+    state: str
+    attempt: int
+    time: float
+    message: str | None
+
+
+_TASK_COLS = "run_id, task, map_index, state, attempt, time, message"
+# The states in which a task run is over: flowspec.runner's FINAL_STATES, named here so that the
+# backend does not import the runner.
+TASK_FINAL_STATES = ("Success", "Failed", "TimedOut", "TriggerFailed", "Skipped", "Cancelled")
+
+
+class TaskStore(Store):
+    """Task states: appended in batches, read back latest-first or as they come."""
+
+    run_tables = ("task_states", "run_tasks")  # rows of one flow run (see RunStore.run_tables)
+
+    def add_run_tasks(self, run_id: str, tasks: Iterable[str]) -> int:
+        """Record the tasks of a run's flow, in the spec's order, when the run starts (once: a
+        second call for the same run records nothing): a run that ends before it reached some of
+        them still lists them all (see `_finish_tasks`)."""
+        rows = [(run_id, position, task) for position, task in enumerate(tasks)]
+        with self._transaction() as tx:
+            if rows and tx.one("SELECT 1 FROM run_tasks WHERE run_id = ? LIMIT 1", run_id) is None:
+                tx.many("INSERT INTO run_tasks (run_id, position, task) VALUES (?, ?, ?)", rows)
+                return len(rows)
+        return 0
+
+    def _finish_tasks(self, tx: Tx, run_id: str, run_state: str, why: str | None) -> None:
+        """A run ended `run_state` (not Success): give every task run it left unfinished a final
+        state, Cancelled when the run was cancelled, else Failed; and every task of its flow that
+        never started a Cancelled "not run" row, so that `runs show` lists them all.
+
+        Two set-based statements over the run's rows, whatever their number (a map of 100 000
+        children): the latest row of each (task, map_index) is picked in the database, as
+        `latest_task_states` does."""
+        final = "Cancelled" if run_state == "Cancelled" else "Failed"
+        about = f"the flow run ended {run_state}" + (f" ({why})" if why else "")
+        now = time.time()
+        tx.run(f"INSERT INTO task_states ({_TASK_COLS}) SELECT t.run_id, t.task, t.map_index, ?, t.attempt, ?, ?"
+               " FROM task_states t JOIN (SELECT MAX(id) AS last FROM task_states WHERE run_id = ?"
+               " GROUP BY task, map_index) g ON t.id = g.last"
+               f" WHERE t.state NOT IN ({_marks(TASK_FINAL_STATES)}) ORDER BY t.id",
+               final, now, f"not finished: {about}", run_id, *TASK_FINAL_STATES)
+        tx.run(f"INSERT INTO task_states ({_TASK_COLS}) SELECT r.run_id, r.task, NULL, 'Cancelled', 0, ?, ?"
+               " FROM run_tasks r LEFT JOIN (SELECT DISTINCT task FROM task_states WHERE run_id = ?) s"
+               " ON s.task = r.task WHERE r.run_id = ? AND s.task IS NULL ORDER BY r.position",
+               now, f"not run: {about}", run_id, run_id)
+
+    def add_task_state(
+        self,
+        run_id: str,
+        task: str,
+        state: str,
+        *,
+        map_index: int | None = None,
+        attempt: int = 1,
+        message: str | None = None,
+    ) -> None:
+        self.add_task_states(run_id, [(task, map_index, state, attempt, time.time(), message)])
+
+    def add_task_states(
+        self, run_id: str, rows: Iterable[tuple[str, int | None, str, int, float, str | None]]
+    ) -> int:
+        """Append `(task, map_index, state, attempt, time, message)` rows in one transaction."""
+        rows = [(run_id, *row) for row in rows]
+        if rows:
+            with self._transaction() as tx:
+                tx.many(f"INSERT INTO task_states ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def task_states(self, run_id: str, *, history: bool = False) -> list[TaskRunState]:
+        """The latest state of each (task, map_index), or with `history` every state recorded."""
+        if not history:
+            return list(self.latest_task_states(run_id))
+        with self._transaction(write=False) as tx:
+            rows = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE run_id = ? ORDER BY id", run_id)
+        return [TaskRunState(*row) for row in rows]
+
+    def has_task_states(self, run_id: str) -> bool:
+        """Has any task state of this run been recorded (has it started before)?"""
+        with self._transaction(write=False) as tx:
+            return tx.one("SELECT 1 FROM task_states WHERE run_id = ? LIMIT 1", run_id) is not None
+
+    def latest_task_states(self, run_id: str, batch: int = 10_000) -> Iterator[TaskRunState]:
+        """The latest state of each (task, map_index), in the order each was first recorded,
+        picked in the database and read `batch` rows at a time: a map of a million children is
+        never held whole (consume it while the backend is open)."""
+        cols = ", ".join(f"t.{c.strip()}" for c in _TASK_COLS.split(","))
+        with self._transaction(write=False) as tx:
+            for rows in tx.batches(f"SELECT {cols} FROM task_states t JOIN (SELECT MIN(id) AS first,"
+                                   " MAX(id) AS last FROM task_states WHERE run_id = ? GROUP BY task, map_index) g"
+                                   " ON t.id = g.last ORDER BY g.first", batch, run_id):
+                for row in rows:
+                    yield TaskRunState(*row)
+
+    def task_states_since(self, run_id: str, after_id: int = 0) -> tuple[list[TaskRunState], int]:
+        """The states recorded for a run after row `after_id`, in order, and the id to ask after
+        next time: a reader that polls a running run (`--watch`) reads each row once."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(f"SELECT id, {_TASK_COLS} FROM task_states WHERE run_id = ? AND id > ? ORDER BY id",
+                          run_id, after_id)
+        return [TaskRunState(*row[1:]) for row in rows], (rows[-1][0] if rows else after_id)
+
+    def task_summary(self, run_id: str) -> list[tuple[str, TaskRunState | None, list[tuple[str, int, int, float]]]]:
+        """A run's tasks without a row per mapped child, counted in the database (a map of a
+        million children stays a few grouped queries): per task, in the order tasks were first
+        recorded, `(task, its own latest state or None, [(state, children, attempts, last
+        time)] over the latest state of each of its mapped children)`."""
+        with self._transaction(write=False) as tx:
+            # One pass for each task's first row and its own latest row, one for the children.
+            tasks = tx.all("SELECT task, MIN(id) AS first, MAX(CASE WHEN map_index IS NULL THEN id END)"
+                           " FROM task_states WHERE run_id = ? GROUP BY task ORDER BY first", run_id)
+            order, latest = [t[0] for t in tasks], [t[2] for t in tasks if t[2] is not None]
+            own = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE id IN ({_marks(latest)})",
+                         *latest) if latest else []
+            children = tx.all(
+                "SELECT t.task, t.state, COUNT(*), SUM(t.attempt), MAX(t.time) FROM task_states t JOIN"
+                " (SELECT MAX(id) AS id FROM task_states WHERE run_id = ? AND map_index IS NOT NULL"
+                " GROUP BY task, map_index) latest ON t.id = latest.id GROUP BY t.task, t.state ORDER BY t.state",
+                run_id)
+        states = {row[1]: TaskRunState(*row) for row in own}
+        groups: dict[str, list[tuple[str, int, int, float]]] = {}
+        for task, state, n, attempts, at in children:
+            groups.setdefault(task, []).append((state, int(n), int(attempts), float(at)))
+        return [(task, states.get(task), groups.get(task, [])) for task in order]
