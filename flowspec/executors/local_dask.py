@@ -395,6 +395,9 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
     sys.stderr = logs.whole_lines(2)  # the parent writes this child's log lines to the same stderr as they come
     if stdout_is_stderr:
         sys.stdout = sys.stderr
+    from flowspec import task_output
+
+    task_output.install()  # for the child's life: its tasks' print() comes back as their log lines
     lock = threading.Lock()  # tasks may log from threads of their own
 
     def send_log(data: dict) -> None:
