@@ -171,6 +171,24 @@ def _stdlib_twins(base_dir: str) -> dict[str, str]:
     return twins
 
 
+def worker_twin_problem(base_dir: str) -> tuple[str, str] | None:
+    """(message, hint) when a file beside the spec is named like a standard-library module and
+    the flow's executor starts processes that import from the spec's folder: the workers of a
+    temporary Dask cluster get the folder on their import path and import that file instead
+    (`logging.py` stops them from starting at all). Only the folder is listed: nothing is imported."""
+    twins = _stdlib_twins(base_dir)
+    if not twins:
+        return None
+    shown = ", ".join(f"'{entry}'" for entry in sorted(twins.values()))
+    names = ", ".join(f"'{name}'" for name in sorted(twins))
+    plural = len(twins) > 1
+    return (f"{shown} beside the spec {'have' if plural else 'has'} the name of the standard library "
+            f"module{'s' if plural else ''} {names}: the Dask workers of a temporary cluster import from the "
+            f"spec's folder and would get {'them' if plural else 'it'} instead of the standard one",
+            f"rename {'them' if plural else 'it'} (e.g. {sorted(twins)[0]}_tasks.py), and the imports that use "
+            f"{'them' if plural else 'it'}")
+
+
 def _twin_hint(exc: BaseException, base_dir: str) -> str | None:
     """When the failure names a module that a file beside the spec shadows, say so."""
     text = str(exc)
