@@ -434,7 +434,7 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
 
 
 def _answer(fn, args: tuple, kwargs: dict, fields: tuple, params) -> bytes:
-    from flowspec import context
+    from flowspec import context, task_output
 
     run_id, flow, task, index, attempt = fields
     token = context.set_current(context.TaskContext(run_id, flow, params, task, index, attempt))
@@ -443,6 +443,8 @@ def _answer(fn, args: tuple, kwargs: dict, fields: tuple, params) -> bytes:
     except BaseException as exc:  # SystemExit too: the parent decides what it means
         reply = ("err", _error_body(exc))
     finally:
+        if task_output.partial:  # a line the task left unfinished comes back before its outcome
+            task_output.end_of_attempt()
         context.reset(token)
     try:
         return serialize.dumps(reply)
