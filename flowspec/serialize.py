@@ -98,8 +98,8 @@ def _pickler_class():
         import cloudpickle
 
         sources = _Sources(cloudpickle.Pickler.dispatch_table[types.CodeType])
-        _PICKLER = type("FlowspecPickler", (cloudpickle.Pickler,),
-                        {"dispatch_table": ChainMap({types.CodeType: sources.reduce}, cloudpickle.Pickler.dispatch_table)})
+        table = ChainMap({types.CodeType: sources.reduce}, cloudpickle.Pickler.dispatch_table)
+        _PICKLER = type("FlowspecPickler", (cloudpickle.Pickler,), {"dispatch_table": table})
     return _PICKLER
 
 

@@ -295,8 +295,8 @@ class Child:
         level = logging.getLogger("flowspec.task").getEffectiveLevel()
         # `python -c` puts the current folder first on the import path: a `logging.py` there (the
         # spec's folder, often) would stand in for the standard module. It goes last instead.
-        code = (f"import sys; sys.path[0] == '' and sys.path.append(sys.path.pop(0)); from {__name__} import child_main; "
-                f"child_main({theirs.fileno()}, {level}, {stdout_is_stderr})")
+        code = (f"import sys; sys.path[0] == '' and sys.path.append(sys.path.pop(0)); "
+                f"from {__name__} import child_main; child_main({theirs.fileno()}, {level}, {stdout_is_stderr})")
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
                                      stdin=subprocess.DEVNULL)
         theirs.close()
