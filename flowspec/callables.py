@@ -1,13 +1,14 @@
 """Import the callables a spec names (`module:attr` or `file.py:attr`) and check their signatures."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
-import inspect
 import os
 import sys
+
+# hashlib and inspect are imported where they are used: `validate` lists the spec's folder
+# through this module (worker_twin_problem) and must stay quick.
 
 
 class CallableError(Exception):
@@ -204,6 +205,8 @@ def _import_file(relpath: str, base_dir: str):
     if not os.path.isfile(path):
         raise CallableError(f"file '{relpath}' not found (looked for {relpath} relative to the spec's folder)")
     add_import_path(base_dir)
+    import hashlib
+
     name = "_flowspec_file_" + hashlib.sha1(path.encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
@@ -235,6 +238,8 @@ def _describe(exc: BaseException) -> str:
 
 def signature_problems(fn, given: set[str]) -> list[str]:
     """What is wrong with calling `fn(**{name: ... for name in given})`, or [] when it fits."""
+    import inspect
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -259,6 +264,8 @@ def signature_problems(fn, given: set[str]) -> list[str]:
 def hook_problem(fn) -> str | None:
     """Why the runner cannot call this hook as it will (with the run summary when it has a
     parameter, else with nothing), or None when it can."""
+    import inspect
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -272,6 +279,8 @@ def hook_problem(fn) -> str | None:
 
 def takes_argument(fn) -> bool:
     """Whether a hook wants the run summary: it has at least one parameter."""
+    import inspect
+
     try:
         return len(inspect.signature(fn).parameters) > 0
     except (TypeError, ValueError):
