@@ -4,11 +4,13 @@ name and line wherever the task ran, a task's own KeyboardInterrupt or SystemExi
 failure, and executor problems found before anything runs (nothing recorded)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,27 +119,24 @@ def test_an_agents_run_keeps_prints_and_traceback_lines_in_runs_logs(tmp_path, k
     assert "<dynamic-code>" not in logged
 
 
-class _agent:
-    """An agent process for the test's backend, stopped (SIGTERM) at the end of the block."""
-
-    def __init__(self, tmp_path: Path, env: dict) -> None:
-        self.log = tmp_path / "agent.log"
-        self.env = {**os.environ, **env}
-        self.env.pop("PYTHONWARNINGS", None)
-
-    def __enter__(self) -> Path:
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "flowspec", "agent", "start", "--poll-interval", "0.1"],
-                                         cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        return self.log
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
+@contextlib.contextmanager
+def _agent(tmp_path: Path, env: dict) -> Iterator[Path]:
+    """An agent process on the test's backend, stopped (SIGTERM) at the end; yields its log file."""
+    log = tmp_path / "agent.log"
+    full = {**os.environ, **env}
+    full.pop("PYTHONWARNINGS", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flowspec", "agent", "start", "--poll-interval", "0.1"],
+                                cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield log
+    finally:
+        proc.terminate()
         try:
-            self.proc.wait(30)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.parametrize("kind", ["processes", pytest.param("dask", marks=pytest.mark.integration)])
