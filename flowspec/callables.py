@@ -1,13 +1,14 @@
 """Import the callables a spec names (`module:attr` or `file.py:attr`) and check their signatures."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
-import inspect
 import os
 import sys
+
+# hashlib and inspect are imported where they are used: `validate` lists the spec's folder
+# through this module (worker_twin_problem) and must stay quick.
 
 
 class CallableError(Exception):
@@ -171,6 +172,24 @@ def _stdlib_twins(base_dir: str) -> dict[str, str]:
     return twins
 
 
+def worker_twin_problem(base_dir: str) -> tuple[str, str] | None:
+    """(message, hint) when a file beside the spec is named like a standard-library module and
+    the flow's executor starts processes that import from the spec's folder: the workers of a
+    temporary Dask cluster get the folder on their import path and import that file instead
+    (`logging.py` stops them from starting at all). Only the folder is listed: nothing is imported."""
+    twins = _stdlib_twins(base_dir)
+    if not twins:
+        return None
+    shown = ", ".join(f"'{entry}'" for entry in sorted(twins.values()))
+    names = ", ".join(f"'{name}'" for name in sorted(twins))
+    plural = len(twins) > 1
+    return (f"{shown} beside the spec {'have' if plural else 'has'} the name of the standard library "
+            f"module{'s' if plural else ''} {names}: the Dask workers of a temporary cluster import from the "
+            f"spec's folder and would get {'them' if plural else 'it'} instead of the standard one",
+            f"rename {'them' if plural else 'it'} (e.g. {sorted(twins)[0]}_tasks.py), and the imports that use "
+            f"{'them' if plural else 'it'}")
+
+
 def _twin_hint(exc: BaseException, base_dir: str) -> str | None:
     """When the failure names a module that a file beside the spec shadows, say so."""
     text = str(exc)
@@ -186,6 +205,8 @@ def _import_file(relpath: str, base_dir: str):
     if not os.path.isfile(path):
         raise CallableError(f"file '{relpath}' not found (looked for {relpath} relative to the spec's folder)")
     add_import_path(base_dir)
+    import hashlib
+
     name = "_flowspec_file_" + hashlib.sha1(path.encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
@@ -217,6 +238,8 @@ def _describe(exc: BaseException) -> str:
 
 def signature_problems(fn, given: set[str]) -> list[str]:
     """What is wrong with calling `fn(**{name: ... for name in given})`, or [] when it fits."""
+    import inspect
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -241,6 +264,8 @@ def signature_problems(fn, given: set[str]) -> list[str]:
 def hook_problem(fn) -> str | None:
     """Why the runner cannot call this hook as it will (with the run summary when it has a
     parameter, else with nothing), or None when it can."""
+    import inspect
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -254,6 +279,8 @@ def hook_problem(fn) -> str | None:
 
 def takes_argument(fn) -> bool:
     """Whether a hook wants the run summary: it has at least one parameter."""
+    import inspect
+
     try:
         return len(inspect.signature(fn).parameters) > 0
     except (TypeError, ValueError):

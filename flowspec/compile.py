@@ -405,6 +405,13 @@ class _Checker:
             if missing:
                 self.error(("storage", "build"), f"without a build, storage needs {' and '.join(missing)}"
                            " to name the image to use", "add them, or build the image (build: true)")
+        executor = self.data.get("executor")
+        if isinstance(executor, dict) and executor.get("type") == "dask" and not executor.get("address"):
+            from flowspec.callables import worker_twin_problem
+
+            problem = worker_twin_problem(os.path.dirname(os.path.abspath(self.doc.file)))
+            if problem:
+                self.error(("executor", "type"), *problem)
         if isinstance(env, dict) and env.get("type") == "docker":
             from flowspec.environments.docker_options import option_problems
 

@@ -41,7 +41,9 @@ class StatusLineHandler(logging.StreamHandler):
 
 def configure(level: int = logging.INFO, stream=None) -> logging.Handler:
     """Send flowspec's and the tasks' log lines to `stream` (stderr by default)."""
-    handler = StatusLineHandler(stream or sys.stderr)
+    from flowspec.task_output import original
+
+    handler = StatusLineHandler(original(stream or sys.stderr))  # never a task's captured stderr
     handler.setFormatter(LineFormatter())
     root = logging.getLogger("flowspec")
     for old in list(root.handlers):

@@ -23,6 +23,7 @@ from types import MappingProxyType
 
 from flowspec import context as ctxmod
 from flowspec import references as refs
+from flowspec import task_output
 from flowspec.executors.base import Executor
 
 PENDING, RUNNING, RETRYING, SUCCESS = "Pending", "Running", "Retrying", "Success"
@@ -68,10 +69,16 @@ def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: flo
             return Outcome(SUCCESS, value, attempt, start, time.time())
         except TaskTimeout:
             state, message, detail = TIMED_OUT, f"attempt {attempt} exceeded the timeout of {timeout:g}s", ""
-        except (Exception, SystemExit) as exc:  # a task's sys.exit() fails the task, not the flow run
-            state, message = FAILED, f"{type(exc).__name__}: {exc}"
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A task's sys.exit() or `raise KeyboardInterrupt` fails the task, not the flow run:
+            # only a real interrupt (Ctrl-C, SIGTERM) of this process cancels the run.
+            if isinstance(exc, KeyboardInterrupt) and _interrupted:
+                raise
+            state, message = FAILED, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             detail = "\n" + user_traceback(exc)
         finally:
+            if task_output.partial:  # a line the task left unfinished is its own, not the next task's
+                task_output.end_of_attempt()
             ctxmod.reset(token)
         if attempt > retries:
             ctx.logger.error("%s: %s%s", state, message, detail)
@@ -133,6 +140,41 @@ def user_traceback(exc: BaseException) -> str:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+
+
+_interrupted = False  # a stop signal reached this process during a run (see InterruptWatch)
+
+
+class InterruptWatch:
+    """While a flow run runs: notes that a stop signal arrived before the handler in place
+    (Python's Ctrl-C, `flowspec run`'s SIGTERM and SIGHUP, an agent child's) raises
+    KeyboardInterrupt, so that `run_unit` can tell it from a task's own `raise KeyboardInterrupt`.
+    Only Python-level handlers are wrapped, and only on the main thread (where signals land)."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        global _interrupted
+        _interrupted = False
+        self.previous: dict = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                self.previous[signum] = handler
+                signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        global _interrupted
+        _interrupted = True
+        self.previous[signum](signum, frame)
+
+    def close(self) -> None:
+        for signum, handler in self.previous.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, handler)
+        self.previous = {}
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -287,6 +329,10 @@ class FlowRunner:
     def run(self) -> RunResult:
         """Run every task, then on_exit; Ctrl-C cancels what has not finished."""
         result = self.result
+        # The executor starts before the run does: a cluster that cannot be had (an unreachable
+        # Dask scheduler) stops it before anything ran, and nothing is recorded, as for a module
+        # that does not import.
+        self._start_executor()
         result.start = time.time()
         self._set_flow_state(RUNNING)
         token = ctxmod.set_current(self.base_ctx)
@@ -294,13 +340,20 @@ class FlowRunner:
         # large flow) is left out of the collections during it, which would walk it again and
         # again; unfrozen at the end, so that nothing stays out of reach of the collector.
         gc.freeze()
+        signals = InterruptWatch()
+        task_output.install()  # the tasks' print() becomes log lines of their task runs
         try:
             if self._call_hook("on_start"):
-                with self.executor:
+                try:
                     self._schedule()
                     self._keep_results()
+                except BaseException:
+                    self.executor.shutdown(cancel=True)
+                    raise
+                self.executor.shutdown()
                 result.state = FAILED if any(r.state in FLOW_FAILING for r in self.records.values()) else SUCCESS
             else:
+                self.executor.shutdown(cancel=True)
                 result.state = FAILED
                 self._not_run("not run: the on_start hook failed")
                 result.message += "; no task ran"
@@ -308,12 +361,24 @@ class FlowRunner:
             self._cancel_all()
             result.state, result.message = CANCELLED, "interrupted by the user"
         finally:
+            task_output.uninstall()
+            signals.close()
             result.end = time.time()
             self._call_hook("on_exit")
             ctxmod.reset(token)
             gc.unfreeze()
             self._set_flow_state(result.state)
         return result
+
+    def _start_executor(self) -> None:
+        try:
+            self.executor.start()
+        except BaseException:
+            try:  # what it started before it failed (a local cluster without its client) goes
+                self.executor.shutdown(cancel=True)
+            except Exception:
+                log.debug("executor shutdown after a failed start failed", exc_info=True)
+            raise
 
     def _call_hook(self, key: str) -> bool:
         fn = self.callables.get(key)

@@ -72,10 +72,81 @@ def ship(fn) -> None:
         register_by_value(os.path.dirname(path))
 
 
-def dumps(obj) -> bytes:
-    import cloudpickle
+def dumps(obj, protocol: int | None = None) -> bytes:
+    """cloudpickle's bytes of `obj`, where the code of the spec's own functions keeps its file
+    name and brings its source along (see `_Sources`)."""
+    import io
 
-    return cloudpickle.dumps(obj)
+    with io.BytesIO() as buffer:
+        _pickler_class()(buffer, protocol=protocol).dump(obj)
+        return buffer.getvalue()
+
+
+_PICKLER = None
+
+
+def _pickler_class():
+    """A cloudpickle Pickler whose code objects keep their file name: cloudpickle writes
+    `<dynamic-code>` instead (its payloads are then the same wherever they are made), and a task
+    that fails in a pool process, on a Dask worker or in an agent's run would show a traceback
+    without its file and lines. Made on first use: cloudpickle is not imported before."""
+    global _PICKLER
+    if _PICKLER is None:
+        import types
+        from collections import ChainMap
+
+        import cloudpickle
+
+        sources = _Sources(cloudpickle.Pickler.dispatch_table[types.CodeType])
+        table = ChainMap({types.CodeType: sources.reduce}, cloudpickle.Pickler.dispatch_table)
+        _PICKLER = type("FlowspecPickler", (cloudpickle.Pickler,), {"dispatch_table": table})
+    return _PICKLER
+
+
+class _Sources:
+    """Reduces a code object as cloudpickle does, with its real file name, and with that file's
+    source (the spec's own code) registered in `linecache` where it is unpickled: the traceback
+    shows the lines that ran, even where the file is not, or has changed since (an agent's run
+    of a registered flow). A file's text is read once per process, and pickled once per payload."""
+
+    def __init__(self, reduce_code) -> None:
+        self.reduce_code = reduce_code
+        self.texts: dict = {}  # file name -> (mtime_ns, size, lines) or None when not shipped
+
+    def reduce(self, code):
+        make, args = self.reduce_code(code)
+        filename = code.co_filename
+        args = tuple(filename if type(a) is str and a == "<dynamic-code>" else a for a in args)
+        lines = self.lines(filename)
+        return (make, args) if lines is None else (_code_with_source, (make, args, filename, lines))
+
+    def lines(self, filename: str):
+        try:
+            st = os.stat(filename)
+        except (OSError, ValueError):
+            return None
+        known = self.texts.get(filename)
+        if known is not None and known[:2] == (st.st_mtime_ns, st.st_size):
+            return known[2]
+        lines = None
+        if is_local_code(filename):
+            import linecache
+
+            linecache.checkcache(filename)
+            lines = linecache.getlines(filename) or None
+        self.texts[filename] = (st.st_mtime_ns, st.st_size, lines)
+        return lines
+
+
+def _code_with_source(make, args: tuple, filename: str, lines: list):
+    """Unpickling: the code object, its file's source registered with linecache first."""
+    import linecache
+
+    entry = linecache.cache.get(filename)
+    if entry is None or len(entry) < 3 or entry[2] != lines:
+        # mtime None: linecache.checkcache keeps the entry (as for a module from a zip file)
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    return make(*args)
 
 
 def loads(data: bytes):

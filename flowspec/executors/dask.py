@@ -404,6 +404,7 @@ def remote_unit(uid: int, index, kwargs: dict, template: Shipped, first_attempt:
     forward_logs(level)
     if stdout_to_stderr:
         print_to_stderr()
+    capture_output()
     ctx = context.TaskContext(run_id, flow, MappingProxyType(params), task, index, 0)
     tell = (lambda *a: worker.log_event(topic, ("state", uid, *a[2:]))) if notify else None
     if pause:  # the retry delay, when the worker of the previous attempt died
@@ -422,14 +423,33 @@ def print_to_stderr() -> None:
     """A task's print() on this worker (of a temporary cluster) goes to stderr, a whole line
     per write, as on the other executors: `flowspec run --format json` keeps stdout for its report."""
     global _printing_to_stderr
-    if not _printing_to_stderr:
-        from flowspec.logs import whole_lines
+    with _streams_lock:  # the worker's threads start task runs side by side
+        if not _printing_to_stderr:
+            from flowspec.logs import whole_lines
+            from flowspec.task_output import TaskOutput
 
-        _printing_to_stderr = True
-        sys.stdout = whole_lines(2)
+            _printing_to_stderr = True
+            if isinstance(sys.stdout, TaskOutput):  # what the capture lets through (a line it does not log)
+                sys.stdout.stream = whole_lines(2)
+            else:
+                sys.stdout = whole_lines(2)
+
+
+def capture_output() -> None:
+    """A task's print() on this worker comes back to its run as log lines (installed once per
+    worker process, for its life: text written outside a task run passes as before)."""
+    global _capturing
+    with _streams_lock:
+        if not _capturing:
+            from flowspec import task_output
+
+            _capturing = True
+            task_output.install()
 
 
 _printing_to_stderr = False
+_capturing = False
+_streams_lock = threading.Lock()
 _forwarding = None
 _running = threading.local()  # the topic of the task run on this worker thread
 

@@ -293,7 +293,10 @@ class Child:
         ours, theirs = socket.socketpair()
         stdout_is_stderr = logs.fileno(sys.stdout) == 2  # `run --format json` sends print() to stderr
         level = logging.getLogger("flowspec.task").getEffectiveLevel()
-        code = f"from {__name__} import child_main; child_main({theirs.fileno()}, {level}, {stdout_is_stderr})"
+        # `python -c` puts the current folder first on the import path: a `logging.py` there (the
+        # spec's folder, often) would stand in for the standard module. It goes last instead.
+        code = (f"import sys; sys.path[0] == '' and sys.path.append(sys.path.pop(0)); "
+                f"from {__name__} import child_main; child_main({theirs.fileno()}, {level}, {stdout_is_stderr})")
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
                                      stdin=subprocess.DEVNULL)
         theirs.close()
@@ -395,6 +398,9 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
     sys.stderr = logs.whole_lines(2)  # the parent writes this child's log lines to the same stderr as they come
     if stdout_is_stderr:
         sys.stdout = sys.stderr
+    from flowspec import task_output
+
+    task_output.install()  # for the child's life: its tasks' print() comes back as their log lines
     lock = threading.Lock()  # tasks may log from threads of their own
 
     def send_log(data: dict) -> None:
@@ -428,7 +434,7 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
 
 
 def _answer(fn, args: tuple, kwargs: dict, fields: tuple, params) -> bytes:
-    from flowspec import context
+    from flowspec import context, task_output
 
     run_id, flow, task, index, attempt = fields
     token = context.set_current(context.TaskContext(run_id, flow, params, task, index, attempt))
@@ -437,6 +443,8 @@ def _answer(fn, args: tuple, kwargs: dict, fields: tuple, params) -> bytes:
     except BaseException as exc:  # SystemExit too: the parent decides what it means
         reply = ("err", _error_body(exc))
     finally:
+        if task_output.partial:  # a line the task left unfinished comes back before its outcome
+            task_output.end_of_attempt()
         context.reset(token)
     try:
         return serialize.dumps(reply)

@@ -97,7 +97,9 @@ def serialize(spec) -> tuple[bytes, str]:
         cloudpickle.register_pickle_by_value(sys.modules[name])
     try:
         payload = {"format": PAYLOAD_FORMAT, "spec": spec, "callables": callables}
-        data = cloudpickle.dumps(payload, protocol=pickle.DEFAULT_PROTOCOL)
+        from flowspec.serialize import dumps  # code keeps its file name and source, for tracebacks
+
+        data = dumps(payload, protocol=pickle.DEFAULT_PROTOCOL)
     finally:
         for name in by_value:
             cloudpickle.unregister_pickle_by_value(sys.modules[name])

@@ -253,6 +253,7 @@ def test_progress_on_a_terminal_is_a_live_line_below_intact_logs(tmp_path, home)
     lines = [line.rsplit(CLEAR, 1)[-1] for line in drawn.split("\r\n")]
     logged = [line for line in lines if " | child " in line]
     assert len(logged) == 3 and all(LOG_LINE.match(line) for line in logged)
-    assert sorted(line for line in lines if line.startswith("printed")) == [f"printed by child {i}" for i in range(3)]
+    printed = sorted(line.split(" ", 1)[1] for line in lines if LOG_LINE.match(line) and "| printed" in line)
+    assert printed == [f"INFO    each[{i}] | printed by child {i}" for i in range(3)]  # a task's print() is a log line
     assert any(line.startswith("TASK ") for line in lines)
     assert not any("flowspec: " in line for line in lines if line.startswith("Flow run"))

@@ -175,8 +175,9 @@ def test_concurrent_prints_reach_the_terminal_as_whole_lines(folder):
     rc, shown, _ = on_terminal(["run", "threads.yaml"], folder, _env(folder), 200)
     assert rc == 0, shown
     text = re.sub(r"\r\x1b\[K(flowspec: [^\r\n]*)?", "", shown).replace("\r\n", "\n")
-    printed = [line for line in text.splitlines() if line.startswith("line ")]
-    assert sorted(printed) == [f"line {i} first half, line {i} second half" for i in range(4)], text
+    printed = [line.split(" | ", 1) for line in text.splitlines() if " | line " in line]  # log lines of the task runs
+    assert sorted((label.split()[-1], line) for label, line in printed) == [
+        (f"half[{i}]", f"line {i} first half, line {i} second half") for i in range(4)], text
 
 
 # -- what a run shows afterwards ------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_agent_runs_the_flow_in_a_container_with_logs_in_runs_logs(docker_flows)
     logs = docker_flows.cli("runs", "logs", run_id)
     assert "hello Docker from the container" in logs.stdout
     assert "container flowspec-agented-" in logs.stdout  # the watcher's own line: which container ran it
-    assert "output | printed by hello for Docker" in logs.stdout  # the task's print(), from stdout
+    assert "INFO    hello | printed by hello for Docker" in logs.stdout  # the task's print(): a task log line
     assert docker_flows.containers(run_id) == []
 
 
