@@ -34,5 +34,6 @@ def resolve(name: str, environ=None) -> str:
     if value is None:
         raise SecretError(f"the secret '{name}' is not set: it was looked for in the environment variable"
                           f" {env_name(name)}",
-                          hint=f"export {env_name(name)} where the flow runs (and where it is registered)")
+                          hint=f"set {env_name(name)} in the environment of the process that needs it"
+                               " (the agent that runs the flow, or the shell that registers it)")
     return value

@@ -301,11 +301,11 @@ class Remote:
             return FlowspecError(f"{self.shown}: cannot reach the git server ({doing}): {_last(text)}",
                                  hint="check the URL, and that the server is up and reachable from this machine")
         if any(s in low for s in _REFUSED):
-            what = f"the credential from {self.auth}" if self.auth else "no credential"
+            what = f"refused the credential from {self.auth}" if self.auth else "wants a credential"
             hint = (f"check that {self.auth} holds a valid token (or key) with read access to the repository"
                     if self.auth else "set storage.auth to ${{ secrets.NAME }} holding a token (https) or a"
                                       " private key (ssh) with read access")
-            return FlowspecError(f"{self.shown}: the server refused {what} (HTTP 401/403 or SSH"
+            return FlowspecError(f"{self.shown}: the server {what} (HTTP 401/403 or SSH"
                                  f" denied) while {doing}", hint=hint)
         if any(s in low for s in _NOT_FOUND):
             return FlowspecError(f"{self.shown}: no git repository at this URL ({doing}): {_last(text)}",
