@@ -171,8 +171,11 @@ def test_file_urls_tags_and_commit_ids(tmp_path):
         # The committed spec names its flow `gitflow`: a different name is refused, saying why.
         assert "names the flow 'gitflow'" in machine.fails("register", file)
         file.write_text(spec(repo.file_url(), **({"ref": ref} if ref else {})))
-        built = json.loads(machine.ok("build", file, "--format", "json").stdout)
+        done = machine.ok("build", file, "--format", "json")
+        built = json.loads(done.stdout)
         assert (built["commit"], built["spec"]) == (commit, "flow.yaml")
+        if ref:  # this file is not the committed spec: what runs is the commit's
+            assert f"differs from flow.yaml in commit {commit[:12]}: the flow runs the committed spec" in done.stderr
         assert f"commit {commit[:12]}" in machine.ok("build", file).stdout
     file.write_text(spec(repo.file_url(), ref="release-1"))
     assert machine.register(file)["storage"]["commit"] == v1
@@ -300,6 +303,7 @@ def test_spec_mistakes_are_named_at_their_line_and_column(tmp_path):
         assert where in out and hint in out, (text, out)
     file.write_text(base + "  url: https://h/r.git\n  auth: ${{ secrets.GIT_TOKEN }}\n")
     assert machine.ok("validate", file).returncode == 0
+    assert "  auth: ${{ secrets.GIT_TOKEN }}\n" in machine.ok("plan", file).stdout  # the reference, as written
 
 
 def test_without_git_installed_the_error_names_the_package(tmp_path):
