@@ -121,7 +121,7 @@ def _driver(table: str, kind: str, options, environ, warnings: list[str]) -> dic
     for key, value in options.items():
         if key.startswith("_"):  # what the compiler attached (a template's text), not a setting
             continue
-        if (table, kind, key) == ("storage", "git", "auth"):  # a reference, shown as written: resolved only where git runs
+        if (table, kind, key) == ("storage", "git", "auth"):  # a reference, shown as written (resolved where git runs)
             settings[key] = value
             continue
         settings[key] = _effective(value, environ, warnings, f"{table}.{key}", is_secret(key, env_var=False))

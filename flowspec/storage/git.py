@@ -88,7 +88,9 @@ def pin(spec) -> dict[str, Any]:
         print(f"flowspec: warning: {spec.path} differs from {opts['path']} in commit {commit[:12]}: the flow"
               " runs the committed spec and code (commit and push your changes, then register again)",
               file=sys.stderr)
-    key = json.dumps([opts["url"], commit, opts["path"]])
+    # What a run of this version gets: that commit, the credential's reference, and the labels and
+    # environment of the file registered (which the backend keeps from it).
+    key = json.dumps([opts["url"], commit, opts["path"], opts["auth"], spec.source])
     return {"type": "git", "path": f"{remote.shown} {opts['path']}, commit {commit[:12]} ({ref})",
             "url": opts["url"], "ref": ref, "commit": commit, "spec": opts["path"], "auth": opts["auth"],
             "fingerprint": hashlib.sha256(key.encode()).hexdigest()}
