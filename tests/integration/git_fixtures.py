@@ -81,6 +81,7 @@ class GitHttpServer:
         self.root, self.token = root / "repos", token
         self.root.mkdir(parents=True, exist_ok=True)
         self.requests: list[tuple[str, str, bool]] = []
+        self.exposed: list[str] = []  # command lines that held the token while a client talked to us
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -96,6 +97,18 @@ class GitHttpServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def look_for_token(self) -> None:
+        """Scan every process's command line (the git client is running now) for the token."""
+        if self.token is None:
+            return
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # the process ended meanwhile
+                continue
+            if self.token in text:
+                self.exposed.append(text)
 
     def authorized(self, header: str | None) -> bool:
         if self.token is None:
@@ -125,6 +138,7 @@ class GitHttpServer:
                 self.serve()
 
             def serve(self) -> None:
+                server.look_for_token()
                 ok = server.authorized(self.headers.get("Authorization"))
                 parts = urlsplit(self.path)
                 server.requests.append((self.command, parts.path, ok))

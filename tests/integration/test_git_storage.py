@@ -151,6 +151,7 @@ def test_an_agent_runs_the_registered_commit_and_a_force_push_changes_nothing(tm
     assert git_server.token not in backend_dump(tmp_path)
     assert git_server.token not in worker.log.read_text()
     assert all(ok for _, _, ok in git_server.requests)
+    assert git_server.exposed == []  # in no command line while git talked to the server
 
 
 @pytest.mark.slow
