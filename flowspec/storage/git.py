@@ -280,8 +280,9 @@ class Remote:
         self.secret = resolve_auth(self.auth)
         if self.scheme == "ssh":
             with _key_file(self.secret) as key:
-                env["GIT_SSH_COMMAND"] = (f"ssh -i {shlex.quote(key)} -o IdentitiesOnly=yes -o BatchMode=yes"
-                                          " -o StrictHostKeyChecking=accept-new")
+                # A GIT_SSH_COMMAND of the machine's own is kept: its options come first, and win.
+                env["GIT_SSH_COMMAND"] = (f"{env.get('GIT_SSH_COMMAND') or 'ssh'} -i {shlex.quote(key)}"
+                                          " -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new")
                 yield env
             return
         _require_config_env()

@@ -192,3 +192,66 @@ def git_server(tmp_path: Path) -> Iterator[GitHttpServer]:
     server = GitHttpServer(tmp_path, token="tok-Zq8xW3-not-a-real-token")
     yield server
     server.close()
+
+
+class SshServer:
+    """sshd on 127.0.0.1 that lets in one client key, for the current user: git over ssh:// to
+    the bare repositories of this machine. Its host key is new each time: clients keep it in a
+    known_hosts file of the test (`client_command`)."""
+
+    def __init__(self, root: Path) -> None:
+        import socket
+        import time
+
+        self.dir = root / "sshd"
+        self.dir.mkdir()
+        for name in ("host_key", "client_key", "other_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True)
+        shutil.copy(self.dir / "client_key.pub", self.dir / "authorized_keys")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        (self.dir / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.dir / 'host_key'}\n"
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPubkeyAuthentication yes\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
+            f"PermitRootLogin prohibit-password\nPidFile {self.dir / 'sshd.pid'}\n")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+        self.log = open(self.dir / "sshd.log", "wb")
+        self.proc = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f",
+                                      str(self.dir / "sshd_config")], stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.close()
+        raise RuntimeError(f"sshd did not start: {(self.dir / 'sshd.log').read_text()}")
+
+    def key(self, name: str = "client_key") -> str:
+        return (self.dir / name).read_text()
+
+    def url(self, repo: Repo) -> str:
+        import getpass
+
+        return f"ssh://{getpass.getuser()}@127.0.0.1:{self.port}{repo.bare}"
+
+    def client_command(self) -> str:
+        """A GIT_SSH_COMMAND that keeps host keys in this test's folder, not the user's."""
+        return f"ssh -o UserKnownHostsFile={self.dir / 'known_hosts'}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def ssh_server(tmp_path: Path) -> Iterator[SshServer]:
+    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+    if sshd is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH's server is not installed: apt-get install openssh-server")
+    server = SshServer(tmp_path)
+    yield server
+    server.close()

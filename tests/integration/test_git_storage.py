@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from git_fixtures import GitHttpServer, Repo, git, git_server  # noqa: F401  (git_server: a fixture)
+from git_fixtures import Repo, git, git_server, ssh_server  # noqa: F401  (git_server, ssh_server: fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -337,3 +337,28 @@ def test_an_ssh_key_reaches_ssh_only_as_a_private_file(tmp_path):
     assert f"ssh://git@127.0.0.1:{port}/flows.git: cannot reach the git server" in out, out
     assert "not-a-real-key" not in out
     assert list((tmp_path / "tmp").iterdir()) == []  # the key file and its folder are gone
+
+
+@pytest.mark.slow
+def test_over_ssh_with_a_deploy_key_from_a_secret(tmp_path, ssh_server):
+    """A real sshd on loopback: the key from ${{ secrets.DEPLOY_KEY }} lets register and the
+    agent in; another key is refused, saying so; the key is in no output and no file is left."""
+    repo = flow_repo(tmp_path, ssh_server.url, auth="${{ secrets.DEPLOY_KEY }}")
+    common = {"GIT_SSH_COMMAND": ssh_server.client_command(), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    admin = Machine(tmp_path, "admin", FLOWSPEC_SECRET_DEPLOY_KEY=ssh_server.key(), **common)
+    assert admin.register(repo.work / "flow.yaml")["storage"]["commit"] == repo.head()
+    worker = Machine(tmp_path, "worker", FLOWSPEC_SECRET_DEPLOY_KEY=ssh_server.key(), **common)
+    agent = worker.agent()
+    try:
+        done = worker.watch()
+    finally:
+        stop(agent)
+    assert done.returncode == 0 and "hello from version v1" in done.stdout + done.stderr, done.stderr
+    other = Machine(tmp_path, "other", FLOWSPEC_SECRET_DEPLOY_KEY=ssh_server.key("other_key"), **common)
+    out = other.fails("build", repo.work / "flow.yaml")
+    assert f"{ssh_server.url(repo)}: the server refused the credential from ${{{{ secrets.DEPLOY_KEY }}}}" in out
+    body = ssh_server.key().splitlines()[1]
+    everything = out + worker.log.read_text() + backend_dump(tmp_path)
+    assert body not in everything and ssh_server.key("other_key").splitlines()[1] not in everything
+    assert list((tmp_path / "tmp").iterdir()) == []  # each key file and its folder removed
