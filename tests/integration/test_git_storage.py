@@ -362,3 +362,40 @@ def test_over_ssh_with_a_deploy_key_from_a_secret(tmp_path, ssh_server):
     everything = out + worker.log.read_text() + backend_dump(tmp_path)
     assert body not in everything and ssh_server.key("other_key").splitlines()[1] not in everything
     assert list((tmp_path / "tmp").iterdir()) == []  # each key file and its folder removed
+
+
+def test_git_protocol_urls_and_agents_racing_for_one_commit(tmp_path):
+    """`git daemon` serves git://; four builds on one empty cache at once all succeed, and the
+    cache ends with one checkout of the commit and no half-made folder."""
+    import socket
+
+    repo = flow_repo(tmp_path, lambda r: "git://127.0.0.1/unused.git")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen(["git", "daemon", "--listen=127.0.0.1", f"--port={port}", "--export-all",
+                               "--reuseaddr", f"--base-path={tmp_path / 'repos'}", str(tmp_path / "repos")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        file = tmp_path / "flow.yaml"
+        file.write_text(spec(f"git://127.0.0.1:{port}/flows.git", ref="main"))
+        machine = Machine(tmp_path, "home")
+        command = [sys.executable, "-m", "flowspec", "build", str(file), "--format", "json"]
+        builds = [subprocess.Popen(command, env=machine.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for _ in range(4)]
+        answers = [(b.wait(90), *b.communicate()) for b in builds]
+        assert all(rc == 0 for rc, _, _ in answers), answers
+        assert {json.loads(out)["commit"] for _, out, _ in answers} == {repo.head()}
+        assert sorted(p.name for p in machine.cache.iterdir()) == [repo.head()]
+        assert machine.register(file)["storage"]["commit"] == repo.head()
+        unchanged = machine.ok("register", file, "--no-build").stdout
+        assert unchanged.startswith("Flow 'gitflow' in project 'default' is unchanged")
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
