@@ -178,7 +178,8 @@ def test_file_urls_tags_and_commit_ids(tmp_path):
         assert (built["commit"], built["spec"]) == (commit, "flow.yaml")
         if ref:  # this file is not the committed spec: what runs is the commit's
             assert f"differs from flow.yaml in commit {commit[:12]}: the flow runs the committed spec" in done.stderr
-        assert f"commit {commit[:12]}" in machine.ok("build", file).stdout
+        assert machine.ok("build", file).stdout.startswith(
+            f"Resolved (nothing to build) flow 'gitflow': git {repo.file_url()} flow.yaml, commit {commit[:12]}")
     file.write_text(spec(repo.file_url(), ref="release-1"))
     assert machine.register(file)["storage"]["commit"] == v1
     agent = machine.agent()
