@@ -240,8 +240,9 @@ class Remote:
             raise FlowspecError(f"{self.shown}: the ref '{ref}' is both {' and '.join(names)}",
                                 hint=f"write storage.ref as one of them, e.g. refs/tags/{ref}")
         if not names:
-            raise FlowspecError(f"{self.shown}: the ref '{ref}' does not exist in the repository",
-                                hint=_known_refs(found))
+            hint = (f"an abbreviated commit id cannot be fetched: write the full id (git rev-parse {ref})"
+                    if re.fullmatch(r"[0-9a-fA-F]{4,39}", ref) else _known_refs(found))
+            raise FlowspecError(f"{self.shown}: the ref '{ref}' does not exist in the repository", hint=hint)
         return found.get(names[0] + "^{}", found[names[0]]), ref  # an annotated tag: its commit
 
     def ls_remote(self, *flags: str, pattern: str | None = None) -> list[str]:

@@ -249,6 +249,9 @@ def test_an_unknown_ref_a_missing_path_and_an_unreachable_server(tmp_path, git_s
     out = machine.fails("register", file)
     assert f"{git_server.url('flows')}: the ref 'no-such-branch' does not exist in the repository" in out
     assert "the repository has: main, v1.0" in out
+    file.write_text(spec(git_server.url("flows"), ref=repo.head()[:10], auth="${{ secrets.GIT_TOKEN }}"))
+    assert f"an abbreviated commit id cannot be fetched: write the full id (git rev-parse {repo.head()[:10]})" \
+        in machine.fails("register", file)
     file.write_text(spec(git_server.url("flows"), path="flows/missing.yaml", auth="${{ secrets.GIT_TOKEN }}"))
     out = machine.fails("register", file)
     assert f"commit {repo.head()[:12]} has no file flows/missing.yaml" in out and "set storage.path" in out
