@@ -407,6 +407,9 @@ def _require_config_env() -> None:
 def _clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _REPO_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"  # a missing credential is an error, never a prompt an agent would hang on
+    # A server that stops sending mid-fetch fails the fetch after a minute instead of hanging the run.
+    env.setdefault("GIT_HTTP_LOW_SPEED_LIMIT", "1")
+    env.setdefault("GIT_HTTP_LOW_SPEED_TIME", "60")
     return env
 
 
