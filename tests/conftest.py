@@ -13,6 +13,7 @@ HOME is left alone: the test cache (`$XDG_CACHE_HOME/flowspec-tests`, else
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -39,3 +40,10 @@ def _session_flowspec_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def _own_flowspec_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """This test's flowspec home: a folder apart from `tmp_path`, which stays the test's alone."""
     _isolate(monkeypatch, str(tmp_path_factory.mktemp("flowspec-home")))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say up front when the platform tests will use the contributor's own engine or cluster."""
+    given = {"DOCKER_HOST": "docker tests use the engine at", "KUBECONFIG": "k8s tests use the cluster of"}
+    return [f"{what} {name}={os.environ[name]} (they start none)" for name, what in given.items()
+            if os.environ.get(name)]
