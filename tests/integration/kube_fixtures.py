@@ -255,13 +255,25 @@ def _given_cluster(kubeconfig: str) -> KubeCluster:
     return KubeCluster(kubeconfig)
 
 
+def _noted_cluster(wait: float = NODE_READY_S + 60) -> dict:
+    """What the session that runs the cluster noted; a session still starting it notes it once
+    its node is Ready, so wait for that while the API port stays open."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return json.loads(running_marker().read_text())
+        except (OSError, ValueError):
+            if time.monotonic() > deadline or not _port_open(API_PORT):
+                return {}
+            time.sleep(1)
+
+
 def _reuse_running() -> KubeCluster | None:
     if not _port_open(API_PORT):
         return None
-    try:
-        noted = json.loads(running_marker().read_text())
-    except (OSError, ValueError):
-        noted = {}
+    noted = _noted_cluster()
+    if not noted and not _port_open(API_PORT):
+        return None  # a start that failed: this session starts its own
     kubeconfig = noted.get("kubeconfig")
     if not kubeconfig or not os.path.exists(kubeconfig) or not _api_up(kubeconfig):
         pytest.skip(f"something else holds 127.0.0.1:{API_PORT}, the test cluster's fixed API port, and it is"
