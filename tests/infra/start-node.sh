@@ -12,6 +12,7 @@ for b in kube-scheduler kubelet; do
   [ -x "$BIN/$b" ] || { echo "start-node.sh: $BIN/$b missing: build it with build-k8s-1.20-from-debian.sh" >&2; exit 3; }
 done
 [ -f "$S/kubeconfig" ] || { echo "start-node.sh: $S/kubeconfig missing: run start-k8s.sh $S first" >&2; exit 3; }
+date +%s > "$S/node.started"   # stop-k8s.sh removes the pod containers made from now on
 "$BIN/kube-scheduler" --kubeconfig="$S/kubeconfig" --leader-elect=false --port=0 --secure-port=0 > "$S/scheduler.log" 2>&1 &
 echo $! > "$S/scheduler.pid"
 mkdir -p "$S/kubelet-root" "$S/kubelet-certs" "$S/kubelet-plugins"
