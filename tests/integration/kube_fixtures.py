@@ -197,7 +197,7 @@ def kube_binaries(request: pytest.FixtureRequest) -> Path:
         if tarball.is_file():
             _unpack(tarball, target)
             return target
-        how = (f"build them once with `{BUILD_SCRIPT.relative_to(REPO)} /tmp/kube-build {target}` (about 10 min on"
+        how = (f"build them once with `{os.path.relpath(BUILD_SCRIPT, REPO)} /tmp/kube-build {target}` (about 10 min on"
                f" 2 cores; it installs the Debian packages {' '.join(BUILD_PACKAGES)} and fetches Debian's kubernetes"
                f" source package), or put a prebuilt {TARBALL} in $FLOWSPEC_K8S_CACHE, or set KUBECONFIG to a"
                " cluster of yours")
@@ -243,8 +243,9 @@ def wait_node_ready(kubeconfig: str, timeout: float = NODE_READY_S) -> None:
 
 
 def running_marker() -> Path:
-    """Where a session that started the cluster notes its state folder, for others to reuse."""
-    return cache_dir() / "k8s-running.json"
+    """Where a session that started the cluster notes its state folder, for others to reuse: one
+    place per machine, as the cluster's ports are (whatever test cache a session uses)."""
+    return Path(tempfile.gettempdir()) / "flowspec-test-k8s-running.json"
 
 
 def _given_cluster(kubeconfig: str) -> KubeCluster:
