@@ -348,7 +348,7 @@ def read_template(doc, key: str, written, base_dir: str) -> tuple[mf.Template | 
         text = read_text(path)
     except LoadError as exc:
         return None, [dataclasses.replace(d, file=shown) for d in exc.diagnostics]
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, or bytes that are not UTF-8
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return None, [doc.diag(("environment", key), f"cannot read {written} ({why}; looked for {shown})",
                                "the path is relative to the spec's folder")]

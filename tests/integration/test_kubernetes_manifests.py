@@ -172,6 +172,11 @@ def test_template_paths_are_printed_as_the_spec_path_was_given(tmp_path):
     done = flowspec("validate", "flows/k8s/flow.yaml", cwd=tmp_path)
     assert "flows/k8s/flow.yaml:12:24: error: environment.scheduler_spec_file: cannot read sched.yaml" \
            " (No such file or directory; looked for flows/k8s/sched.yaml)" in done.stdout, done.stdout
+    spec = folder / "flow.yaml"
+    spec.write_text(spec.read_text().replace("scheduler_spec_file: sched.yaml", 'scheduler_spec_file: "s\\0.yaml"'))
+    done = flowspec("validate", "flows/k8s/flow.yaml", cwd=tmp_path)  # a NUL in the path: no crash
+    assert done.returncode == 1 and "environment.scheduler_spec_file: cannot read s\\x00.yaml (embedded null byte" \
+        in done.stdout, done.stdout + done.stderr
 
 
 def test_validate_imports_no_kubernetes_client(tmp_path):
