@@ -668,8 +668,8 @@ class BuildPlan:
         if "no space left on device" in error.lower():
             return disk_full(error)
         head = step[0] if step else "a build step"
-        missing = _pip_missing(step)
-        if missing and "pip" in head:
+        missing = _pip_missing(step) if f"{VENV}/bin/pip" in head else None  # flowspec's step, not a dockerfile's
+        if missing:
             return self.uninstallable(missing)
         if "python3" in head and ("not found" in error or "127" in error or any("not found" in s for s in step)):
             found = re.search(r'exec: "python3": [^:]*', error)
