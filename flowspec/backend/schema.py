@@ -49,5 +49,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX run_tasks_by_run ON run_tasks (run_id, position)",
         "ALTER TABLE agents ADD COLUMN stop_requested {float}",
     ],
+    [
+        # The name of each task run whose task has a `run_name`, and a run's `outputs` (JSON).
+        "CREATE TABLE task_run_names (run_id TEXT NOT NULL REFERENCES flow_runs (id), task TEXT NOT NULL,"
+        " map_index INTEGER, name TEXT NOT NULL)",
+        "CREATE INDEX task_run_names_by_run ON task_run_names (run_id, task)",
+        "CREATE TABLE run_outputs (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), outputs TEXT NOT NULL)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -30,7 +30,38 @@ TASK_FINAL_STATES = ("Success", "Failed", "TimedOut", "TriggerFailed", "Skipped"
 class TaskStore(Store):
     """Task states: appended in batches, read back latest-first or as they come."""
 
-    run_tables = ("task_states", "run_tasks")  # rows of one flow run (see RunStore.run_tables)
+    run_tables = ("task_states", "run_tasks", "task_run_names", "run_outputs")  # rows of one flow run (see RunStore.run_tables)
+
+    def add_run_names(self, run_id: str, rows: Iterable[tuple[str, int | None, str]]) -> int:
+        """Record `(task, map_index, name)`: the names of task runs (a task's `run_name`)."""
+        rows = [(run_id, *row) for row in rows]
+        if rows:
+            with self._transaction() as tx:
+                tx.many("INSERT INTO task_run_names (run_id, task, map_index, name) VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def run_names(self, run_id: str) -> dict:
+        """(task, map_index) → the task run's name, for the task runs that have one."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all("SELECT task, map_index, name FROM task_run_names WHERE run_id = ?", run_id)
+        return {(task, index): name for task, index, name in rows}
+
+    def set_run_outputs(self, run_id: str, outputs: dict) -> None:
+        """Keep a run's `outputs` (JSON; a value JSON cannot hold is kept as its text)."""
+        import json
+
+        text = json.dumps(outputs, default=str)
+        with self._transaction() as tx:
+            tx.run("DELETE FROM run_outputs WHERE run_id = ?", run_id)
+            tx.run("INSERT INTO run_outputs (run_id, outputs) VALUES (?, ?)", run_id, text)
+
+    def run_outputs(self, run_id: str) -> dict | None:
+        """A run's outputs, or None when it recorded none."""
+        import json
+
+        with self._transaction(write=False) as tx:
+            row = tx.one("SELECT outputs FROM run_outputs WHERE run_id = ?", run_id)
+        return None if row is None else json.loads(row[0])
 
     def add_run_tasks(self, run_id: str, tasks: Iterable[str]) -> int:
         """Record the tasks of a run's flow, in the spec's order, when the run starts (once: a

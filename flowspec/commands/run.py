@@ -8,7 +8,7 @@ import sys
 
 from flowspec.commands._params import parameters  # noqa: F401  (also imported from here)
 
-EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
+EXIT_CODES = {"Success": 0, "Failed": 1, "TimedOut": 1, "Cancelled": 130}
 # Ended as Ctrl-C ends a run (tasks cancelled, on_exit called, the summary printed), exit 128 + N.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--params-file", metavar="FILE", help="a YAML mapping of parameter values")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text: logs and a summary table (default); json: one JSON object on stdout")
+    p.add_argument("--children", action="store_true",
+                   help="with --format json: list each mapped task's children (map_index, run_name, state)"
+                        " rather than counting them by state")
     loud = p.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
                       help="only warnings and errors, no progress display, one result line")
@@ -89,7 +92,7 @@ def main(args) -> int:
         return 128 + stopped[0]
     try:
         if args.format == "json":
-            print(json.dumps(result.to_json(), indent=2, default=str))
+            print(json.dumps(result.to_json(children=args.children), indent=2, default=str))
         else:  # quiet: the last line of the table only, "Flow run 'x' (id): Success in 1.20s"
             print(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1])
     except OSError:
