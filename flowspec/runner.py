@@ -233,7 +233,7 @@ class RunResult:
         self.state = PENDING
         self.message = None
         self.start = self.end = None
-        self.outputs: dict = {}  # the flow's `outputs`, evaluated when the run ends
+        self.outputs: dict | None = None  # the flow's `outputs` (when it has some), evaluated when the run ends
 
     @property
     def duration(self) -> float:
@@ -242,10 +242,12 @@ class RunResult:
     def to_json(self, children: bool = False) -> dict:
         """With `children`, a mapped task's `children` lists each child (map_index, run_name,
         state) rather than counting them by state."""
-        return {"flow": self.flow, "run_id": self.run_id, "state": self.state,
-                "duration_s": round(self.duration, 6), "message": self.message,
-                "tasks": {name: rec.to_json(children) for name, rec in self.tasks.items()},
-                "outputs": self.outputs}
+        out = {"flow": self.flow, "run_id": self.run_id, "state": self.state,
+               "duration_s": round(self.duration, 6), "message": self.message,
+               "tasks": {name: rec.to_json(children) for name, rec in self.tasks.items()}}
+        if self.outputs is not None:
+            out["outputs"] = self.outputs
+        return out
 
 
 class ReadOnlyDict(dict):
@@ -874,6 +876,7 @@ class FlowRunner:
         """The flow's `outputs`, from the parameters and the tasks' results. One that cannot be
         evaluated is None, and fails the run with its reason."""
         lookup = self._lookup_here if self._fetch is not None else self._lookup
+        self.result.outputs = {}
         for key, value in self.spec.outputs.items():
             try:
                 self.result.outputs[key] = resolve_arg(value, lookup)
