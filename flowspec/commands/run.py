@@ -45,6 +45,7 @@ def main(args) -> int:
     from flowspec.backend import backend_url
     from flowspec.errors import SpecError, UsageError
     from flowspec.params import ParamsError
+    from flowspec.compile import resolve_env
 
     if args.name is not None:
         from flowspec.commands.runs import run_registered
@@ -66,6 +67,7 @@ def main(args) -> int:
     try:
         spec = prepare(args.file, env=False)  # the variables once the parameters given are known
         params = parameters(spec, args)
+        spec = resolve_env(spec, storage=False)  # name, descriptions, labels: checked by parameters()
         backend_url(args.backend)  # a FLOWSPEC_HOME that is not a directory stops the run before it starts
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
@@ -121,7 +123,7 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
     """Compile the spec and check that this release has its drivers of these `tables`, and (with
     `env`) that the variables its executor and parameter defaults read are set."""
     from flowspec.commands import unreadable
-    from flowspec.compile import compile_file, unset_env
+    from flowspec.compile import compile_file, resolve_env, unset_env
     from flowspec.drivers import TABLES, available
     from flowspec.errors import SpecError, UsageError
 
@@ -139,10 +141,11 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
                 (table, "type"), f"the {table} type '{kind}' is not available in this release of flowspec",
                 f"available {table} types: {', '.join(available(table))}"))
     if env:
-        missing += unset_env(spec)
+        missing += unset_env(spec, storage="storage" in tables)
     if missing:
         raise SpecError(missing)
-    return spec
+    # `${{ env.NAME }}` in the name, project, descriptions, labels (and storage settings) are read now.
+    return resolve_env(spec, storage="storage" in tables) if env else spec
 
 
 def spec_file(path: str) -> str:
@@ -175,7 +178,7 @@ def parameters(spec, args) -> dict:
         return resolve_parameters(spec.parameters, file_values, file_doc, flags, env_defaults=False)
     # The variables that the executor and the defaults used (not those of a parameter given a
     # value) read, at their line and column; reported with any other parameter problem, once.
-    unset = unset_env(spec, given={*file_values, *(name for name, _ in flags)})
+    unset = unset_env(spec, given={*file_values, *(name for name, _ in flags)}, storage=False)
     reported = {name for name in spec.parameters if any(d.path.startswith(f"parameters.{name}.") for d in unset)}
     try:
         values = resolve_parameters(spec.parameters, file_values, file_doc, flags, skip=reported)
