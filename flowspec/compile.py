@@ -543,7 +543,16 @@ class _Checker:
                                 " given in 'with' or 'map'",
                     "loop.until": "pass a task's result through 'with'; until reads ${{ result }},"
                                   " ${{ context.loop.index }}, params and env"}.get(where)
-        self.diags.append(self.ref_diag(path, ref.offset, message, hint))
+        self.diags.append(self.ref_diag(path, self._kind_offset(path, ref), message, hint))
+
+    def _kind_offset(self, path: tuple, ref: refs.Ref) -> int:
+        """Where `ref`'s kind is written in the string at `path` (a plain reference's offset is its `${{`)."""
+        node = self.data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else node[key] if isinstance(node, list) \
+                and isinstance(key, int) and key < len(node) else None
+        at = node.find(ref.kind, ref.offset) if isinstance(node, str) else -1
+        return at if at >= 0 else ref.offset
 
     def check_arg(self, path: tuple, ref: refs.Ref, args: list | None) -> None:
         if args is None or ref.name in args:
