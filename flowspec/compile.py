@@ -493,7 +493,7 @@ class _Checker:
 
     def compile_run_name(self, path: tuple, value: str, args: list | None):
         try:
-            compiled = refs.parse_string(value, refs.ALL_KINDS)
+            compiled = _args_template(value) or refs.parse_string(value, refs.ALL_KINDS)
         except refs.ReferenceError_ as exc:
             self.diags.append(self.ref_diag(path, exc.offset, str(exc), exc.hint))
             return None
@@ -543,7 +543,16 @@ class _Checker:
                                 " given in 'with' or 'map'",
                     "loop.until": "pass a task's result through 'with'; until reads ${{ result }},"
                                   " ${{ context.loop.index }}, params and env"}.get(where)
-        self.diags.append(self.ref_diag(path, ref.offset, message, hint))
+        self.diags.append(self.ref_diag(path, self._kind_offset(path, ref), message, hint))
+
+    def _kind_offset(self, path: tuple, ref: refs.Ref) -> int:
+        """Where `ref`'s kind is written in the string at `path` (a plain reference's offset is its `${{`)."""
+        node = self.data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else node[key] if isinstance(node, list) \
+                and isinstance(key, int) and key < len(node) else None
+        at = node.find(ref.kind, ref.offset) if isinstance(node, str) else -1
+        return at if at >= 0 else ref.offset
 
     def check_arg(self, path: tuple, ref: refs.Ref, args: list | None) -> None:
         if args is None or ref.name in args:
@@ -877,6 +886,26 @@ class _Checker:
         for name in self.tasks:  # declaration order within each round
             rounds[depth[name]].append(name)
         return [name for names in rounds for name in names]
+
+
+_ARG = re.compile(r"\$\{\{\s*args\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}")
+
+
+def _args_template(text: str):
+    """`text` compiled as parse_string would, without the expression parser, when each of its
+    references is a plain `${{ args.NAME }}` (the common run_name); None otherwise."""
+    parts: list = []
+    pos = 0
+    for m in _ARG.finditer(text):
+        if m.start() > pos:
+            parts.append(text[pos:m.start()])
+        parts.append(refs.Ref("args", m.group(1), None, m.start()))
+        pos = m.end()
+    if not parts or "${{" in text[pos:] or any(isinstance(p, str) and "${{" in p for p in parts):
+        return None
+    if pos < len(text):
+        parts.append(text[pos:])
+    return parts[0] if len(parts) == 1 else refs.Template(tuple(parts))
 
 
 def _merge_groups(values) -> tuple:

@@ -45,7 +45,10 @@ class LoopCall:
     def __call__(self, **kwargs):  # called as the task itself (an executor that ships `fn` alone)
         from flowspec import context as ctxmod
 
-        return self.run(kwargs, ctxmod.current(), None, None)
+        ctx = ctxmod.current()
+        if ctx is ctxmod._EMPTY:  # called outside a task run: a context of its own, not the shared empty one
+            ctx = ctxmod.TaskContext("", "", ctx.params)
+        return self.run(kwargs, ctx, None, None)
 
     def run(self, kwargs: dict, ctx, timeout: float | None, notify):
         from flowspec.runner import call_with_timeout

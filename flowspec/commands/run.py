@@ -50,6 +50,7 @@ def main(args) -> int:
     from flowspec.backend import backend_url
     from flowspec.errors import SpecError, UsageError
     from flowspec.params import ParamsError
+    from flowspec.compile import resolve_env
 
     if args.name is not None:
         from flowspec.commands.runs import run_registered
@@ -71,6 +72,7 @@ def main(args) -> int:
     try:
         spec = prepare(args.file, env=False)  # the variables once the parameters given are known
         params = parameters(spec, args)
+        spec = resolve_env(spec, storage=False)  # name, descriptions, labels: checked by parameters()
         backend_url(args.backend)  # a FLOWSPEC_HOME that is not a directory stops the run before it starts
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
@@ -126,7 +128,7 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
     """Compile the spec and check that this release has its drivers of these `tables`, and (with
     `env`) that the variables its executor and parameter defaults read are set."""
     from flowspec.commands import unreadable
-    from flowspec.compile import compile_file, unset_env
+    from flowspec.compile import compile_file, resolve_env, unset_env
     from flowspec.drivers import TABLES, available
     from flowspec.errors import SpecError, UsageError
 
@@ -144,10 +146,11 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
                 (table, "type"), f"the {table} type '{kind}' is not available in this release of flowspec",
                 f"available {table} types: {', '.join(available(table))}"))
     if env:
-        missing += unset_env(spec)
+        missing += unset_env(spec, storage="storage" in tables)
     if missing:
         raise SpecError(missing)
-    return spec
+    # `${{ env.NAME }}` in the name, project, descriptions, labels (and storage settings) are read now.
+    return resolve_env(spec, storage="storage" in tables) if env else spec
 
 
 def spec_file(path: str) -> str:
