@@ -77,7 +77,7 @@ class Recorder:
         self._states: list[tuple] = []
         self._logs: list[tuple] = []
         self._tasks: list[str] = []
-        self._names: list[tuple] = []  # (task, map_index, name) of task runs named by `run_name`
+        self._names: list[tuple] = []  # (task, names) of tasks with a `run_name` (see add_run_names)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one flush at a time keeps rows in order
         self._stop = threading.Event()
@@ -101,10 +101,8 @@ class Recorder:
         names = record.run_names
         if names is None:
             return
-        rows = [(record.name, None, names)] if isinstance(names, str) else \
-            [(record.name, i, n) for i, n in enumerate(names) if n is not None]
         with self._lock:
-            self._names.extend(rows)
+            self._names.append((record.name, names))
 
     def flow_state(self, result: Any) -> None:
         """Create the run when it starts (with `create`), and record its flow's tasks (written

@@ -328,6 +328,32 @@ def resolve_arg(value, lookup):
     return refs.resolve(value, lookup)
 
 
+def make_namer(run_name):
+    """A function of a task run's arguments that gives its name: the common templates
+    (`item-${{ args.x }}`, `${{ args.table }}`) without walking the template for every child."""
+    fmt = refs._fmt
+    if type(run_name) is str:
+        return lambda kwargs: run_name
+    if type(run_name) is refs.Ref and not run_name.accessors:
+        key = run_name.name
+        return lambda kwargs: v if type(v := kwargs[key]) is str else fmt(v)
+    if type(run_name) is refs.Template and all(type(p) is str or type(p) is refs.Ref and not p.accessors
+                                               for p in run_name.parts):
+        parts = tuple((True, p) if type(p) is str else (False, p.name) for p in run_name.parts)
+        if len(parts) == 2 and parts[0][0] and not parts[1][0]:  # "prefix-${{ args.x }}"
+            prefix, key = parts[0][1], parts[1][1]
+            return lambda kwargs: prefix + (v if type(v := kwargs[key]) is str else fmt(v))
+
+        def name(kwargs) -> str:
+            return "".join(p if literal else (v if type(v := kwargs[p]) is str else fmt(v)) for literal, p in parts)
+        return name
+
+    def general(kwargs) -> str:
+        value = refs.resolve(run_name, lambda ref: kwargs[ref.name])
+        return value if type(value) is str else fmt(value)
+    return general
+
+
 def condition_text(cond) -> str:
     """An `if` as written inside its ${{ }}."""
     if isinstance(cond, refs.Expr):
@@ -471,6 +497,7 @@ class FlowRunner:
                     self._consumes[name] = takes
         self._timed_out = False
         self._merges: dict = {}
+        self._namers: dict = {}  # task → make_namer(its run_name)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -665,15 +692,14 @@ class FlowRunner:
     def _run_name(self, task, kwargs: dict) -> str | None:
         """The task run's name from its arguments, or None (it is then named by its index) when
         the name cannot be made, which a warning says."""
-        run_name = task.run_name
-        if type(run_name) is str:
-            return run_name
+        namer = self._namers.get(task.name)
+        if namer is None:
+            namer = self._namers[task.name] = make_namer(task.run_name)
         try:
-            value = refs.resolve(run_name, lambda ref: kwargs[ref.name])
+            return namer(kwargs)
         except Exception as exc:  # an argument without the key the name reads
-            log.warning("%s: run_name %s: %s", task.name, run_name, exc)
+            log.warning("%s: run_name %s: %s", task.name, task.run_name, exc)
             return None
-        return value if type(value) is str else refs._fmt(value)
 
     def _launch_children(self, task, rec: TaskRecord, fn, kwargs: dict, lists: dict) -> None:
         n = len(next(iter(lists.values())))

@@ -32,19 +32,33 @@ class TaskStore(Store):
 
     run_tables = ("task_states", "run_tasks", "task_run_names", "run_outputs")  # rows of one flow run (see RunStore.run_tables)
 
-    def add_run_names(self, run_id: str, rows: Iterable[tuple[str, int | None, str]]) -> int:
-        """Record `(task, map_index, name)`: the names of task runs (a task's `run_name`)."""
-        rows = [(run_id, *row) for row in rows]
+    def add_run_names(self, run_id: str, rows: Iterable[tuple[str, str | list]]) -> int:
+        """Record `(task, names)`: the names of a task's runs (its `run_name`), a string for an
+        unmapped task, a list by map index (None: not named) for a mapped one; one row per task,
+        however many children it has."""
+        import json
+
+        rows = [(run_id, task, json.dumps(names)) for task, names in rows]
         if rows:
             with self._transaction() as tx:
-                tx.many("INSERT INTO task_run_names (run_id, task, map_index, name) VALUES (?, ?, ?, ?)", rows)
+                tx.many("INSERT INTO task_run_names (run_id, task, names) VALUES (?, ?, ?)", rows)
         return len(rows)
 
     def run_names(self, run_id: str) -> dict:
-        """(task, map_index) → the task run's name, for the task runs that have one."""
+        """(task, map_index) → the task run's name, for the task runs that have one (map_index
+        None for an unmapped task)."""
+        import json
+
         with self._transaction(write=False) as tx:
-            rows = tx.all("SELECT task, map_index, name FROM task_run_names WHERE run_id = ?", run_id)
-        return {(task, index): name for task, index, name in rows}
+            rows = tx.all("SELECT task, names FROM task_run_names WHERE run_id = ?", run_id)
+        out: dict = {}
+        for task, text in rows:
+            names = json.loads(text)
+            if isinstance(names, list):
+                out.update(((task, i), n) for i, n in enumerate(names) if n is not None)
+            else:
+                out[task, None] = names
+        return out
 
     def set_run_outputs(self, run_id: str, outputs: dict) -> None:
         """Keep a run's `outputs` (JSON; a value JSON cannot hold is kept as its text)."""
