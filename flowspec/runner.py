@@ -819,7 +819,8 @@ class FlowRunner:
         rec.children[index] = outcome.state
         rec.child_results[index] = outcome.result
         if outcome.message and rec.message is None:
-            rec.message = f"[{index}] {outcome.message}"
+            names = rec.run_names
+            rec.message = f"[{index if names is None or names[index] is None else names[index]}] {outcome.message}"
         rec.open -= 1
         if rec.open == 0:
             self._finish(rec, aggregate(rec.children), rec.message, rec.child_results)

@@ -72,9 +72,9 @@ def _env(flow_dir, **more) -> dict:
     return {"FLOWSPEC_HOME": str(flow_dir / "home"), **more}
 
 
-def _run(cli, flow_dir, spec: str, *args, **env):
+def _run(cli, flow_dir, spec: str, *args, timeout: float = 30, **env):
     path = _write(flow_dir, spec)
-    result = cli("run", path, "--format", "json", *args, cwd=flow_dir, env=_env(flow_dir, **env))
+    result = cli("run", path, "--format", "json", *args, cwd=flow_dir, env=_env(flow_dir, **env), timeout=timeout)
     return result, json.loads(result.stdout)
 
 
@@ -431,3 +431,29 @@ def test_a_flow_timeout_stops_running_tasks_and_ends_timed_out(cli, flow_dir):
     assert json.loads((flow_dir / "on_exit.txt").read_text())["state"] == "TimedOut"
     runs = json.loads(cli("runs", "list", "--format", "json", cwd=flow_dir, env=_env(flow_dir)).stdout)
     assert runs[0]["state"] == "TimedOut" and runs[0]["exit_code"] == 1
+
+
+@pytest.mark.parametrize("executor", [
+    "{type: local-dask, workers: 2}",
+    "{type: local-dask, workers: 2, scheduler: processes}",
+    pytest.param("{type: dask, workers: 2}", marks=pytest.mark.slow),
+])
+def test_named_looping_children_on_every_executor(cli, flow_dir, executor):
+    result, report = _run(cli, flow_dir, f"""
+        version: 1
+        name: pooled
+        tasks:
+          count:
+            run: steps:count
+            map: {{step: [5, 7]}}
+            run_name: "by-${{{{ args.step }}}}"
+            loop: {{until: "${{{{ result >= 15 }}}}"}}
+        outputs:
+          totals: ${{{{ tasks.count }}}}
+        executor: {executor}
+    """, "--children", timeout=120)
+    assert result.rc == 0, result.stderr
+    assert report["outputs"] == {"totals": [15, 21]}
+    assert [c["run_name"] for c in report["tasks"]["count"]["children"]] == ["by-5", "by-7"]
+    for name, previous in (("by-5", 10), ("by-7", 14)):
+        assert _logged(result.stderr, rf"count\[{name}\]", f"index 2 previous {previous}"), result.stderr
