@@ -498,6 +498,7 @@ class FlowRunner:
         self._timed_out = False
         self._merges: dict = {}
         self._namers: dict = {}  # task → make_namer(its run_name)
+        self._hook_args: dict = {}  # flow hook → its `with`, resolved before the results go
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -525,6 +526,7 @@ class FlowRunner:
                         self._cleanup_rest()
                     if self.spec.outputs:
                         self._outputs()
+                    self._flow_hook_args()  # while the executor still holds the tasks' results
                     self._keep_results()
                 except BaseException:
                     self.executor.shutdown(cancel=True)
@@ -936,6 +938,18 @@ class FlowRunner:
                 "started": iso(start), "ended": iso(end)}
         self._call_state_hook(getattr(task, key), (name, key), info, f"{name}.{key}")
 
+    def _flow_hook_args(self) -> None:
+        """The `with` of the flow hooks, resolved now: their task references read results that
+        are dropped (or that the executor keeps) once the run is over."""
+        lookup = self._lookup_here if self._fetch is not None else self._lookup
+        for key in ("on_success", "on_failure"):
+            hook = getattr(self.spec, key, None)
+            if hook is not None and hook.with_args:
+                try:
+                    self._hook_args[key] = {k: resolve_arg(v, lookup) for k, v in hook.with_args.items()}
+                except Exception as exc:  # reported when the hook is called
+                    self._hook_args[key] = exc
+
     def _flow_hooks(self) -> None:
         result = self.result
         key = "on_success" if result.state == SUCCESS else \
@@ -947,16 +961,19 @@ class FlowRunner:
                 "map_index": None, "state": result.state, "message": run_summary_message(result),
                 "attempt": None, "started": iso(result.start), "ended": iso(result.end),
                 "tasks": {n: {"state": r.state, "children": r.child_counts()} for n, r in self.records.items()}}
-        self._call_state_hook(hook, (None, key), info, key)
+        self._call_state_hook(hook, (None, key), info, key, self._hook_args.get(key))
 
-    def _call_state_hook(self, hook, callable_key: tuple, info: dict, label: str) -> None:
-        """Call a state hook with `info` and its `with`; a hook that fails is logged with its
-        traceback and changes nothing."""
+    def _call_state_hook(self, hook, callable_key: tuple, info: dict, label: str, kwargs=None) -> None:
+        """Call a state hook with `info` and its `with` (`kwargs`, when resolved before); a hook
+        that fails is logged with its traceback and changes nothing."""
         fn = self.callables.get(callable_key)
         if fn is None:
             return
         try:
-            kwargs = {k: resolve_arg(v, self._lookup) for k, v in hook.with_args.items()}
+            if isinstance(kwargs, Exception):
+                raise kwargs
+            if kwargs is None:
+                kwargs = {k: resolve_arg(v, self._lookup) for k, v in hook.with_args.items()}
             fn(info, **kwargs)
         except Exception as exc:
             log.error("hook %s (%s) failed: %s: %s\n%s", label, hook.run, type(exc).__name__, exc,

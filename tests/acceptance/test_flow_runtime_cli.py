@@ -457,3 +457,20 @@ def test_named_looping_children_on_every_executor(cli, flow_dir, executor):
     assert [c["run_name"] for c in report["tasks"]["count"]["children"]] == ["by-5", "by-7"]
     for name, previous in (("by-5", 10), ("by-7", 14)):
         assert _logged(result.stderr, rf"count\[{name}\]", f"index 2 previous {previous}"), result.stderr
+
+
+def test_a_flow_hook_reads_task_results_and_params(cli, flow_dir):
+    result, report = _run(cli, flow_dir, """
+        version: 1
+        name: reads
+        parameters:
+          who: {default: ops}
+        tasks:
+          load: {run: steps:load, with: {table: orders}}
+        on_success: {run: steps:record, with: {tag: "${{ params.who }}: ${{ tasks.load.rows }} rows"}}
+    """)
+    assert result.rc == 0, result.stderr
+    [hook] = [json.loads(line) for line in (flow_dir / "hooks.txt").read_text().splitlines()]
+    assert hook["tag"] == "ops: 6 rows" and hook["state"] == "Success" and hook["message"] is None
+    assert hook["tasks"] == {"load": {"state": "Success", "children": {}}}
+    assert "outputs" not in report  # a flow without outputs keeps the JSON it always had
