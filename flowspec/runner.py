@@ -457,7 +457,8 @@ class FlowRunner:
         self._fetch = getattr(executor, "fetch", None)
         self._fetch_first = () if self._fetch is None else {
             t.name for t in spec.tasks.values()
-            if formats_task_result(dict(t.with_args)) or formats_task_result(dict(t.map_args))}
+            if formats_task_result(dict(t.with_args)) or formats_task_result(dict(t.map_args))
+            or t.condition_upstream}  # a condition reads the values themselves
         self.observers = list(observers)
         self.notify = self._notify_task if self.observers else None
         # Observers that want a word when a task is final (the progress display counts a mapped
