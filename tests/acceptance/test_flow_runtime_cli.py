@@ -474,3 +474,15 @@ def test_a_flow_hook_reads_task_results_and_params(cli, flow_dir):
     assert hook["tag"] == "ops: 6 rows" and hook["state"] == "Success" and hook["message"] is None
     assert hook["tasks"] == {"load": {"state": "Success", "children": {}}}
     assert "outputs" not in report  # a flow without outputs keeps the JSON it always had
+
+
+@pytest.mark.slow
+def test_branches_and_merges_on_a_dask_cluster(cli, flow_dir):
+    """The dask executor keeps results on its workers: a condition and a merge read the values."""
+    result, report = _run(cli, flow_dir, BRANCHES + "    executor: {type: dask, workers: 2}\n",
+                          "--param", "kind=big", timeout=120)
+    assert result.rc == 0, result.stderr
+    states = _states(report)
+    assert states["small"] == ("Skipped", "condition false: tasks.pick == 'small'")
+    assert states["big"] == ("Success", None) and states["join"] == ("Success", None)
+    assert report["outputs"] == {"joined": "big 2", "kind": "big"}
