@@ -399,6 +399,9 @@ class _Checker:
         self._data = None
         if len(task) > 1 and not _EXTRA_KEYS.isdisjoint(task):
             data += self.check_task_keys(name, task, compiled)
+        if groups := _merge_groups((compiled.get("with"), compiled.get("map"),
+                                    self.extras[name].get("condition") if name in self.extras else None)):
+            self.extras.setdefault(name, {})["merge"] = groups
         mapped = compiled.get("map")
         if mapped:
             for key in compiled.get("with", {}).keys() & mapped.keys():
@@ -464,9 +467,6 @@ class _Checker:
         for key in TASK_HOOKS:
             if key in task:
                 extra[key] = self.compile_hook(base + (key,), task[key], ("params", "env"))
-        groups = _merge_groups((compiled.get("with"), compiled.get("map"), extra.get("condition")))
-        if groups:
-            extra["merge"] = groups
         self.extras[name] = extra
         return cond
 

@@ -83,7 +83,7 @@ def dot(spec) -> str:
     def q(*lines: str) -> str:
         return '"' + "\\n".join(t.replace("\\", "\\\\").replace('"', '\\"') for t in lines) + '"'
 
-    out = [f"digraph {q(spec.name)} {{", "    rankdir=LR;",
+    out = [f"digraph {q(_name(spec))} {{", "    rankdir=LR;",
            '    node [shape=box, style="rounded", fontname="Helvetica", fontsize=11];',
            '    edge [fontname="Helvetica", fontsize=9];']
     for task in spec.tasks.values():
@@ -94,6 +94,17 @@ def dot(spec) -> str:
               "condition": ' [style=dotted, label="if"]', "merge": ' [style=dashed, label="||"]'}
     out += [f"    {q(up)} -> {q(down)}{styles[kind]};" for up, down, kind in edges(spec)]
     return "\n".join(out + ["}"]) + "\n"
+
+
+def _name(spec) -> str:
+    """The flow's name, with `${{ env.NAME }}` read when the variable is set (as written otherwise:
+    a picture needs no variable)."""
+    from flowspec.compile import resolve_env
+
+    try:
+        return resolve_env(spec, storage=False).name
+    except (refs.ResolveError, AttributeError):
+        return spec.name
 
 
 def render(spec, fmt: str) -> bytes:

@@ -150,6 +150,9 @@ def test_fmt_puts_the_new_keys_in_the_reference_order(cli, tmp_path):
     assert cli("fmt", path).rc == 0
     assert path.read_text() == ("version: 1\nname: x\ntasks:\n  a:\n    run: m:a\n    if: ${{ true }}\n"
                                 "    cleanup: m:c\ntimeout: 5m\non_success: m:h\n")
+    path.write_text("version: 1\nname: x\ntasks:\n  a:\n    if: ${{ true }}\n    trigger: none_failed\n    run: m:a\n")
+    assert cli("fmt", path).rc == 0
+    assert path.read_text() == "version: 1\nname: x\ntasks:\n  a:\n    run: m:a\n    trigger: none_failed\n    if: ${{ true }}\n"
 
 
 # -- env references in the name, labels and descriptions -----------------------------------------

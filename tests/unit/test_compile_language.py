@@ -267,3 +267,25 @@ def test_other_references_outside_tasks_are_errors(flow, top, at, path, message)
     spec, diags = flow.compile(f"{head}{top}\nparameters: {{day: {{default: x}}}}\ntasks: {{a: {{run: 'm:a'}}}}\n")
     line = head.count("\n") + 1
     assert [(d.line, d.column, d.path, d.message) for d in diags] == [(line, top.index(at) + 1, path, message)]
+
+
+@pytest.mark.parametrize("value, groups", [
+    ("${{ tasks.a || tasks.b }}", (("a", "b"),)),
+    ("${{ tasks.a.rows || tasks.b.rows || tasks.c }}", (("a", "b", "c"),)),
+    ("${{ tasks.a || 'none' }}", ()),
+    ("${{ tasks.a || tasks.a }}", ()),
+    ("rows: ${{ tasks.a || tasks.b }}", (("a", "b"),)),
+    ("${{ (tasks.a || tasks.b) == 1 and (tasks.b || tasks.c) }}", (("a", "b"), ("b", "c"))),
+])
+def test_merge_groups_are_the_tasks_that_or_joins(flow, value, groups):
+    spec = flow.spec(HEAD + "tasks:\n  a: {run: 'm:a'}\n  b: {run: 'm:b'}\n  c: {run: 'm:c'}\n"
+                     f"  d: {{run: 'm:d', with: {{x: \"{value}\"}}}}\n")
+    assert spec.tasks["d"].merge == groups
+
+
+def test_a_condition_merge_counts_too_and_its_tasks_are_upstreams(flow):
+    spec = flow.spec(HEAD + "tasks:\n  a: {run: 'm:a'}\n  b: {run: 'm:b'}\n"
+                     "  d: {run: 'm:d', if: \"${{ tasks.a || tasks.b }}\"}\n")
+    d = spec.tasks["d"]
+    assert (d.merge, d.upstream, d.data_upstream, d.condition_upstream) == ((("a", "b"),), ("a", "b"), ("a", "b"),
+                                                                             ("a", "b"))
