@@ -497,7 +497,6 @@ class FlowRunner:
                 if takes:
                     self._consumes[name] = takes
         self._timed_out = False
-        self._merges: dict = {}
         self._namers: dict = {}  # task → make_namer(its run_name)
         self._hook_args: dict = {}  # flow hook → its `with`, resolved before the results go
 
@@ -644,7 +643,7 @@ class FlowRunner:
         else:
             up = None
         if up is not None or task.trigger != "all_successful":
-            state, reason = trigger_decision(task.trigger, self._upstream_states(task), self._merge(task))
+            state, reason = trigger_decision(task.trigger, self._upstream_states(task), task.merge)
             if state is not None:
                 return self._finish(rec, state, reason)
         try:
@@ -667,18 +666,6 @@ class FlowRunner:
                                           task.timeout, self.notify if task.on_retry is None else self._notify_retry)
             return self._collect(task.name, None, future)
         self._launch_children(task, rec, fn, kwargs, lists)
-
-    def _merge(self, task) -> tuple:
-        """The task's merge groups (`${{ tasks.a || tasks.b }}`); read only when an upstream did
-        not succeed. A spec compiled without them for a task with no other new key: found here."""
-        if task.merge or not (task.with_args or task.map_args):
-            return task.merge
-        groups = self._merges.get(task.name)
-        if groups is None:
-            from flowspec.compile import _merge_groups
-
-            groups = self._merges[task.name] = _merge_groups((dict(task.with_args), dict(task.map_args)))
-        return groups
 
     def _condition_true(self, task, lookup) -> bool:
         cond = task.condition
@@ -735,7 +722,7 @@ class FlowRunner:
             rec.run_names = [None] * len(columns[0])
         for i in range(len(columns[0])):
             if task.per_child:
-                state, reason = trigger_decision(task.trigger, self._upstream_states(task, i), self._merge(task))
+                state, reason = trigger_decision(task.trigger, self._upstream_states(task, i), task.merge)
                 if state is not None:
                     self._record(name, i, Outcome(state, None, 0, rec.start, time.time(), reason))
                     continue
