@@ -13,10 +13,10 @@ from flowspec.commands._backend import (
     add_common, clock, emit_json, find_run, labels_text, mark_lost, open_from, subcommands, table, table_lines, warn,
     when)
 
-EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}  # `run --name --watch`: the run's own code
+EXIT_CODES = {"Success": 0, "Failed": 1, "TimedOut": 1, "Cancelled": 130}  # `run --name --watch`: the run's own code
 # `runs logs --follow` watches a run: a run that ended Cancelled is no interrupt of the watcher
 # (130 is for a Ctrl-C of `runs logs` itself), so it exits 1 as for any run that did not succeed.
-FOLLOW_EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 1}
+FOLLOW_EXIT_CODES = {"Success": 0, "Failed": 1, "TimedOut": 1, "Cancelled": 1}
 FOLLOW_POLL_S = 0.25
 
 
@@ -271,7 +271,7 @@ def main_cancel(args) -> int:
     with open_from(args) as backend:
         run = find_run(backend, args.run)
         state = backend.cancel_run(run.id)
-    if state in ("Success", "Failed"):
+    if state in ("Success", "Failed", "TimedOut"):
         raise FlowspecError(f"run {run.id} already finished ({state}): nothing to cancel")
     if args.format == "json":
         emit_json({"id": run.id, "state": state})

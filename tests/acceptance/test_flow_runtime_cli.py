@@ -431,6 +431,8 @@ def test_a_flow_timeout_stops_running_tasks_and_ends_timed_out(cli, flow_dir):
     assert json.loads((flow_dir / "on_exit.txt").read_text())["state"] == "TimedOut"
     runs = json.loads(cli("runs", "list", "--format", "json", cwd=flow_dir, env=_env(flow_dir)).stdout)
     assert runs[0]["state"] == "TimedOut" and runs[0]["exit_code"] == 1
+    follow = cli("runs", "logs", report["run_id"], "--follow", cwd=flow_dir, env=_env(flow_dir), timeout=20)
+    assert follow.rc == 1, follow.output  # a TimedOut run is over: following it ends
 
 
 @pytest.mark.parametrize("executor", [
