@@ -863,14 +863,14 @@ class FlowRunner:
         rec.start = time.time()
         if producer.state != SUCCESS:
             return self._cleanup_done(rec, SKIPPED, f"not run: {name} ended {producer.state}", 0)
-        value = producer.result
-        if self._fetch is not None and value is not None:
-            value = self._fetch(value)
         fn = self.callables[(name, "cleanup")]
         self._notify_task(rec.name, None, RUNNING, 1, None)
         ctx = self.base_ctx.for_task(rec.name, None, 1)
         token = ctxmod.set_current(ctx)
         try:
+            value = producer.result
+            if self._fetch is not None and value is not None:  # kept by the executor: brought here
+                value = self._fetch(value)
             fn(value)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -897,7 +897,7 @@ class FlowRunner:
         for key, value in self.spec.outputs.items():
             try:
                 self.result.outputs[key] = resolve_arg(value, lookup)
-            except refs.ResolveError as exc:
+            except Exception as exc:  # a missing key, or a result the executor could not give back
                 self.result.outputs[key] = None
                 message = f"output {key}: {exc}"
                 log.error("%s", message)

@@ -488,3 +488,21 @@ def test_branches_and_merges_on_a_dask_cluster(cli, flow_dir):
     assert states["small"] == ("Skipped", "condition false: tasks.pick == 'small'")
     assert states["big"] == ("Success", None) and states["join"] == ("Success", None)
     assert report["outputs"] == {"joined": "big 2", "kind": "big"}
+
+
+def test_an_output_that_cannot_be_read_fails_the_run_and_says_why(cli, flow_dir):
+    result, report = _run(cli, flow_dir, """
+        version: 1
+        name: badout
+        tasks:
+          load: {run: steps:load, with: {table: orders}}
+        outputs:
+          rows: ${{ tasks.load.rows }}
+          missing: ${{ tasks.load.count }}
+    """)
+    assert result.rc == 1
+    assert report["state"] == "Failed"
+    assert report["outputs"] == {"rows": 6, "missing": None}
+    message = "output missing: ${{ tasks.load.count }}: tasks.load has no key 'count'; its keys: 'rows', 'table'"
+    assert _states(report)["outputs.missing"] == ("Failed", message)
+    assert report["message"] == message
