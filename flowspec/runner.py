@@ -382,11 +382,11 @@ def formats_task_result(value) -> bool:
 
 
 def run_summary_message(result) -> str | None:
-    """The run's message, or which tasks did not succeed."""
+    """The run's message, or which tasks did not succeed (as flowspec.recorder.run_message says it)."""
     if result.message or result.state == SUCCESS:
         return result.message
     bad = [f"{n} ({r.state})" for n, r in result.tasks.items() if r.state in FLOW_FAILING]
-    return ("tasks did not succeed: " + ", ".join(bad[:10]) + (" and more" if len(bad) > 10 else "")) if bad else None
+    return f"tasks that did not succeed: {', '.join(bad)}" if bad else None
 
 
 class FlowTimeout:

@@ -373,6 +373,7 @@ def test_hooks_post_to_a_webhook_and_a_failing_hook_changes_no_state(cli, flow_d
     assert f"http://127.0.0.1:8787/runs/{report['run_id']}" in text
     flow = by_path["/flow"]
     assert flow["state"] == "Failed" and flow["task"] is None
+    assert flow["message"] == "tasks that did not succeed: bad (Failed), down (Failed)"
     assert flow["tasks"]["load"] == {"state": "Success", "children": {"Success": 2}}
     assert set(flow) >= {"flow", "run_id", "task", "run_name", "map_index", "state", "message", "attempt",
                          "started", "ended", "tasks"}
