@@ -49,5 +49,13 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX run_tasks_by_run ON run_tasks (run_id, position)",
         "ALTER TABLE agents ADD COLUMN stop_requested {float}",
     ],
+    [
+        # The names of a task's runs when it has a `run_name` (one row per task: JSON, a string for
+        # an unmapped task, a list by map index for a mapped one), and a run's `outputs` (JSON).
+        "CREATE TABLE task_run_names (run_id TEXT NOT NULL REFERENCES flow_runs (id), task TEXT NOT NULL,"
+        " names TEXT NOT NULL)",
+        "CREATE INDEX task_run_names_by_run ON task_run_names (run_id, task)",
+        "CREATE TABLE run_outputs (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), outputs TEXT NOT NULL)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
