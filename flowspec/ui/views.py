@@ -1,0 +1,112 @@
+"""What the pages show, as plain data: the same dicts feed the templates and the JSON twins.
+
+The JSON of runs and of a run has the shapes of `flowspec runs list/show --format json`, except
+that parameters whose names look like credentials are masked.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+MASK = "****"
+
+
+def masked(value: Any, secret: bool = False) -> Any:
+    """Parameters with every value under a credential-like name replaced by MASK."""
+    from flowspec.plan import is_secret
+
+    if secret:
+        return MASK
+    if isinstance(value, dict):
+        return {k: masked(v, isinstance(k, str) and (is_secret(k) or is_secret(k, False))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
+
+
+def run_dict(run) -> dict:
+    from flowspec.commands.runs import run_json
+
+    data = run_json(run)
+    data["parameters"] = masked(run.parameters)
+    return data
+
+
+def task_rows(backend, run_id: str) -> list[dict]:
+    """`runs show`'s task rows: one per task, a mapped task's children counted by state."""
+    from flowspec.commands.runs import _summary
+
+    rows = []
+    for t in _summary(backend.task_summary(run_id)):
+        row = {"task": t.task, "map_index": t.map_index, "state": t.state, "attempt": t.attempt, "time": t.time,
+               "message": t.message}
+        if t.children:
+            row["children"] = t.children
+        rows.append(row)
+    return rows
+
+
+def run_detail(backend, run) -> dict:
+    """The JSON of `flowspec runs show RUN --format json`."""
+    flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+    return run_dict(run) | {
+        "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
+        "waiting_reason": backend.waiting_reason(run.id),
+        "history": [{"time": e.time, "state": e.state, "message": e.message} for e in backend.run_history(run.id)],
+        "tasks": task_rows(backend, run.id)}
+
+
+def log_dict(row: tuple) -> dict:
+    """A log row as `flowspec runs logs --format json` shows it, with its id."""
+    return {"kind": "log", "id": row[0], "time": row[2], "level": row[3], "task": row[4], "message": row[5]}
+
+
+def agent_dict(agent, now: float, runs: dict[str, int] | None = None) -> dict:
+    from flowspec.commands.agents import status
+
+    return {"name": agent.name, "labels": list(agent.labels), "started": agent.started, "last_seen": agent.last_seen,
+            "stopped": agent.stopped, "alive": agent.alive(now), "status": status(agent, now), "runs": runs or {}}
+
+
+def flow_dict(flow) -> dict:
+    """As `flowspec flows list --format json`."""
+    return {"id": flow.id, "project": flow.project, "name": flow.name, "version": flow.version,
+            "labels": list(flow.labels), "storage": masked(flow.storage), "registered": flow.created}
+
+
+def graph_of(flow, tasks: list[dict]) -> dict:
+    """Nodes and edges of a run's task graph: from its registered spec when there is one, else
+    the tasks it recorded (a local run keeps no spec: no edges)."""
+    from flowspec.ui import layout
+
+    names, edges = [t["task"] for t in tasks], []
+    if flow is not None and flow.spec_text:
+        spec = _compiled(flow.id, flow.spec_text)
+        if spec is not None:
+            names = list(spec.tasks) + [n for n in names if n not in spec.tasks]
+            from flowspec.graph import edges as spec_edges
+
+            edges = spec_edges(spec)
+    placed, width, height = layout.place(names, [(u, d) for u, d, _ in edges])
+    by_name = {t["task"]: t for t in tasks}
+    nodes = [{"name": p.name, "x": p.x, "y": p.y, "w": layout.NODE_W, "h": layout.NODE_H, "layer": p.layer,
+              "state": by_name.get(p.name, {}).get("state", "Pending"),
+              "children": by_name.get(p.name, {}).get("children")} for p in placed]
+    return {"nodes": nodes, "edges": layout.edge_paths(placed, edges), "width": width, "height": height,
+            "from_spec": bool(edges) or (flow is not None)}
+
+
+_SPECS: dict[int, Any] = {}
+
+
+def _compiled(flow_id: int, text: str):
+    """A registered version's spec, compiled once (versions never change)."""
+    if flow_id not in _SPECS:
+        from flowspec.compile import compile_document
+        from flowspec.loader import load_text
+
+        try:
+            spec, _ = compile_document(load_text(text, "flow.yaml"))
+        except Exception:  # a spec an older flowspec accepted: shown without edges
+            spec = None
+        _SPECS[flow_id] = spec
+    return _SPECS[flow_id]
