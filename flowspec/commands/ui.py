@@ -77,6 +77,7 @@ def _serve(uvicorn, app, args) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        sock.listen(2048)  # connections made from here on wait for the server instead of failing
     except OSError as exc:
         sock.close()
         raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there: {exc.strerror}",

@@ -32,7 +32,7 @@ def create_app(backend, *, allow_actions: bool = False, token: str | None = None
 
     ensure_indexes(backend)
     app = Starlette(routes=[
-        Route("/", routes.home),
+        Route("/", routes.home), Route("/favicon.ico", routes.favicon),
         Route("/runs", routes.runs_list), Route("/runs.json", routes.runs_list),
         Route("/runs/events", live.runs_events),
         Route("/runs/{run_id}", routes.run_page), Route("/runs/{run_id}.json", routes.run_page),
@@ -80,7 +80,7 @@ class Guard:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                            (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+                            (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY")]
                 message = {**message, "headers": headers}
             await send(message)
         await self.app(scope, receive, send_with_headers)

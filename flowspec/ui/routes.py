@@ -31,6 +31,10 @@ def home(request: Request) -> Response:
     return RedirectResponse("/runs", status_code=307)
 
 
+def favicon(request: Request) -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=308)
+
+
 # ------------------------------------------------------------------------------------ runs
 
 
