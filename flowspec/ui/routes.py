@@ -230,7 +230,7 @@ def flow_page(request: Request) -> Response:
         raise HTTPException(404, f"flow '{name}' has no version {wanted}")
     other = _int(request.query_params.get("diff"), "diff", 0) or None
     diff = _diff(backend, flow, other) if other else None
-    data = views.flow_dict(flow) | {"spec_text": flow.spec_text, "versions": versions}
+    data = views.flow_dict(flow) | {"spec_text": views.masked_spec(flow.spec_text), "versions": versions}
     graph = views.graph_of(flow, [])
     return page(request, "flow.html", data, flow=data, graph=graph, diff=diff, other=other)
 
@@ -241,7 +241,8 @@ def _diff(backend, flow, other: int) -> list[str]:
     old = backend.get_flow(flow.name, flow.project, other)
     if old is None:
         raise HTTPException(404, f"flow '{flow.name}' has no version {other}")
-    return list(difflib.unified_diff(old.spec_text.splitlines(), flow.spec_text.splitlines(),
+    return list(difflib.unified_diff(views.masked_spec(old.spec_text).splitlines(),
+                                     views.masked_spec(flow.spec_text).splitlines(),
                                      f"version {other}", f"version {flow.version}", lineterm=""))
 
 

@@ -23,6 +23,34 @@ def masked(value: Any, secret: bool = False) -> Any:
     return value
 
 
+def masked_spec(text: str) -> str:
+    """A registered spec's text with the values of credential-like keys (and the defaults of
+    credential-like parameters) replaced by MASK wherever they occur."""
+    import yaml
+
+    from flowspec.plan import is_secret
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    values: set[str] = set()
+
+    def walk(node: Any, secret: bool) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, secret or (isinstance(k, str) and (is_secret(k) or is_secret(k, False))))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, secret)
+        elif secret and node is not None and len(str(node)) >= 3 and "${{" not in str(node):
+            values.add(str(node))
+    walk(data, False)
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text
+
+
 def run_dict(run) -> dict:
     from flowspec.commands.runs import run_json
 

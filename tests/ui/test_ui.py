@@ -153,6 +153,8 @@ def test_hostile_names_parameters_and_logs_never_run(ui, world, browser, csp):
     assert "<script>window.__xss=1</script>" in page.inner_text("table.params")
     assert "s3cr3t-value" not in page.content()
     assert '"><img src=x onerror=' in page.inner_text("#logs")
+    page.goto(f"{ui.url}/flows/default/hostile-flow?version=2&diff=1")
+    assert "s3cr3t-value" not in page.content() and "****" in page.inner_text("#spec-text")
     assert not dialogs
     context.close()
 
