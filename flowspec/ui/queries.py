@@ -260,14 +260,6 @@ def log_page(backend, run_id: str, flt: LogFilter, after: int = 0, before: int |
     return (rows[::-1] if order == "DESC" else rows), more
 
 
-def log_levels_and_tasks(backend, run_id: str, limit: int = 200) -> tuple[list[str], list[str]]:
-    """The levels and the task names (children folded into their task) a run's logs hold."""
-    with backend._transaction(write=False) as tx:
-        levels = [r[0] for r in tx.all("SELECT DISTINCT level FROM logs WHERE run_id = ?", run_id)]
-        tasks = [r[0] for r in tx.all("SELECT DISTINCT task FROM task_states WHERE run_id = ?", run_id)]
-    return sorted(levels), sorted(tasks)[:limit]
-
-
 def failed_traceback(backend, run_id: str) -> tuple | None:
     """The first ERROR log line that carries a traceback, else the first ERROR line."""
     with backend._transaction(write=False) as tx:

@@ -14,6 +14,7 @@ from flowspec.ui.render import fragment, page, wants_json
 
 PAGE_SIZE = 50
 LOG_PAGE = 500
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _backend(request: Request):
@@ -104,7 +105,7 @@ def run_page(request: Request) -> Response:
         return JSONResponse(detail)
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     logs, more = queries.log_page(backend, run.id, queries.LogFilter(), before=2**62, size=LOG_PAGE)
-    levels, log_tasks = queries.log_levels_and_tasks(backend, run.id)
+    levels, log_tasks = LEVELS, [t["task"] for t in detail["tasks"]]
     tb = queries.failed_traceback(backend, run.id) if run.state == "Failed" else None
     mapped = [t["task"] for t in detail["tasks"] if t.get("children")]
     return fragment(request, "run.html", run=detail, flow=flow, graph=views.graph_of(flow, detail["tasks"]),
@@ -115,7 +116,7 @@ def run_page(request: Request) -> Response:
 
 
 def _gantt(backend, run_id: str) -> dict:
-    spans = queries.task_spans(backend, run_id)
+    spans = views.CACHE.get(backend, run_id, "spans", lambda: queries.task_spans(backend, run_id))
     if not spans:
         return {"rows": [], "start": 0, "span": 0}
     start = min(s[1] for s in spans)
@@ -142,7 +143,8 @@ def run_children(request: Request) -> Response:
     character per child (its state's position in the legend)."""
     backend, run = _backend(request), _get_run(request)
     task = request.path_params["task"]
-    rows = queries.children_states(backend, run.id, task)
+    rows = views.CACHE.get(backend, run.id, f"children {task}",
+                           lambda: queries.children_states(backend, run.id, task))
     legend: dict[str, int] = {}
     codes = "".join(chr(48 + legend.setdefault(state, len(legend))) for _, state in rows)
     dense = all(index == k for k, (index, _) in enumerate(rows))

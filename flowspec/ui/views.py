@@ -59,8 +59,45 @@ def run_dict(run) -> dict:
     return data
 
 
+class RunCache:
+    """Values computed from a run's task states, kept until a new task state is recorded: a
+    finished run of many children is summed once, and a live page's stream re-sums only
+    when something changed."""
+
+    def __init__(self, size: int = 64) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._lock, self._size = threading.Lock(), size
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, backend, run_id: str, kind: str, compute):
+        from flowspec.ui.queries import last_task_state_id
+
+        version = last_task_state_id(backend, run_id)
+        key = (run_id, kind)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] == version:
+                self._items.move_to_end(key)
+                return hit[1]
+        value = compute()
+        with self._lock:
+            self._items[key] = (version, value)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+
+CACHE = RunCache()
+
+
 def task_rows(backend, run_id: str) -> list[dict]:
     """`runs show`'s task rows: one per task, a mapped task's children counted by state."""
+    return CACHE.get(backend, run_id, "tasks", lambda: _task_rows(backend, run_id))
+
+
+def _task_rows(backend, run_id: str) -> list[dict]:
     from flowspec.commands.runs import _summary
 
     rows = []
