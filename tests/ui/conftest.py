@@ -86,11 +86,16 @@ def start_ui(backend: str, home: Path, *flags: str, env: dict | None = None) -> 
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
-    """A SQLite backend with real runs: a failed run of a flow with hostile names, parameters
-    and log lines and a mapped task; a registered flow in two versions; a run waiting on labels
-    no agent has; a concurrency limit."""
+    """A SQLite backend with real runs (see `make_world`)."""
     root = tmp_path_factory.mktemp("ui-world")
-    home, db = root / "home", root / "flowspec.db"
+    return make_world(root, str(root / "flowspec.db"))
+
+
+def make_world(root: Path, db: str) -> dict:
+    """Fill the backend `db` with real runs: a failed run of a flow with hostile names,
+    parameters and log lines and a mapped task; a registered flow in two versions; a run
+    waiting on labels no agent has; a concurrency limit."""
+    home = root / "home"
     home.mkdir()
     env = {"FLOWSPEC_HOME": str(home)}
     flow = root / "hostile"
@@ -104,15 +109,12 @@ def world(tmp_path_factory):
     waiting = run_cli("run", "--name", "hostile-flow", "--backend", db, env=env)
     assert waiting.rc == 0, waiting.output
     assert run_cli("concurrency-limit", "set", "gpu", "1", "--backend", db, env=env).rc == 0
-    return {"root": root, "home": home, "db": str(db), "env": env, "failed": _run_ids(db)[-1],
+    import json
+
+    failed = json.loads(run_cli("runs", "list", "--backend", db, "--state", "Failed", "--format", "json",
+                                env=env).stdout)
+    return {"root": root, "home": home, "db": str(db), "env": env, "failed": failed[0]["id"],
             "waiting": waiting.stdout.strip().splitlines()[-1]}
-
-
-def _run_ids(db) -> list[str]:
-    import sqlite3
-
-    with sqlite3.connect(db) as conn:
-        return [r[0] for r in conn.execute("SELECT id FROM flow_runs ORDER BY seq DESC")]
 
 
 @pytest.fixture(scope="session")
