@@ -80,7 +80,7 @@ def start_ui(db: Path, home: Path) -> tuple[subprocess.Popen, str, float]:
     proc = subprocess.Popen([sys.executable, "-m", "flowspec", "ui", "--port", "0", "--backend", str(db)],
                             env=env, stdout=subprocess.PIPE, text=True)
     url = re.search(r"serving (http://\S+?)/? ", proc.stdout.readline()).group(1)
-    get(url + "/limits.json")
+    get(url + "/static/favicon.svg")
     return proc, url, time.perf_counter() - began
 
 

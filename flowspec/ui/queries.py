@@ -9,9 +9,10 @@ the UI runs it once at start.
 """
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flowspec.backend import FlowRun
@@ -108,17 +109,25 @@ def decode_cursor(text: str) -> tuple[float, str]:
 
 def runs_page(backend, flt: RunFilter, after: str | None = None, size: int = 50) -> RunPage:
     """Runs newest first (by created, then id), `size` of them after the cursor `after`."""
-    where, params = flt.where()
-    if after:
-        created, run_id = decode_cursor(after)
-        where.append("(created < ? OR (created = ? AND id < ?))")
-        params += [created, created, run_id]
-    sql = (f"SELECT {RUN_COLS} FROM flow_runs WHERE {' AND '.join(where) or '1 = 1'}"
-           " ORDER BY created DESC, id DESC LIMIT ?")
+    cursor = decode_cursor(after) if after else None
     with backend._transaction(write=False) as tx:
-        rows = tx.all(sql, *params, size + 1)
+        if len(flt.states) > 1:
+            # One indexed walk per state, merged: `state IN (...)` would sort every match
+            walks = [_page_rows(tx, replace(flt, states=(state,)), cursor, size + 1) for state in flt.states]
+            rows = list(heapq.merge(*walks, key=lambda r: (r[7], r[0]), reverse=True))[:size + 1]
+        else:
+            rows = _page_rows(tx, flt, cursor, size + 1)
     runs = [to_run(row) for row in rows[:size]]
     return RunPage(runs, encode_cursor(runs[-1]) if len(rows) > size else None)
+
+
+def _page_rows(tx, flt: RunFilter, cursor: tuple[float, str] | None, limit: int) -> list[tuple]:
+    where, params = flt.where()
+    if cursor:
+        where.append("(created < ? OR (created = ? AND id < ?))")
+        params += [cursor[0], cursor[0], cursor[1]]
+    return tx.all(f"SELECT {RUN_COLS} FROM flow_runs WHERE {' AND '.join(where) or '1 = 1'}"
+                  " ORDER BY created DESC, id DESC LIMIT ?", *params, limit)
 
 
 def runs_updated_since(backend, since: float, limit: int = 500) -> list[FlowRun]:

@@ -73,8 +73,11 @@ def run_filter(request: Request) -> queries.RunFilter:
 def runs_list(request: Request) -> Response:
     flt = run_filter(request)
     after = request.query_params.get("after") or None
+    size = _int(request.query_params.get("limit"), "limit", PAGE_SIZE)
+    if not 1 <= size <= 500:
+        raise HTTPException(400, f"limit={size}: expected 1 to 500 runs a page")
     try:
-        result = queries.runs_page(_backend(request), flt, after, PAGE_SIZE)
+        result = queries.runs_page(_backend(request), flt, after, size)
     except ValueError:
         raise HTTPException(400, f"after={after}: not a page cursor; follow the 'next' link") from None
     base = [(k, v) for k, v in request.query_params.multi_items() if k not in ("after", "token")]

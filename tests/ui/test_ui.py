@@ -113,6 +113,18 @@ def test_runs_list_pages_by_keyset_and_filters(ui, world):
     assert status == 200 and [r["state"] for r in json.loads(body)] == ["Failed"]
     assert [r["id"] for r in json.loads(fetch(ui.url + "/runs.json?label=gpu")[1])] == [world["waiting"]]
     assert json.loads(fetch(ui.url + "/runs.json?flow=nothing-like-it")[1]) == []
+    everything = [r["id"] for r in json.loads(fetch(ui.url + "/runs.json")[1])]
+    assert len(everything) >= 2
+    seen, url = [], ui.url + "/runs.json?limit=1"
+    while url:  # one run a page, by the Link header, until the last page has none
+        status, body, headers = fetch(url)
+        seen += [r["id"] for r in json.loads(body)]
+        link = headers.get("Link") or headers.get("link")
+        url = ui.url + link[1:link.index(">")] if link else None
+    assert seen == everything
+    two = json.loads(fetch(ui.url + "/runs.json?state=Failed&state=scheduled")[1])
+    assert [r["id"] for r in two] == [i for i in everything if i in (world["failed"], world["waiting"])]
+    assert len(json.loads(fetch(ui.url + "/runs.json?state=Failed,Scheduled&limit=1")[1])) == 1
 
 
 # ------------------------------------------------------------------------------ in a browser
