@@ -90,7 +90,7 @@ class RunCursor:
 def run_events(request: Request) -> StreamingResponse:
     """`state` (the run's header), `tasks` (task table and graph) and `log` (new lines matching
     the page's filter) events; id: `LOG-TASK-UPDATED`."""
-    from flowspec.ui.routes import log_filter
+    from flowspec.ui.routes import gantt_data, log_filter
 
     backend = request.app.state.backend
     run_id = request.path_params["run_id"]
@@ -118,6 +118,8 @@ def run_events(request: Request) -> StreamingResponse:
             cursor.updated, cursor.reason = run.updated, reason
             detail = views.run_dict(run) | {"waiting_reason": reason}
             out.append(sse("state", render(request, "_run_head.html", run=detail), str(cursor)))
+            history = [{"time": e.time, "state": e.state, "message": e.message} for e in backend.run_history(run_id)]
+            out.append(sse("history", render(request, "_history.html", history=history), str(cursor)))
         return out
 
     def _tasks(run) -> list[str]:
@@ -130,6 +132,8 @@ def run_events(request: Request) -> StreamingResponse:
             out.append(sse("tasks", render(request, "_tasks.html", tasks=tasks, run={"id": run_id}), str(cursor)))
             out.append(sse("graph", render(request, "_graph.html", graph=views.graph_of(flow, tasks),
                                            run={"id": run_id}), str(cursor)))
+            gantt = render(request, "_gantt.html", gantt=gantt_data(backend, run_id), run={"id": run_id})
+            out.append(sse("gantt", gantt, str(cursor)))
         return out
 
     def _logs() -> list[str]:

@@ -112,13 +112,13 @@ def run_page(request: Request) -> Response:
     tb = queries.failed_traceback(backend, run.id) if run.state == "Failed" else None
     mapped = [t["task"] for t in detail["tasks"] if t.get("children")]
     return fragment(request, "run.html", run=detail, flow=flow, graph=views.graph_of(flow, detail["tasks"]),
-                    gantt=_gantt(backend, run.id), logs=[views.log_dict(r) for r in logs], logs_more=more,
+                    gantt=gantt_data(backend, run.id), logs=[views.log_dict(r) for r in logs], logs_more=more,
                     levels=levels, log_tasks=log_tasks, traceback=views.log_dict(tb) if tb else None,
                     mapped=mapped, last_task=queries.last_task_state_id(backend, run.id), last_log=logs[-1][0] if logs else 0, log_filter=queries.LogFilter(),
                     final=run.state in ("Success", "Failed", "Cancelled"))
 
 
-def _gantt(backend, run_id: str) -> dict:
+def gantt_data(backend, run_id: str) -> dict:
     spans = views.CACHE.get(backend, run_id, "spans", lambda: queries.task_spans(backend, run_id))
     if not spans:
         return {"rows": [], "start": 0, "span": 0}
@@ -134,7 +134,7 @@ def run_gantt_children(request: Request) -> Response:
     task = request.path_params["task"]
     after = _int(request.query_params.get("after"), "after", -1)
     spans = queries.child_spans(backend, run.id, task, after)
-    gantt = _gantt(backend, run.id)
+    gantt = gantt_data(backend, run.id)
     rows = [{"index": i, "left": (a - gantt["start"]) / gantt["span"] * 100,
              "width": max((b - a) / gantt["span"] * 100, 0.3), "seconds": b - a, "state": s} for i, a, b, s in spans]
     more = f"/runs/{run.id}/gantt/{task}?after={spans[-1][0]}" if len(spans) == 200 else None

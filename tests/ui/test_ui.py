@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,24 @@ def test_runs_list_pages_by_keyset_and_filters(ui, world):
     assert len(json.loads(fetch(ui.url + "/runs.json?state=Failed,Scheduled&limit=1")[1])) == 1
 
 
+def test_the_log_stream_resumes_after_last_event_id(ui, world):
+    lines = json.loads(fetch(f"{ui.url}/runs/{world['failed']}/logs.json?after=0")[1])
+    cut = lines[2]["id"]
+    request = urllib.request.Request(f"{ui.url}/runs/{world['failed']}/events?kinds=log",
+                                     headers={"Last-Event-ID": f"{cut}-0-0"})
+    with urllib.request.urlopen(request, timeout=10) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event: list[str] = []
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line == "" and any(e.startswith("event: log") for e in event):
+                break
+            event = [] if line == "" else event + [line]
+    ids = [int(x) for x in re.findall(r'data-id="(\d+)"', "\n".join(event))]
+    assert ids == [line["id"] for line in lines[3:]]
+    assert event[0] == f"id: {ids[-1]}-0-0.0"
+
+
 # ------------------------------------------------------------------------------ in a browser
 
 
@@ -232,6 +251,8 @@ def test_live_updates_arrive_without_a_reload(ui, world, watched, tmp_path, shot
         page.wait_for_selector("#log-rows td.msg:has-text('tick 3')", timeout=20_000)
         page.wait_for_selector("#run-state:has-text('Success')", timeout=30_000)
         page.wait_for_selector("#task-graph g.node.ok[data-task=finish]", timeout=10_000)
+        page.wait_for_selector("#history span.state:has-text('Success')", timeout=10_000)
+        page.wait_for_selector("#gantt .gantt-name:has-text('finish')", timeout=10_000)
         assert page.evaluate("window.__same_page") is True  # no reload happened
         shots(page, "run-live")
     finally:
