@@ -54,6 +54,13 @@ def test_a_non_loopback_host_without_a_token_is_refused(tmp_path):
     assert "--host 0.0.0.0" in done.stderr and "--token" in done.stderr and "Traceback" not in done.output
 
 
+def test_the_help_has_examples_that_parse(tmp_path):
+    done = run_cli("ui", "--help", env={"FLOWSPEC_HOME": str(tmp_path)})
+    assert done.rc == 0 and "flowspec ui --host 0.0.0.0 --token" in done.stdout and "FLOWSPEC_BACKEND" in done.stdout
+    taken = run_cli("ui", "--port", "70000", env={"FLOWSPEC_HOME": str(tmp_path)})
+    assert taken.rc == 2 and "--port 70000" in taken.stderr
+
+
 def test_a_missing_extra_names_the_pip_line(tmp_path):
     # -S leaves out site-packages, where Starlette is installed; flowspec comes from the tree.
     proc = subprocess.run([sys.executable, "-S", "-m", "flowspec", "ui", "--backend", str(tmp_path / "b.db")],
