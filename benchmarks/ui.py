@@ -133,7 +133,7 @@ def idle_stream_cpu(url: str, db: Path, run_id: str, pid: int, seconds: float) -
         updated = conn.execute("SELECT updated FROM flow_runs WHERE id = ?", (run_id,)).fetchone()[0]
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port))
-    sock.sendall(f"GET /runs/{run_id}/events?kinds=state,tasks,log&since={log}-{task}-{updated!r} HTTP/1.1\r\n"
+    sock.sendall(f"GET /runs/{run_id}/events?kinds=state,tasks,log&resume={log}-{task}-{updated!r} HTTP/1.1\r\n"
                  f"Host: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode())
     time.sleep(3)  # the first tick sends the state once
     before = cpu_seconds(pid)

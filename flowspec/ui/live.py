@@ -31,26 +31,34 @@ def _stream(events) -> StreamingResponse:
 
 
 def _resume(request: Request, default: str) -> str:
-    return request.headers.get("last-event-id") or request.query_params.get("since") or default
+    return request.headers.get("last-event-id") or request.query_params.get("resume") or default
 
 
 # ------------------------------------------------------------------------------------- runs list
 
 
 def runs_events(request: Request) -> StreamingResponse:
-    """`run-ID` events carrying the run's new table row; id: the last `updated` time sent."""
+    """`run-ID` events carrying a changed run's new table row, and with `newest=CREATED` (the
+    page shows the newest runs) `new-run` events with the row of each change of a run created
+    after it that passes the page's filters (added at the top once, then replaced: see
+    static/runs.js); id: the last `updated` time sent."""
+    from flowspec.ui.routes import run_filter
+
     backend = request.app.state.backend
     try:
         since = float(_resume(request, "0"))
+        newest = float(request.query_params.get("newest") or "inf")
     except ValueError:
-        since = 0.0
+        since, newest = 0.0, float("inf")
+    flt = run_filter(request)
 
     def changes(since: float) -> tuple[list[str], float]:
         out = []
         for run in queries.runs_updated_since(backend, since):
             since = max(since, run.updated)
             row = render(request, "_run_row.html", r=views.run_dict(run), live=True)
-            out.append(sse(f"run-{run.id}", row, repr(since)))
+            fresh = run.created > newest and queries.matches(flt, run)
+            out.append(sse("new-run" if fresh else f"run-{run.id}", row, repr(since)))
         return out, since
 
     async def events():

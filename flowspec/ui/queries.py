@@ -88,6 +88,16 @@ class RunFilter:
         return where, params
 
 
+def matches(flt: RunFilter, run: FlowRun) -> bool:
+    """Does `run` pass the filter? (For runs pushed live, read one at a time.)"""
+    checks = ((flt.flow, run.flow_name), (flt.agent, run.agent), (flt.flow_id, run.flow_id))
+    return (all(want is None or want == have for want, have in checks)
+            and (not flt.states or run.state in flt.states)
+            and (flt.label is None or flt.label in run.labels)
+            and (flt.since is None or run.created >= flt.since)
+            and (flt.until is None or run.created < flt.until))
+
+
 @dataclass
 class RunPage:
     runs: list[FlowRun]

@@ -86,9 +86,15 @@ def runs_list(request: Request) -> Response:
     headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else None
     if request.headers.get("hx-request") and after:
         return fragment(request, "_run_rows.html", runs=runs, next_url=next_url)
-    return page(request, "runs.html", runs, headers=headers, runs=runs, next_url=next_url, filters=flt,
-                since=request.query_params.get("since", ""), until=request.query_params.get("until", ""),
-                states=_states(), live_since=queries.latest_update(_backend(request)))
+    if wants_json(request):
+        return JSONResponse(runs, headers=headers)
+    # the stream starts where this page was read; on the first page it also adds new runs
+    live = [(k, v) for k, v in base if k != "limit"] + [("resume", repr(queries.latest_update(_backend(request))))]
+    if not after:
+        live.append(("newest", repr(result.runs[0].created) if result.runs else "0"))
+    return fragment(request, "runs.html", headers=headers, runs=runs, next_url=next_url, filters=flt,
+                    since=request.query_params.get("since", ""), until=request.query_params.get("until", ""),
+                    states=_states(), live_query=urlencode(live), live_new=not after)
 
 
 def _states() -> tuple[str, ...]:

@@ -218,6 +218,7 @@ def test_graph_heatmap_and_timeline_are_drawn(ui, world, watched, shots):
     page.wait_for_selector(".gantt-child")
     assert page.locator(".gantt-child").count() == 6
     # a click on the failed child's cell shows that child's log lines
+    page.locator("canvas.heatmap").scroll_into_view_if_needed()
     box = page.locator("canvas.heatmap").bounding_box()
     cell = page.evaluate("document.querySelector('canvas.heatmap').cell")
     page.mouse.click(box["x"] + 3 * cell + cell / 2, box["y"] + cell / 2)
@@ -272,16 +273,21 @@ def test_the_runs_list_follows_state_changes(ui, world, watched, tmp_path):
     flow = tmp_path / "slow"
     shutil.copytree(FLOWS / "slow", flow)
     page.goto(ui.url + "/runs")
+    page.evaluate("window.__same_page = true")
+    filtered = page.context.new_page()
+    filtered.goto(ui.url + "/runs?flow=hostile-flow")
+    newest = _newest(world["db"])
     runner = start_cli("run", flow / "flow.yaml", "--backend", world["db"], "--param", "ticks=3", env=world["env"])
     try:
-        run_id = _wait_for_run(world["db"], "slow-flow", newer_than=_newest(world["db"]))
-        page.evaluate("window.__same_page = true")
-        # the row was not on the page when it loaded: only the state change of shown rows is
-        # pushed, so reload once to show the row, then watch it change
-        page.goto(ui.url + "/runs")
-        page.evaluate("window.__same_page = true")
+        run_id = _wait_for_run(world["db"], "slow-flow", newer_than=newest)
+        # a new run is added at the top, then its row follows its state
+        page.wait_for_selector(f"#run-{run_id}", timeout=15_000)
         page.wait_for_selector(f"#run-{run_id}[data-state=Success]", timeout=30_000)
         assert page.evaluate("window.__same_page") is True
+        assert page.locator(f"#run-{run_id}").count() == 1
+        assert page.locator("#run-rows tr").first.get_attribute("id") == f"run-{run_id}"
+        # a filtered list is not given runs that do not pass its filter
+        assert filtered.locator(f"#run-{run_id}").count() == 0
     finally:
         runner.communicate(timeout=60)
 
