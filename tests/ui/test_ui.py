@@ -171,6 +171,10 @@ def test_every_page_opens_without_a_console_error(ui, world, watched, shots):
     page.goto(f"{ui.url}/runs/{world['waiting']}")
     reason = page.inner_text("#waiting-reason")
     assert "no agent" in reason and "gpu" in reason
+    page.goto(ui.url + "/runs?limit=1")  # one run a page: "Older runs" appends the next one
+    assert page.locator("#run-rows tr[id^=run-]").count() == 1
+    page.click("#more-runs a")
+    page.wait_for_selector("#run-rows tr[id^=run-]:nth-child(2)")
 
 
 @browser
