@@ -22,10 +22,16 @@ def _backend(request: Request):
 
 
 def _get_run(request: Request):
-    run = _backend(request).get_run(request.path_params["run_id"].removesuffix(".json"))
-    if run is None:
-        raise HTTPException(404, f"no flow run has id {request.path_params['run_id']}")
-    return run
+    """The run named in the path: its id, or as on the command line a unique prefix of it."""
+    from flowspec.commands._backend import find_run
+    from flowspec.errors import FlowspecError, UsageError
+
+    try:
+        return find_run(_backend(request), request.path_params["run_id"].removesuffix(".json"))
+    except UsageError as exc:
+        raise HTTPException(400, str(exc)) from None
+    except FlowspecError as exc:
+        raise HTTPException(404, exc.message) from None
 
 
 def home(request: Request) -> Response:

@@ -114,6 +114,9 @@ def test_json_twins_match_the_cli(ui, world):
     assert mine == shown | {"parameters": mine["parameters"]}
     assert mine["parameters"]["api_token"] == "****" and "s3cr3t-value" not in body
     assert fetch(ui.url + "/runs.json?state=Bogus")[0] == 400
+    assert json.loads(fetch(f"{ui.url}/runs/{world['failed'][:6]}.json")[1])["id"] == world["failed"]
+    status, body, _ = fetch(f"{ui.url}/runs/ffffffffffff.json")
+    assert status == 404 and "ffffffffffff" in json.loads(body)["error"]
 
 
 def test_runs_list_pages_by_keyset_and_filters(ui, world):
@@ -294,6 +297,24 @@ def test_the_runs_list_follows_state_changes(ui, world, watched, tmp_path):
         assert filtered.locator(f"#run-{run_id}").count() == 0
     finally:
         runner.communicate(timeout=60)
+
+
+@browser
+def test_a_token_given_once_opens_every_page_and_stream(world, watched, browser):
+    page = watched
+    ui = start_ui(world["db"], world["home"], "--token", "tok-" + "x" * 20)
+    try:
+        page.goto(f"{ui.url}/runs/{world['failed']}?token=tok-{'x' * 20}")
+        assert "token" not in page.url  # dropped from the address once it is a cookie
+        until(page, "document.querySelector('canvas.heatmap').dataset.painted !== undefined")
+        page.goto(ui.url + "/limits")
+        page.wait_for_selector("table.limits")
+        assert page.context.request.get(ui.url + "/runs.json").status == 200
+        stranger = browser.new_context()  # no cookie: refused
+        assert stranger.request.get(ui.url + "/runs").status == 401
+        stranger.close()
+    finally:
+        ui.stop()
 
 
 @browser
