@@ -42,6 +42,7 @@ def create_app(backend, *, allow_actions: bool = False, token: str | None = None
         Route("/runs/{run_id}/logs.txt", routes.run_logs_download),
         Route("/runs/{run_id}/traceback", routes.run_traceback),
         Route("/runs/{run_id}/children/{task}.json", routes.run_children),
+        Route("/runs/{run_id}/gantt", routes.run_gantt),
         Route("/runs/{run_id}/gantt/{task}", routes.run_gantt_children),
         Route("/runs/{run_id}/cancel", actions.cancel, methods=["POST"]),
         Route("/flows", routes.flows_list), Route("/flows.json", routes.flows_list),

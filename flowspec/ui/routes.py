@@ -124,7 +124,7 @@ def run_page(request: Request) -> Response:
     tb = queries.failed_traceback(backend, run.id) if run.state == "Failed" else None
     mapped = [t["task"] for t in detail["tasks"] if t.get("children")]
     return fragment(request, "run.html", run=detail, flow=flow, graph=views.graph_of(flow, detail["tasks"]),
-                    gantt=gantt_data(backend, run.id), logs=[views.log_dict(r) for r in logs], logs_more=more,
+                    logs=[views.log_dict(r) for r in logs], logs_more=more,
                     levels=levels, log_tasks=log_tasks, traceback=views.log_dict(tb) if tb else None,
                     mapped=mapped, last_task=queries.last_task_state_id(backend, run.id), last_log=logs[-1][0] if logs else 0, log_filter=queries.LogFilter(),
                     final=run.state in ("Success", "Failed", "Cancelled"))
@@ -139,6 +139,12 @@ def gantt_data(backend, run_id: str) -> dict:
     return {"start": start, "span": span, "rows": [
         {"task": t, "left": (a - start) / span * 100, "width": max((b - a) / span * 100, 0.3), "seconds": b - a,
          "children": n} for t, a, b, n in spans]}
+
+
+def run_gantt(request: Request) -> Response:
+    """The timeline, loaded after the page: a map of many children is summed once more."""
+    backend, run = _backend(request), _get_run(request)
+    return fragment(request, "_gantt.html", gantt=gantt_data(backend, run.id), run={"id": run.id})
 
 
 def run_gantt_children(request: Request) -> Response:
