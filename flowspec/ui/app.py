@@ -126,6 +126,6 @@ def _watch_lost_runs(backend) -> None:
         while not stop.wait(LOST_CHECK_S):
             try:
                 backend.mark_lost_runs(who)
-            except Exception:  # a closed or read-only backend: the UI still reads
-                return
+            except Exception:  # a database down for a while, a read-only file: the UI still reads
+                continue
     threading.Thread(target=loop, name="flowspec-ui-lost-runs", daemon=True).start()

@@ -296,4 +296,18 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     return fragment(request, "error.html", status=exc.status_code, status_code=exc.status_code, detail=exc.detail)
 
 
-EXCEPTION_HANDLERS = {HTTPException: _http_error}
+def _backend_error(request: Request, exc: Exception) -> Response:
+    """A backend that cannot be read (a database restarting): 503 with flowspec's message."""
+    from flowspec.errors import FlowspecError
+
+    text = str(exc) if isinstance(exc, FlowspecError) else "the backend cannot be read"
+    return _http_error(request, HTTPException(503, text))
+
+
+def _exception_handlers() -> dict:
+    from flowspec.errors import FlowspecError
+
+    return {HTTPException: _http_error, FlowspecError: _backend_error}
+
+
+EXCEPTION_HANDLERS = _exception_handlers()

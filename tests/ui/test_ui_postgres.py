@@ -27,14 +27,14 @@ def pg_world(tmp_path_factory):
     try:
         world = make_world(tmp_path_factory.mktemp("ui-pg"), server.url.rsplit("/", 1)[0] + f"/{name}")
         ui = start_ui(world["db"], world["home"])
-        yield world, ui
+        yield world, ui, server
         ui.stop()
     finally:
         server.destroy()
 
 
 def test_json_twins_match_the_cli_on_postgres(pg_world):
-    world, ui = pg_world
+    world, ui, _ = pg_world
     listed = json.loads(run_cli("runs", "list", "--backend", world["db"], "--format", "json", env=world["env"]).stdout)
     web = json.loads(fetch(ui.url + "/runs.json")[1])
     assert [r["id"] for r in web] == [r["id"] for r in listed]
@@ -46,7 +46,7 @@ def test_json_twins_match_the_cli_on_postgres(pg_world):
 
 
 def test_run_page_heatmap_and_search_on_postgres(pg_world, watched):
-    world, ui = pg_world
+    world, ui, _ = pg_world
     page = watched
     page.goto(f"{ui.url}/runs/{world['failed']}")
     assert page.locator("#task-graph g.node").count() == 3
@@ -60,3 +60,16 @@ def test_run_page_heatmap_and_search_on_postgres(pg_world, watched):
     for path in ("/flows", "/flows/default/hostile-flow", "/agents", "/limits"):
         page.goto(ui.url + path)
         page.wait_for_selector("h1")
+
+
+def test_a_database_that_is_down_gives_503_then_the_ui_goes_on(pg_world):
+    world, ui, server = pg_world
+    server.stop()
+    try:
+        status, body, _ = fetch(ui.url + "/runs.json")
+        assert status == 503 and "PostgreSQL" in json.loads(body)["error"]
+        status, body, _ = fetch(ui.url + "/runs")
+        assert status == 503 and "<h1>503</h1>" in body
+    finally:
+        server.start()
+    assert fetch(ui.url + "/runs.json")[0] == 200
