@@ -27,7 +27,7 @@ LOST_CHECK_S = 10.0
 
 
 def create_app(backend, *, allow_actions: bool = False, token: str | None = None) -> Starlette:
-    from flowspec.ui import actions, live, routes
+    from flowspec.ui import actions, live, routes, run_routes
     from flowspec.ui.queries import ensure_indexes
     from flowspec.ui.render import make_templates
 
@@ -36,14 +36,14 @@ def create_app(backend, *, allow_actions: bool = False, token: str | None = None
         Route("/", routes.home), Route("/favicon.ico", routes.favicon),
         Route("/runs", routes.runs_list), Route("/runs.json", routes.runs_list),
         Route("/runs/events", live.runs_events),
-        Route("/runs/{run_id}", routes.run_page), Route("/runs/{run_id}.json", routes.run_page),
+        Route("/runs/{run_id}", run_routes.run_page), Route("/runs/{run_id}.json", run_routes.run_page),
         Route("/runs/{run_id}/events", live.run_events),
-        Route("/runs/{run_id}/logs", routes.run_logs), Route("/runs/{run_id}/logs.json", routes.run_logs),
-        Route("/runs/{run_id}/logs.txt", routes.run_logs_download),
-        Route("/runs/{run_id}/traceback", routes.run_traceback),
-        Route("/runs/{run_id}/children/{task}.json", routes.run_children),
-        Route("/runs/{run_id}/gantt", routes.run_gantt),
-        Route("/runs/{run_id}/gantt/{task}", routes.run_gantt_children),
+        Route("/runs/{run_id}/logs", run_routes.run_logs), Route("/runs/{run_id}/logs.json", run_routes.run_logs),
+        Route("/runs/{run_id}/logs.txt", run_routes.run_logs_download),
+        Route("/runs/{run_id}/traceback", run_routes.run_traceback),
+        Route("/runs/{run_id}/children/{task}.json", run_routes.run_children),
+        Route("/runs/{run_id}/gantt", run_routes.run_gantt),
+        Route("/runs/{run_id}/gantt/{task}", run_routes.run_gantt_children),
         Route("/runs/{run_id}/cancel", actions.cancel, methods=["POST"]),
         Route("/flows", routes.flows_list), Route("/flows.json", routes.flows_list),
         Route("/flows/{project}/{name}", routes.flow_page), Route("/flows/{project}/{name}.json", routes.flow_page),

@@ -98,7 +98,7 @@ class RunCursor:
 def run_events(request: Request) -> StreamingResponse:
     """`state` (the run's header), `tasks` (task table and graph) and `log` (new lines matching
     the page's filter) events; id: `LOG-TASK-UPDATED`."""
-    from flowspec.ui.routes import gantt_data, log_filter
+    from flowspec.ui.run_routes import gantt_data, log_filter
 
     backend = request.app.state.backend
     run_id = request.path_params["run_id"]

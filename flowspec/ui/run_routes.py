@@ -1,0 +1,124 @@
+"""A run's pages: the run itself, its logs (a page, a search, the whole download), its
+traceback, its children for the heatmap and its timeline; each with its JSON twin."""
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from flowspec.ui import queries, views
+from flowspec.ui.render import fragment, page, wants_json
+from flowspec.ui.routes import _backend, _get_run, _int
+
+LOG_PAGE = 500
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+def run_page(request: Request) -> Response:
+    backend = _backend(request)
+    run = _get_run(request)
+    detail = views.run_detail(backend, run)
+    if wants_json(request):
+        return JSONResponse(detail)
+    flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+    logs, more = queries.log_page(backend, run.id, queries.LogFilter(), before=2**62, size=LOG_PAGE)
+    levels, log_tasks = LEVELS, [t["task"] for t in detail["tasks"]]
+    tb = queries.failed_traceback(backend, run.id) if run.state == "Failed" else None
+    mapped = [t["task"] for t in detail["tasks"] if t.get("children")]
+    return fragment(request, "run.html", run=detail, flow=flow, graph=views.graph_of(flow, detail["tasks"]),
+                    logs=[views.log_dict(r) for r in logs], logs_more=more,
+                    levels=levels, log_tasks=log_tasks, traceback=views.log_dict(tb) if tb else None,
+                    mapped=mapped, last_task=queries.last_task_state_id(backend, run.id), last_log=logs[-1][0] if logs else 0, log_filter=queries.LogFilter(),
+                    final=run.state in ("Success", "Failed", "Cancelled"))
+
+
+def gantt_data(backend, run_id: str) -> dict:
+    spans = views.CACHE.get(backend, run_id, "spans", lambda: queries.task_spans(backend, run_id))
+    if not spans:
+        return {"rows": [], "start": 0, "span": 0}
+    start = min(s[1] for s in spans)
+    span = max(max(s[2] for s in spans) - start, 1e-3)
+    return {"start": start, "span": span, "rows": [
+        {"task": t, "left": (a - start) / span * 100, "width": max((b - a) / span * 100, 0.3), "seconds": b - a,
+         "children": n} for t, a, b, n in spans]}
+
+
+def run_gantt(request: Request) -> Response:
+    """The timeline, loaded after the page: a map of many children is summed once more."""
+    backend, run = _backend(request), _get_run(request)
+    return fragment(request, "_gantt.html", gantt=gantt_data(backend, run.id), run={"id": run.id})
+
+
+def run_gantt_children(request: Request) -> Response:
+    backend, run = _backend(request), _get_run(request)
+    task = request.path_params["task"]
+    after = _int(request.query_params.get("after"), "after", -1)
+    spans = queries.child_spans(backend, run.id, task, after)
+    gantt = gantt_data(backend, run.id)
+    rows = [{"index": i, "left": (a - gantt["start"]) / gantt["span"] * 100,
+             "width": max((b - a) / gantt["span"] * 100, 0.3), "seconds": b - a, "state": s} for i, a, b, s in spans]
+    more = f"/runs/{run.id}/gantt/{task}?after={spans[-1][0]}" if len(spans) == 200 else None
+    return fragment(request, "_gantt_children.html", rows=rows, task=task, more=more)
+
+
+def run_children(request: Request) -> Response:
+    """A mapped task's children as compact data for the heatmap: a state legend and one
+    character per child (its state's position in the legend)."""
+    backend, run = _backend(request), _get_run(request)
+    task = request.path_params["task"]
+    rows = views.CACHE.get(backend, run.id, f"children {task}",
+                           lambda: queries.children_states(backend, run.id, task))
+    legend: dict[str, int] = {}
+    codes = "".join(chr(48 + legend.setdefault(state, len(legend))) for _, state in rows)
+    dense = all(index == k for k, (index, _) in enumerate(rows))
+    return JSONResponse({"task": task, "states": list(legend), "codes": codes,
+                         "indexes": None if dense else [index for index, _ in rows]})
+
+
+
+def log_filter(request: Request) -> queries.LogFilter:
+    q = request.query_params
+    return queries.LogFilter(level=q.get("level") or None, task=q.get("task") or None, search=q.get("q") or None)
+
+
+def run_logs(request: Request) -> Response:
+    """Log lines matching the filter: after `after` (oldest first), or the newest before `before`."""
+    backend, run = _backend(request), _get_run(request)
+    flt = log_filter(request)
+    q = request.query_params
+    before = _int(q.get("before"), "before", 0) or None
+    after = _int(q.get("after"), "after", 0)
+    if before is None and not after and not flt.search:
+        before = 2**62  # the tail: where a followed log goes on
+    rows, more = queries.log_page(backend, run.id, flt, after=after, before=before, size=LOG_PAGE)
+    lines = [views.log_dict(r) for r in rows]
+    if wants_json(request):
+        return JSONResponse(lines)
+    return fragment(request, "_logs.html", run_id=run.id, logs=lines, logs_more=more, log_filter=flt,
+                    last_log=rows[-1][0] if rows else after, final=run.state in ("Success", "Failed", "Cancelled"),
+                    direction="back" if before else "forward")
+
+
+def run_logs_download(request: Request) -> Response:
+    """The whole log as text, streamed a batch at a time: memory stays flat however long it is."""
+    backend, run = _backend(request), _get_run(request)
+    from flowspec.ui.render import clock
+
+    def lines():
+        after = 0
+        while True:
+            batch = backend.logs(run.id, after, limit=5000)
+            if not batch:
+                return
+            yield "".join(f"{clock(x.time)} {x.level:<7} {x.task or 'flow'} | {x.message}\n" for x in batch)
+            after = batch[-1].id
+    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="flowspec-run-{run.id}.log"'})
+
+
+def run_traceback(request: Request) -> Response:
+    backend, run = _backend(request), _get_run(request)
+    row = queries.failed_traceback(backend, run.id)
+    if row is None:
+        raise HTTPException(404, f"run {run.id} logged no error")
+    line = views.log_dict(row)
+    return page(request, "traceback.html", line, run=views.run_dict(run), line=line)
