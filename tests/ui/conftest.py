@@ -19,6 +19,7 @@ FLOWS = Path(__file__).parent / "flows"
 MISSING = []
 try:
     import playwright  # noqa: F401
+    import pytest_playwright  # noqa: F401
     import starlette  # noqa: F401
 except ImportError as exc:
     MISSING.append(f"the Python package '{exc.name}' is missing: pip install \"flowspec[ui]\" playwright pytest-playwright")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -19,6 +20,9 @@ from tests.ui.conftest import FLOWS, start_ui
 
 STATIC = REPO / "flowspec" / "ui" / "static"
 browser = pytest.mark.browser
+# tests that start `flowspec ui` without a browser
+server = pytest.mark.skipif(importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None,
+                            reason='the UI is not installed: pip install "flowspec[ui]"')
 
 
 def fetch(url: str, headers: dict | None = None, method: str = "GET", data: bytes | None = None):
@@ -70,6 +74,7 @@ def test_a_missing_extra_names_the_pip_line(tmp_path):
     assert 'pip install "flowspec[ui]"' in proc.stderr and "Traceback" not in proc.stderr
 
 
+@server
 def test_starts_fast_and_asks_for_its_token(tmp_path):
     started = time.monotonic()
     ui = start_ui(str(tmp_path / "b.db"), tmp_path, env={"FLOWSPEC_UI_TOKEN": "s3cret-token"})
@@ -91,12 +96,14 @@ def test_starts_fast_and_asks_for_its_token(tmp_path):
     assert ready < 3.0, ready
 
 
+@server
 def test_read_only_refuses_a_post(ui, world):
     status, body, _ = fetch(f"{ui.url}/runs/{world['waiting']}/cancel", method="POST", data=b"csrf=x",
                             headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 403 and "--allow-actions" in body
 
 
+@server
 def test_json_twins_match_the_cli(ui, world):
     env = world["env"]
     listed = json.loads(run_cli("runs", "list", "--backend", world["db"], "--format", "json", env=env).stdout)
@@ -119,6 +126,7 @@ def test_json_twins_match_the_cli(ui, world):
     assert status == 404 and "ffffffffffff" in json.loads(body)["error"]
 
 
+@server
 def test_runs_list_pages_by_keyset_and_filters(ui, world):
     status, body, headers = fetch(ui.url + "/runs.json?state=failed")
     assert status == 200 and [r["state"] for r in json.loads(body)] == ["Failed"]
@@ -138,6 +146,7 @@ def test_runs_list_pages_by_keyset_and_filters(ui, world):
     assert len(json.loads(fetch(ui.url + "/runs.json?state=Failed,Scheduled&limit=1")[1])) == 1
 
 
+@server
 def test_the_log_stream_resumes_after_last_event_id(ui, world):
     lines = json.loads(fetch(f"{ui.url}/runs/{world['failed']}/logs.json?after=0")[1])
     cut = lines[2]["id"]
