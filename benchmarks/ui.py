@@ -51,7 +51,9 @@ def build(path: Path, runs: int, children: int, lines: int) -> str:
     with backend._transaction() as tx:
         tx.many("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, agent, created, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    big = backend.create_flow_run(None, {"size": children}, flow_name="big-map", state="Running", runner="benchmark")
+    # Running, and never judged lost (no process heartbeats it): its page keeps its streams open
+    big = backend.create_flow_run(None, {"size": children}, flow_name="big-map", state="Running", runner="benchmark",
+                                  heartbeat_timeout=1e9)
     start = time.time()
     states = [("make", None, "Running", 1, start, None), ("make", None, "Success", 1, start + 1, None)]
     for i in range(children):

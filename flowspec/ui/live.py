@@ -17,7 +17,8 @@ from flowspec.ui.render import render
 
 POLL_S = 1.0
 PING_S = 15.0
-TASKS_EVERY_S = 2.0  # a map of many children is summed at most this often
+TASKS_EVERY_S = 2.0
+FINAL = frozenset({"Success", "Failed", "Cancelled"})  # a map of many children is summed at most this often
 
 
 def sse(event: str, data: str, event_id: str | None = None) -> str:
@@ -96,8 +97,9 @@ class RunCursor:
 
 
 def run_events(request: Request) -> StreamingResponse:
-    """`state` (the run's header), `tasks` (task table and graph) and `log` (new lines matching
-    the page's filter) events; id: `LOG-TASK-UPDATED`."""
+    """`state` and `history` (the run's header), `tasks`, `graph` and `gantt`, and `log` (new
+    lines matching the page's filter) events; id: `LOG-TASK-UPDATED`. Once the run has ended
+    and all of it was sent, a `done` event, and the stream ends (the page's `sse-close`)."""
     from flowspec.ui.run_routes import gantt_data, log_filter
 
     backend = request.app.state.backend
@@ -106,18 +108,23 @@ def run_events(request: Request) -> StreamingResponse:
     flt = log_filter(request)
     kinds = set((request.query_params.get("kinds") or "state,tasks,log").split(","))
 
-    def tick() -> list[str]:
+    def tick() -> tuple[list[str], bool]:
+        """The events of one poll, and whether the stream is over."""
         out: list[str] = []
         run = backend.get_run(run_id)
         if run is None:
-            return [sse("gone", "")]
+            return [sse("gone", "")], True
         if "state" in kinds:
             out += _state(run)
         if "tasks" in kinds:
             out += _tasks(run)
         if "log" in kinds:
             out += _logs()
-        return out
+        ended = not out and run.state in FINAL and (
+            "tasks" not in kinds or queries.last_task_state_id(backend, run_id) == cursor.task)
+        if ended:  # everything the ended run will ever have was sent: the page closes the stream
+            out.append(sse("done", "The run has ended.", str(cursor)))
+        return out, ended
 
     def _state(run) -> list[str]:
         out = []
@@ -157,10 +164,10 @@ def run_events(request: Request) -> StreamingResponse:
         yield "retry: 2000\n\n"
         pinged = time.monotonic()
         while True:
-            out = await anyio.to_thread.run_sync(tick)
+            out, over = await anyio.to_thread.run_sync(tick)
             for event in out:
                 yield event
-            if out and out[0].startswith("event: gone"):
+            if over:
                 return
             if time.monotonic() - pinged > PING_S:
                 pinged = time.monotonic()

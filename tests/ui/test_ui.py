@@ -277,6 +277,7 @@ def test_live_updates_arrive_without_a_reload(ui, world, watched, tmp_path, shot
         page.wait_for_selector("#task-graph g.node.ok[data-task=finish]", timeout=10_000)
         page.wait_for_selector("#history span.state:has-text('Success')", timeout=10_000)
         page.wait_for_selector("#gantt .gantt-name:has-text('finish')", timeout=10_000)
+        page.wait_for_selector("p.following:has-text('The run has ended.')", timeout=10_000)
         assert page.evaluate("window.__same_page") is True  # no reload happened
         shots(page, "run-live")
     finally:
