@@ -47,10 +47,11 @@ def build(path: Path, runs: int, children: int, lines: int) -> str:
     for n in range(runs):
         state = STATES[n % len(STATES)]
         rows.append((uuid.uuid4().hex, None, FLOWS[n % len(FLOWS)], state, json.dumps(LABELS[n % len(LABELS)]),
-                     json.dumps({"n": n}), AGENTS[n % len(AGENTS)], now + n, now + n + rng.random()))
+                     json.dumps({"n": n}), AGENTS[n % len(AGENTS)], now + n, now + n + rng.random(), 1e9))
+    # heartbeat_timeout 1e9: the synthetic Running runs are never judged lost while measuring
     with backend._transaction() as tx:
-        tx.many("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, agent, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        tx.many("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, agent, created, updated,"
+                " heartbeat_timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     # Running, and never judged lost (no process heartbeats it): its page keeps its streams open
     big = backend.create_flow_run(None, {"size": children}, flow_name="big-map", state="Running", runner="benchmark",
                                   heartbeat_timeout=1e9)
@@ -98,14 +99,14 @@ def timed(url: str, repeat: int = 3) -> float:
     return statistics.median(get(url)[0] for _ in range(repeat))
 
 
-def page_50(url: str) -> float:
+def page_50(url: str) -> float | str:
     """Follow 'next' 49 times, then time the 50th page."""
     target = url
     for _ in range(49):
         _, _, headers = get(target)
         link = headers.get("link") or headers.get("Link")
         if not link:
-            return float("nan")
+            return "no 50th page (fewer matches)"
         target = url.split("/runs", 1)[0] + link[1:link.index(">")]
     return timed(target)
 
@@ -196,7 +197,7 @@ def main() -> int:
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     bare = time.perf_counter() - began
     proc, url, startup = start_ui(db, home)
-    report: dict[str, float] = {"first start, indexes added (s)": round(first, 2),
+    report: dict[str, float | str] = {"first start, indexes added (s)": round(first, 2),
                                 "start to first answer (s)": round(startup, 2),
                                 "of which a bare python start (s)": round(bare, 2)}
     try:

@@ -12,8 +12,12 @@ from flowspec.ui.routes import _backend, _get_run, _int
 
 LOG_PAGE = 500
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FINAL = ("Success", "Failed", "Cancelled")
+
 
 def run_page(request: Request) -> Response:
+    """The run: its header, history, parameters, tasks, graph, heatmaps and the tail of its log
+    (the timeline comes after, from run_gantt)."""
     backend = _backend(request)
     run = _get_run(request)
     detail = views.run_detail(backend, run)
@@ -21,14 +25,12 @@ def run_page(request: Request) -> Response:
         return JSONResponse(detail)
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     logs, more = queries.log_page(backend, run.id, queries.LogFilter(), before=2**62, size=LOG_PAGE)
-    levels, log_tasks = LEVELS, [t["task"] for t in detail["tasks"]]
-    tb = queries.failed_traceback(backend, run.id) if run.state == "Failed" else None
-    mapped = [t["task"] for t in detail["tasks"] if t.get("children")]
     return fragment(request, "run.html", run=detail, flow=flow, graph=views.graph_of(flow, detail["tasks"]),
-                    logs=[views.log_dict(r) for r in logs], logs_more=more,
-                    levels=levels, log_tasks=log_tasks, traceback=views.log_dict(tb) if tb else None,
-                    mapped=mapped, last_task=queries.last_task_state_id(backend, run.id), last_log=logs[-1][0] if logs else 0, log_filter=queries.LogFilter(),
-                    final=run.state in ("Success", "Failed", "Cancelled"))
+                    logs=[views.log_dict(r) for r in logs], logs_more=more, direction="back",
+                    levels=LEVELS, log_tasks=[t["task"] for t in detail["tasks"]],
+                    mapped=[t["task"] for t in detail["tasks"] if t.get("children")],
+                    last_task=queries.last_task_state_id(backend, run.id), last_log=logs[-1][0] if logs else 0,
+                    log_filter=queries.LogFilter(), final=run.state in FINAL)
 
 
 def gantt_data(backend, run_id: str) -> dict:
@@ -94,7 +96,7 @@ def run_logs(request: Request) -> Response:
     if wants_json(request):
         return JSONResponse(lines)
     return fragment(request, "_logs.html", run_id=run.id, logs=lines, logs_more=more, log_filter=flt,
-                    last_log=rows[-1][0] if rows else after, final=run.state in ("Success", "Failed", "Cancelled"),
+                    last_log=rows[-1][0] if rows else after, final=run.state in FINAL,
                     direction="back" if before else "forward")
 
 
