@@ -30,6 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# The targets, at 100 000 runs and a run of 100 000 children with 1 000 000 log lines.
+TARGETS = {"runs list": 150, "run page of the big run": 300, "log search": 1000, "heatmap paint": 250,
+           "longest task": 200, "idle run page stream": 1, "start to first answer": 0.5}
 STATES = ("Success", "Success", "Success", "Failed", "Cancelled", "Running", "Scheduled", "Queued")
 FLOWS = ("etl", "train", "report", "ingest", "score")
 LABELS = (["gpu"], ["cpu"], ["gpu", "big"], [], ["eu"])
@@ -230,7 +233,11 @@ def main() -> int:
         proc.communicate(timeout=10)
     width = max(map(len, report))
     for name, value in report.items():
-        print(f"{name:<{width}}  {value:.1f}" if isinstance(value, float) else f"{name:<{width}}  {value}")
+        target = next((t for prefix, t in TARGETS.items() if name.startswith(prefix)), None)
+        shown = f"{value:.1f}" if isinstance(value, float) else str(value)
+        verdict = "" if target is None or not isinstance(value, (int, float)) else (
+            f"  target < {target:g}: {'PASS' if value < target else 'MISS'}")
+        print(f"{name:<{width}}  {shown}{verdict}")
     return 0
 
 
