@@ -119,7 +119,7 @@ def run_events(request: Request) -> StreamingResponse:
         if "tasks" in kinds:
             out += _tasks(run)
         if "log" in kinds:
-            out += _logs()
+            out += _logs(run)
         ended = not out and run.state in FINAL and (
             "tasks" not in kinds or queries.last_task_state_id(backend, run_id) == cursor.task)
         if ended:  # everything the ended run will ever have was sent: the page closes the stream
@@ -133,8 +133,8 @@ def run_events(request: Request) -> StreamingResponse:
             cursor.updated, cursor.reason = run.updated, reason
             detail = views.run_dict(run) | {"waiting_reason": reason}
             out.append(sse("state", render(request, "_run_head.html", run=detail), str(cursor)))
-            history = [{"time": e.time, "state": e.state, "message": e.message} for e in backend.run_history(run_id)]
-            out.append(sse("history", render(request, "_history.html", history=history), str(cursor)))
+            out.append(sse("history", render(request, "_history.html", history=views.history(backend, run)),
+                           str(cursor)))
         return out
 
     def _tasks(run) -> list[str]:
@@ -142,7 +142,7 @@ def run_events(request: Request) -> StreamingResponse:
         last_task = queries.last_task_state_id(backend, run_id)
         if last_task != cursor.task and time.monotonic() - cursor.tasks_at >= TASKS_EVERY_S:
             cursor.task, cursor.tasks_at = last_task, time.monotonic()
-            tasks = views.task_rows(backend, run_id)
+            tasks = views.task_rows(backend, run)
             flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
             out.append(sse("tasks", render(request, "_tasks.html", tasks=tasks, run={"id": run_id}), str(cursor)))
             out.append(sse("graph", render(request, "_graph.html", graph=views.graph_of(flow, tasks),
@@ -151,12 +151,13 @@ def run_events(request: Request) -> StreamingResponse:
             out.append(sse("gantt", gantt, str(cursor)))
         return out
 
-    def _logs() -> list[str]:
+    def _logs(run) -> list[str]:
         out = []
         rows, _ = queries.log_page(backend, run_id, flt, after=cursor.log, size=500)
         if rows:
             cursor.log = rows[-1][0]
-            out.append(sse("log", render(request, "_log_rows.html", logs=[views.log_dict(r) for r in rows],
+            mask = views.text_mask(run)
+            out.append(sse("log", render(request, "_log_rows.html", logs=[views.log_dict(r, mask) for r in rows],
                                          run_id=run_id), str(cursor)))
         return out
 

@@ -26,7 +26,7 @@ def run_page(request: Request) -> Response:
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     logs, more = queries.log_page(backend, run.id, queries.LogFilter(), before=2**62, size=LOG_PAGE)
     return fragment(request, "run.html", run=detail, flow=flow, graph=views.graph_of(flow, detail["tasks"]),
-                    logs=[views.log_dict(r) for r in logs], logs_more=more, direction="back",
+                    logs=[views.log_dict(r, views.text_mask(run)) for r in logs], logs_more=more, direction="back",
                     levels=LEVELS, log_tasks=[t["task"] for t in detail["tasks"]],
                     mapped=[t["task"] for t in detail["tasks"] if t.get("children")],
                     last_task=queries.last_task_state_id(backend, run.id), last_log=logs[-1][0] if logs else 0,
@@ -92,7 +92,10 @@ def run_logs(request: Request) -> Response:
     if before is None and not after and not flt.search:
         before = 2**62  # the tail: where a followed log goes on
     rows, more = queries.log_page(backend, run.id, flt, after=after, before=before, size=LOG_PAGE)
-    lines = [views.log_dict(r) for r in rows]
+    mask = views.text_mask(run)
+    lines = [views.log_dict(r, mask) for r in rows]
+    if flt.search:  # matches inside a masked value are no matches: a search must not probe a secret
+        lines = [line for line in lines if flt.search.lower() in line["message"].lower()]
     if wants_json(request):
         return JSONResponse(lines)
     return fragment(request, "_logs.html", run_id=run.id, logs=lines, logs_more=more, log_filter=flt,
@@ -102,8 +105,10 @@ def run_logs(request: Request) -> Response:
 
 def run_logs_download(request: Request) -> Response:
     """The whole log as text, streamed a batch at a time: memory stays flat however long it is."""
-    backend, run = _backend(request), _get_run(request)
     from flowspec.ui.render import clock
+
+    backend, run = _backend(request), _get_run(request)
+    mask = views.text_mask(run)
 
     def lines():
         after = 0
@@ -111,7 +116,7 @@ def run_logs_download(request: Request) -> Response:
             batch = backend.logs(run.id, after, limit=5000)
             if not batch:
                 return
-            yield "".join(f"{clock(x.time)} {x.level:<7} {x.task or 'flow'} | {x.message}\n" for x in batch)
+            yield "".join(f"{clock(x.time)} {x.level:<7} {x.task or 'flow'} | {mask(x.message)}\n" for x in batch)
             after = batch[-1].id
     return StreamingResponse(lines(), media_type="text/plain; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="flowspec-run-{run.id}.log"'})
@@ -122,5 +127,5 @@ def run_traceback(request: Request) -> Response:
     row = queries.failed_traceback(backend, run.id)
     if row is None:
         raise HTTPException(404, f"run {run.id} logged no error")
-    line = views.log_dict(row)
+    line = views.log_dict(row, views.text_mask(run))
     return page(request, "traceback.html", line, run=views.run_dict(run), line=line)

@@ -1,18 +1,20 @@
 """What the pages show, as plain data: the same dicts feed the templates and the JSON twins.
 
-The JSON of runs and of a run has the shapes of `flowspec runs list/show --format json`, except
-that parameters whose names look like credentials are masked.
+The JSON of runs and of a run has the shapes of `flowspec runs list/show --format json`, and is
+masked as they mask it (flowspec.masking): the values of parameters named like credentials,
+and those values wherever they appear in messages and log lines.
 """
 from __future__ import annotations
 
 from typing import Any
 
-MASK = "****"
+from flowspec.masking import MASK
 
 
 def masked(value: Any, secret: bool = False) -> Any:
-    """Parameters with every value under a credential-like name replaced by MASK."""
-    from flowspec.plan import is_secret
+    """Parameters with every value under a credential-like name replaced by MASK (nested
+    mappings too: a flow's storage settings)."""
+    from flowspec.masking import is_secret
 
     if secret:
         return MASK
@@ -28,7 +30,7 @@ def masked_spec(text: str) -> str:
     credential-like parameters) replaced by MASK wherever they occur."""
     import yaml
 
-    from flowspec.plan import is_secret
+    from flowspec.masking import is_secret
 
     try:
         data = yaml.safe_load(text)
@@ -55,8 +57,16 @@ def run_dict(run) -> dict:
     from flowspec.commands.runs import run_json
 
     data = run_json(run)
-    data["parameters"] = masked(run.parameters)
+    data["parameters"] = masked(data["parameters"])
     return data
+
+
+def text_mask(run):
+    """A function masking a text of this run (a message, a log line) as `runs show` does."""
+    from flowspec.masking import mask_text, secret_values
+
+    values = secret_values(run.parameters)
+    return lambda text: mask_text(text, values)
 
 
 class RunCache:
@@ -92,9 +102,11 @@ class RunCache:
 CACHE = RunCache()
 
 
-def task_rows(backend, run_id: str) -> list[dict]:
+def task_rows(backend, run) -> list[dict]:
     """`runs show`'s task rows: one per task, a mapped task's children counted by state."""
-    return CACHE.get(backend, run_id, "tasks", lambda: _task_rows(backend, run_id))
+    rows = CACHE.get(backend, run.id, "tasks", lambda: _task_rows(backend, run.id))
+    mask = text_mask(run)
+    return [row | {"message": mask(row["message"])} if row["message"] else row for row in rows]
 
 
 def _task_rows(backend, run_id: str) -> list[dict]:
@@ -110,26 +122,31 @@ def _task_rows(backend, run_id: str) -> list[dict]:
     return rows
 
 
+def history(backend, run) -> list[dict]:
+    mask = text_mask(run)
+    return [{"time": e.time, "state": e.state, "message": mask(e.message)} for e in backend.run_history(run.id)]
+
+
 def run_detail(backend, run) -> dict:
     """The JSON of `flowspec runs show RUN --format json`."""
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     return run_dict(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
-        "waiting_reason": backend.waiting_reason(run.id),
-        "history": [{"time": e.time, "state": e.state, "message": e.message} for e in backend.run_history(run.id)],
-        "tasks": task_rows(backend, run.id)}
+        "waiting_reason": backend.waiting_reason(run.id), "history": history(backend, run),
+        "tasks": task_rows(backend, run)}
 
 
-def log_dict(row: tuple) -> dict:
-    """A log row as `flowspec runs logs --format json` shows it, with its id."""
-    return {"kind": "log", "id": row[0], "time": row[2], "level": row[3], "task": row[4], "message": row[5]}
+def log_dict(row: tuple, mask) -> dict:
+    """A log row as `flowspec runs logs --format json` shows it (`mask`: text_mask of its run),
+    with its id."""
+    return {"kind": "log", "id": row[0], "time": row[2], "level": row[3], "task": row[4], "message": mask(row[5])}
 
 
 def agent_dict(agent, now: float, runs: dict[str, int] | None = None) -> dict:
-    from flowspec.commands.agents import status
-
+    """As `flowspec agents list --format json`, with the agent's runs counted by state."""
     return {"name": agent.name, "labels": list(agent.labels), "started": agent.started, "last_seen": agent.last_seen,
-            "stopped": agent.stopped, "alive": agent.alive(now), "status": status(agent, now), "runs": runs or {}}
+            "stopped": agent.stopped, "stop_requested": agent.stop_requested, "alive": agent.alive(now),
+            "status": agent.status, "runs": runs or {}}
 
 
 def flow_dict(flow) -> dict:

@@ -255,6 +255,9 @@ def test_logs_are_searched_on_the_server_and_downloaded_whole(ui, world, watched
     status, text, headers = fetch(f"{ui.url}/runs/{world['failed']}/logs.txt")
     assert status == 200 and "attachment" in headers["content-disposition"]
     assert "squaring 0" in text and "Traceback (most recent call last)" in text
+    assert "with token ****" in text and "s3cr3t" not in text  # masked as `runs logs` masks it
+    status, body, _ = fetch(f"{ui.url}/runs/{world['failed']}/logs.json?q=s3cr3t")
+    assert json.loads(body) == []  # a search cannot probe a masked value
     page.click("#traceback-link") if page.locator("#traceback-link").count() else page.goto(
         f"{ui.url}/runs/{world['failed']}/traceback")
     assert "ValueError" in page.inner_text("#traceback")

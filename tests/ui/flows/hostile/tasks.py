@@ -1,7 +1,8 @@
 import logging
 log = logging.getLogger("flowspec.task")
-def make(count, note):
+def make(count, note, token):
     log.info("note: %s", note)
+    log.info("calling the service with token %s", token)
     log.warning('"><img src=x onerror="window.__xss=2">')
     return list(range(count))
 def square(x):
