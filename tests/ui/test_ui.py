@@ -288,7 +288,7 @@ def test_live_updates_arrive_without_a_reload(ui, world, watched, tmp_path, shot
 
 
 @browser
-def test_the_runs_list_follows_state_changes(ui, world, watched, tmp_path):
+def test_the_runs_list_follows_state_changes(ui, world, watched, tmp_path, shots):
     page = watched
     flow = tmp_path / "slow"
     shutil.copytree(FLOWS / "slow", flow)
@@ -308,6 +308,7 @@ def test_the_runs_list_follows_state_changes(ui, world, watched, tmp_path):
         assert page.locator("#run-rows tr").first.get_attribute("id") == f"run-{run_id}"
         # a filtered list is not given runs that do not pass its filter
         assert filtered.locator(f"#run-{run_id}").count() == 0
+        shots(page, "runs")
     finally:
         runner.communicate(timeout=60)
 
