@@ -212,6 +212,8 @@ def main() -> int:
         report["run page of the big run, first view (ms)"] = get(f"{url}/runs/{big}")[0]
         report["run page of the big run, again (ms)"] = timed(f"{url}/runs/{big}")
         report["run page JSON (ms)"] = timed(f"{url}/runs/{big}.json")
+        report["its tasks, graph and heatmaps, loaded after the page, first (ms)"] = get(f"{url}/runs/{big}/tasks")[0]
+        report["its tasks, again (ms)"] = timed(f"{url}/runs/{big}/tasks")
         report["its timeline, loaded after the page, first (ms)"] = get(f"{url}/runs/{big}/gantt")[0]
         report["heatmap data, first (ms)"] = get(f"{url}/runs/{big}/children/square.json")[0]
         report["heatmap data, again (ms)"] = timed(f"{url}/runs/{big}/children/square.json")

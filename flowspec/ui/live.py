@@ -91,6 +91,7 @@ class RunCursor:
             self.log, self.task, self.updated = 0, 0, 0.0
         self.tasks_at = 0.0
         self.reason: str | None = None
+        self.mapped: tuple[str, ...] | None = None  # the mapped tasks the page shows heatmaps of
 
     def __str__(self) -> str:
         return f"{self.log}-{self.task}-{self.updated!r}"
@@ -144,9 +145,14 @@ def run_events(request: Request) -> StreamingResponse:
             cursor.task, cursor.tasks_at = last_task, time.monotonic()
             tasks = views.task_rows(backend, run)
             flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
-            out.append(sse("tasks", render(request, "_tasks.html", tasks=tasks, run={"id": run_id}), str(cursor)))
-            out.append(sse("graph", render(request, "_graph.html", graph=views.graph_of(flow, tasks),
-                                           run={"id": run_id}), str(cursor)))
+            graph, mapped = views.graph_of(flow, tasks), tuple(t["task"] for t in tasks if t.get("children"))
+            if mapped != cursor.mapped:  # a new mapped task: its heatmap (and the graph, the names) with it
+                cursor.mapped = mapped
+                html = render(request, "_run_tasks.html", tasks=tasks, graph=graph, mapped=mapped, run={"id": run_id})
+                out.append(sse("tasks", html, str(cursor)))
+            else:
+                out.append(sse("tasks", render(request, "_tasks.html", tasks=tasks, run={"id": run_id}), str(cursor)))
+                out.append(sse("graph", render(request, "_graph.html", graph=graph, run={"id": run_id}), str(cursor)))
             gantt = render(request, "_gantt.html", gantt=gantt_data(backend, run_id), run={"id": run_id})
             out.append(sse("gantt", gantt, str(cursor)))
         return out

@@ -16,21 +16,29 @@ FINAL = ("Success", "Failed", "Cancelled")
 
 
 def run_page(request: Request) -> Response:
-    """The run: its header, history, parameters, tasks, graph, heatmaps and the tail of its log
-    (the timeline comes after, from run_gantt)."""
+    """The run: its header, history, parameters and the tail of its log. Its tasks, graph and
+    heatmaps (run_tasks) and its timeline (run_gantt) come after: a map of 100 000 children is
+    summed while the page already shows."""
     backend = _backend(request)
     run = _get_run(request)
-    detail = views.run_detail(backend, run)
     if wants_json(request):
-        return JSONResponse(detail)
+        return JSONResponse(views.run_detail(backend, run))
+    detail = views.run_detail(backend, run, tasks=False)
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     logs, more = queries.log_page(backend, run.id, queries.LogFilter(), before=2**62, size=LOG_PAGE)
-    return fragment(request, "run.html", run=detail, flow=flow, graph=views.graph_of(flow, detail["tasks"]),
+    return fragment(request, "run.html", run=detail, flow=flow,
                     logs=[views.log_dict(r, views.text_mask(run)) for r in logs], logs_more=more, direction="back",
-                    levels=LEVELS, log_tasks=[t["task"] for t in detail["tasks"]],
-                    mapped=[t["task"] for t in detail["tasks"] if t.get("children")],
-                    last_task=queries.last_task_state_id(backend, run.id), last_log=logs[-1][0] if logs else 0,
-                    log_filter=queries.LogFilter(), final=run.state in FINAL)
+                    levels=LEVELS, last_task=queries.last_task_state_id(backend, run.id),
+                    last_log=logs[-1][0] if logs else 0, log_filter=queries.LogFilter(), final=run.state in FINAL)
+
+
+def run_tasks(request: Request) -> Response:
+    """The run's task table, with its graph, heatmaps and task names swapped in beside it."""
+    backend, run = _backend(request), _get_run(request)
+    tasks = views.task_rows(backend, run)
+    flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+    return fragment(request, "_run_tasks.html", tasks=tasks, graph=views.graph_of(flow, tasks), run={"id": run.id},
+                    mapped=[t["task"] for t in tasks if t.get("children")])
 
 
 def gantt_data(backend, run_id: str) -> dict:

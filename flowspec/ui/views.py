@@ -127,13 +127,13 @@ def history(backend, run) -> list[dict]:
     return [{"time": e.time, "state": e.state, "message": mask(e.message)} for e in backend.run_history(run.id)]
 
 
-def run_detail(backend, run) -> dict:
-    """The JSON of `flowspec runs show RUN --format json`."""
+def run_detail(backend, run, tasks: bool = True) -> dict:
+    """The JSON of `flowspec runs show RUN --format json` (`tasks` None when not asked for)."""
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     return run_dict(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
         "waiting_reason": backend.waiting_reason(run.id), "history": history(backend, run),
-        "tasks": task_rows(backend, run)}
+        "tasks": task_rows(backend, run) if tasks else None}
 
 
 def log_dict(row: tuple, mask) -> dict:

@@ -217,9 +217,10 @@ def test_hostile_names_parameters_and_logs_never_run(ui, world, browser, csp):
 def test_graph_heatmap_and_timeline_are_drawn(ui, world, watched, shots):
     page = watched
     page.goto(f"{ui.url}/runs/{world['failed']}")
+    page.wait_for_selector("#task-graph")  # the tasks, graph and heatmaps come just after the page
     assert page.locator("#task-graph g.node").count() == 3
     assert page.locator("#task-graph g.node.bad[data-task=square]").count() == 1
-    until(page, "document.querySelector('canvas.heatmap').dataset.painted !== undefined")
+    until(page, "document.querySelector('canvas.heatmap')?.dataset.painted !== undefined")
     colours = page.evaluate("""() => {
         const c = document.querySelector('canvas.heatmap'), ctx = c.getContext('2d');
         const cell = c.cell, seen = new Set();
@@ -320,7 +321,7 @@ def test_a_token_given_once_opens_every_page_and_stream(world, watched, browser)
     try:
         page.goto(f"{ui.url}/runs/{world['failed']}?token=tok-{'x' * 20}")
         assert "token" not in page.url  # dropped from the address once it is a cookie
-        until(page, "document.querySelector('canvas.heatmap').dataset.painted !== undefined")
+        until(page, "document.querySelector('canvas.heatmap')?.dataset.painted !== undefined")
         page.goto(ui.url + "/limits")
         page.wait_for_selector("table.limits")
         assert page.context.request.get(ui.url + "/runs.json").status == 200

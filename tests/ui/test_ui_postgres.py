@@ -49,8 +49,9 @@ def test_run_page_heatmap_and_search_on_postgres(pg_world, watched):
     world, ui, _ = pg_world
     page = watched
     page.goto(f"{ui.url}/runs/{world['failed']}")
+    page.wait_for_selector("#task-graph")
     assert page.locator("#task-graph g.node").count() == 3
-    until(page, "document.querySelector('canvas.heatmap').dataset.painted !== undefined")
+    until(page, "document.querySelector('canvas.heatmap')?.dataset.painted !== undefined")
     page.fill("#log-filter input[name=q]", "SQUARING 4")  # case-insensitive, as on SQLite
     page.click("#log-filter button[type=submit]")
     page.wait_for_selector("#search-note")

@@ -55,11 +55,17 @@ function wire(canvas) {
   load(canvas);
 }
 
-const canvases = Array.from(document.querySelectorAll("canvas.heatmap"));
-canvases.forEach(wire);
+// The heatmaps arrive with the task table, after the page (and again when the map grows).
+htmx.onLoad((element) => {
+  const found = element.matches?.("canvas.heatmap") ? [element] : element.querySelectorAll?.("canvas.heatmap") || [];
+  found.forEach((canvas) => { if (!canvas.wired) { canvas.wired = true; wire(canvas); } });
+});
 
 let pending = null;
 document.body.addEventListener("htmx:sseMessage", (event) => {
   if (event.detail.type !== "tasks" || pending) return;
-  pending = setTimeout(() => { pending = null; canvases.forEach(load); }, 500);
+  pending = setTimeout(() => {
+    pending = null;
+    document.querySelectorAll("canvas.heatmap").forEach((canvas) => { if (canvas.wired) load(canvas); });
+  }, 500);
 });
