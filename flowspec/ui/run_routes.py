@@ -2,6 +2,8 @@
 traceback, its children for the heatmap and its timeline; each with its JSON twin."""
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -91,21 +93,31 @@ def log_filter(request: Request) -> queries.LogFilter:
 
 
 def run_logs(request: Request) -> Response:
-    """Log lines matching the filter: after `after` (oldest first), or the newest before `before`."""
+    """Log lines matching the filter: after `after` (oldest first), or the newest before `before`.
+
+    The page shows the tail by default (where a followed log goes on); the JSON twin starts at
+    the first line, as `flowspec runs logs --format json` does, a page at a time (`Link: rel=next`)."""
     backend, run = _backend(request), _get_run(request)
     flt = log_filter(request)
     q = request.query_params
     before = _int(q.get("before"), "before", 0) or None
     after = _int(q.get("after"), "after", 0)
-    if before is None and not after and not flt.search:
-        before = 2**62  # the tail: where a followed log goes on
-    rows, more = queries.log_page(backend, run.id, flt, after=after, before=before, size=LOG_PAGE)
+    as_json = wants_json(request)
+    if before is None and not after and not flt.search and not as_json:
+        before = 2**62
+    size = _int(q.get("limit"), "limit", LOG_PAGE) if as_json else LOG_PAGE
+    if not 1 <= size <= 10_000:
+        raise HTTPException(400, f"limit={size}: expected 1 to 10000 lines a page")
+    rows, more = queries.log_page(backend, run.id, flt, after=after, before=before, size=size)
     mask = views.text_mask(run)
     lines = [views.log_dict(r, mask) for r in rows]
     if flt.search:  # matches inside a masked value are no matches: a search must not probe a secret
         lines = [line for line in lines if flt.search.lower() in line["message"].lower()]
-    if wants_json(request):
-        return JSONResponse(lines)
+    if as_json:
+        keep = [(k, v) for k, v in q.multi_items() if k not in ("after", "before", "token")]
+        link = {"Link": f'<{request.url.path}?{urlencode(keep + [("after", rows[-1][0])])}>; rel="next"'} \
+            if more and not before else None
+        return JSONResponse([{k: v for k, v in line.items() if k != "id"} for line in lines], headers=link)
     return fragment(request, "_logs.html", run_id=run.id, logs=lines, logs_more=more, log_filter=flt,
                     last_log=rows[-1][0] if rows else after, final=run.state in FINAL,
                     direction="back" if before else "forward")

@@ -148,8 +148,9 @@ def test_runs_list_pages_by_keyset_and_filters(ui, world):
 
 @server
 def test_the_log_stream_resumes_after_last_event_id(ui, world):
-    lines = json.loads(fetch(f"{ui.url}/runs/{world['failed']}/logs.json?after=0")[1])
-    cut = lines[2]["id"]
+    page = fetch(f"{ui.url}/runs/{world['failed']}/logs?after=0")[1]
+    ids = [int(x) for x in re.findall(r'data-id="(\d+)"', page)]
+    cut = ids[2]
     request = urllib.request.Request(f"{ui.url}/runs/{world['failed']}/events?kinds=log",
                                      headers={"Last-Event-ID": f"{cut}-0-0"})
     with urllib.request.urlopen(request, timeout=10) as stream:
@@ -160,9 +161,9 @@ def test_the_log_stream_resumes_after_last_event_id(ui, world):
             if line == "" and any(e.startswith("event: log") for e in event):
                 break
             event = [] if line == "" else event + [line]
-    ids = [int(x) for x in re.findall(r'data-id="(\d+)"', "\n".join(event))]
-    assert ids == [line["id"] for line in lines[3:]]
-    assert event[0] == f"id: {ids[-1]}-0-0.0"
+    sent = [int(x) for x in re.findall(r'data-id="(\d+)"', "\n".join(event))]
+    assert sent == ids[3:]
+    assert event[0] == f"id: {sent[-1]}-0-0.0"
 
 
 # ------------------------------------------------------------------------------ in a browser
@@ -259,6 +260,16 @@ def test_logs_are_searched_on_the_server_and_downloaded_whole(ui, world, watched
     assert "with token ****" in text and "s3cr3t" not in text  # masked as `runs logs` masks it
     status, body, _ = fetch(f"{ui.url}/runs/{world['failed']}/logs.json?q=s3cr3t")
     assert json.loads(body) == []  # a search cannot probe a masked value
+    cli = json.loads(run_cli("runs", "logs", world["failed"], "--backend", world["db"], "--format", "json",
+                             env=world["env"]).stdout)
+    assert json.loads(fetch(f"{ui.url}/runs/{world['failed']}/logs.json")[1]) == cli
+    paged, url = [], f"{ui.url}/runs/{world['failed']}/logs.json?limit=3"
+    while url:  # a page at a time, by the Link header
+        status, body, headers = fetch(url)
+        paged += json.loads(body)
+        link = headers.get("Link") or headers.get("link")
+        url = ui.url + link[1:link.index(">")] if link else None
+    assert paged == cli
     page.click("#traceback-link") if page.locator("#traceback-link").count() else page.goto(
         f"{ui.url}/runs/{world['failed']}/traceback")
     assert "ValueError" in page.inner_text("#traceback")
