@@ -121,6 +121,12 @@ def test_json_twins_match_the_cli(ui, world):
     assert mine == shown | {"parameters": mine["parameters"]}
     assert mine["parameters"]["api_token"] == "****" and "s3cr3t-value" not in body
     assert fetch(ui.url + "/runs.json?state=Bogus")[0] == 400
+    flows = json.loads(run_cli("flows", "list", "--backend", world["db"], "--format", "json", env=env).stdout)
+    assert json.loads(fetch(ui.url + "/flows.json")[1]) == flows
+    limits = json.loads(run_cli("concurrency-limit", "list", "--backend", world["db"], "--format", "json",
+                                env=env).stdout)
+    assert [{k: v for k, v in lim.items() if k != "waiting"} for lim in json.loads(fetch(ui.url + "/limits.json")[1])] \
+        == limits
     assert json.loads(fetch(f"{ui.url}/runs/{world['failed'][:6]}.json")[1])["id"] == world["failed"]
     status, body, _ = fetch(f"{ui.url}/runs/ffffffffffff.json")
     assert status == 404 and "ffffffffffff" in json.loads(body)["error"]
