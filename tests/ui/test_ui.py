@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -376,6 +377,38 @@ def until(page, expression: str, timeout: float = 10) -> None:
     while not page.evaluate(expression):
         assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
         time.sleep(0.05)
+
+
+@browser
+def test_a_run_held_by_a_full_limit_says_who_holds_it(tmp_path, watched):
+    """A real agent runs one run of a label limited to 1; the next waits, and says why."""
+    page = watched
+    home, db = tmp_path / "home", str(tmp_path / "limited.db")
+    home.mkdir()
+    env = {"FLOWSPEC_HOME": str(home)}
+    flow = tmp_path / "slow"
+    shutil.copytree(FLOWS / "slow", flow)
+    (flow / "flow.yaml").write_text((flow / "flow.yaml").read_text().replace("default: 6", "default: 40"))
+    assert run_cli("register", flow / "flow.yaml", "--backend", db, "--label", "gpu", env=env).rc == 0
+    assert run_cli("concurrency-limit", "set", "gpu", "1", "--backend", db, env=env).rc == 0
+    first = run_cli("run", "--name", "slow-flow", "--backend", db, env=env).stdout.split()[-1]
+    second = run_cli("run", "--name", "slow-flow", "--backend", db, env=env).stdout.split()[-1]
+    agent = start_cli("agent", "start", "--label", "gpu", "--backend", db, "--poll-interval", "0.2", env=env)
+    ui = start_ui(db, home)
+    try:
+        deadline = time.monotonic() + 30
+        while json.loads(fetch(f"{ui.url}/runs/{second}.json")[1])["state"] != "Queued":
+            assert time.monotonic() < deadline, "the second run was never queued behind the limit"
+            time.sleep(0.2)
+        page.goto(f"{ui.url}/runs/{second}")
+        reason = page.inner_text("#waiting-reason")
+        assert "'gpu' is at its limit of 1" in reason and first in reason
+        page.goto(ui.url + "/limits")
+        assert first[:8] in page.inner_text("table.limits") and second[:8] in page.inner_text("table.limits")
+    finally:
+        ui.stop()
+        agent.send_signal(signal.SIGINT)  # it cancels its runs and says it stopped
+        agent.communicate(timeout=60)
 
 
 def _newest(db) -> str | None:
