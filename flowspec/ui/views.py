@@ -132,7 +132,8 @@ def run_detail(backend, run, tasks: bool = True) -> dict:
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     return run_dict(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
-        "waiting_reason": backend.waiting_reason(run.id), "history": history(backend, run),
+        "waiting_reason": backend.waiting_reason(run.id), "outputs": backend.run_outputs(run.id),
+        "history": history(backend, run),
         "tasks": task_rows(backend, run) if tasks else None}
 
 
