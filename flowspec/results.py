@@ -128,6 +128,41 @@ def keyed_path(flow: str, task: str, key: str) -> str:
     return f"flows/{segment(flow)}/{segment(task)}/{segment(key)}.pkl"
 
 
+def settings(spec, environ=None) -> dict | None:
+    """A flow's `results` as a plain mapping, env references resolved, `directory` made absolute."""
+    from flowspec import references as refs
+
+    results = getattr(spec, "results", None)
+    if results is None:
+        return None
+    lookup = refs.env_lookup(os.environ if environ is None else environ)
+    out = {"type": results.type}
+    for key, value in results.options.items():
+        out[key] = refs.resolve(refs.compile_value(value), lookup)
+    if out["type"] == "local" and out.get("directory"):
+        out["directory"] = os.path.join(spec.base_dir, os.path.expanduser(str(out["directory"])))
+    return out
+
+
+def describe(spec, environ=None) -> dict:
+    """Where a flow's results go, for `plan`: {type, location, given} (nothing created, no AWS call)."""
+    try:
+        opts = settings(spec, environ)
+    except Exception as exc:  # noqa: BLE001 - an unset variable: plan reports it as text
+        return {"type": spec.results.type, "location": f"unknown ({exc})", "given": True}
+    if opts is None or opts["type"] == "local":
+        directory = (opts or {}).get("directory")
+        if not directory:
+            home = (environ or os.environ).get("FLOWSPEC_HOME") or os.path.expanduser("~/.flowspec")
+            directory = os.path.join(home, "results")
+        return {"type": "local", "location": directory, "given": opts is not None}
+    prefix = (opts.get("prefix") or "").strip("/")
+    where = f"s3://{opts['bucket']}/{prefix + '/' if prefix else ''}"
+    if opts.get("endpoint_url"):
+        where += f" (endpoint {opts['endpoint_url']})"
+    return {"type": "s3", "location": where, "given": True}
+
+
 # -- stores -----------------------------------------------------------------------------------
 class ResultStore:
     """Where results are kept. `from_spec` picks the kind; the kinds share the object layout."""
@@ -151,6 +186,13 @@ class ResultStore:
                 home = flowspec_home()
             directory = Path(home) / "results"
         return LocalResultStore(directory)
+
+    @staticmethod
+    def for_flow(spec, home: str | os.PathLike | None = None, environ=None) -> ResultStore:
+        """The store of a compiled flow: its `results` with `${{ env.NAME }}` resolved (here: where
+        the run runs), a relative `directory` taken from the spec's folder; the default local
+        store when the flow has no `results`."""
+        return ResultStore.from_spec(settings(spec, environ), home)
 
     # keyed results
     def put(self, flow: str, task: str, key: str, value: Any) -> str:
