@@ -548,14 +548,13 @@ class _Checker:
         from flowspec.subflows import child_path, compile_child, cycle_to, shown
 
         path = ("tasks", name, "flow")
-        base_dir = os.path.dirname(os.path.abspath(self.doc.file))
         if "${{" in written:
             self.error(path, "flow: a spec file's path is written out, without ${{ }} references",
                        "to choose a flow at run time, use a registered flow: flow: {name: ..., version: ...}")
             return None
         target = child_path(self.doc.file, written)
         if (cycle := cycle_to(target)):
-            self.error(path, _CYCLE + " " + " -> ".join(shown(p, base_dir) for p in cycle),
+            self.error(path, _CYCLE + " " + " -> ".join(shown(p) for p in cycle),
                        "a flow cannot run itself, directly or through its subflows")
             return None
         if not os.path.isfile(target):

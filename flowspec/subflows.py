@@ -59,7 +59,12 @@ def child_path(parent_file: str, written: str) -> str:
     return os.path.join(path, "flow.yaml") if os.path.isdir(path) else path
 
 
-def shown(path: str, base: str) -> str:
-    """`path` relative to `base` for messages (absolute when it is elsewhere)."""
-    rel = os.path.relpath(path, base)
-    return path if rel.startswith("..") else rel
+def shown(path: str) -> str:
+    """`path` for messages: relative to the folder of the spec the command was given (the first
+    of the chain being compiled), as the user sees the files."""
+    chain = _state["chain"]
+    base = os.path.dirname(chain[0]) if chain else os.getcwd()
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # another drive
+        return path
