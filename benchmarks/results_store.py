@@ -16,20 +16,26 @@ from flowspec.results import ResultStore
 
 
 def main(n: int = 100_000) -> None:
-    root = tempfile.mkdtemp(prefix="flowspec-results-bench-")
-    try:
-        store = ResultStore.from_spec({"type": "local", "directory": root})
-        value = {"rows": 3, "name": "x"}
-        t0 = time.perf_counter()
-        for i in range(n):
-            store.put("bench", "task", f"r{i}", value)
-        t1 = time.perf_counter()
-        for i in range(n):
-            store.get("bench", "task", f"r{i}")
-        t2 = time.perf_counter()
-        print(f"N={n}: put {1e6 * (t1 - t0) / n:.1f} µs/op, get {1e6 * (t2 - t1) / n:.1f} µs/op")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    for write_behind in (False, True):
+        root = tempfile.mkdtemp(prefix="flowspec-results-bench-")
+        try:
+            store = ResultStore.from_spec({"type": "local", "directory": root}, write_behind=write_behind)
+            value = {"rows": 3, "name": "x"}
+            t0 = time.perf_counter()
+            for i in range(n):
+                store.put("bench", "task", f"r{i}", value)
+            t1 = time.perf_counter()
+            store.flush()
+            t2 = time.perf_counter()
+            for i in range(n):
+                store.get("bench", "task", f"r{i}")
+            t3 = time.perf_counter()
+            store.close()
+            mode = "write-behind" if write_behind else "direct"
+            print(f"N={n} {mode:>12}: put {1e6 * (t1 - t0) / n:.1f} µs/op in the caller,"
+                  f" {1e6 * (t2 - t0) / n:.1f} µs/op until all are on disk; get {1e6 * (t3 - t2) / n:.1f} µs/op")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -170,9 +170,10 @@ class ResultStore:
     kind = "?"
 
     @staticmethod
-    def from_spec(spec: dict | None, home: str | os.PathLike | None = None) -> ResultStore:
+    def from_spec(spec: dict | None, home: str | os.PathLike | None = None, write_behind: bool = False,
+                  ) -> ResultStore:
         """`spec`: a flow's `results` mapping with env references resolved (None: the default
-        local store, `<home>/results`)."""
+        local store, `<home>/results`). `write_behind`: see LocalResultStore (local only)."""
         spec = dict(spec or {})
         kind = spec.get("type", "local")
         if kind == "s3":
@@ -185,7 +186,7 @@ class ResultStore:
 
                 home = flowspec_home()
             directory = Path(home) / "results"
-        return LocalResultStore(directory)
+        return LocalResultStore(directory, write_behind)
 
     @staticmethod
     def for_flow(spec, home: str | os.PathLike | None = None, environ=None) -> ResultStore:
@@ -228,6 +229,12 @@ class ResultStore:
             raise ResultError(f"target '{path}': {why}")
         return "targets/" + path
 
+    def flush(self) -> None:
+        """Wait until every result put so far is stored (a no-op for stores that write at once)."""
+
+    def close(self) -> None:
+        self.flush()
+
     # what each kind implements
     def write(self, rel: str, blob: bytes) -> str:
         raise NotImplementedError
@@ -258,16 +265,75 @@ class ResultStore:
 
 
 class LocalResultStore(ResultStore):
+    """A folder of results. With `write_behind`, `put` pickles and hashes the value at once (so
+    an unpicklable value is still reported to the caller) and leaves the file operations to one
+    writer thread: the task run pays for the encoding only. What is queued is read back from
+    memory until it is written; `flush()` waits for the queue and raises the first write error;
+    `close()` flushes and stops the thread. Each file is still written atomically."""
+
     kind = "local"
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, write_behind: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(directory))
         self._made: set[str] = set()  # folders known to exist: one mkdir per folder, not per put
+        self._pending: dict[str, bytes] | None = None
+        if write_behind:
+            import queue
+            import threading
+
+            self._pending = {}
+            self._queue: queue.SimpleQueue = queue.SimpleQueue()
+            self._failed: list[ResultError] = []
+            self._idle = threading.Event()
+            self._idle.set()
+            self._writer = threading.Thread(target=self._drain, name="flowspec-results", daemon=True)
+            self._writer.start()
+
+    def _drain(self) -> None:
+        while True:
+            rel = self._queue.get()
+            if rel is None:
+                return
+            blob = self._pending.get(rel)
+            try:
+                if blob is not None:
+                    self._write_now(rel, blob)
+            except ResultError as exc:
+                self._failed.append(exc)
+            finally:
+                if self._pending.get(rel) is blob:
+                    self._pending.pop(rel, None)
+                if self._queue.empty():
+                    self._idle.set()
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        while self._pending:
+            self._idle.wait(0.05)
+        if self._failed:
+            first, self._failed[:] = self._failed[0], []
+            raise first
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self.flush()
+            self._queue.put(None)
+            self._writer.join()
+            self._pending = None
+
+    def write(self, rel: str, blob: bytes) -> str:
+        if self._pending is None:
+            return self._write_now(rel, blob)
+        self._idle.clear()
+        self._pending[rel] = blob
+        self._queue.put(rel)
+        return os.path.join(self.root, rel)
 
     def location(self, rel: str) -> str:
         return os.path.join(self.root, rel)
 
-    def write(self, rel: str, blob: bytes) -> str:
+    def _write_now(self, rel: str, blob: bytes) -> str:
         final = os.path.join(self.root, rel)
         folder = os.path.dirname(final)
         if folder not in self._made:
@@ -296,6 +362,8 @@ class LocalResultStore(ResultStore):
         return final
 
     def read(self, rel: str) -> bytes:
+        if self._pending and (blob := self._pending.get(rel)) is not None:
+            return blob
         path = os.path.join(self.root, rel)
         try:
             with open(path, "rb") as f:
@@ -306,6 +374,8 @@ class LocalResultStore(ResultStore):
             raise ResultError(f"cannot read the result {path}: {exc.strerror}") from None
 
     def has(self, rel: str, max_age: float | None) -> bool:
+        if self._pending and rel in self._pending:
+            return True
         path = os.path.join(self.root, rel)
         if max_age is None:
             return os.path.isfile(path)
@@ -317,6 +387,7 @@ class LocalResultStore(ResultStore):
         return made is None or time.time() - made <= max_age
 
     def remove(self, rel: str) -> bool:
+        self.flush()
         try:
             os.unlink(os.path.join(self.root, rel))
             return True
@@ -325,6 +396,7 @@ class LocalResultStore(ResultStore):
 
     def prune(self, older_than_s: float) -> PruneReport:
         """Remove results (and leftover temporary files) last written more than `older_than_s` ago."""
+        self.flush()
         cutoff = time.time() - older_than_s
         removed = size = kept = 0
         for folder, _, files in os.walk(self.root):

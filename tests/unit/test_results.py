@@ -159,3 +159,27 @@ def test_default_key_of_arguments_that_are_not_json(tmp_path):
     a = cache_key.default_key(fn, {"x": {1, 2}}, str(tmp_path))
     assert a == cache_key.default_key(fn, {"x": {1, 2}}, str(tmp_path))
     assert a != cache_key.default_key(fn, {"x": {1, 3}}, str(tmp_path))
+
+
+def test_write_behind_reads_its_own_writes_and_flushes(tmp_path):
+    store = ResultStore.from_spec({"directory": str(tmp_path / "wb")}, write_behind=True)
+    try:
+        for i in range(500):
+            store.put("etl", "t", f"k{i}", i)
+        assert store.get("etl", "t", "k499") == 499  # from memory or disk, whichever holds it now
+        with pytest.raises(UnpicklableResult):  # still said to the caller, at once
+            store.put("etl", "t", "lock", threading.Lock())
+        store.flush()
+        assert sorted(os.listdir(tmp_path / "wb/flows/etl/t")) == sorted(f"k{i}.pkl" for i in range(500))
+        assert LocalResultStore(tmp_path / "wb").get("etl", "t", "k7") == 7
+    finally:
+        store.close()
+
+
+def test_write_behind_reports_a_failed_write_at_flush(tmp_path):
+    (tmp_path / "flows").write_text("a file where a folder should be")
+    store = ResultStore.from_spec({"directory": str(tmp_path)}, write_behind=True)
+    store.put("etl", "t", "k", 1)
+    with pytest.raises(ResultError, match="cannot create the result folder"):
+        store.flush()
+    store.close()
