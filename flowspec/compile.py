@@ -626,7 +626,7 @@ class _Checker:
             extra["target"] = self.compile_result_text(base + ("target",), task["target"], args, "target")
         if isinstance(task.get("persist"), bool):
             extra["persist"] = task["persist"]
-            if task["persist"] is False and ("cache" in task or "target" in task) and task.get("cache") is not False:
+            if task["persist"] is False and (task.get("cache") not in (None, False) or "target" in task):
                 self.error(base + ("persist",), "persist: false keeps no result, but cache and target need the"
                            " task's result in the store", "remove persist: false, or the cache / target", key=True)
 
