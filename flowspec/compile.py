@@ -901,11 +901,13 @@ class _Checker:
         for name, p in self.params.items():
             if isinstance(p.get("description"), str) and "${{" in p["description"]:
                 self.check_env_refs_only(("parameters", name, "description"), p["description"])
-        for section in ("executor", "storage", "environment"):
+        for section in ("executor", "storage", "environment", "results"):
             value = self.data.get(section)
             if isinstance(value, dict):
                 self.check_env_refs_only((section,), value)
                 self.check_secrets((section,), value)
+        if isinstance(self.data.get("results"), dict):
+            self.check_results(self.data["results"])
         env = self.data.get("environment")
         storage = self.data.get("storage")
         if isinstance(env, dict) and env.get("type") in NEEDS_DOCKER_STORAGE:
@@ -933,6 +935,29 @@ class _Checker:
         # Skip the walk when no value can hold an access key id or a URL with a password.
         if not text or "AKIA" in text or "ASIA" in text or "@" in text or "\\" in text:
             self.check_aws_key_ids((), self.data)
+
+    def check_results(self, results: dict) -> None:
+        """What a written-out `results` value can be checked for now (values that read the
+        environment are checked where the run starts)."""
+        from flowspec.storage.s3 import _BUCKET
+
+        def literal(key: str):
+            value = results.get(key)
+            return value if isinstance(value, str) and "${{" not in value else None
+
+        if results.get("type") == "s3":
+            if (bucket := literal("bucket")) and not _BUCKET.match(bucket):
+                self.error(("results", "bucket"), f"'{bucket}' is not an S3 bucket name", "3 to 63 lowercase"
+                           " letters, digits, '.' and '-', starting and ending with a letter or digit")
+            url = literal("endpoint_url")
+            if url and not url.startswith(("http://", "https://")):
+                self.error(("results", "endpoint_url"), "endpoint_url must be an http:// or https:// URL",
+                           "for example http://127.0.0.1:9000 for a local S3-compatible service")
+            if (prefix := literal("prefix")) and (prefix.startswith("/") or ".." in prefix.split("/")):
+                self.error(("results", "prefix"), f"'{prefix}' is not a key prefix",
+                           "write it without a leading '/' and without '..', e.g. team-a/results/")
+        elif (directory := literal("directory")) is not None and not directory.strip():
+            self.error(("results", "directory"), "directory is blank", "name a folder, or remove the key")
 
     def check_manifests(self, files: dict | None = None) -> list[Diagnostic]:
         """Kubernetes environments: read their manifest templates (kept in the spec, so they travel

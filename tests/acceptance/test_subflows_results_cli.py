@@ -202,6 +202,15 @@ def test_malformed_keys_are_positioned_errors(cli, folder, env, tasks, where, me
     ("results: {type: gcs}\n", "2:17", "results.type: string 'gcs' is not one of: local | s3"),
     ("results: {type: local, bucket: b}\n", "2:24", "results.bucket: unknown key 'bucket'"),
     ("results: {type: s3, bucket: b, directory: d}\n", "2:32", "results.directory: unknown key 'directory'"),
+    ("results: {type: s3, bucket: My_Bucket}\n", "2:29", "results.bucket: 'My_Bucket' is not an S3 bucket name"),
+    ("results: {type: s3, bucket: abc, endpoint_url: 127.0.0.1:9000}\n", "2:48",
+     "results.endpoint_url: endpoint_url must be an http:// or https:// URL"),
+    ("results: {type: s3, bucket: abc, endpoint_url: 'http://u:pw@127.0.0.1:9000'}\n", "2:48",
+     "results.endpoint_url:"),
+    ("results: {type: s3, bucket: abc, prefix: /x}\n", "2:42", "results.prefix: '/x' is not a key prefix"),
+    ("results: {type: local, directory: ' '}\n", "2:35", "results.directory: directory is blank"),
+    ("results: {type: s3, bucket: \"${{ tasks.x }}\"}\n", "2:30",
+     "results.bucket: ${{ tasks.x }}: only env references are allowed in 'results'"),
 ])
 def test_malformed_results(cli, folder, env, results, where, message):
     (folder / "bad.yaml").write_text("version: 1\n" + results + "name: bad\ntasks:\n  x: {run: steps:f}\n")
