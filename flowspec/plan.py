@@ -126,7 +126,8 @@ def _result_keys(task) -> dict:
     sub = getattr(task, "subflow", None)
     subflow = None
     if sub is not None:
-        subflow = ({"file": sub.path, "flow": sub.name, "project": sub.project} if not sub.registered else
+        subflow = ({"file": sub.path, "flow": sub.name, "project": sub.project,
+                    "tasks": len(sub.spec.tasks) if sub.spec is not None else None} if not sub.registered else
                    {"flow": sub.name, "project": sub.project, "version": sub.version,
                     "labels": None if sub.labels is None else list(sub.labels), "wait": sub.wait})
     cache = getattr(task, "cache", None)
@@ -430,6 +431,9 @@ def _what(t: dict) -> str:
 def _text_results(t: dict) -> list[str]:
     lines = []
     sub = t.get("subflow")
+    if sub and "file" in sub and sub.get("tasks") is not None:
+        lines.append(f"       child flow run{'s' if t['map'] else ''} of {sub['tasks']} task{'s' * (sub['tasks'] != 1)},"
+                     " in this run's process")
     if sub and "file" not in sub:
         labels = "the flow's own" if sub["labels"] is None else ", ".join(sub["labels"]) or "none"
         lines.append(f"       child run for the agents, labels: {labels}; "

@@ -76,7 +76,8 @@ def test_a_valid_spec_with_every_key_validates_and_plans(cli, folder, env):
     assert plan.rc == 0, plan.output
     data = json.loads(plan.stdout)
     tasks = {t["name"]: t for t in data["tasks"]}
-    assert tasks["per_region"]["subflow"] == {"file": str(folder / "child.yaml"), "flow": "child", "project": "default"}
+    assert tasks["per_region"]["subflow"] == {"file": str(folder / "child.yaml"), "flow": "child", "project": "default",
+                                              "tasks": 1}
     assert tasks["nightly"]["subflow"] == {"flow": "warehouse-load", "project": "data", "version": 3,
                                            "labels": ["prod"], "wait": False}
     assert tasks["load"]["cache"] == {"key": "load-${{ params.day }}", "expires_s": 3600.0}
@@ -88,6 +89,7 @@ def test_a_valid_spec_with_every_key_validates_and_plans(cli, folder, env):
     assert "per_region  (subflow child from" in text
     assert "nightly  (subflow data/warehouse-load version 3, registered)" in text
     assert "does not wait (result: the child run's id)" in text
+    assert "child flow runs of 1 task, in this run's process" in text
     assert f"results: local, {folder / 'kept'}" in text
     graph = cli("graph", folder / "flow.yaml", env=env).stdout
     assert "subflow: child" in graph and "class t0,t1 subflow" in graph
