@@ -584,17 +584,35 @@ class _Checker:
             values = task.get(section)
             if not isinstance(values, dict):
                 continue
-            for key in values:
+            for key, value in values.items():
                 given.append(key)
                 if key not in child.parameters:
                     self.error(("tasks", name, section, key), f"the subflow {written} has no parameter '{key}'",
                                did_you_mean(key, child.parameters) or _known("parameters", child.parameters), key=True)
+                    continue
+                self.check_child_value(("tasks", name, section, key), value, child.parameters[key], section, written)
         missing = [p for p, spec in child.parameters.items() if spec.required and p not in given]
         if missing:
             self.error(("tasks", name, "flow"), f"the subflow {written} needs the parameter"
                        f"{'s' * (len(missing) > 1)} {', '.join(missing)}, which the task does not give",
                        f"give {'them' if len(missing) > 1 else 'it'} in 'with' (or 'map'): "
                        + ", ".join(f"{m}: ..." for m in missing))
+
+    def check_child_value(self, path: tuple, value, param: ParameterSpec, section: str, written: str) -> None:
+        """A constant given to a child's parameter (each element, for `map`) has its type; values
+        with references are checked when the child run starts."""
+        if section == "map":
+            if not isinstance(value, list):
+                return
+            items = list(enumerate(value))
+        else:
+            items = [(None, value)]
+        for i, item in items:
+            if isinstance(item, (str, list, dict)) and "${{" in str(item):
+                continue
+            why = type_error(item, param.type, param.enum)
+            if why:
+                self.error(path if i is None else path + (i,), f"parameter '{param.name}' of the subflow {written}: {why}")
 
     def compile_result_keys(self, name: str, task: dict, extra: dict) -> None:
         """`cache`, `target` and `persist` of one task, into `extra` (TaskSpec fields)."""
