@@ -18,6 +18,7 @@ boto3 is imported only when an s3 store is used (flowspec/storage/s3.py's client
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import time
@@ -28,6 +29,7 @@ from typing import Any
 from flowspec.errors import FlowspecError
 
 MAGIC = b"FSR1"
+_TEMP_NUMBERS = itertools.count()  # next() on it is atomic under the GIL
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _TARGET_PART = re.compile(r"^[A-Za-z0-9_.=@+,-]+$")
 
@@ -344,7 +346,8 @@ class LocalResultStore(ResultStore):
                                   "check `results.directory` and its permissions") from None
             self._made.add(folder)
         # The temporary name starts with '.' and ends '.tmp': never read as a result, and removed by prune.
-        temp = f"{folder}/.{os.path.basename(final)}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        # pid and a process-wide counter: unique across the threads and processes of a run
+        temp = f"{folder}/.{os.path.basename(final)}.{os.getpid()}.{next(_TEMP_NUMBERS)}.tmp"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:

@@ -183,3 +183,19 @@ def test_write_behind_reports_a_failed_write_at_flush(tmp_path):
     with pytest.raises(ResultError, match="cannot create the result folder"):
         store.flush()
     store.close()
+
+
+def test_threads_writing_the_same_and_different_keys(store):
+    def work(n):
+        for i in range(200):
+            store.put("etl", "t", f"k{i % 50}", i)
+            store.put("etl", f"t{n}", f"k{i}", i)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(store.get("etl", "t", f"k{i}"), int) for i in range(50))
+    assert store.get("etl", "t3", "k199") == 199
+    assert not [n for n in os.listdir(os.path.join(store.root, "flows/etl/t")) if n.endswith(".tmp")]
