@@ -12,8 +12,8 @@ from flowspec.loader import Document, LoadError, gc_paused, load_file
 from flowspec.params import type_error
 from flowspec.schema import check as schema_check
 from flowspec.schema import did_you_mean
-from flowspec.spec import (DriverSpec, EnvironmentSpec, FlowSpec, HookSpec, LoopSpec, ParameterSpec, TaskSpec,
-                           built)
+from flowspec.spec import (CacheSpec, DriverSpec, EnvironmentSpec, FlowSpec, HookSpec, LoopSpec, ParameterSpec,
+                           SubflowSpec, TaskSpec, built)
 
 NEEDS_DOCKER_STORAGE = ("docker", "kubernetes-job", "dask-kubernetes", "fargate-task")
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
@@ -25,10 +25,18 @@ EMPTY_ARGS: dict = {}  # the `with` or `map` of a task that has none (read only,
 TASK_HOOKS = ("on_success", "on_failure", "on_retry")
 FLOW_HOOKS = ("on_success", "on_failure")
 # Task keys beyond `run`/`with`/`map`/...: a task without any of them skips their checks.
-_EXTRA_KEYS = frozenset(("if", "run_name", "loop", "cleanup", *TASK_HOOKS))
+_EXTRA_KEYS = frozenset(("if", "run_name", "loop", "cleanup", *TASK_HOOKS, "flow", "labels", "wait", "cache",
+                         "target", "persist"))
+# Keys this release validates (and `plan` shows) but whose run-time part is not built yet: `run`,
+# `register` and `build` refuse a spec that uses one, rather than run it without. Entries leave
+# this set as the runner implements them.
+NOT_RUN_YET = {"results", "flow", "cache", "target", "persist"}
+_CYCLE = "subflows form a cycle:"
+RESULT_KINDS = ("params", "args", "env")  # what `cache.key` and `target` may reference
 # The TaskSpec fields of those keys for a task that has none of them.
 _NO_EXTRAS = {"condition": None, "condition_upstream": (), "run_name": None, "loop": None, "cleanup": None,
-              "on_success": None, "on_failure": None, "on_retry": None, "merge": ()}
+              "on_success": None, "on_failure": None, "on_retry": None, "merge": (), "subflow": None, "cache": None,
+              "target": None, "persist": None}
 DATA_KINDS = ("params", "tasks", "env")  # what `with`, `map`, `if` and `outputs` may reference
 LOOP_KINDS = ("result", "context", "params", "env")  # what `loop.until` may reference
 LOOP_CONTEXT = ("index", "previous")  # context.loop.KEY
@@ -79,8 +87,11 @@ def compile_document(doc: Document, strict: bool = False, files: dict | None = N
     diags = schema_check(doc)
     if not isinstance(doc.data, dict):  # a list or a scalar at the top: the schema said so
         return None, sorted(diags, key=Diagnostic.sort_key)
+    from flowspec.subflows import compiling
+
     checker = _Checker(doc)
-    checker.run()
+    with compiling(os.path.abspath(doc.file)):
+        checker.run()
     diags += checker.diags
     if not any(d.path.startswith("environment") for d in diags):  # once its shape is right
         diags += checker.check_manifests(files)
@@ -121,6 +132,8 @@ def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
         return loaded[target]
 
     for task in spec.tasks.values():
+        if task.subflow is not None:  # a subflow calls no function (a child spec is checked when compiled)
+            continue
         fn = loaded.get(task.run) or load(task.run)
         if isinstance(fn, CallableError):
             out.append(doc.diag(("tasks", task.name, "run"), fn.message, fn.hint))
@@ -201,6 +214,27 @@ def one_argument_problem(fn, keywords: tuple = ()) -> str | None:
         return f"it must take one positional argument{more}," \
                f" but its signature is {sig} ({exc})"
     return None
+
+
+def not_run_yet(spec: FlowSpec) -> list[Diagnostic]:
+    """A diagnostic for each use of a key in NOT_RUN_YET (the first use of each key): a spec that
+    relies on a feature the runner does not have yet must not run without it. Called by the
+    commands that go on to run the flow (run, register, build: commands/run.py's prepare), never
+    by validate or plan."""
+    doc = spec.document
+    if doc is None or not NOT_RUN_YET:
+        return []
+    seen: dict[str, tuple] = {}
+    if "results" in NOT_RUN_YET and spec.results is not None:
+        seen["results"] = ("results",)
+    for task in spec.tasks.values():
+        for key, used in (("flow", task.subflow is not None), ("cache", task.cache is not None),
+                          ("target", task.target is not None), ("persist", task.persist is not None)):
+            if used and key in NOT_RUN_YET and key not in seen:
+                seen[key] = ("tasks", task.name, key)
+    return [doc.diag(path, f"this release validates `{key}` but does not run it yet",
+                     "remove it to run the flow now; `flowspec validate` and `flowspec plan` accept it", key=True)
+            for key, path in seen.items()]
 
 
 def unset_env(spec: FlowSpec, environ=None, given=(), severity: str = "error", storage: bool = True,
@@ -397,7 +431,10 @@ class _Checker:
                 compiled[section] = {k: self.compile_value(base + (section, k), v) for k, v in values.items()}
         self.compiled[name] = compiled
         self._data = None
-        if len(task) > 1 and not _EXTRA_KEYS.isdisjoint(task):
+        if "run" not in task and "flow" not in task:
+            self.error(base, f"task '{name}' needs `run` (a callable, module:function) or `flow` (a subflow)",
+                       "write run: module:function, or flow: other/flow.yaml", key=True)
+        if not _EXTRA_KEYS.isdisjoint(task):
             data += self.check_task_keys(name, task, compiled)
         if groups := _merge_groups((compiled.get("with"), compiled.get("map"),
                                     self.extras[name].get("condition") if name in self.extras else None)):
@@ -467,8 +504,180 @@ class _Checker:
         for key in TASK_HOOKS:
             if key in task:
                 extra[key] = self.compile_hook(base + (key,), task[key], ("params", "env"))
+        if "flow" in task or "labels" in task or "wait" in task:
+            extra["subflow"] = self.compile_subflow(name, task)
+        if "cache" in task or "target" in task or "persist" in task:
+            self.compile_result_keys(name, task, extra)
         self.extras[name] = extra
         return cond
+
+    # -- subflows and results -----------------------------------------------------------------------
+    def compile_subflow(self, name: str, task: dict) -> SubflowSpec | None:
+        """A task's `flow:` (with `labels` and `wait` for a registered flow); the schema checked the shapes."""
+        base = ("tasks", name)
+        flow = task.get("flow")
+        if flow is None:
+            for key in ("labels", "wait"):
+                if key in task:
+                    self.error(base + (key,), f"'{key}' applies only to a registered subflow (flow: {{name: ...}})",
+                               "remove it, or make the task run a registered flow", key=True)
+            return None
+        if "run" in task:
+            self.error(base + ("flow",), f"task '{name}' has both `run` and `flow`: a task calls a function or runs"
+                       " a flow, not both", "keep one; to call a function after the subflow, add a task", key=True)
+            return None
+        for key in ("loop", "cleanup"):
+            if key in task:
+                self.error(base + (key,), f"'{key}' cannot be used on a subflow task (flow:)", key=True)
+        if isinstance(flow, dict):
+            if not isinstance(flow.get("name"), str):
+                return None
+            labels = task.get("labels")
+            return SubflowSpec(name=flow["name"], project=flow.get("project", "default"), version=flow.get("version"),
+                               labels=tuple(labels) if isinstance(labels, list) else None,
+                               wait=task.get("wait", True) is not False)
+        if not isinstance(flow, str):
+            return None
+        for key in ("labels", "wait"):
+            if key in task:
+                self.error(base + (key,), f"'{key}' applies only to a registered subflow (flow: {{name: ...}}); a"
+                           " subflow from a spec file runs in this flow run's process", key=True)
+        return self.compile_child_file(name, task, flow)
+
+    def compile_child_file(self, name: str, task: dict, written: str) -> SubflowSpec | None:
+        from flowspec.subflows import child_path, compile_child, cycle_to, shown
+
+        path = ("tasks", name, "flow")
+        if "${{" in written:
+            self.error(path, "flow: a spec file's path is written out, without ${{ }} references",
+                       "to choose a flow at run time, use a registered flow: flow: {name: ..., version: ...}")
+            return None
+        target = child_path(self.doc.file, written)
+        if (cycle := cycle_to(target)):
+            self.error(path, _CYCLE + " " + " -> ".join(shown(p) for p in cycle),
+                       "a flow cannot run itself, directly or through its subflows")
+            return None
+        if not os.path.isfile(target):
+            self.error(path, f"no spec file {written} (looked for {target})",
+                       "give the child spec's path relative to this file")
+            return None
+        spec, diags = compile_child(target)
+        if spec is None:
+            errors = [d for d in diags if d.severity == "error"]
+            cycle = next((d for d in errors if d.message.startswith(_CYCLE)), None)
+            if cycle is not None:  # said here too, at the parent's own `flow:`, with the chain from here
+                self.error(path, cycle.message, f"{cycle.file}:{cycle.line}:{cycle.column} closes it; a flow cannot"
+                           " run itself, directly or through its subflows")
+                return None
+            self.error(path, f"the subflow {written} does not validate ({len(errors)} error{'s' * (len(errors) != 1)})",
+                       f"first: {errors[0].file}:{errors[0].line}:{errors[0].column}: {errors[0].message}"
+                       if errors else None)
+            return None
+        self.check_child_parameters(name, task, spec, written)
+        return SubflowSpec(path=target, spec=spec, name=spec.name, project=spec.project)
+
+    def check_child_parameters(self, name: str, task: dict, child: FlowSpec, written: str) -> None:
+        """The `with` and `map` keys of a subflow task are the child's parameters: each must exist,
+        and every required one must be given."""
+        given = []
+        for section in ("with", "map"):
+            values = task.get(section)
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                given.append(key)
+                if key not in child.parameters:
+                    self.error(("tasks", name, section, key), f"the subflow {written} has no parameter '{key}'",
+                               did_you_mean(key, child.parameters) or _known("parameters", child.parameters), key=True)
+                    continue
+                self.check_child_value(("tasks", name, section, key), value, child.parameters[key], section, written)
+        missing = [p for p, spec in child.parameters.items() if spec.required and p not in given]
+        if missing:
+            self.error(("tasks", name, "flow"), f"the subflow {written} needs the parameter"
+                       f"{'s' * (len(missing) > 1)} {', '.join(missing)}, which the task does not give",
+                       f"give {'them' if len(missing) > 1 else 'it'} in 'with' (or 'map'): "
+                       + ", ".join(f"{m}: ..." for m in missing))
+
+    def check_child_value(self, path: tuple, value, param: ParameterSpec, section: str, written: str) -> None:
+        """A constant given to a child's parameter (each element, for `map`) has its type; values
+        with references are checked when the child run starts."""
+        if section == "map":
+            if not isinstance(value, list):
+                return
+            items = list(enumerate(value))
+        else:
+            items = [(None, value)]
+        for i, item in items:
+            if isinstance(item, (str, list, dict)) and "${{" in str(item):
+                continue
+            why = type_error(item, param.type, param.enum)
+            if why:
+                self.error(path if i is None else path + (i,), f"parameter '{param.name}' of the subflow {written}: {why}")
+
+    def compile_result_keys(self, name: str, task: dict, extra: dict) -> None:
+        """`cache`, `target` and `persist` of one task, into `extra` (TaskSpec fields)."""
+        base = ("tasks", name)
+        args = [k for section in ("with", "map") if isinstance(task.get(section), dict) for k in task[section]]
+        if "flow" in task:
+            for key in ("cache", "target"):
+                if key in task:
+                    self.error(base + (key,), f"'{key}' is not available on a subflow task (flow:)",
+                               "cache or target the tasks inside the child flow", key=True)
+        cache = task.get("cache")
+        if cache is True or isinstance(cache, dict):
+            spec = CacheSpec()
+            if isinstance(cache, dict):
+                key = None
+                if isinstance(cache.get("key"), str):
+                    key = self.compile_result_text(base + ("cache", "key"), cache["key"], args, "cache.key")
+                expires = cache.get("expires")
+                seconds = None
+                if expires is not None and _is_duration(expires):
+                    seconds = parse_duration(expires)
+                    if not math.isfinite(seconds) or seconds <= 0:
+                        self.error(base + ("cache", "expires"), "expires must be a finite duration above zero",
+                                   "remove it for results that never expire")
+                        seconds = None
+                spec = CacheSpec(key, seconds)
+            extra["cache"] = spec
+        if isinstance(task.get("target"), str):
+            extra["target"] = self.compile_result_text(base + ("target",), task["target"], args, "target")
+        if isinstance(task.get("persist"), bool):
+            extra["persist"] = task["persist"]
+            if task["persist"] is False and (task.get("cache") not in (None, False) or "target" in task):
+                self.error(base + ("persist",), "persist: false keeps no result, but cache and target need the"
+                           " task's result in the store", "remove persist: false, or the cache / target", key=True)
+
+    def compile_result_text(self, path: tuple, value: str, args: list, where: str):
+        """A `cache.key` or `target`: text with params, args and env references."""
+        from flowspec.results import target_error
+
+        try:
+            compiled = refs.parse_string(value, refs.ALL_KINDS)
+        except refs.ReferenceError_ as exc:
+            self.diags.append(self.ref_diag(path, exc.offset, str(exc), exc.hint))
+            return None
+        found = [((), compiled)] if isinstance(compiled, refs.Ref) else refs.iter_refs(compiled)
+        for sub, ref in found:
+            if ref.kind not in RESULT_KINDS:
+                hint = ("pass the value through 'with' and write ${{ args.NAME }}" if ref.kind == "tasks"
+                        else None)
+                self.diags.append(self.ref_diag(path + sub, self._kind_offset(path, ref),
+                                                f"{ref}: {where} may reference only params., args. or env.", hint))
+            elif ref.kind == "args" and ref.name not in args:
+                hint = self.suggest(ref.name, args) or (f"its arguments: {', '.join(args)}" if args else
+                                                        "the task has no arguments; give them in 'with' or 'map'")
+                self.diags.append(self.ref_diag(path + sub, ref.offset, f"unknown argument '{ref.name}' in {ref}:"
+                                                f" {where} may name only this task's arguments (from 'with' and 'map')",
+                                                hint))
+            elif ref.kind != "args":
+                self.check_ref(path + sub, ref)
+        if where == "target":
+            # the constant parts must make a path inside the store, whatever the references give
+            sample = value if isinstance(compiled, str) else re.sub(r"\$\{\{.*?\}\}", "x", value)
+            if (why := target_error(sample)):
+                self.error(path, f"target {value!r}: {why}")
+        return compiled
 
     def compile_condition(self, path: tuple, value, allowed: tuple, where: str):
         """An `if` or a `loop.until`: a boolean, or exactly one `${{ expression }}` (a Ref or an Expr)."""
@@ -710,13 +919,15 @@ class _Checker:
         for name, p in self.params.items():
             if isinstance(p.get("description"), str) and "${{" in p["description"]:
                 self.check_env_refs_only(("parameters", name, "description"), p["description"])
-        for section in ("executor", "storage", "environment"):
+        for section in ("executor", "storage", "environment", "results"):
             value = self.data.get(section)
             if section == "storage" and isinstance(value, dict) and value.get("type") == "git":
                 value = {k: v for k, v in value.items() if k != "auth"}  # its own grammar: the schema's pattern
             if isinstance(value, dict):
                 self.check_env_refs_only((section,), value)
                 self.check_secrets((section,), value)
+        if isinstance(self.data.get("results"), dict):
+            self.check_results(self.data["results"])
         env = self.data.get("environment")
         storage = self.data.get("storage")
         if isinstance(env, dict) and env.get("type") in NEEDS_DOCKER_STORAGE:
@@ -751,6 +962,29 @@ class _Checker:
         # Skip the walk when no value can hold an access key id or a URL with a password.
         if not text or "AKIA" in text or "ASIA" in text or "@" in text or "\\" in text:
             self.check_aws_key_ids((), self.data)
+
+    def check_results(self, results: dict) -> None:
+        """What a written-out `results` value can be checked for now (values that read the
+        environment are checked where the run starts)."""
+        from flowspec.storage.s3 import _BUCKET
+
+        def literal(key: str):
+            value = results.get(key)
+            return value if isinstance(value, str) and "${{" not in value else None
+
+        if results.get("type") == "s3":
+            if (bucket := literal("bucket")) and not _BUCKET.match(bucket):
+                self.error(("results", "bucket"), f"'{bucket}' is not an S3 bucket name", "3 to 63 lowercase"
+                           " letters, digits, '.' and '-', starting and ending with a letter or digit")
+            url = literal("endpoint_url")
+            if url and not url.startswith(("http://", "https://")):
+                self.error(("results", "endpoint_url"), "endpoint_url must be an http:// or https:// URL",
+                           "for example http://127.0.0.1:9000 for a local S3-compatible service")
+            if (prefix := literal("prefix")) and (prefix.startswith("/") or ".." in prefix.split("/")):
+                self.error(("results", "prefix"), f"'{prefix}' is not a key prefix",
+                           "write it without a leading '/' and without '..', e.g. team-a/results/")
+        elif (directory := literal("directory")) is not None and not directory.strip():
+            self.error(("results", "directory"), "directory is blank", "name a folder, or remove the key")
 
     def check_manifests(self, files: dict | None = None) -> list[Diagnostic]:
         """Kubernetes environments: read their manifest templates (kept in the spec, so they travel
@@ -839,7 +1073,8 @@ class _Checker:
             parameters=MappingProxyType(params), tasks=MappingProxyType(tasks),
             executor=_driver(d.get("executor")), storage=_driver(d.get("storage")),
             environment=environment, source=self.doc.text, document=self.doc, uses_env=self.uses_env,
-            timeout=None if d.get("timeout") is None else parse_duration(d["timeout"]), **self.flow_extras)
+            timeout=None if d.get("timeout") is None else parse_duration(d["timeout"]),
+            results=_driver(d["results"]) if isinstance(d.get("results"), dict) else None, **self.flow_extras)
 
     def build_task(self, name: str) -> TaskSpec:
         t = self.tasks[name]
@@ -853,7 +1088,7 @@ class _Checker:
         delay = t.get("retry_delay")
         timeout = t.get("timeout")
         return built(
-            TaskSpec, name=name, run=t["run"], with_args=MappingProxyType(compiled.get("with", EMPTY_ARGS)),
+            TaskSpec, name=name, run=t.get("run", ""), with_args=MappingProxyType(compiled.get("with", EMPTY_ARGS)),
             map_args=MappingProxyType(map_args), after=tuple(t.get("after", ())),
             retries=t.get("retries", 0), retry_delay=0.0 if delay is None else parse_duration(delay),
             timeout=None if timeout is None else parse_duration(timeout),

@@ -24,12 +24,13 @@ from flowspec.loader import LoadError, gc_paused, load_text
 
 INDENT = 2
 TOP_ORDER = ("version", "name", "description", "project", "parameters", "tasks", "outputs", "timeout",
-             "on_success", "on_failure", "executor", "storage", "environment")
-TASK_ORDER = ("run", "description", "with", "map", "after", "retries", "retry_delay", "timeout", "trigger",
-              "if", "run_name", "loop", "cleanup", "on_success", "on_failure", "on_retry")
+             "on_success", "on_failure", "results", "executor", "storage", "environment")
+TASK_ORDER = ("run", "flow", "labels", "wait", "description", "with", "map", "after", "retries", "retry_delay",
+              "timeout", "trigger", "if", "run_name", "loop", "cleanup", "cache", "target", "persist", "on_success",
+              "on_failure", "on_retry")
 PARAM_ORDER = ("type", "default", "description", "enum")
 DRIVER_ORDER = ("type",)
-DRIVERS = ("executor", "storage", "environment")
+DRIVERS = ("executor", "storage", "environment", "results")
 
 
 class FormatError(Exception):

@@ -4,7 +4,9 @@ Mapped tasks are drawn as stacks (Mermaid's subroutine box, Graphviz's box3d) wi
 over. Edges: a solid arrow passes results, a thick one passes them child by child (a mapped task
 over a mapped task), a dashed one is an `after` ordering without data, a dotted one labelled
 `if` feeds only a condition, and a dashed one labelled `||` is one branch of a merge (the task
-runs when at least one of them succeeded).
+runs when at least one of them succeeded). A subflow task (`flow:`) is labelled with its child
+flow and drawn as a subroutine (Mermaid's `[[ ]]` with the `subflow` class, Graphviz's
+double-bordered box); a cached or targeted task says so in its label.
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ def _argument_tasks(task) -> set[str]:
 def label_lines(task) -> list[str]:
     """The task's name, then what it maps over and a trigger that is not the default."""
     lines = [task.name]
+    sub = getattr(task, "subflow", None)
+    if sub is not None:
+        lines.append(f"subflow: {sub.name}" + (f" v{sub.version}" if sub.registered and sub.version else "")
+                     + (" (registered)" if sub.registered else ""))
     for arg, value in task.map_args.items():
         source = value.path() if isinstance(value, refs.Ref) else f"{len(value)} items" \
             if isinstance(value, list) else "?"
@@ -53,6 +59,10 @@ def label_lines(task) -> list[str]:
         lines.append(f"loop ≤ {task.loop.max}")
     if task.cleanup:
         lines.append(f"cleanup: {task.cleanup}")
+    if getattr(task, "cache", None) is not None:
+        lines.append("cached")
+    if getattr(task, "target", None) is not None:
+        lines.append("target")
     return lines
 
 
@@ -67,7 +77,8 @@ def mermaid(spec) -> str:
     out = ["flowchart LR"]
     for task in spec.tasks.values():
         text = "<br/>".join(line.replace('"', "#quot;") for line in label_lines(task))
-        out.append(f'    {ids[task.name]}[["{text}"]]' if task.mapped else f'    {ids[task.name]}["{text}"]')
+        boxed = task.mapped or getattr(task, "subflow", None) is not None
+        out.append(f'    {ids[task.name]}[["{text}"]]' if boxed else f'    {ids[task.name]}["{text}"]')
     arrows = {"data": "-->", "per_child": "==>|per child|", "after": "-.->|after|", "condition": "-.->|if|",
               "merge": "-.->|#124;#124;|"}
     out += [f"    {ids[up]} {arrows[kind]} {ids[down]}" for up, down, kind in edges(spec)]
@@ -75,6 +86,10 @@ def mermaid(spec) -> str:
     if mapped:
         out.append("    classDef mapped stroke-width:3px")
         out.append(f"    class {','.join(mapped)} mapped")
+    subflows = [ids[t.name] for t in spec.tasks.values() if getattr(t, "subflow", None) is not None]
+    if subflows:
+        out.append("    classDef subflow stroke-dasharray:4 2")
+        out.append(f"    class {','.join(subflows)} subflow")
     return "\n".join(out) + "\n"
 
 
@@ -89,6 +104,8 @@ def dot(spec) -> str:
     for task in spec.tasks.values():
         label = q(*label_lines(task))
         shape = ", shape=box3d, style=solid" if task.mapped else ""
+        if getattr(task, "subflow", None) is not None:
+            shape += ", peripheries=2"
         out.append(f"    {q(task.name)} [label={label}{shape}];")
     styles = {"data": "", "per_child": ' [style=bold, label="per child"]', "after": ' [style=dashed, label="after"]',
               "condition": ' [style=dotted, label="if"]', "merge": ' [style=dashed, label="||"]'}

@@ -48,6 +48,7 @@ def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None
         "outputs": {name: written(value) for name, value in getattr(spec, "outputs", {}).items()},
         "timeout_s": getattr(spec, "timeout", None),
         "hooks": _hooks(spec, ("on_success", "on_failure")),
+        "results": _results(spec, environ),
     }
     plan["backend"] = backend_view(backend_url, spec.environment.labels)
     plan["warnings"] = warnings
@@ -101,8 +102,35 @@ def _tasks(spec, params: dict, warnings: list[str]) -> list[dict]:
             "loop": None if task.loop is None else {"until": written(task.loop.until), "max": task.loop.max},
             "cleanup": task.cleanup, "hooks": _hooks(task, ("on_success", "on_failure", "on_retry")),
             "merge": [list(group) for group in task.merge],
+            **_result_keys(task),
         })
     return out
+
+
+def _results(spec, environ) -> dict:
+    """Where task results go (the default local store when the flow has no `results`)."""
+    from flowspec.results import describe
+
+    return describe(spec, environ)
+
+
+def _result_keys(task) -> dict:
+    """A task's subflow, cache, target and persist, as plain data."""
+    sub = getattr(task, "subflow", None)
+    subflow = None
+    if sub is not None:
+        subflow = ({"file": sub.path, "flow": sub.name, "project": sub.project,
+                    "tasks": len(sub.spec.tasks) if sub.spec is not None else None} if not sub.registered else
+                   {"flow": sub.name, "project": sub.project, "version": sub.version,
+                    "labels": None if sub.labels is None else list(sub.labels), "wait": sub.wait})
+    cache = getattr(task, "cache", None)
+    return {
+        "subflow": subflow,
+        "cache": None if cache is None else {"key": None if cache.key is None else written(cache.key),
+                                             "expires_s": cache.expires},
+        "target": None if getattr(task, "target", None) is None else written(task.target),
+        "persist": getattr(task, "persist", None),
+    }
 
 
 def written(value):
@@ -363,7 +391,7 @@ def _text_parameters(params: list[dict]) -> list[str]:
 def _text_tasks(tasks: list[dict]) -> list[str]:
     lines = ["Tasks, in execution order"]
     for i, t in enumerate(tasks, 1):
-        lines.append(f"  {i}. {t['name']}  ({t['run']})")
+        lines.append(f"  {i}. {t['name']}  ({_what(t)})")
         if t["upstream"]:
             data = set(t["data_upstream"])  # a set: a task may wait for thousands
             cond = set(t.get("condition_upstream") or ())
@@ -385,6 +413,38 @@ def _text_tasks(tasks: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _what(t: dict) -> str:
+    """What a task runs: its callable, or its subflow."""
+    sub = t.get("subflow")
+    if not sub:
+        return t["run"]
+    if "file" in sub:
+        return f"subflow {sub['flow']} from {sub['file']}"
+    version = f" version {sub['version']}" if sub["version"] is not None else " (latest version)"
+    return f"subflow {sub['project']}/{sub['flow']}{version}, registered"
+
+
+def _text_results(t: dict) -> list[str]:
+    lines = []
+    sub = t.get("subflow")
+    if sub and "file" in sub and sub.get("tasks") is not None:
+        lines.append(f"       child flow run{'s' if t['map'] else ''} of {sub['tasks']} task{'s' * (sub['tasks'] != 1)},"
+                     " in this run's process")
+    if sub and "file" not in sub:
+        labels = "the flow's own" if sub["labels"] is None else ", ".join(sub["labels"]) or "none"
+        lines.append(f"       child run for the agents, labels: {labels}; "
+                     + ("waits for it" if sub["wait"] else "does not wait (result: the child run's id)"))
+    if t.get("cache"):
+        key = t["cache"]["key"] or "digest of the code and the arguments"
+        expires = f", expires after {t['cache']['expires_s']:g}s" if t["cache"]["expires_s"] else ""
+        lines.append(f"       cache: key {key}{expires} (a stored result: Cached, not called)")
+    if t.get("target"):
+        lines.append(f"       target: {t['target']} (exists: Cached from it; else written there)")
+    if t.get("persist") is not None:
+        lines.append(f"       persist: {'kept in the result store' if t['persist'] else 'not kept'}")
+    return lines
+
+
 def _text_task_keys(t: dict) -> list[str]:
     """The lines of a task's if, run_name, loop, cleanup, hooks and merges (absent: none)."""
     lines = []
@@ -399,7 +459,7 @@ def _text_task_keys(t: dict) -> list[str]:
     if t.get("cleanup"):
         lines.append(f"       cleanup: {t['cleanup']} (with the result, once its consumers have finished)")
     lines += _text_hooks(t.get("hooks") or {}, "       ")
-    return lines
+    return lines + _text_results(t)
 
 
 def _text_hooks(hooks: dict, indent: str) -> list[str]:
@@ -417,6 +477,9 @@ def _text_flow(plan: dict) -> list[str]:
         lines.append(f"  timeout: {plan['timeout_s']:g}s for the whole run (then TimedOut)")
     lines += [f"  output {name}: {_show(value)}" for name, value in (plan.get("outputs") or {}).items()]
     lines += _text_hooks(plan.get("hooks") or {}, "  ")
+    r = plan.get("results")
+    if r and (r["given"] or any(t.get("cache") or t.get("target") or t.get("persist") for t in plan["tasks"])):
+        lines.append(f"  results: {r['type']}, {r['location']}" + ("" if r["given"] else " (the default store)"))
     return ["Flow run"] + lines + [""] if lines else []
 
 

@@ -357,23 +357,25 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "schedule": f"schedules: {_LATER}; until then start runs from cron or CI"
                     " with `flowspec run FILE` or `flowspec run --name NAME` (an agent runs them)",
         "schedules": f"schedules (a top-level `schedule`): {_LATER}",
-        "results": f"a result store (results: {{type: local|s3}}, for caching and restarts): {_LATER}",
         "secrets": f"secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}} (`flowspec agent start"
                    " --env NAME=VALUE` passes them to an agent's runs)",
-        "cache": f"caching is set per task (tasks.NAME.cache): {_LATER}",
+        "cache": "caching is set per task: tasks.NAME.cache (true or {key, expires}); results are kept where"
+                 " the top-level `results` says",
+        "result": "write `results: {type: local|s3, ...}`: where task results are kept",
+        "result_store": "write `results: {type: local|s3, ...}`: where task results are kept",
     },
     "task": {
-        "cache_for": f"caching will be `cache: {{expires: DURATION}}` (with results), {_LATER}",
-        "cache_validator": f"caching will be `cache: {{key: ..., expires: DURATION}}` (with results), {_LATER}",
-        "cache_key": f"caching will be `cache: {{key: ..., expires: DURATION}}` (with results), {_LATER}",
-        "cache": f"task caching (cache: true or {{key, expires}}, with results): {_LATER}",
-        "target": f"targets (a result path; the task is Cached when it exists): {_LATER}",
-        "persist": f"keeping task results (persist, with results): {_LATER}",
-        "checkpoint": f"keeping task results (persist, with results): {_LATER}",
-        "result": f"a result store (top-level results): {_LATER}",
+        "cache_for": "write `cache: {expires: DURATION}` (Prefect's cache_for)",
+        "cache_validator": "write `cache: {key: ${{ ... }}, expires: DURATION}`: a run is Cached when a result"
+                           " for its key is stored and unexpired",
+        "cache_key": "write `cache: {key: ${{ ... }}, expires: DURATION}`",
+        "checkpoint": "write `persist: true|false` (keep the task's result in the result store)",
+        "result": "a flow's result store is the top-level `results: {type: local|s3, ...}`; per task:"
+                  " `persist`, `cache`, `target`",
         "task_run_name": "write `run_name: ...` with ${{ args.NAME }} references to the task run's arguments",
         "name": "a task's name is its key under `tasks`",
-        "flow": f"subflows (flow: ...): {_LATER}",
+        "subflow": "write `flow: FILE` (a spec beside this one) or `flow: {name, project, version}` instead of `run`",
+        "flow_name": "write `flow: {name: NAME, project: PROJECT, version: N}` instead of `run`",
         "state_handlers": "write hooks: on_success, on_failure, on_retry (a callable, or {run: ..., with: {...}})",
         "condition": "write `if: ${{ expression }}`",
         "when": "write `if: ${{ expression }}`",

@@ -50,6 +50,44 @@ class LoopSpec:
 
 
 @dataclass(frozen=True)
+class SubflowSpec:
+    """A task's `flow:`: the child flow it runs as a child flow run.
+
+    From a spec file (`flow: FILE`): `path` is the child spec's absolute path and `spec` its
+    compiled FlowSpec (parameters checked against the parent's `with`/`map` keys at compile time);
+    the runtime runs it in the parent's process as its own flow run. A registered flow (`flow:
+    {name, project, version}`): `name`, `project`, `version` (None: the latest), `labels` (None:
+    the flow's own) and `wait` (False: the task's result is the child run's id, at once); its
+    parameters are checked when the run starts. The task's `with` and `map` are the child's
+    parameters; its result is the child run's `outputs`."""
+
+    path: str | None = None
+    spec: object = field(default=None, repr=False, compare=False)  # the child FlowSpec, for a spec file
+    name: str | None = None
+    project: str = "default"
+    version: int | None = None
+    labels: tuple | None = None
+    wait: bool = True
+
+    @property
+    def registered(self) -> bool:
+        return self.path is None
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A task's `cache:`. `key`: None for the default key (flowspec.cache_key.default_key: the
+    callable's code, what it imports from the spec's folder, its resolved arguments), else a str
+    or a compiled Template/Ref/Expr whose references are params, args (the task run's resolved
+    arguments) and env; evaluated per task run (per mapped child) and used as the key in the
+    result store (`flows/<flow>/<task>/<key>.pkl`). `expires`: seconds a stored result is used
+    (None: no limit)."""
+
+    key: object = None
+    expires: float | None = None
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One task. `with_args`/`map_args` hold compiled values (constants, Ref, Template)."""
 
@@ -79,6 +117,13 @@ class TaskSpec:
     # Groups of upstream task names joined by `||` in one expression (Prefect's merge), e.g.
     # (("small", "big"),): each group counts as satisfied when at least one of them succeeded.
     merge: tuple = ()
+    # Issue 18: subflows and the result store (see SubflowSpec, CacheSpec). `run` is "" for a subflow.
+    subflow: SubflowSpec | None = None
+    cache: CacheSpec | None = None
+    # `target`: None, a str, or a compiled Template/Ref whose references are params, args and env:
+    # the path (relative, inside the store's `targets/`) evaluated per task run.
+    target: object = None
+    persist: bool | None = None  # None: the default (true when the flow has `results`)
 
     @property
     def mapped(self) -> bool:
@@ -126,3 +171,8 @@ class FlowSpec:
     timeout: float | None = None  # seconds for the whole flow run; None: no limit
     on_success: HookSpec | None = None  # flow hooks, called once when the run ends in that state
     on_failure: HookSpec | None = None
+    # `results`: the result store, DriverSpec("local", {directory}) or DriverSpec("s3", {bucket,
+    # prefix, endpoint_url, region, profile}); values may hold env references, resolved where the
+    # run starts. None: not given (the default local store under the flowspec home is used by
+    # `cache` and `target`, and nothing is kept otherwise).
+    results: DriverSpec | None = None

@@ -128,7 +128,7 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
     """Compile the spec and check that this release has its drivers of these `tables`, and (with
     `env`) that the variables its executor and parameter defaults read are set."""
     from flowspec.commands import unreadable
-    from flowspec.compile import compile_file, resolve_env, unset_env
+    from flowspec.compile import compile_file, not_run_yet, resolve_env, unset_env
     from flowspec.drivers import TABLES, available
     from flowspec.errors import SpecError, UsageError
 
@@ -138,7 +138,7 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
     spec, diags = compile_file(path)
     if diags:
         raise SpecError(diags)
-    missing = []
+    missing = not_run_yet(spec)  # keys validated but not run by this release: never run without them
     for table in tables:
         kind = getattr(spec, table).type
         if TABLES[table].get(kind) is None:

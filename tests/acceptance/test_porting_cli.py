@@ -251,11 +251,11 @@ def test_a_quoted_version_is_told_to_drop_the_quotes(cli, tmp_path):
 
 @pytest.mark.parametrize("where, key, value, says", [
     ((), "schedule", "[{cron: '0 * * * *'}]", "schedules: not in this release yet"),
-    ((), "results", "{type: local}", "a result store"),
+    ((), "result", "{type: local}", "write `results: {type: local|s3, ...}`"),
     ((), "cache", "true", "caching is set per task"),
-    (("tasks", "x"), "cache_for", "1h", "caching will be `cache: {expires: DURATION}` (with results)"),
-    (("tasks", "x"), "cache", "true", "task caching"),
-    (("tasks", "x"), "target", "out.pkl", "targets"),
+    (("tasks", "x"), "cache_for", "1h", "write `cache: {expires: DURATION}` (Prefect's cache_for)"),
+    (("tasks", "x"), "checkpoint", "true", "write `persist: true|false`"),
+    (("tasks", "x"), "subflow", "other.yaml", "write `flow: FILE`"),
     (("tasks", "x"), "task_run_name", "n", "write `run_name: ...`"),
     (("tasks", "x"), "state_handlers", "[m:h]", "on_success, on_failure, on_retry"),
     (("tasks", "x"), "outputs", "{a: 1}", "outputs are declared at the top level"),

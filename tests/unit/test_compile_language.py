@@ -176,7 +176,9 @@ def test_unknown_key_hints_no_longer_say_not_in_this_release_for_the_new_keys():
                       (("tasks", "a"), "on_retry")]:
         assert feature_hint(path, key) is None
     assert "not in this release yet" in feature_hint((), "schedule")
-    assert "not in this release yet" in feature_hint(("tasks", "a"), "cache")
+    for key in ("cache", "target", "persist", "flow"):  # real task keys now
+        assert feature_hint(("tasks", "a"), key) is None
+    assert "cache: {expires: DURATION}" in feature_hint(("tasks", "a"), "cache_for")
     assert "run_name" in feature_hint(("tasks", "a"), "task_run_name")
 
 

@@ -75,8 +75,8 @@ def test_unknown_keys_get_did_you_mean_or_the_allowed_list():
     assert _diags(BASE + "tasks: {a: {run: 'm:f', retires: 1, zzz: 2}}\n") == [
         (3, 25, "tasks.a.retires", "unknown key 'retires'", "did you mean 'retries'?"),
         (3, 37, "tasks.a.zzz", "unknown key 'zzz'",
-         "allowed keys: run, description, with, map, after, retries, retry_delay, timeout, trigger, if, run_name, loop,"
-             " cleanup, on_success, on_failure, on_retry")]
+         "allowed keys: run, flow, labels, wait, description, with, map, after, retries, retry_delay, timeout, trigger,"
+         " if, run_name, loop, cleanup, on_success, on_failure, on_retry, cache, target, persist")]
 
 
 def test_keys_of_the_chosen_type_only():
@@ -88,7 +88,8 @@ def test_keys_of_the_chosen_type_only():
 
 
 def test_missing_required_keys_point_at_the_owning_key():
-    assert _diags(BASE + "tasks:\n  a:\n    with: {}\n") == [(4, 3, "tasks.a", "missing required key 'run'", None)]
+    assert _diags(BASE + "tasks:\n  a:\n    run: m:f\n    loop:\n      max: 2\n") == [
+        (6, 5, "tasks.a.loop", "missing required key 'until'", None)]
     assert _diags("name: x\ntasks: {a: {run: 'm:f'}}\n") == [(1, 1, "(root)", "missing required key 'version'", None)]
 
 
