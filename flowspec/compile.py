@@ -1,6 +1,7 @@
 """Validated data → FlowSpec. Semantic checks that a schema cannot express, all reported at once."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -216,11 +217,11 @@ def one_argument_problem(fn, keywords: tuple = ()) -> str | None:
     return None
 
 
-def not_run_yet(spec: FlowSpec) -> list[Diagnostic]:
+def not_run_yet(spec: FlowSpec, severity: str = "error") -> list[Diagnostic]:
     """A diagnostic for each use of a key in NOT_RUN_YET (the first use of each key): a spec that
-    relies on a feature the runner does not have yet must not run without it. Called by the
-    commands that go on to run the flow (run, register, build: commands/run.py's prepare), never
-    by validate or plan."""
+    relies on a feature the runner does not have yet must not run without it. An error for the
+    commands that go on to run the flow (run, register, build: commands/run.py's prepare), a
+    warning for validate; plan shows the keys as they are."""
     doc = spec.document
     if doc is None or not NOT_RUN_YET:
         return []
@@ -232,8 +233,9 @@ def not_run_yet(spec: FlowSpec) -> list[Diagnostic]:
                           ("target", task.target is not None), ("persist", task.persist is not None)):
             if used and key in NOT_RUN_YET and key not in seen:
                 seen[key] = ("tasks", task.name, key)
-    return [doc.diag(path, f"this release validates `{key}` but does not run it yet",
-                     "remove it to run the flow now; `flowspec validate` and `flowspec plan` accept it", key=True)
+    return [dataclasses.replace(doc.diag(path, f"this release validates `{key}` but does not run it yet",
+                             "remove it to run the flow now; `flowspec validate` and `flowspec plan` accept it",
+                             key=True), severity=severity)
             for key, path in seen.items()]
 
 

@@ -46,7 +46,7 @@ def main(args) -> int:
 
 def _check(path: str, strict: bool) -> tuple[list, str | None]:
     """(diagnostics, why the file cannot be read or None) of one spec."""
-    from flowspec.compile import compile_document, compile_file, unset_env
+    from flowspec.compile import compile_document, compile_file, not_run_yet, unset_env
     from flowspec.loader import LoadError, load_text
 
     if path != STDIN and (why := cannot_read(path)):
@@ -59,7 +59,9 @@ def _check(path: str, strict: bool) -> tuple[list, str | None]:
             else:
                 spec, diags = compile_document(load_text(read_stdin(), "<stdin>"), strict=strict)
             # Variables are the running machine's: unset here, they are said, not held against the spec.
-            return diags + (unset_env(spec, severity="warning") if spec is not None else []), None
+            if spec is None:
+                return diags, None
+            return diags + unset_env(spec, severity="warning") + not_run_yet(spec, severity="warning"), None
         except LoadError as exc:
             return exc.diagnostics, None
         except OSError as exc:

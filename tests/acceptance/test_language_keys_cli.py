@@ -211,3 +211,22 @@ def test_a_reference_other_than_env_in_the_name_is_an_error(cli, tmp_path):
     result = cli("validate", path)
     assert result.rc == 1
     assert f"{path}:2:7: error: name: ${{{{ params.name }}}}: only env references are allowed in 'name'" in result.stdout
+
+
+def test_a_parameter_description_that_reads_the_environment_runs(cli, tmp_path):
+    (tmp_path / "steps.py").write_text(STEPS)
+    (tmp_path / "flow.yaml").write_text(
+        "version: 1\nname: described\nparameters:\n  p:\n    default: 1\n"
+        "    description: \"from ${{ env.FS_DESC || 'nowhere' }}\"\ntasks:\n  data: {run: steps:data}\n")
+    result = cli("run", "flow.yaml", cwd=tmp_path)
+    assert result.rc == 0 and "internal error" not in result.output, result.output
+
+
+def test_validate_warns_about_keys_this_release_does_not_run_yet(cli, tmp_path):
+    (tmp_path / "steps.py").write_text(STEPS)
+    (tmp_path / "flow.yaml").write_text("version: 1\nname: cached\ntasks:\n  data: {run: steps:data, cache: true}\n")
+    checked = cli("validate", "flow.yaml", cwd=tmp_path)
+    assert checked.rc == 0 and "flow.yaml:4:27: warning: tasks.data.cache: this release validates `cache`" \
+        in checked.stdout, checked.output
+    ran = cli("run", "flow.yaml", cwd=tmp_path)
+    assert ran.rc == 2 and "flow.yaml:4:27: error: tasks.data.cache" in ran.stderr, ran.output
