@@ -57,5 +57,22 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX task_run_names_by_run ON task_run_names (run_id, task)",
         "CREATE TABLE run_outputs (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), outputs TEXT NOT NULL)",
     ],
+    [
+        # The reads of `flowspec ui` (flowspec.ui.queries): the runs list newest first, alone and
+        # by each filter; the changes since a time (its live updates); a task's states (heatmaps,
+        # timeline). IF NOT EXISTS: a UI of an earlier release created them itself. Logs get no
+        # index by level or task: the two made every log line written 40 % to 2.3 times dearer,
+        # and a filtered log page reads the run's lines through logs_by_run (docs/ui.md, Scale).
+        "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_created ON flow_runs (created, id)",
+        "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_flow ON flow_runs (flow_name, created, id)",
+        "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_state_created ON flow_runs (state, created, id)",
+        "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_agent ON flow_runs (agent, created, id)",
+        "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_flow_id ON flow_runs (flow_id, created, id)",
+        "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_updated ON flow_runs (updated)",
+        "CREATE INDEX IF NOT EXISTS ui_task_states_by_task ON task_states (run_id, task, map_index, id)",
+        # The task graph of a run whose flow is not registered (`flowspec run FILE`): per task, the
+        # tasks it waits for, as JSON [[upstream, kind], ...] (kinds as flowspec.graph.edges).
+        "ALTER TABLE run_tasks ADD COLUMN upstream TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

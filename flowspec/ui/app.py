@@ -28,10 +28,8 @@ LOST_CHECK_S = 10.0
 
 def create_app(backend, *, allow_actions: bool = False, token: str | None = None) -> Starlette:
     from flowspec.ui import actions, live, routes, run_routes
-    from flowspec.ui.queries import ensure_indexes
     from flowspec.ui.render import make_templates
 
-    ensure_indexes(backend)
     app = Starlette(routes=[
         Route("/", routes.home), Route("/favicon.ico", routes.favicon),
         Route("/runs", routes.runs_list), Route("/runs.json", routes.runs_list),

@@ -4,8 +4,8 @@ Each function takes the backend and runs one read transaction through its `_tran
 SQL written with `?` placeholders as the backend's own. Pages are keyset-paginated (never OFFSET,
 never a full count): a page costs the same on the 50th page as on the first.
 
-`ensure_indexes` adds the indexes these reads need (idempotent, `CREATE INDEX IF NOT EXISTS`);
-the UI runs it once at start.
+The indexes these reads need are the backend's (flowspec.backend.schema): the UI writes no
+DDL, so a read-only UI leaves the database as it found it.
 """
 from __future__ import annotations
 
@@ -17,26 +17,9 @@ from typing import Any
 
 from flowspec.backend import FlowRun
 
-INDEXES = (
-    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_created ON flow_runs (created, id)",
-    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_flow ON flow_runs (flow_name, created, id)",
-    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_state_created ON flow_runs (state, created, id)",
-    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_agent ON flow_runs (agent, created, id)",
-    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_flow_id ON flow_runs (flow_id, created, id)",
-    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_updated ON flow_runs (updated)",
-    "CREATE INDEX IF NOT EXISTS ui_task_states_by_task ON task_states (run_id, task, map_index, id)",
-    "CREATE INDEX IF NOT EXISTS ui_logs_by_level ON logs (run_id, level, id)",
-    "CREATE INDEX IF NOT EXISTS ui_logs_by_task ON logs (run_id, task, id)",
-)
 RUN_COLS = ("id, flow_id, flow_name, state, labels, parameters, agent, created, updated, heartbeat, exit_code,"
             " message, runner, heartbeat_timeout")
 LOG_COLS = "id, run_id, time, level, task, message"
-
-
-def ensure_indexes(backend) -> None:
-    with backend._transaction() as tx:
-        for statement in INDEXES:
-            tx.run(statement)
 
 
 def _is_postgres(backend) -> bool:

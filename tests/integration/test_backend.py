@@ -337,6 +337,21 @@ def test_after_a_postgresql_restart_no_run_is_judged_lost_before_a_whole_timeout
         assert [r.id for r in backend.stale_runs(30.0)] == [run.id]
 
 
+def _index_names(backend) -> set[str]:
+    sql = ("SELECT indexname FROM pg_indexes" if backend.url.startswith("postgres")
+           else "SELECT name FROM sqlite_master WHERE type = 'index'")
+    with backend._transaction(write=False) as tx:
+        return {row[0] for row in tx.all(sql)}
+
+
+def test_the_ui_indexes_are_a_migration_and_logs_carry_only_their_own(backend: Backend) -> None:
+    """`flowspec ui` reads with these indexes and writes no DDL itself; logs keep one index:
+    a log line written costs the same whether a UI ever looked."""
+    names = _index_names(backend)
+    assert {"ui_flow_runs_by_created", "ui_flow_runs_by_updated", "ui_task_states_by_task"} <= names
+    assert not {"ui_logs_by_level", "ui_logs_by_task"} & names
+
+
 def test_an_older_database_is_migrated_and_its_runs_read(backend_url: str) -> None:
     from flowspec.backend.base import MIGRATIONS
     from flowspec.backend.postgres import PostgresBackend
@@ -363,6 +378,7 @@ def test_an_older_database_is_migrated_and_its_runs_read(backend_url: str) -> No
         assert backend.schema_version() == SCHEMA_VERSION
         old = backend.get_run("0ld")
         assert (old.runner, old.heartbeat_timeout) == (None, None)
+        assert "ui_flow_runs_by_created" in _index_names(backend)  # what the UI reads with
         # the caller's timeout; named by its agent column
         [(_, message)] = backend.mark_lost_runs("agent a1", 0.5, grace_s=0)
         assert message.startswith("no heartbeat for 0.5s: the process running it (agent a0) is gone")

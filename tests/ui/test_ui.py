@@ -98,6 +98,28 @@ def test_starts_fast_and_asks_for_its_token(tmp_path):
 
 
 @server
+def test_the_ui_writes_no_ddl(tmp_path):
+    """The UI's indexes come with the backend's migrations: a read-only UI leaves the database's
+    schema as it found it (here one of its indexes dropped by hand)."""
+    import sqlite3
+
+    db = tmp_path / "b.db"
+    assert run_cli("runs", "list", "--backend", str(db), env={"FLOWSPEC_HOME": str(tmp_path)}).rc == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX ui_flow_runs_by_updated")
+        before = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    conn.close()
+    ui = start_ui(str(db), tmp_path)
+    try:
+        assert fetch(ui.url + "/runs.json")[0] == 200
+    finally:
+        ui.stop()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() == before
+    conn.close()
+
+
+@server
 def test_read_only_refuses_a_post(ui, world):
     status, body, _ = fetch(f"{ui.url}/runs/{world['waiting']}/cancel", method="POST", data=b"csrf=x",
                             headers={"Content-Type": "application/x-www-form-urlencoded"})
