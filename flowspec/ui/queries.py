@@ -191,6 +191,15 @@ def children_states(backend, run_id: str, task: str) -> list[tuple[int, str]]:
                       " ON t.id = l.id ORDER BY t.map_index", run_id, task)
 
 
+def child_names(backend, run_id: str, task: str) -> list | str | None:
+    """The names of `task`'s runs (its `run_name`): a list by map index (None: not named) for
+    a mapped task, a string for an unmapped one, None when it has no `run_name`. One row read,
+    however many children (see Backend.add_run_names)."""
+    with backend._transaction(write=False) as tx:
+        row = tx.one("SELECT names FROM task_run_names WHERE run_id = ? AND task = ? LIMIT 1", run_id, task)
+    return None if row is None else json.loads(row[0])
+
+
 def task_spans(backend, run_id: str) -> list[tuple[str, float, float, int]]:
     """Per task, in order of its first state: (task, first time, last time, mapped children)."""
     with backend._transaction(write=False) as tx:

@@ -66,7 +66,9 @@ def run_gantt_children(request: Request) -> Response:
     after = _int(request.query_params.get("after"), "after", -1)
     spans = queries.child_spans(backend, run.id, task, after)
     gantt = gantt_data(backend, run.id)
-    rows = [{"index": i, "left": (a - gantt["start"]) / gantt["span"] * 100,
+    named = views.CACHE.get(backend, run.id, f"names {task}", lambda: queries.child_names(backend, run.id, task))
+    names = named if isinstance(named, list) else []
+    rows = [{"index": i, "name": names[i] if i < len(names) else None, "left": (a - gantt["start"]) / gantt["span"] * 100,
              "width": max((b - a) / gantt["span"] * 100, 0.3), "seconds": b - a, "state": s} for i, a, b, s in spans]
     more = f"/runs/{run.id}/gantt/{task}?after={spans[-1][0]}" if len(spans) == 200 else None
     return fragment(request, "_gantt_children.html", rows=rows, task=task, more=more)
@@ -74,17 +76,23 @@ def run_gantt_children(request: Request) -> Response:
 
 def run_children(request: Request) -> Response:
     """A mapped task's children as compact data for the heatmap: a state legend and one
-    character per child (its state's position in the legend)."""
+    character per child (its state's position in the legend), and with a `run_name` each
+    child's name (`names`). `?name=TEXT` keeps the children whose name holds TEXT."""
     backend, run = _backend(request), _get_run(request)
     task = request.path_params["task"]
     rows = views.CACHE.get(backend, run.id, f"children {task}",
                            lambda: queries.children_states(backend, run.id, task))
+    named = views.CACHE.get(backend, run.id, f"names {task}", lambda: queries.child_names(backend, run.id, task))
+    names = [named[i] if 0 <= i < len(named) else None for i, _ in rows] if isinstance(named, list) else None
+    wanted = (request.query_params.get("name") or "").lower()
+    if wanted:
+        keep = [k for k, n in enumerate(names or ()) if n is not None and wanted in n.lower()]
+        rows, names = [rows[k] for k in keep], [names[k] for k in keep]
     legend: dict[str, int] = {}
     codes = "".join(chr(48 + legend.setdefault(state, len(legend))) for _, state in rows)
     dense = all(index == k for k, (index, _) in enumerate(rows))
     return JSONResponse({"task": task, "states": list(legend), "codes": codes,
-                         "indexes": None if dense else [index for index, _ in rows]})
-
+                         "indexes": None if dense else [index for index, _ in rows], "names": names})
 
 
 def log_filter(request: Request) -> queries.LogFilter:

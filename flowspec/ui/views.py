@@ -113,9 +113,12 @@ def _task_rows(backend, run_id: str) -> list[dict]:
     from flowspec.commands.runs import _summary
 
     rows = []
+    names = backend.run_names(run_id)
     for t in _summary(backend.task_summary(run_id)):
         row = {"task": t.task, "map_index": t.map_index, "state": t.state, "attempt": t.attempt, "time": t.time,
                "message": t.message}
+        if (t.task, t.map_index) in names:  # as `runs show --format json`
+            row["run_name"] = names[t.task, t.map_index]
         if t.children:
             row["children"] = t.children
         rows.append(row)

@@ -143,6 +143,12 @@ def test_json_twins_match_the_cli(ui, world):
     mine = json.loads(body)
     assert mine == shown | {"parameters": mine["parameters"]}
     assert mine["parameters"]["api_token"] == "****" and "s3cr3t-value" not in body
+    assert [t.get("run_name") for t in mine["tasks"]][0] == "make 6"  # a task's `run_name`
+    # the heatmap's data names each child by its `run_name`, and is filtered by it
+    heat = json.loads(fetch(f"{ui.url}/runs/{world['failed']}/children/square.json")[1])
+    assert heat["names"] == [f"<b>n{i}</b>" for i in range(6)] and heat["indexes"] is None
+    heat = json.loads(fetch(f"{ui.url}/runs/{world['failed']}/children/square.json?name=N3")[1])
+    assert (heat["names"], heat["indexes"], heat["states"]) == (["<b>n3</b>"], [3], ["Failed"])
     assert fetch(ui.url + "/runs.json?state=Bogus")[0] == 400
     flows = json.loads(run_cli("flows", "list", "--backend", world["db"], "--format", "json", env=env).stdout)
     assert json.loads(fetch(ui.url + "/flows.json")[1]) == flows
@@ -264,13 +270,28 @@ def test_graph_heatmap_and_timeline_are_drawn(ui, world, watched, shots):
     page.locator("details.gantt-row", has_text="square").locator("summary").click()
     page.wait_for_selector(".gantt-child")
     assert page.locator(".gantt-child").count() == 6
-    # a click on the failed child's cell shows that child's log lines
+    assert page.locator(".gantt-child .gantt-name").nth(3).inner_text() == "square[<b>n3</b>]"  # its run_name
+    assert "make [make 6]" in page.inner_text("table.tasks")
+    # hovering a cell names the child; a click on the failed child's cell shows its log lines
     page.locator("canvas.heatmap").scroll_into_view_if_needed()
     box = page.locator("canvas.heatmap").bounding_box()
     cell = page.evaluate("document.querySelector('canvas.heatmap').cell")
+    page.mouse.move(box["x"] + 3 * cell + cell / 2, box["y"] + cell / 2)
+    assert page.inner_text("#heat-tip") == "square[<b>n3</b>] (#3): Failed"
     page.mouse.click(box["x"] + 3 * cell + cell / 2, box["y"] + cell / 2)
-    until(page, "[...document.querySelectorAll('#log-rows td.task')].every(td => td.textContent === 'square[3]')"
+    until(page, "[...document.querySelectorAll('#log-rows td.task')].every(td => td.textContent === 'square[<b>n3</b>]')"
                 " && document.querySelectorAll('#log-rows tr').length > 0")
+    # filtered by name: the other cells are dimmed
+    page.fill(".heat-name-filter", "n4")
+    lit = page.evaluate("""() => {
+        const c = document.querySelector('canvas.heatmap'), ctx = c.getContext('2d'), lit = [];
+        for (let i = 0; i < 6; i++) {
+          const x = (i % c.columns) * c.cell + 2, y = Math.floor(i / c.columns) * c.cell + 2;
+          if (ctx.getImageData(x, y, 1, 1).data[0] !== 230) lit.push(i);
+        }
+        return lit;
+    }""")
+    assert lit == [4]
     shots(page, "run-heatmap")
 
 

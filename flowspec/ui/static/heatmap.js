@@ -7,7 +7,9 @@ export const COLOURS = {
 const OTHER = [155, 89, 182];
 const DIMMED = [230, 232, 236];
 
-export function paintHeatmap(canvas, data, only) {
+// `only`: a state, the others dimmed; `keep`: a predicate on a cell's position, the cells it
+// refuses dimmed (a filter by run name).
+export function paintHeatmap(canvas, data, only, keep) {
   const count = data.codes.length;
   const width = canvas.clientWidth || canvas.width;
   const cell = count > 20000 ? 3 : count > 2000 ? 6 : count > 200 ? 10 : 16;
@@ -21,7 +23,7 @@ export function paintHeatmap(canvas, data, only) {
   const colours = data.states.map((s) => (only && s !== only ? DIMMED : COLOURS[s] || OTHER));
   const gap = cell > 4 ? 1 : 0;
   for (let i = 0; i < count; i++) {
-    const [r, g, b] = colours[data.codes.charCodeAt(i) - 48];
+    const [r, g, b] = keep && !keep(i) ? DIMMED : colours[data.codes.charCodeAt(i) - 48];
     const x0 = (i % columns) * cell, y0 = Math.floor(i / columns) * cell;
     for (let y = y0; y < y0 + cell - gap; y++) {
       let p = (y * canvas.width + x0) * 4;

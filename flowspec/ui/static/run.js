@@ -19,8 +19,12 @@ function draw(canvas) {
   for (const state of data.states) {
     if (!known.has(state)) select.add(new Option(state, state));
   }
+  const naming = box.querySelector(".heat-name");
+  naming.hidden = !data.names;
+  const wanted = naming.querySelector("input").value.trim().toLowerCase();
+  const keep = data.names && wanted ? (i) => (data.names[i] ?? "").toLowerCase().includes(wanted) : null;
   const started = performance.now();
-  canvas.layout = paintHeatmap(canvas, data, select.value);
+  canvas.layout = paintHeatmap(canvas, data, select.value, keep);
   canvas.dataset.painted = String(performance.now() - started);
   box.querySelector(".heat-count").textContent = `${data.codes.length} children`;
 }
@@ -29,15 +33,20 @@ function indexAt(canvas, event) {
   const cell = cellAt(canvas, event);
   if (cell < 0 || !canvas.heat || cell >= canvas.heat.codes.length) return null;
   const data = canvas.heat;
-  return { index: data.indexes ? data.indexes[cell] : cell, state: data.states[data.codes.charCodeAt(cell) - 48] };
+  const index = data.indexes ? data.indexes[cell] : cell;
+  const name = data.names ? data.names[cell] : null;
+  // logs name a named child's lines `task[name]`, as the recorder wrote them
+  const label = `${canvas.dataset.task}[${name ?? index}]`;
+  return { index, name, label, state: data.states[data.codes.charCodeAt(cell) - 48] };
 }
 
 function wire(canvas) {
   canvas.closest(".heat").querySelector(".heat-filter").addEventListener("change", () => draw(canvas));
+  canvas.closest(".heat").querySelector(".heat-name-filter").addEventListener("input", () => draw(canvas));
   canvas.addEventListener("mousemove", (event) => {
     const hit = indexAt(canvas, event);
     if (!hit || !tip) { if (tip) tip.hidden = true; return; }
-    tip.textContent = `${canvas.dataset.task}[${hit.index}]: ${hit.state}`;
+    tip.textContent = `${hit.label}${hit.name != null ? ` (#${hit.index})` : ""}: ${hit.state}`;
     tip.style.left = `${event.clientX + 12}px`;
     tip.style.top = `${event.clientY + 12}px`;
     tip.hidden = false;
@@ -47,7 +56,7 @@ function wire(canvas) {
     const hit = indexAt(canvas, event);
     if (!hit) return;
     const form = document.getElementById("log-filter");
-    form.elements.task.value = `${canvas.dataset.task}[${hit.index}]`;
+    form.elements.task.value = hit.label;
     form.elements.q.value = "";
     htmx.trigger(form, "submit");
     document.getElementById("logs-title").scrollIntoView();
