@@ -24,7 +24,8 @@ class TaskRunState:
 _TASK_COLS = "run_id, task, map_index, state, attempt, time, message"
 # The states in which a task run is over: flowspec.runner's FINAL_STATES, named here so that the
 # backend does not import the runner.
-TASK_FINAL_STATES = ("Success", "Failed", "TimedOut", "TriggerFailed", "Skipped", "Cancelled")
+# Cached: a success whose result was stored (not run again); Looping is not final, it runs again
+TASK_FINAL_STATES = ("Success", "Cached", "Failed", "TimedOut", "TriggerFailed", "Skipped", "Cancelled")
 
 
 class TaskStore(Store):

@@ -12,13 +12,14 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from flowspec.backend import FINAL_STATES
 from flowspec.ui import queries, views
 from flowspec.ui.render import render
 
 POLL_S = 1.0
 PING_S = 15.0
-TASKS_EVERY_S = 2.0
-FINAL = frozenset({"Success", "Failed", "Cancelled"})  # a map of many children is summed at most this often
+TASKS_EVERY_S = 2.0  # a map of many children is summed at most this often
+FINAL = FINAL_STATES  # a run in one of these states changes no more: its stream ends
 
 
 def sse(event: str, data: str, event_id: str | None = None) -> str:
@@ -153,7 +154,7 @@ def run_events(request: Request) -> StreamingResponse:
             else:
                 out.append(sse("tasks", render(request, "_tasks.html", tasks=tasks, run={"id": run_id}), str(cursor)))
                 out.append(sse("graph", render(request, "_graph.html", graph=graph, run={"id": run_id}), str(cursor)))
-            gantt = render(request, "_gantt.html", gantt=gantt_data(backend, run_id), run={"id": run_id})
+            gantt = render(request, "_gantt.html", gantt=gantt_data(backend, run_id, tasks), run={"id": run_id})
             out.append(sse("gantt", gantt, str(cursor)))
         return out
 

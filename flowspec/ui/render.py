@@ -11,9 +11,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from flowspec.ui.app import HERE
 
-STATE_CLASS = {"Success": "ok", "Failed": "bad", "TriggerFailed": "bad", "Cancelled": "off", "Cancelling": "off",
-               "Skipped": "off", "Running": "run", "Submitted": "run", "Retrying": "run", "Scheduled": "wait",
-               "Queued": "wait", "Pending": "wait"}
+# A state's CSS class: its family (ok, bad, off, run, wait), and for a variant its own class too,
+# so that it is counted with its family and still told apart (Cached: a success not run again).
+STATE_CLASS = {"Success": "ok", "Cached": "ok cached", "Failed": "bad", "TriggerFailed": "bad",
+               "TimedOut": "bad timedout", "Cancelled": "off", "Cancelling": "off", "Skipped": "off",
+               "Running": "run", "Submitted": "run", "Retrying": "run", "Looping": "run looping",
+               "Scheduled": "wait", "Queued": "wait", "Pending": "wait"}
 
 
 def when(stamp: float | None) -> str:

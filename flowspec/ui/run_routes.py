@@ -8,13 +8,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from flowspec.backend import FINAL_STATES
 from flowspec.ui import queries, views
 from flowspec.ui.render import fragment, page, wants_json
 from flowspec.ui.routes import _backend, _get_run, _int
 
 LOG_PAGE = 500
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-FINAL = ("Success", "Failed", "Cancelled")
+FINAL = FINAL_STATES
 
 
 def run_page(request: Request) -> Response:
@@ -43,21 +44,24 @@ def run_tasks(request: Request) -> Response:
                     mapped=[t["task"] for t in tasks if t.get("children")])
 
 
-def gantt_data(backend, run_id: str) -> dict:
+def gantt_data(backend, run_id: str, tasks: list[dict] | None = None) -> dict:
+    """The timeline's rows; with the run's task rows (views.task_rows), each coloured by its task's state."""
     spans = views.CACHE.get(backend, run_id, "spans", lambda: queries.task_spans(backend, run_id))
+    states = {t["task"]: t["state"] for t in tasks or ()}
     if not spans:
         return {"rows": [], "start": 0, "span": 0}
     start = min(s[1] for s in spans)
     span = max(max(s[2] for s in spans) - start, 1e-3)
     return {"start": start, "span": span, "rows": [
-        {"task": t, "left": (a - start) / span * 100, "width": max((b - a) / span * 100, 0.3), "seconds": b - a,
+        {"task": t, "state": states.get(t), "left": (a - start) / span * 100, "width": max((b - a) / span * 100, 0.3), "seconds": b - a,
          "children": n} for t, a, b, n in spans]}
 
 
 def run_gantt(request: Request) -> Response:
     """The timeline, loaded after the page: a map of many children is summed once more."""
     backend, run = _backend(request), _get_run(request)
-    return fragment(request, "_gantt.html", gantt=gantt_data(backend, run.id), run={"id": run.id})
+    gantt = gantt_data(backend, run.id, views.task_rows(backend, run))
+    return fragment(request, "_gantt.html", gantt=gantt, run={"id": run.id})
 
 
 def run_gantt_children(request: Request) -> Response:

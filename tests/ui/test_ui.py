@@ -296,6 +296,64 @@ def test_graph_heatmap_and_timeline_are_drawn(ui, world, watched, shots):
 
 
 @browser
+def test_timed_out_looping_and_cached_are_coloured_and_counted(tmp_path, watched):
+    """A TimedOut run, and task states TimedOut, Looping and Cached (a success not run again),
+    as the flow language's runtime records them: each its own colour in the graph, the heatmap,
+    the timeline and the state badges, Cached one of the success family; the run is final."""
+    from flowspec.backend import open_backend
+
+    db = str(tmp_path / "b.db")
+    with open_backend(db) as backend:
+        run = backend.create_flow_run(None, flow_name="states", state="Running")
+        now = time.time()
+        backend.add_task_states(run.id, [("slow", None, "TimedOut", 1, now, "took too long"),
+                                         ("again", None, "Looping", 2, now + 1, None),
+                                         ("stored", None, "Cached", 1, now + 2, None)]
+                                + [("m", i, state, 1, now + 3, None) for i, state in
+                                   enumerate(["Cached", "Success", "TimedOut", "Looping"])])
+    ui = start_ui(db, tmp_path)
+    page = watched
+    try:
+        page.goto(f"{ui.url}/runs/{run.id}")
+        page.wait_for_selector("#task-graph")
+        node = page.locator("#task-graph g.node")
+        assert {node.nth(i).get_attribute("data-task"): node.nth(i).get_attribute("class") for i in range(4)} == {
+            "slow": "node bad timedout", "again": "node run looping", "stored": "node ok cached", "m": "node run"}
+        assert all(f"1 {s}" in page.text_content("#task-graph") for s in ("Cached", "Success", "TimedOut", "Looping"))
+        badges = {page.locator("table.tasks span.state", has_text=s).first.get_attribute("class")
+                  for s in ("TimedOut", "Looping", "Cached")}
+        assert badges == {"state bad timedout", "state run looping", "state ok cached"}
+        until(page, "document.querySelector('canvas.heatmap')?.dataset.painted !== undefined")
+        colours = page.evaluate("""() => {
+            const c = document.querySelector('canvas.heatmap'), ctx = c.getContext('2d'), out = [];
+            for (let i = 0; i < 4; i++) out.push(Array.from(ctx.getImageData(i * c.cell + 2, 2, 1, 1).data).join(','));
+            return out;
+        }""")
+        assert colours == ["126,201,154,255", "46,157,87,255", "232,115,38,255", "23,162,184,255"]
+        # the timeline: each task's bar in its state's colour
+        page.wait_for_selector("details.gantt-row")
+        assert page.locator("details.gantt-row svg.bar.timedout[data-state=TimedOut]").count() == 1
+        assert page.locator("details.gantt-row svg.bar.cached").count() == 1
+        page.locator("details.gantt-row", has_text="m (4 children)").locator("summary").click()
+        page.wait_for_selector(".gantt-child svg.bar.looping")
+        # TimedOut is final: the run's stream ends (a Cached task stays Cached), and the runs
+        # list filters by it
+        with open_backend(db) as backend:
+            backend.set_run_state(run.id, "TimedOut", "the run exceeded its timeout of 1s")
+        status, events, _ = fetch(f"{ui.url}/runs/{run.id}/events?kinds=state,tasks,log")
+        assert status == 200 and events.rstrip().endswith("data: The run has ended."), events[-300:]
+        tasks = {t["task"]: t["state"] for t in json.loads(fetch(f"{ui.url}/runs/{run.id}.json")[1])["tasks"]}
+        assert (tasks["slow"], tasks["again"], tasks["stored"]) == ("TimedOut", "Failed", "Cached")
+        listed = json.loads(fetch(f"{ui.url}/runs.json?state=TimedOut")[1])
+        assert [r["id"] for r in listed] == [run.id]
+        page.goto(f"{ui.url}/runs")
+        assert page.locator("select[name=state] option", has_text="TimedOut").count() == 1
+        assert page.locator("span.state.bad.timedout", has_text="TimedOut").count() == 1
+    finally:
+        ui.stop()
+
+
+@browser
 def test_logs_are_searched_on_the_server_and_downloaded_whole(ui, world, watched):
     page = watched
     page.goto(f"{ui.url}/runs/{world['failed']}")

@@ -1,8 +1,10 @@
 // Paints one cell per mapped child on a canvas, straight into its pixels: 100 000 children are
 // one ImageData write, not 100 000 draw calls.
+// (ui.css has the same colours; a variant is a shade of its family's: Cached of Success's)
 export const COLOURS = {
-  Success: [46, 157, 87], Failed: [214, 69, 65], TriggerFailed: [214, 69, 65], Cancelled: [138, 143, 152],
-  Skipped: [138, 143, 152], Running: [47, 116, 208], Retrying: [47, 116, 208], Pending: [217, 162, 27],
+  Success: [46, 157, 87], Cached: [126, 201, 154], Failed: [214, 69, 65], TriggerFailed: [214, 69, 65],
+  TimedOut: [232, 115, 38], Cancelled: [138, 143, 152], Skipped: [138, 143, 152], Running: [47, 116, 208],
+  Retrying: [47, 116, 208], Looping: [23, 162, 184], Pending: [217, 162, 27],
 };
 const OTHER = [155, 89, 182];
 const DIMMED = [230, 232, 236];
