@@ -68,8 +68,10 @@ class Recorder:
                  guard: Callable[[], None] | None = None,
                  outage_s: float = LOCAL_OUTAGE_S,
                  create: Callable[[], object] | None = None,
-                 secrets: tuple[str, ...] | None = None) -> None:
+                 secrets: tuple[str, ...] | None = None,
+                 upstream: dict[str, list] | None = None) -> None:
         self.backend, self.run_id = backend, run_id
+        self.upstream = upstream  # per task, the tasks it waits for: recorded with the run's tasks
         self.secrets = secrets
         self.heartbeat_s, self.on_cancel, self.guard = heartbeat_s, on_cancel, guard
         self.create = create
@@ -182,7 +184,7 @@ class Recorder:
                 states, logs = self._masked(states, logs)
             try:
                 if tasks:
-                    self.backend.add_run_tasks(self.run_id, tasks)
+                    self.backend.add_run_tasks(self.run_id, tasks, self.upstream)
                     tasks = []
                 self.backend.add_task_states(self.run_id, states)
                 states = []
@@ -259,6 +261,16 @@ def run_message(result: Any) -> str | None:
     return f"tasks that did not succeed: {', '.join(bad)}" if bad else None
 
 
+def task_upstream(spec) -> dict[str, list]:
+    """Per task of `spec`, the tasks it waits for: [[upstream, kind], ...] (flowspec.graph.edges)."""
+    from flowspec.graph import edges
+
+    out: dict[str, list] = {name: [] for name in spec.tasks}
+    for up, down, kind in edges(spec):
+        out[down].append([up, kind])
+    return out
+
+
 def outcome_of(exc: BaseException) -> tuple[str, str]:
     """The final state and message of a run that ended with `exc` instead of a result."""
     if isinstance(exc, KeyboardInterrupt):
@@ -308,7 +320,10 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
         # are stored masked. What is shown and logged is masked either way.
         in_process = spec.environment.type in ("local", "remote")
         stored = mask_params(params) if in_process else params
+        # A run of a spec that is not registered keeps its task graph with its tasks: the
+        # backend has no spec to draw it from
         recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self, secrets=secret_values(params),
+                            upstream=task_upstream(spec),
                             create=lambda: backend.create_flow_run(
                                 None, stored, (), "Running", flow_name=spec.name, run_id=run_id,
                                 runner=runner, heartbeat_timeout=heartbeat_timeout))

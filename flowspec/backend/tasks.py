@@ -78,16 +78,32 @@ class TaskStore(Store):
             row = tx.one("SELECT outputs FROM run_outputs WHERE run_id = ?", run_id)
         return None if row is None else json.loads(row[0])
 
-    def add_run_tasks(self, run_id: str, tasks: Iterable[str]) -> int:
+    def add_run_tasks(self, run_id: str, tasks: Iterable[str], upstream: dict[str, list] | None = None) -> int:
         """Record the tasks of a run's flow, in the spec's order, when the run starts (once: a
         second call for the same run records nothing): a run that ends before it reached some of
-        them still lists them all (see `_finish_tasks`)."""
-        rows = [(run_id, position, task) for position, task in enumerate(tasks)]
+        them still lists them all (see `_finish_tasks`). `upstream`: per task, the tasks it waits
+        for, as [[upstream, kind], ...]: the graph of a run whose flow is not registered."""
+        import json
+
+        rows = [(run_id, position, task, None if upstream is None else json.dumps(upstream.get(task, [])))
+                for position, task in enumerate(tasks)]
         with self._transaction() as tx:
             if rows and tx.one("SELECT 1 FROM run_tasks WHERE run_id = ? LIMIT 1", run_id) is None:
-                tx.many("INSERT INTO run_tasks (run_id, position, task) VALUES (?, ?, ?)", rows)
+                tx.many("INSERT INTO run_tasks (run_id, position, task, upstream) VALUES (?, ?, ?, ?)", rows)
                 return len(rows)
         return 0
+
+    def run_graph(self, run_id: str) -> tuple[list[str], list[tuple[str, str, str]]] | None:
+        """A run's tasks in the spec's order and its edges (upstream, downstream, kind), as
+        recorded when it started; None when it recorded no graph (a run of a registered flow,
+        whose spec has it, or one of an earlier release)."""
+        import json
+
+        with self._transaction(write=False) as tx:
+            rows = tx.all("SELECT task, upstream FROM run_tasks WHERE run_id = ? ORDER BY position", run_id)
+        if not rows or any(text is None for _, text in rows):
+            return None
+        return [task for task, _ in rows], [(up, task, kind) for task, text in rows for up, kind in json.loads(text)]
 
     def _finish_tasks(self, tx: Tx, run_id: str, run_state: str, why: str | None) -> None:
         """A run ended `run_state` (not Success): give every task run it left unfinished a final

@@ -146,7 +146,8 @@ def run_events(request: Request) -> StreamingResponse:
             cursor.task, cursor.tasks_at = last_task, time.monotonic()
             tasks = views.task_rows(backend, run)
             flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
-            graph, mapped = views.graph_of(flow, tasks), tuple(t["task"] for t in tasks if t.get("children"))
+            graph = views.graph_of(flow, tasks, views.recorded_graph(backend, run_id, flow))
+            mapped = tuple(t["task"] for t in tasks if t.get("children"))
             if mapped != cursor.mapped:  # a new mapped task: its heatmap (and the graph, the names) with it
                 cursor.mapped = mapped
                 html = render(request, "_run_tasks.html", tasks=tasks, graph=graph, mapped=mapped, run={"id": run_id})

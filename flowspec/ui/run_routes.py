@@ -40,7 +40,8 @@ def run_tasks(request: Request) -> Response:
     backend, run = _backend(request), _get_run(request)
     tasks = views.task_rows(backend, run)
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
-    return fragment(request, "_run_tasks.html", tasks=tasks, graph=views.graph_of(flow, tasks), run={"id": run.id},
+    graph = views.graph_of(flow, tasks, views.recorded_graph(backend, run.id, flow))
+    return fragment(request, "_run_tasks.html", tasks=tasks, graph=graph, run={"id": run.id},
                     mapped=[t["task"] for t in tasks if t.get("children")])
 
 

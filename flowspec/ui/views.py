@@ -159,13 +159,18 @@ def flow_dict(flow) -> dict:
             "labels": list(flow.labels), "storage": masked(flow.storage), "registered": flow.created}
 
 
-def graph_of(flow, tasks: list[dict]) -> dict:
+def graph_of(flow, tasks: list[dict], recorded: tuple | None = None) -> dict:
     """Nodes and edges of a run's task graph: from its registered spec when there is one, else
-    the tasks it recorded (a local run keeps no spec: no edges)."""
+    the graph the run recorded when it started (Backend.run_graph), else its tasks alone (a run
+    of an earlier release: no edges)."""
     from flowspec.ui import layout
 
     names, edges = [t["task"] for t in tasks], []
-    if flow is not None and flow.spec_text:
+    if recorded is not None:
+        known = set(recorded[0])
+        names = recorded[0] + [n for n in names if n not in known]
+        edges = recorded[1]
+    elif flow is not None and flow.spec_text:
         spec = _compiled(flow.id, flow.spec_text)
         if spec is not None:
             names = list(spec.tasks) + [n for n in names if n not in spec.tasks]
@@ -178,7 +183,15 @@ def graph_of(flow, tasks: list[dict]) -> dict:
               "state": by_name.get(p.name, {}).get("state", "Pending"),
               "children": by_name.get(p.name, {}).get("children")} for p in placed]
     return {"nodes": nodes, "edges": layout.edge_paths(placed, edges), "width": width, "height": height,
-            "from_spec": bool(edges) or (flow is not None)}
+            "edges_known": bool(edges) or flow is not None or recorded is not None}
+
+
+def recorded_graph(backend, run_id: str, flow) -> tuple | None:
+    """The graph a run of an unregistered spec recorded (None for a registered flow's run: its
+    spec has it)."""
+    if flow is not None:
+        return None
+    return CACHE.get(backend, run_id, "graph", lambda: backend.run_graph(run_id))
 
 
 _SPECS: dict[int, Any] = {}

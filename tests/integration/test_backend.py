@@ -404,6 +404,16 @@ def test_task_states_latest_per_task_and_index(backend: Backend) -> None:
     assert backend.has_task_states(run_id) and not backend.has_task_states(new_run(backend))
 
 
+def test_a_run_keeps_the_task_graph_it_started_with(backend: Backend) -> None:
+    run_id, old = new_run(backend), new_run(backend)
+    upstream = {"extract": [], "load": [["extract", "data"]], "report": [["extract", "after"], ["load", "data"]]}
+    assert backend.add_run_tasks(run_id, ["extract", "load", "report"], upstream) == 3
+    assert backend.run_graph(run_id) == (["extract", "load", "report"], [
+        ("extract", "load", "data"), ("extract", "report", "after"), ("load", "report", "data")])
+    backend.add_run_tasks(old, ["extract", "load"])  # as an earlier release recorded them: no graph
+    assert backend.run_graph(old) is None and backend.run_graph(new_run(backend)) is None
+
+
 def test_logs_are_read_incrementally(backend: Backend) -> None:
     run_id, other = new_run(backend), new_run(backend)
     now = time.time()

@@ -256,6 +256,9 @@ def test_graph_heatmap_and_timeline_are_drawn(ui, world, watched, shots):
     page.wait_for_selector("#task-graph")  # the tasks, graph and heatmaps come just after the page
     assert page.locator("#task-graph g.node").count() == 3
     assert page.locator("#task-graph g.node.bad[data-task=square]").count() == 1
+    # a local run (`flowspec run FILE`, no registered spec) recorded its graph when it started
+    assert page.locator("#task-graph path.edge.data").count() == 2
+    assert page.locator("#task-graph path.edge").count() == 2 and page.locator("#no-edges").count() == 0
     until(page, "document.querySelector('canvas.heatmap')?.dataset.painted !== undefined")
     colours = page.evaluate("""() => {
         const c = document.querySelector('canvas.heatmap'), ctx = c.getContext('2d');
@@ -319,6 +322,7 @@ def test_timed_out_looping_and_cached_are_coloured_and_counted(tmp_path, watched
         node = page.locator("#task-graph g.node")
         assert {node.nth(i).get_attribute("data-task"): node.nth(i).get_attribute("class") for i in range(4)} == {
             "slow": "node bad timedout", "again": "node run looping", "stored": "node ok cached", "m": "node run"}
+        assert page.locator("#no-edges").is_visible()  # a run that recorded no graph says so
         assert all(f"1 {s}" in page.text_content("#task-graph") for s in ("Cached", "Success", "TimedOut", "Looping"))
         badges = {page.locator("table.tasks span.state", has_text=s).first.get_attribute("class")
                   for s in ("TimedOut", "Looping", "Cached")}
