@@ -43,7 +43,7 @@ def create_app(backend, *, allow_actions: bool = False, token: str | None = None
         Route("/runs/{run_id}/tasks", run_routes.run_tasks),
         Route("/runs/{run_id}/gantt", run_routes.run_gantt),
         Route("/runs/{run_id}/gantt/{task}", run_routes.run_gantt_children),
-        Route("/runs/{run_id}/cancel", actions.cancel, methods=["POST"]),
+        *actions.routes(),
         Route("/flows", routes.flows_list), Route("/flows.json", routes.flows_list),
         Route("/flows/{project}/{name}", routes.flow_page), Route("/flows/{project}/{name}.json", routes.flow_page),
         Route("/agents", routes.agents_list), Route("/agents.json", routes.agents_list),

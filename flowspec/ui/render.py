@@ -28,11 +28,13 @@ def clock(stamp: float) -> str:
 
 
 def make_templates(app) -> Environment:
+    from flowspec.ui.actions import offered
+
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=when, clock=clock, state_class=lambda s: STATE_CLASS.get(s, "other"),
                        tojson_compact=lambda v: json.dumps(v, separators=(",", ":")))
-    env.globals.update(allow_actions=app.state.allow_actions, csrf=app.state.csrf)
+    env.globals.update(allow_actions=app.state.allow_actions, csrf=app.state.csrf, actions_for=offered)
     return env
 
 

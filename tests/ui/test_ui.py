@@ -124,6 +124,8 @@ def test_read_only_refuses_a_post(ui, world):
     status, body, _ = fetch(f"{ui.url}/runs/{world['waiting']}/cancel", method="POST", data=b"csrf=x",
                             headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 403 and "--allow-actions" in body
+    status, body, _ = fetch(f"{ui.url}/runs/{world['waiting']}")
+    assert "to cancel this run from here" in body and 'method="post"' not in body  # offered, not shown
 
 
 @server
