@@ -208,11 +208,17 @@ def task_spans(backend, run_id: str) -> list[tuple[str, float, float, int]]:
     return [(r[0], float(r[1]), float(r[2]), int(r[3])) for r in rows]
 
 
-def child_spans(backend, run_id: str, task: str, after: int = -1, size: int = 200) -> list[tuple[int, float, float, str]]:
-    """Per mapped child of `task` with index > `after`: (index, first time, last time, latest state)."""
+def child_spans(backend, run_id: str, task: str, after: int = -1, size: int = 200,
+                indexes: list[int] | None = None) -> list[tuple[int, float, float, str]]:
+    """Per mapped child of `task` with index > `after` (or, given `indexes`, each of those):
+    (index, first time, last time, latest state)."""
+    if indexes is not None and not indexes:
+        return []
+    which, params = ("map_index > ?", [after]) if indexes is None else \
+        (f"map_index IN ({', '.join('?' for _ in indexes)})", list(indexes))
     with backend._transaction(write=False) as tx:
         rows = tx.all("SELECT map_index, MIN(time), MAX(time), MAX(id) FROM task_states WHERE run_id = ? AND task = ?"
-                      " AND map_index > ? GROUP BY map_index ORDER BY map_index LIMIT ?", run_id, task, after, size)
+                      f" AND {which} GROUP BY map_index ORDER BY map_index LIMIT ?", run_id, task, *params, size)
         ids = [r[3] for r in rows]
         states = dict(tx.all(f"SELECT id, state FROM task_states WHERE id IN ({', '.join('?' for _ in ids)})",
                              *ids)) if ids else {}

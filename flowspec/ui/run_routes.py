@@ -2,7 +2,7 @@
 traceback, its children for the heatmap and its timeline; each with its JSON twin."""
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -14,6 +14,7 @@ from flowspec.ui.render import fragment, page, wants_json
 from flowspec.ui.routes import _backend, _get_run, _int
 
 LOG_PAGE = 500
+GANTT_PAGE = 200  # a mapped task's children on the timeline, a page at a time
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FINAL = FINAL_STATES
 
@@ -66,17 +67,30 @@ def run_gantt(request: Request) -> Response:
 
 
 def run_gantt_children(request: Request) -> Response:
+    """A mapped task's children on the timeline, 200 at a time after index `after`; with
+    `name=TEXT` those whose `run_name` holds TEXT (any case). `rows=1`: the rows alone (the
+    name filter's answer), else with the filter above them when the children have names."""
     backend, run = _backend(request), _get_run(request)
     task = request.path_params["task"]
-    after = _int(request.query_params.get("after"), "after", -1)
-    spans = queries.child_spans(backend, run.id, task, after)
-    gantt = gantt_data(backend, run.id)
+    q = request.query_params
+    after = _int(q.get("after"), "after", -1)
     named = views.CACHE.get(backend, run.id, f"names {task}", lambda: queries.child_names(backend, run.id, task))
     names = named if isinstance(named, list) else []
+    wanted = (q.get("name") or "").strip().lower()
+    if wanted:
+        picked = [i for i in range(after + 1, len(names)) if names[i] is not None and wanted in names[i].lower()]
+        spans = queries.child_spans(backend, run.id, task, indexes=picked[:GANTT_PAGE])
+        more_after = picked[GANTT_PAGE - 1] if len(picked) > GANTT_PAGE else None
+    else:
+        spans = queries.child_spans(backend, run.id, task, after, size=GANTT_PAGE)
+        more_after = spans[-1][0] if len(spans) == GANTT_PAGE else None
+    gantt = gantt_data(backend, run.id)
     rows = [{"index": i, "name": names[i] if i < len(names) else None, "left": (a - gantt["start"]) / gantt["span"] * 100,
              "width": max((b - a) / gantt["span"] * 100, 0.3), "seconds": b - a, "state": s} for i, a, b, s in spans]
-    more = f"/runs/{run.id}/gantt/{task}?after={spans[-1][0]}" if len(spans) == 200 else None
-    return fragment(request, "_gantt_children.html", rows=rows, task=task, more=more)
+    base = f"/runs/{run.id}/gantt/{quote(task, safe='')}"
+    more = f"{base}?{urlencode({'after': more_after, 'name': wanted, 'rows': 1})}" if more_after is not None else None
+    return fragment(request, "_gantt_children.html", rows=rows, task=task, more=more, base=base,
+                    filter=bool(names) and not q.get("rows"), name=q.get("name") or "")
 
 
 def run_children(request: Request) -> Response:

@@ -277,6 +277,11 @@ def test_graph_heatmap_and_timeline_are_drawn(ui, world, watched, shots):
     assert page.locator(".gantt-child").count() == 6
     assert page.locator(".gantt-child .gantt-name").nth(3).inner_text() == "square[<b>n3</b>]"  # its run_name
     assert "make [make 6]" in page.inner_text("table.tasks")
+    page.fill(".gantt-filter input", "N4")  # the timeline's children, filtered by name on the server
+    until(page, "document.querySelectorAll('.gantt-child').length === 1")
+    assert page.inner_text(".gantt-child .gantt-name") == "square[<b>n4</b>]"
+    page.fill(".gantt-filter input", "")
+    until(page, "document.querySelectorAll('.gantt-child').length === 6")
     # hovering a cell names the child; a click on the failed child's cell shows its log lines
     page.locator("canvas.heatmap").scroll_into_view_if_needed()
     box = page.locator("canvas.heatmap").bounding_box()
