@@ -18,7 +18,8 @@ from flowspec.errors import FlowspecError
 
 # Order is the order of `flowspec --help`.
 COMMANDS = ("validate", "run", "plan", "graph", "fmt", "init", "schema",
-            "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit")
+            "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit",
+            "kv")
 EXIT_INTERNAL = 70
 
 ENVIRONMENT = """\

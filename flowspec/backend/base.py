@@ -19,6 +19,7 @@ from flowspec.backend.agents import AGENT_SEEN_WINDOW_S, Agent, AgentStore, _age
 from flowspec.backend.claims import ClaimStore, SlotBlock, _HELD_BY, plan_claim, same_gist, slot_blocks
 from flowspec.backend.core import NotFoundError, Store, Tx, _marks, labels_match, normalize_labels, redact_url
 from flowspec.backend.flows import _FLOW_COLS, Flow, FlowStore, _flow
+from flowspec.backend.kv import KVStore
 from flowspec.backend.limits import ConcurrencyLimit, LimitStore
 from flowspec.backend.logs import _LOG_COLS, LogLine, LogStore
 from flowspec.backend.retention import ActiveRunsError, FlowDeletion, RetentionStore
@@ -30,7 +31,8 @@ from flowspec.backend.schema import MIGRATIONS, SCHEMA_VERSION
 from flowspec.backend.tasks import _TASK_COLS, TASK_FINAL_STATES, TaskRunState, TaskStore
 
 
-class Backend(FlowStore, RunStore, ClaimStore, TaskStore, LogStore, AgentStore, LimitStore, RetentionStore):
+class Backend(FlowStore, RunStore, ClaimStore, TaskStore, LogStore, AgentStore, LimitStore, RetentionStore,
+              KVStore):
     """Flows, flow runs, states, logs, agents and concurrency limits, in one SQL database.
 
     Subclasses supply the dialect: `types` for the schema, `_transaction`, `_serialize` and
@@ -50,5 +52,5 @@ __all__ = [
 _REEXPORTED = (
     _HELD_BY, _FLOW_COLS, _LOG_COLS, _RUN_COLS, _TASK_COLS, _agent, _flow, _marks, _run, LOST_GRACE_S, MIGRATIONS,
     SCHEMA_VERSION, SlotBlock, Store, Tx, check_state, lost_after, normalize_labels, same_gist, slot_blocks,
-    AgentStore, ClaimStore, FlowStore, LimitStore, LogStore, RetentionStore, RunStore, TaskStore,
+    AgentStore, ClaimStore, FlowStore, KVStore, LimitStore, LogStore, RetentionStore, RunStore, TaskStore,
 )

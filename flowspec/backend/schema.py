@@ -49,5 +49,11 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX run_tasks_by_run ON run_tasks (run_id, position)",
         "ALTER TABLE agents ADD COLUMN stop_requested {float}",
     ],
+    [
+        # The KV store (JSON text per key, last writer wins) and the secret store (Fernet
+        # tokens: the backend never holds a secret in clear).
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated {float} NOT NULL)",
+        "CREATE TABLE secrets (name TEXT PRIMARY KEY, token TEXT NOT NULL, updated {float} NOT NULL)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -69,6 +69,8 @@ def main(args) -> int:
         spec = prepare(args.file, env=False)  # the variables once the parameters given are known
         params = parameters(spec, args)
         backend_url(args.backend)  # a FLOWSPEC_HOME that is not a directory stops the run before it starts
+        if args.backend:  # the run's backend is the one its tasks' `flowspec.kv` uses, workers included
+            os.environ["FLOWSPEC_BACKEND"] = args.backend
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
     except ParamsError as exc:
