@@ -24,6 +24,8 @@ EMPTY_ARGS: dict = {}  # the `with` or `map` of a task that has none (read only,
 # Keys and variable names that hold secrets: their values must come from ${{ env.NAME }}.
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?|api_?key|token|credential|private_key",
                          re.I)
+# What a task's `with`/`map` (and environment.env, secrets only) may name besides params, tasks, env.
+TASK_KINDS = refs.KINDS + ("kv", "secrets")
 _SECRET_VAR = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 _URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/@:]*:(?!\$\{\{)[^\s/@]+@", re.I)  # scheme://user:pw@
@@ -272,7 +274,7 @@ class _Checker:
     def compile_value(self, path: tuple, value):
         """Compile references in a `with`/`map` value, reporting bad syntax and unknown names."""
         try:
-            compiled = refs.compile_value(value)
+            compiled = refs.compile_value(value, TASK_KINDS)
         except refs.ReferenceError_:
             compiled = self._compile_each(path, value)
         if isinstance(compiled, refs.Ref):  # the common case, without walking it
@@ -290,7 +292,7 @@ class _Checker:
             return {k: self._compile_each(path + (k,), v) for k, v in value.items()}
         if isinstance(value, str):
             try:
-                return refs.parse_string(value)
+                return refs.parse_string(value, TASK_KINDS)
             except refs.ReferenceError_ as exc:
                 self.diags.append(self.ref_diag(path, exc.offset, str(exc), exc.hint))
         return value
@@ -435,10 +437,12 @@ class _Checker:
 
     def check_env_refs_only(self, path: tuple, value) -> None:
         try:
-            compiled = refs.compile_value(value)
+            compiled = refs.compile_value(value, TASK_KINDS)
         except refs.ReferenceError_:
             compiled = self._compile_each(path, value)
         for sub, ref in refs.iter_refs(compiled):
+            if ref.kind == "secrets" and path == ("environment",) and sub[:1] == ("env",):
+                continue  # a flow's variable may carry a secret (resolved where the flow runs)
             if ref.kind != "env":
                 self.diags.append(self.ref_diag(path + sub, ref.offset,
                                                 f"{ref}: only env references are allowed in '{path[0]}'"))
@@ -488,7 +492,8 @@ class _Checker:
         d = self.data
         params = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
                                       required="default" not in p, description=p.get("description", ""),
-                                      enum=tuple(p["enum"]) if "enum" in p else None)
+                                      enum=tuple(p["enum"]) if "enum" in p else None,
+                                      secret=p.get("secret") is True)
                   for name, p in self.params.items()}
         tasks = {name: self.build_task(name) for name in self._order or self.order()}
         env = d.get("environment", {})
@@ -497,7 +502,8 @@ class _Checker:
             env_own["_files"] = MappingProxyType(self.attached)
         environment = EnvironmentSpec(
             type=env.get("type", "local"), labels=tuple(env.get("labels", ())),
-            env=MappingProxyType(refs.compile_value({k: _env_str(v) for k, v in env.get("env", {}).items()})),
+            env=MappingProxyType(refs.compile_value({k: _env_str(v) for k, v in env.get("env", {}).items()},
+                                                    TASK_KINDS)),
             on_start=env.get("on_start"), on_exit=env.get("on_exit"), options=MappingProxyType(env_own))
         path = os.path.abspath(self.doc.file)
         return FlowSpec(

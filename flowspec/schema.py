@@ -360,8 +360,8 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
                       " run's summary (its state) when it takes one parameter",
         "on_failure": f"flow-level hooks: {_LATER}; environment.on_exit is called after every run and gets the"
                       " run's summary (its state) when it takes one parameter",
-        "secrets": f"secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}} (`flowspec agent start"
-                   " --env NAME=VALUE` passes them to an agent's runs)",
+        "secrets": "secrets are not declared: write ${{ secrets.NAME }} where the value is needed (in `with`"
+                   " or environment.env), and set it with `flowspec secrets set NAME` or FLOWSPEC_SECRET_NAME",
         "cache": f"caching is set per task (tasks.NAME.cache): {_LATER}",
     },
     "task": {
@@ -388,7 +388,7 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "state_handlers": f"task hooks (on_success, on_failure, on_retry): {_LATER}",
         "max_retries": "write `retries: N` (attempts after the first failure)",
         "outputs": f"flow outputs (top-level outputs): {_LATER}; a task's result is its return value",
-        "secrets": f"secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}}",
+        "secrets": "write ${{ secrets.NAME }} in the task's `with`, or declare a parameter `secret: true`",
     },
     "parameter": {
         "required": "a parameter is required when it has no `default`; remove `required`",
@@ -397,8 +397,8 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "value": "write `default: ...`: the value used when none is given at run time",
     },
     "environment": {
-        "secrets": f"environment.secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}} (`flowspec agent"
-                   " start --env NAME=VALUE` passes them to an agent's runs)",
+        "secrets": f"platform secrets (environment.secrets): {_LATER}; write ${{{{ secrets.NAME }}}} in"
+                   " environment.env: it is resolved where the flow runs (FLOWSPEC_SECRET_NAME, or the backend's store)",
         "schedule": f"schedules (a top-level `schedule`): {_LATER}",
     },
 }

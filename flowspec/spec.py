@@ -15,6 +15,7 @@ class ParameterSpec:
     required: bool = True
     description: str = ""
     enum: tuple | None = None
+    secret: bool = False  # its value reads MASK wherever it would be shown or stored
 
 
 def built(cls, **fields):

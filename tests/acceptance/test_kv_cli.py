@@ -94,8 +94,8 @@ def test_kv_reference_and_task_api(cli, env, tmp_path: Path) -> None:
     assert done.rc == 0 and "watermark was 2026-01-01" in done.output
     assert cli("kv", "get", "item/000", env=env).rc == 1
     run_id = json.loads(cli("runs", "list", "--format", "json", env=env).stdout)[0]["id"]
-    history = cli("runs", "show", run_id, env=env).stdout
-    assert "kv.watermark" in history  # the value read at run start is in the run's history
+    history = cli("runs", "logs", run_id, env=env).stdout
+    assert 'kv.watermark = "2026-01-01"' in history  # the value read at run start is in the run's history
     bad = tmp_path / "bad.yaml"
     bad.write_text(READS.replace("kv.watermark", "kv.nothing"))
     failed = cli("run", bad, env=env)

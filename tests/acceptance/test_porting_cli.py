@@ -260,7 +260,7 @@ def test_a_quoted_version_is_told_to_drop_the_quotes(cli, tmp_path):
     (("tasks", "x"), "if", "yes", "`trigger: any_failed`"),
     (("tasks", "x"), "run_name", "n", "mapped children are named NAME[index]"),
     (("tasks", "x"), "max_retries", "3", "write `retries: N`"),
-    (("environment",), "secrets", "{A: b}", "`flowspec agent start --env NAME=VALUE`"),
+    (("environment",), "secrets", "{A: b}", "write ${{ secrets.NAME }} in environment.env"),
     (("parameters", "p"), "required", "true", "a parameter is required when it has no `default`"),
 ])
 def test_an_unknown_key_that_people_write_says_what_flowspec_has(cli, tmp_path, where, key, value, says):
