@@ -50,7 +50,7 @@ def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None
 
 
 def _parameter(p, value, source: str) -> dict:
-    secret = is_secret(p.name) or source == "default" and _reads_secret(p.default)
+    secret = is_secret(p.name) or getattr(p, "secret", False) or source == "default" and _reads_secret(p.default)
     return {"name": p.name, "type": p.type or "any", "value": MASK if secret else value,
             "source": source, "masked": secret, "description": p.description}
 
@@ -144,8 +144,11 @@ def _effective(value, environ, warnings: list[str], where: str, secret: bool = F
     if isinstance(value, dict):  # mask key by key: `env_vars`, `task_definition`, ...
         return {k: _effective(v, environ, warnings, f"{where}.{k}", secret or is_secret(k) or is_secret(k, False))
                 for k, v in value.items()}
-    compiled = refs.compile_value(value)
-    secret = secret or any(ref.kind == "env" and is_secret(ref.name) for _, ref in refs.iter_refs(compiled))
+    compiled = refs.compile_value(value, refs.KINDS + ("kv", "secrets"))
+    secret = secret or any(ref.kind == "secrets" or ref.kind == "env" and is_secret(ref.name)
+                           for _, ref in refs.iter_refs(compiled))
+    if secret and any(ref.kind == "secrets" for _, ref in refs.iter_refs(compiled)):
+        return MASK  # resolved only where the flow runs
     try:
         value = refs.resolve(compiled, refs.env_lookup(environ))
     except LookupError as exc:  # an unset variable without a fallback
