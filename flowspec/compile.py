@@ -26,6 +26,14 @@ _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?
                          re.I)
 # What a task's `with`/`map` (and environment.env, secrets only) may name besides params, tasks, env.
 TASK_KINDS = refs.KINDS + ("kv", "secrets")
+def _schedule(d: dict) -> tuple:
+    if not d.get("schedule"):
+        return ()
+    from flowspec import schedules
+
+    return schedules.build(d)
+
+
 _SECRET_VAR = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 _URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/@:]*:(?!\$\{\{)[^\s/@]+@", re.I)  # scheme://user:pw@
@@ -191,6 +199,10 @@ class _Checker:
             self.check_task(name, task)
         self.check_cycles()
         self.check_platform()
+        if "schedule" in self.data:  # its own module: cron and zones are read only for a spec that has one
+            from flowspec import schedules
+
+            schedules.check(self.data, self.error, self.params)
 
     # -- parameters ---------------------------------------------------------------------------
     def check_parameters(self) -> None:
@@ -512,7 +524,8 @@ class _Checker:
             description=d.get("description", ""), project=d.get("project", "default"),
             parameters=MappingProxyType(params), tasks=MappingProxyType(tasks),
             executor=_driver(d.get("executor")), storage=_driver(d.get("storage")),
-            environment=environment, source=self.doc.text, document=self.doc, uses_env=self.uses_env)
+            environment=environment, source=self.doc.text, document=self.doc, uses_env=self.uses_env,
+            schedule=_schedule(d), catchup=d.get("catchup") is True)
 
     def build_task(self, name: str) -> TaskSpec:
         t = self.tasks[name]

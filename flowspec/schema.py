@@ -350,9 +350,7 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
 _LATER = "not in this release yet (docs/flow-yaml.md, 'Not in this release yet')"
 _FEATURE_HINTS: dict[str, dict[str, str]] = {
     "top": {
-        "schedule": f"schedules: {_LATER}; until then start runs from cron or CI"
-                    " with `flowspec run FILE` or `flowspec run --name NAME` (an agent runs them)",
-        "schedules": f"schedules (a top-level `schedule`): {_LATER}",
+        "schedules": "write `schedule:` (a list of clocks)",
         "results": f"a result store (results: {{type: local|s3}}, for caching and restarts): {_LATER}",
         "outputs": f"flow outputs: {_LATER}; `flowspec run --format json` reports each task's state",
         "timeout": f"a limit on the whole flow run: {_LATER}; set `timeout` on each task (a limit per attempt)",
@@ -399,7 +397,7 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
     "environment": {
         "secrets": f"platform secrets (environment.secrets): {_LATER}; write ${{{{ secrets.NAME }}}} in"
                    " environment.env: it is resolved where the flow runs (FLOWSPEC_SECRET_NAME, or the backend's store)",
-        "schedule": f"schedules (a top-level `schedule`): {_LATER}",
+        "schedule": "a schedule is top-level: `schedule:` beside `tasks`",
     },
 }
 

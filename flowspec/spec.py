@@ -87,3 +87,5 @@ class FlowSpec:
     source: str = field(default="", repr=False, compare=False)  # the spec text, for storage
     document: object = field(default=None, repr=False, compare=False)  # loader.Document, for positions
     uses_env: bool = True  # may a task argument hold an env reference (False: none to check before a run)
+    schedule: tuple = ()  # flowspec.schedules.Clock, each; `flowspec register` records them
+    catchup: bool = False  # missed times: skipped (False) or each run once (True)
