@@ -19,7 +19,7 @@ from flowspec.errors import FlowspecError
 # Order is the order of `flowspec --help`.
 COMMANDS = ("validate", "run", "plan", "graph", "fmt", "init", "schema",
             "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit",
-            "kv", "secrets")
+            "kv", "secrets", "scheduler", "schedules")
 EXIT_INTERNAL = 70
 
 ENVIRONMENT = """\

@@ -44,6 +44,8 @@ def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None
         "environment": _environment(spec, environ, warnings),
         "env_references": _env_references(spec, environ, warnings),
     }
+    if spec.schedule:
+        plan["schedule"] = _schedule(spec)
     plan["backend"] = backend_view(backend_url, spec.environment.labels)
     plan["warnings"] = warnings
     return plan
@@ -296,10 +298,32 @@ def render_text(plan: dict) -> str:
     lines += _text_parameters(plan["parameters"])
     lines += _text_tasks(plan["tasks"])
     lines += _text_platform(plan)
+    lines += _text_schedule(plan.get("schedule"))
     lines += _text_backend(plan["backend"])
     if plan["warnings"]:
         lines += ["", "Warnings"] + [f"  ! {w}" for w in plan["warnings"]]
     return "\n".join(lines)
+
+
+def _schedule(spec) -> dict:
+    """The clocks and the next five times (by the scheduler's clock, flowspec.schedules.now)."""
+    from flowspec import schedules
+
+    upcoming = schedules.next_times(spec.schedule, schedules.now(), 5)
+    return {"catchup": spec.catchup,
+            "clocks": [c.to_json() | {"describe": c.describe()} for c in spec.schedule],
+            "next": [{"time": schedules.iso(t, spec.schedule[i].timezone), "clock": i} for t, i in upcoming]}
+
+
+def _text_schedule(schedule: dict | None) -> list[str]:
+    if not schedule:
+        return []
+    lines = ["", f"Schedule     {len(schedule['clocks'])} clock(s), catchup {'on' if schedule['catchup'] else 'off'}"]
+    lines += [f"  {i}. {c['describe']}" + (f"  parameters {json.dumps(c['parameters'])}" if c["parameters"] else "")
+              + (f"  labels {', '.join(c['labels'])}" if c["labels"] is not None else "")
+              for i, c in enumerate(schedule["clocks"])]
+    lines += ["  next runs:"] + [f"    {n['time']}  (clock {n['clock']})" for n in schedule["next"]] + [""]
+    return lines
 
 
 def _show(value) -> str:

@@ -64,6 +64,7 @@ class RetentionStore(Store):
             what = f"flow '{name}'" + (f" version {version}" if version is not None else "")
             self._refuse_active(dict(runs), f"cannot delete {what}: it has runs that have not ended")
             self._delete_rows(tx, f"IN (SELECT id FROM flow_runs WHERE {of_flows})", *flow_ids)
+            tx.run(f"DELETE FROM clocks WHERE flow_id IN ({_marks(flow_ids)})", *flow_ids)
             tx.run(f"DELETE FROM flows WHERE id IN ({_marks(flow_ids)})", *flow_ids)
             owner = flows[0][1]
             # A project is only a name for its flows: it goes with its last one.

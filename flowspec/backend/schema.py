@@ -55,5 +55,20 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated {float} NOT NULL)",
         "CREATE TABLE secrets (name TEXT PRIMARY KEY, token TEXT NOT NULL, updated {float} NOT NULL)",
     ],
+    [
+        # Schedules: the clocks of each flow's latest version, the next time each has not yet
+        # planned, and paused flows. A scheduled run names its clock; the unique index makes a
+        # run per flow, clock and time exactly once whatever the number of schedulers (runs that
+        # no clock made have a NULL clock, and NULLs never collide).
+        "ALTER TABLE flow_runs ADD COLUMN scheduled_start {float}",
+        "ALTER TABLE flow_runs ADD COLUMN clock TEXT",
+        "CREATE UNIQUE INDEX flow_runs_by_clock ON flow_runs (clock, scheduled_start)",
+        "CREATE TABLE clocks (flow_id {bigint} NOT NULL REFERENCES flows (id), position INTEGER NOT NULL,"
+        " project TEXT NOT NULL, flow_name TEXT NOT NULL, clock_key TEXT NOT NULL, definition TEXT NOT NULL,"
+        " catchup INTEGER NOT NULL, next_time {float} NOT NULL, PRIMARY KEY (flow_id, position))",
+        "CREATE INDEX clocks_by_next ON clocks (next_time)",
+        "CREATE TABLE schedule_pauses (project TEXT NOT NULL, flow_name TEXT NOT NULL, paused {float} NOT NULL,"
+        " PRIMARY KEY (project, flow_name))",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
