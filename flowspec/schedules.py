@@ -198,7 +198,7 @@ def build(data: dict) -> tuple[Clock, ...]:
 
 
 # -- times ---------------------------------------------------------------------------------------
-def times(clock: Clock, after: float, until: float) -> Iterator[float]:
+def times(clock: Clock, after: float, until: float = math.inf) -> Iterator[float]:
     """The clock's instants t with after < t <= until, ascending, each once."""
     if clock.interval is not None:
         anchor = clock.start or 0.0
@@ -215,9 +215,12 @@ def _cron_times(clock: Clock, after: float, until: float) -> Iterator[float]:
     from cronsim import CronSim
 
     tz = zone(clock.timezone)
-    # Walk the wall clock (naive local times), then map each to its instant. Start an hour
-    # early: in a fall-back hour, the wall time of `after` may be past times still to come.
-    wall = datetime.fromtimestamp(after, tz).replace(tzinfo=None) - timedelta(hours=3)
+    # Walk the wall clock (naive local times), then map each to its instant. Just after a fall
+    # back, the wall time of `after` is past times still to come: start from before the change.
+    here = datetime.fromtimestamp(after, tz)
+    wall = here.replace(tzinfo=None)
+    if tz is not UTC and datetime.fromtimestamp(after - 3 * 3600, tz).utcoffset() != here.utcoffset():
+        wall -= timedelta(hours=3)
     last = None
     for local in CronSim(clock.cron, wall):
         t = instant(local, tz)

@@ -38,6 +38,18 @@ class ScheduleRow:
     next_run: float | None  # the earliest Scheduled run this clock made that has not started
 
 
+def _times(clock, start: float, until: float) -> tuple[list[float], float]:
+    """The clock's times from `start` to `until` (at most MAX_RUNS_PER_CLOCK), and the next one after them."""
+    from flowspec.schedules import times
+
+    due: list[float] = []
+    for t in times(clock, start - 1e-6):
+        if t > until or len(due) >= MAX_RUNS_PER_CLOCK:
+            return due, t
+        due.append(t)
+    return due, float("inf")
+
+
 def clock_id(project: str, flow_name: str, clock_key: str) -> str:
     """A run's `clock`: its flow (across versions) and when the clock fires."""
     return f"{project}/{flow_name}#{clock_key}"
@@ -107,30 +119,33 @@ class ScheduleStore(Store):
                 after_key = (batch[-1][0], batch[-1][1])
 
     def _plan(self, tx: Tx, batch: list[tuple], now: float, until: float) -> int:
-        from flowspec.schedules import Clock, times
+        from flowspec.schedules import Clock
 
-        created, moves, states = 0, [], []
+        runs, moves = [], []
+        planned: dict = {}  # clocks that fire alike and are planned from the same time: computed once
         for flow_id, position, project, name, key, definition, catchup, next_time, flow_labels in batch:
             clock = Clock.from_json(json.loads(definition))
             # Without catchup, times already past are skipped: a stopped scheduler loses them.
             start = next_time if catchup else max(next_time, now)
+            if (key, start) not in planned:
+                planned[key, start] = _times(clock, start, until)
+            due, nxt = planned[key, start]
             labels = json.dumps(sorted(set(clock.labels))) if clock.labels is not None else flow_labels
-            params = json.dumps(dict(clock.parameters))
-            last = None
-            for count, t in enumerate(times(clock, start - 1e-6, until)):
-                if count >= MAX_RUNS_PER_CLOCK:
-                    break
-                run_id, last = uuid.uuid4().hex, t
-                if tx.run("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, created, updated,"
-                          " scheduled_start, clock) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                          run_id, flow_id, name, SCHEDULED, labels, params, now, now, t,
-                          clock_id(project, name, key)) == 1:
-                    created += 1
-                    states.append((run_id, now, SCHEDULED, f"scheduled by {clock.describe()}"))
-            after = last if last is not None else max(until, start)
-            nxt = next(iter(times(clock, after, after + 86400.0 * 366 * 30)), float("inf"))
+            params, clock_name = json.dumps(dict(clock.parameters)), clock_id(project, name, key)
+            runs += [(uuid.uuid4().hex, flow_id, name, SCHEDULED, labels, params, now, now, t, clock_name) for t in due]
             moves.append((nxt, flow_id, position, nxt))
-        tx.many("INSERT INTO run_states (run_id, time, state, message) VALUES (?, ?, ?, ?)", states)
+        # One statement per run, each ignored when another scheduler made that run first; the
+        # runs that are new are then the ones found by their fresh ids.
+        tx.many("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, created, updated,"
+                " scheduled_start, clock) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", runs)
+        created = 0
+        for begin in range(0, len(runs), 500):
+            ids = [run[0] for run in runs[begin:begin + 500]]
+            marks = ", ".join("?" for _ in ids)
+            made = tx.all(f"SELECT id FROM flow_runs WHERE id IN ({marks})", *ids)
+            tx.many("INSERT INTO run_states (run_id, time, state, message) VALUES (?, ?, ?, ?)",
+                    [(run_id, now, SCHEDULED, "created by the flow's schedule") for (run_id,) in made])
+            created += len(made)
         # Never backwards: another scheduler may have planned further meanwhile.
         tx.many("UPDATE clocks SET next_time = ? WHERE flow_id = ? AND position = ? AND next_time < ?", moves)
         return created
