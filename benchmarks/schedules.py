@@ -20,18 +20,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ZONES = ("UTC", "America/Chicago", "Europe/Berlin", "Australia/Lord_Howe")
 
 
-def clocks_for(i: int):
+def clocks_for(i: int, distinct: bool = False):
     from flowspec.schedules import Clock
 
+    if distinct:  # no two clocks alike: every minute of the hour in each of many zones
+        return [Clock(cron=f"{i % 60} * * * *", timezone=_zones()[(i // 60) % len(_zones())])]
     if i % 4 == 3:
         return [Clock(interval=3600.0, start=float(i % 60) * 60)]
     return [Clock(cron=f"{i % 60} * * * *", timezone=ZONES[i % 3])]
+
+
+def _zones() -> list[str]:
+    global _ZONES
+    if not _ZONES:
+        from zoneinfo import available_timezones
+
+        _ZONES = sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
+    return _ZONES
+
+
+_ZONES: list[str] = []
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clocks", type=int, default=10_000)
     parser.add_argument("--backend", default=None, help="a backend URL (default: a fresh SQLite file)")
+    parser.add_argument("--distinct", action="store_true", help="no two clocks alike (the worst case)")
     args = parser.parse_args()
     from flowspec.backend import open_backend
     from flowspec.schedules import parse_instant
@@ -42,7 +57,7 @@ def main() -> int:
         started = time.perf_counter()
         for i in range(args.clocks):
             flow, _ = backend.register_flow("bench", f"flow-{i}", [], {"type": "local"}, f"c{i}", "", {})
-            backend.record_clocks(flow.id, clocks_for(i), False, now)
+            backend.record_clocks(flow.id, clocks_for(i, args.distinct), False, now)
         print(f"registered {args.clocks} flows with one clock each in {time.perf_counter() - started:.1f}s")
         rows = []
         for label, at in (("first", now), ("steady", now + 10), ("next", now + 3600)):
