@@ -250,7 +250,6 @@ def test_a_quoted_version_is_told_to_drop_the_quotes(cli, tmp_path):
 
 
 @pytest.mark.parametrize("where, key, value, says", [
-    ((), "schedule", "[{cron: '0 * * * *'}]", "schedules: not in this release yet"),
     ((), "results", "{type: local}", "a result store"),
     ((), "outputs", "{total: x}", "flow outputs: not in this release yet"),
     (("tasks", "x"), "cache_for", "1h", "caching will be `cache: {expires: DURATION}` (with results)"),
