@@ -3,7 +3,7 @@
     python benchmarks/docker.py [build|latency|many|all] [--repeat N] [--runs N] [--json]
 
 It uses the engine at $DOCKER_HOST when that is set, else starts Debian's dockerd on a private
-socket (../shared/k8s/start-dockerd.sh beside the project) and stops it at the end. Base image:
+socket (tests/infra/start-dockerd.sh) and stops it at the end. Base image:
 $BENCH_BASE_IMAGE, else `localhost/debian-python:bookworm` imported from the debootstrap tarball
 the tests cache (~/.cache/flowspec-tests). Installs in the image come from a wheelhouse (the
 tests' cached dependency wheels plus a wheel of this checkout, built once), as builds here have
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT.parent / "shared" / "k8s"
+SCRIPTS = ROOT / "tests" / "infra"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flowspec-tests"
 BASE = "localhost/debian-python:bookworm"
 DEPS = ["pyyaml>=6.0", "jsonschema>=4.18", "cloudpickle>=2.0", "psycopg[binary]>=3.1"]

@@ -398,6 +398,8 @@ class _Checker:
     def check_platform(self) -> None:
         for section in ("executor", "storage", "environment"):
             value = self.data.get(section)
+            if section == "storage" and isinstance(value, dict) and value.get("type") == "git":
+                value = {k: v for k, v in value.items() if k != "auth"}  # its own grammar: the schema's pattern
             if isinstance(value, dict):
                 self.check_env_refs_only((section,), value)
                 self.check_secrets((section,), value)

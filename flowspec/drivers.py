@@ -19,6 +19,7 @@ STORAGE = {
     "local": "flowspec.storage.local:LocalStorage",
     "docker": "flowspec.storage.docker:DockerStorage",
     "s3": "flowspec.storage.s3:S3Storage",
+    "git": "flowspec.storage.git:GitStorage",
 }
 
 ENVIRONMENTS = {

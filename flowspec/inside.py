@@ -10,7 +10,8 @@ Recorder (task states, log lines, heartbeat), and the final state is set here, w
 code: 0 Success, 1 Failed, 130 Cancelled. SIGTERM (docker stop) cancels the run as Ctrl-C would.
 
 --check DIR: the build check, run by the image build with the image's Python: the Python
-version, flowspec and cloudpickle versions against the registering ones, every `run` callable
+version, flowspec and cloudpickle versions against the registering ones, the packages the flow's
+environment and executor import in the image (the manifest's `needs`), every `run` callable
 and hook imported from the flow's code in DIR, then the payload loaded. Each problem is printed
 with its cause; exit 1 fails the build (so the image is neither tagged nor pushed).
 """
@@ -42,7 +43,7 @@ def check(folder: str) -> list[str]:
                 f" Python {manifest['python']} (base_image: python:{manifest['python']}-slim), or register"
                 f" the flow with Python {here}"]
     problems = [_version_problem(name, want) for name, want in manifest["versions"].items()]
-    problems = [p for p in problems if p]
+    problems = [p for p in problems if p] or [p for p in map(_need_problem, manifest.get("needs", ())) if p]
     if problems:
         return problems
     from flowspec.callables import CallableError, add_import_path, load_callable
@@ -82,6 +83,19 @@ def _version_problem(name: str, want: str) -> str | None:
     return (f"the flow was registered with {name} {want} but the image has "
             f"{name + ' ' + have if have else 'no ' + name}: pin {name}=={want} in the image"
             + (" (a payload pickled by one cloudpickle may not load with another)" if name == "cloudpickle" else ""))
+
+
+def _need_problem(need: list) -> str | None:
+    """A package the flow's environment or executor imports in the image, imported here first so
+    that a missing one fails the build rather than the run."""
+    module, requirement, who = need
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a broken install fails in many ways: its words name the cause
+        return (f"{who} needs the Python package {requirement} (module '{module}') in the image, but it does not"
+                f" import: {type(exc).__name__}: {exc}: install it there (flowspec adds it to the image's"
+                f" requirements; check storage.python_dependencies and the dockerfile for what keeps it out)")
+    return None
 
 
 def importer(exc: BaseException) -> str:

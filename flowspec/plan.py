@@ -20,7 +20,8 @@ ABOUT = {
                  "local-dask": "a pool of threads or processes on this machine",
                  "dask": "a Dask distributed cluster (a temporary local one without `address`)"},
     "storage": {"local": "the compiled flow in a file under the flowspec home",
-                "docker": "an image holding the flow and its code", "s3": "the compiled flow in an S3 object"},
+                "docker": "an image holding the flow and its code", "s3": "the compiled flow in an S3 object",
+                "git": "the spec and code of one commit of a git repository, pinned at register"},
     "environment": {"local": "the flow runner runs in this process",
                     "remote": "the runner runs here, tasks go wherever the executor sends them",
                     "docker": "a container from the docker storage image, on the Docker engine",
@@ -127,6 +128,9 @@ def _driver(table: str, kind: str, options, environ, warnings: list[str]) -> dic
             defaults.append(key)
     for key, value in options.items():
         if key.startswith("_"):  # what the compiler attached (a template's text), not a setting
+            continue
+        if (table, kind, key) == ("storage", "git", "auth"):  # a reference, shown as written (resolved where git runs)
+            settings[key] = value
             continue
         settings[key] = _effective(value, environ, warnings, f"{table}.{key}", is_secret(key, env_var=False))
     return {"type": kind, "about": ABOUT[table].get(kind, ""), "available": available,

@@ -30,5 +30,6 @@ def main(args) -> int:
     if args.format == "json":
         emit_json(location)
     else:
-        print(f"Built flow '{spec.name}': {describe(location)} (fingerprint {location['fingerprint'][:12]})")
+        done = "Resolved (nothing to build)" if location["type"] == "git" else "Built"  # git: the ref's commit
+        print(f"{done} flow '{spec.name}': {describe(location)} (fingerprint {location['fingerprint'][:12]})")
     return 0

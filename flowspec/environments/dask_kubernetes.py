@@ -25,7 +25,8 @@ class DaskKubernetesEnvironment(KubernetesJobEnvironment):
 
     The Job's pod creates the worker pods, so its service account needs the Role in
     docs/kubernetes.md (pods: create, get, list, delete). The flow's image needs
-    `dask[distributed]` and `kubernetes` (storage.python_dependencies). Worker pods are owned
+    `dask[distributed]` and `kubernetes`: docker storage adds them (storage.docker.IMAGE_NEEDS)
+    and its build check imports them. Worker pods are owned
     by the Job's pod, and the watcher deletes any left when the run ends; a death timeout ends
     any worker whose scheduler is gone.
     """

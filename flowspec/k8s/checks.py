@@ -12,6 +12,7 @@ A problem is a manifest path and a message; `locate` turns it into a Diagnostic 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -342,17 +343,26 @@ def read_template(doc, key: str, written, base_dir: str) -> tuple[mf.Template | 
     if not isinstance(written, str):
         return None, []  # the schema said so
     path = os.path.normpath(os.path.join(base_dir, written))
+    shown = shown_path(doc.file, written)
     try:
         text = read_text(path)
     except LoadError as exc:
-        return None, exc.diagnostics
-    except (OSError, UnicodeDecodeError) as exc:
+        return None, [dataclasses.replace(d, file=shown) for d in exc.diagnostics]
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, or bytes that are not UTF-8
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return None, [doc.diag(("environment", key), f"cannot read {written} ({why})",
+        return None, [doc.diag(("environment", key), f"cannot read {written} ({why}; looked for {shown})",
                                "the path is relative to the spec's folder")]
-    template = mf.Template(key, written, path, text)
+    template = mf.Template(key, written, shown, text)
     try:
         template.document()
     except LoadError as exc:
         return None, exc.diagnostics
     return template, []
+
+
+def shown_path(spec_file: str, written: str) -> str:
+    """A template's path as diagnostics print it: the way the spec's own path was given (relative
+    to the working folder when the spec's is, absolute when it is), never made absolute."""
+    if os.path.isabs(written):
+        return os.path.normpath(written)
+    return os.path.normpath(os.path.join(os.path.dirname(spec_file), written))

@@ -98,7 +98,8 @@ def mount_host_folder(manifest: dict, name: str, folder: str) -> None:
 
 @dataclass(frozen=True)
 class Template:
-    """A manifest file the spec names: its option key, path as written, absolute path and text."""
+    """A manifest file the spec names: its option key, path as written, path as diagnostics show it
+    (see checks.shown_path) and text."""
 
     key: str
     written: str

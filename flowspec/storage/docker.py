@@ -8,6 +8,7 @@ environment shares: `engine()` and `engine_error()`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -237,6 +238,67 @@ def find_image(client, ref: str, in_registry: bool):
                              " the registry that holds it")
 
 
+# -- what runs inside the image needs ----------------------------------------------------------------
+# Beyond flowspec's own requirements, by the executor or environment that asks: the module the
+# build check imports, the flowspec extra that provides it and that extra's distribution (its
+# version bounds come from flowspec's own metadata). Only environments that run the flow in the
+# image (PLATFORM_TYPES) ask: others only read the payload out of it. The local-dask executor's
+# pools are flowspec's own; kubernetes-job and fargate-task run `flowspec.inside`, which needs
+# flowspec's requirements and psycopg (always in).
+IMAGE_NEEDS: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {
+    ("executor", "dask"): (("distributed", "dask", "dask[distributed]"),),
+    ("environment", "dask-kubernetes"): (("distributed", "dask", "dask[distributed]"),  # its pod runs dask
+                                         ("kubernetes", "k8s", "kubernetes")),  # it creates the worker pods
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """A package the image must hold for the flow to run in it, and who asks for it."""
+
+    module: str  # what the build check imports
+    requirement: str  # what pip installs
+    who: str  # "the dask-kubernetes environment"
+    where: tuple  # the spec path of what asks (its `type`)
+
+
+def image_needs(spec) -> list[Need]:
+    """What the flow's environment and executor import in the image, each package once."""
+    from flowspec.environments.platform import PLATFORM_TYPES
+
+    env = spec.environment.type
+    if env not in PLATFORM_TYPES:
+        return []
+    out: dict[str, Need] = {}
+    for section, kind in (("environment", env), ("executor", spec.executor.type)):
+        for module, extra, fallback in IMAGE_NEEDS.get((section, kind), ()):
+            if module not in out:
+                out[module] = Need(module, _extra_requirement(extra, fallback), f"the {kind} {section}",
+                                   (section, "type"))
+    return list(out.values())
+
+
+def _extra_requirement(extra: str, fallback: str) -> str:
+    """flowspec's requirement line for `fallback`'s distribution in `extra` (with its bounds)."""
+    want = req_name(fallback)
+    for req in _installed()[0] or ():
+        line, _, marker = req.partition(";")
+        if _marker_extra(marker) == extra and req_name(line) == want:
+            return line.strip()
+    return fallback
+
+
+def _marker_extra(marker: str) -> str | None:
+    found = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+    return found.group(1) if found else None
+
+
+def req_name(requirement: str) -> str:
+    """A requirement's distribution name, normalized as pip compares them (PEP 503)."""
+    found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", found.group(1)).lower() if found else requirement.strip().lower()
+
+
 # -- flowspec itself, and the wheels that go in ------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _installed() -> tuple[list[str] | None, str | None]:
@@ -263,14 +325,18 @@ def _installed() -> tuple[list[str] | None, str | None]:
 
 
 def flowspec_source() -> Path | None:
-    """The source checkout of the running flowspec, when it is not a released install."""
+    """The source checkout of the running flowspec, when it is not a released install: the
+    tree this module was imported from (so a checkout on PYTHONPATH goes in, not another one
+    installed in editable mode), else the folder a local install was made from."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and _not_site(root):
+        return root
     direct = _installed()[1]
     if direct:
         info = json.loads(direct)
         if "dir_info" in info and info.get("url", "").startswith("file://"):
             return Path(info["url"][len("file://"):])
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() and not direct and _not_site(root) else None
+    return None
 
 
 def _not_site(root: Path) -> bool:
@@ -339,6 +405,7 @@ class BuildPlan:
         self.files: dict[str, Path | bytes | tuple] = {}  # context path → a file (bytes once digested), or bytes
         self.executable: set[str] = set()  # context paths of files with an execute bit
         self.notes: list[str] = []
+        self.needs = image_needs(spec)
         self.user_dockerfile = self._user_dockerfile()
         self._add_flow(payload)
         self._add_user_files()
@@ -380,7 +447,7 @@ class BuildPlan:
         targets += [(f"environment.{k}", v) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]
         manifest = {"python": self.python, "sha256": sha, "fingerprint": self.fp, "flow": spec.name,
                     "versions": {"flowspec": _version("flowspec"), "cloudpickle": _version("cloudpickle")},
-                    "targets": targets}
+                    "targets": targets, "needs": [[n.module, n.requirement, n.who] for n in self.needs]}
         self.files[f"{flow}/manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
 
     def _add_user_files(self) -> None:
@@ -417,7 +484,12 @@ class BuildPlan:
         """pip arguments of two steps, (dependencies, flowspec): its dependencies (and the user's)
         change rarely and keep their layer when only flowspec's own wheel changes."""
         version = _version("flowspec")
-        deps = [f"cloudpickle=={_version('cloudpickle')}", *_requirements(), *(self.opts.get("python_dependencies") or ())]
+        needed = [n.requirement for n in self.needs]
+        deps = [f"cloudpickle=={_version('cloudpickle')}", *_requirements(), *needed,
+                *(self.opts.get("python_dependencies") or ())]
+        for who in dict.fromkeys(n.who for n in self.needs):
+            self.notes.append(f"{who} needs in the image: "
+                              + ", ".join(n.requirement for n in self.needs if n.who == who))
         args = ["--no-cache-dir", "--disable-pip-version-check"]
         house = os.environ.get(WHEELHOUSE_VAR)
         if house:
@@ -596,6 +668,9 @@ class BuildPlan:
         if "no space left on device" in error.lower():
             return disk_full(error)
         head = step[0] if step else "a build step"
+        missing = _pip_missing(step) if f"{VENV}/bin/pip" in head else None  # flowspec's step, not a dockerfile's
+        if missing:
+            return self.uninstallable(missing)
         if "python3" in head and ("not found" in error or "127" in error or any("not found" in s for s in step)):
             found = re.search(r'exec: "python3": [^:]*', error)
             return FlowspecError(f"the base image has no python3: {found.group(0) if found else _first_line(error)}",
@@ -610,6 +685,28 @@ class BuildPlan:
                              f"\nimage {self.ref} was neither tagged nor pushed",
                              hint="fix that step (python_dependencies, files, dockerfile) and build again")
 
+    def uninstallable(self, missing: str) -> FlowspecError:
+        """pip found no distribution for `missing`: at the spec line that asked for it, if one did."""
+        house = os.environ.get(WHEELHOUSE_VAR)
+        if house:
+            hint = (f"add its wheel (and its dependencies') to ${WHEELHOUSE_VAR}: pip download --only-binary=:all:"
+                    f" --python-version {self.python} --dest {house} '{missing.split(' (from')[0]}'")
+        else:
+            hint = "check its name and version; the engine's builds need the package index (or set" \
+                   f" ${WHEELHOUSE_VAR} to a folder of wheels)"
+        message = f"pip cannot install {missing} in the image: no distribution of it was found"
+        asked = req_name(missing)
+        deps = self.opts.get("python_dependencies") or ()
+        for i, dep in enumerate(deps):
+            if dep.strip() == missing or req_name(dep) == asked:
+                return SpecError([self._diag(("python_dependencies", i), message, hint)])
+        for need in self.needs:
+            if need.requirement == missing or req_name(need.requirement) == asked:
+                return SpecError([self.spec.document.diag(need.where, f"{need.who} needs {need.requirement} in the"
+                                                          f" image, and pip cannot install {missing} there: no"
+                                                          " distribution of it was found", hint)])
+        return FlowspecError(f"{message}\nimage {self.ref} was neither tagged nor pushed", hint=hint)
+
     def push(self, client) -> None:
         repo, tag = self.ref.rsplit(":", 1)
         say(f"pushing {self.ref}")
@@ -621,6 +718,20 @@ class BuildPlan:
             raise
         except Exception as exc:
             raise push_error(self.ref, str(exc)) from None
+
+
+def _pip_missing(output: list[str]) -> str | None:
+    """The requirement pip could not find, as it printed it (with `(from PARENT)` when it is a
+    dependency of another), or None when pip failed otherwise."""
+    for line in output:
+        found = re.search(r"Could not find a version that satisfies the requirement (.+?) \(from versions", line)
+        if found:
+            return found.group(1).strip()
+    for line in output:
+        found = re.search(r"No matching distribution found for (\S.*)$", line)
+        if found:
+            return found.group(1).strip()
+    return None
 
 
 def _image(api, ref: str, doing: str):
@@ -667,8 +778,7 @@ def _requirements() -> list[str]:
     out = []
     for req in requires:
         name, _, marker = req.partition(";")
-        marker = marker.replace(" ", "")
-        if not marker or marker in ('extra=="postgres"', "extra=='postgres'"):
+        if not marker.strip() or _marker_extra(marker) == "postgres":
             out.append(name.strip())
     return out
 

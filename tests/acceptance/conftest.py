@@ -36,6 +36,9 @@ def _command(args) -> list[str]:
 def _env(extra: dict | None) -> dict:
     env = dict(os.environ)
     env.pop("PYTHONWARNINGS", None)  # pytest's warning filters must not leak into the child
+    # pytest's name for the running test: with a large parameter in it, the environment alone
+    # would pass the kernel's limit on one variable (E2BIG), and the child has no use for it.
+    env.pop("PYTEST_CURRENT_TEST", None)
     env.update(extra or {})
     return env
 

@@ -120,9 +120,9 @@ def test_parameter_defaults_read_the_environment_at_run_time(cli, tmp_path, home
     assert unset.rc == 2 and f"{spec}:6:14: error: parameters.where.default" in unset.stderr
     assert "--param where=VALUE" in unset.stderr and "internal error" not in unset.stderr
     given = cli("run", spec, "--param", "where=given", env=home)  # a value given: its default is not read
-    assert given.rc == 0 and "where=given port=8080" in given.stdout, given.output
+    assert given.rc == 0 and "show | where=given port=8080" in given.stderr, given.output
     read = cli("run", spec, env=home | {"FS16_WHERE": "from-env", "FS16_PORT": "99"})
-    assert read.rc == 0 and "where=from-env port=99" in read.stdout, read.output
+    assert read.rc == 0 and "show | where=from-env port=99" in read.stderr, read.output
     wrong = cli("run", spec, env=home | {"FS16_WHERE": "x", "FS16_PORT": "ninety"})
     assert wrong.rc == 2 and "parameter 'port'" in wrong.stderr and 'expected integer, got string "ninety"' \
         in wrong.stderr
@@ -345,7 +345,7 @@ def test_run_and_plan_of_a_folder_use_its_flow_yaml(cli, tmp_path, home):
     folder.mkdir()
     _flow(folder, LOGGING_FLOW.replace("work:work", "tasks:show\n    with: {where: folder}"))
     result = cli("run", folder, env=home)
-    assert result.rc == 0 and "where=folder" in result.stdout, result.output
+    assert result.rc == 0 and "work | where=folder" in result.stderr, result.output
     assert cli("plan", folder, env=home).rc == 0
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "other.yaml").write_text("version: 1\n")

@@ -75,7 +75,7 @@ def moto_server() -> Iterator[str]:
     try:
         from moto.server import ThreadedMotoServer
     except ImportError:
-        pytest.skip("the moto server is not installed: pip install 'moto[server]>=5.2.3'")
+        pytest.skip("the moto server is not installed: pip install 'moto[server]>=5.2.3,<5.3' (or flowspec[test])")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:

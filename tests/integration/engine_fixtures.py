@@ -1,9 +1,10 @@
 """Fixtures for a real Docker engine: Debian's dockerd on a private socket, a local base image
 with Python, the registry on 127.0.0.1:5055 and a folder of wheels for offline installs.
 
-    docker_host     session: `unix://DIR/docker.sock` of a dockerd started for this session
-                    (recipe: ../shared/k8s/start-dockerd.sh beside the project; no bridge, no
-                    iptables); stopped at the end, its netns mount unmounted.
+    docker_host     session: `$DOCKER_HOST` when it is set (an engine the contributor has: used
+                    as it is, nothing is started), else `unix://DIR/docker.sock` of a dockerd
+                    started for this session by tests/infra/start-dockerd.sh (no bridge, no
+                    iptables; needs root), stopped at the end, its netns mount unmounted.
     base_image      session: `localhost/debian-python:bookworm` on that engine, imported from a
                     cached debootstrap tarball (built with debootstrap when missing, ~3 min).
     registry        session: `127.0.0.1:5055` (Debian's docker-registry), reused when one runs.
@@ -34,24 +35,34 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2].parent / "shared" / "k8s"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "tests" / "infra"  # the scripts that start what the platform tests need
 BASE_IMAGE = "localhost/debian-python:bookworm"
 IMAGE_PYTHON = "3.11"  # bookworm's python3
 REGISTRY = "127.0.0.1:5055"
 
 
 def cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/flowspec-tests` (or ~/.cache/flowspec-tests): kept between test sessions."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = root / "flowspec-tests"
+    """`$FLOWSPEC_TEST_CACHE`, else `$XDG_CACHE_HOME/flowspec-tests` (or ~/.cache/flowspec-tests):
+    kept between test sessions."""
+    given = os.environ.get("FLOWSPEC_TEST_CACHE")
+    path = Path(given) if given else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flowspec-tests"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def missing_programs(needs: dict[str, str]) -> str:
+    """What of {program: Debian package} is not on PATH, and the command that installs it; ""
+    when nothing is missing."""
+    missing = {program: package for program, package in needs.items() if shutil.which(program) is None}
+    if not missing:
+        return ""
+    programs = ", ".join(f"{program} (Debian package {package})" for program, package in missing.items())
+    return f"{programs}: apt-get install {' '.join(dict.fromkeys(missing.values()))}"
+
+
 def _run_script(name: str, root: Path, timeout: float, log: str) -> None:
     script = SCRIPTS / name
-    if not script.is_file():
-        pytest.skip(f"{script} not found: the engine recipes live in ../shared/k8s beside the project")
     try:
         subprocess.run(["bash", str(script), str(root)], check=True, capture_output=True, text=True, timeout=timeout)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
@@ -78,12 +89,34 @@ def _stop_pidfile(pidfile: Path, grace: float = 20.0) -> None:
             time.sleep(0.1)
 
 
+def _given_engine(host: str) -> str:
+    """$DOCKER_HOST, once it answers: the contributor's own engine, used as it is."""
+    # In a child: a refused connection leaves the SDK's socket to the garbage collector, whose
+    # ResourceWarning is an error here.
+    ping = "import sys, docker; docker.DockerClient(base_url=sys.argv[1], timeout=10).ping()"
+    done = subprocess.run([sys.executable, "-c", ping, host], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no answer"])[-1]
+        pytest.skip(f"DOCKER_HOST={host} does not answer ({why}): start that engine, or unset DOCKER_HOST to let "
+                    "the tests start a dockerd of their own (Debian package docker.io)")
+    return host
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> Iterator[str]:
-    """A dockerd of this session on a private socket (a temp folder: no clash with others)."""
-    if shutil.which("dockerd") is None:
-        pytest.skip("dockerd not found: install Debian's docker.io package (apt-get install docker.io)")
+    """`$DOCKER_HOST` when set; else a dockerd of this session on a private socket (a temp folder:
+    no clash with others), started by tests/infra/start-dockerd.sh."""
     pytest.importorskip("docker", reason='the docker SDK is missing: pip install "flowspec[docker]"')
+    if os.environ.get("DOCKER_HOST"):
+        yield _given_engine(os.environ["DOCKER_HOST"])
+        return
+    needs = {"dockerd": "docker.io", "docker": "docker.io", "curl": "curl"}
+    if missing := missing_programs(needs):
+        pytest.skip(f"the docker tests start a dockerd of their own and need {missing}, or set DOCKER_HOST to "
+                    "an engine you have")
+    if os.geteuid() != 0:
+        pytest.skip("the docker tests start a dockerd of their own, which needs root: run them as root, or set "
+                    "DOCKER_HOST to an engine you have (e.g. unix:///var/run/docker.sock, or a rootless one)")
     root = Path(tempfile.mkdtemp(prefix="fs-dockerd-"))  # short: a socket path has at most 107 bytes
     try:
         _run_script("start-dockerd.sh", root, 60, "dockerd.log")
@@ -103,7 +136,8 @@ def _rootfs_tarball() -> Path:
     if tarball.is_file():
         return tarball
     if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap not found: install Debian's debootstrap package to build the base image")
+        pytest.skip(f"the base image {BASE_IMAGE} is built with debootstrap, which is missing: "
+                    f"apt-get install debootstrap (or put a tarball of a bookworm root with python3 at {tarball})")
     work = Path(tempfile.mkdtemp(prefix="fs-rootfs-", dir=cache))
     try:
         subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip",
@@ -130,6 +164,8 @@ def base_image(docker_host: str) -> str:
     try:
         client.images.get(BASE_IMAGE)
     except docker.errors.ImageNotFound:
+        if missing := missing_programs({"docker": "docker.io"}):
+            pytest.skip(f"importing the base image {BASE_IMAGE} needs {missing}")
         tarball = _rootfs_tarball()
         # The CLI streams the file to the engine (the SDK's chunked upload of a file is refused).
         proc = subprocess.run(["docker", "import", str(tarball), BASE_IMAGE], capture_output=True, text=True,
@@ -156,8 +192,8 @@ def registry() -> Iterator[str]:
     if _registry_up():
         yield REGISTRY
         return
-    if shutil.which("docker-registry") is None:
-        pytest.skip("docker-registry not found: install Debian's docker-registry package")
+    if missing := missing_programs({"docker-registry": "docker-registry", "curl": "curl"}):
+        pytest.skip(f"the tests start a registry on {REGISTRY} and need {missing}")
     root = Path(tempfile.mkdtemp(prefix="fs-registry-"))
     try:
         _run_script("start-registry.sh", root, 30, "registry.log")
@@ -171,8 +207,8 @@ def registry() -> Iterator[str]:
 def auth_registry() -> Iterator[str]:
     """Debian's docker-registry on a free loopback port with htpasswd auth (user `flowspec`): a
     push without `docker login` is refused as a real private registry refuses it."""
-    if shutil.which("docker-registry") is None:
-        pytest.skip("docker-registry not found: install Debian's docker-registry package")
+    if missing := missing_programs({"docker-registry": "docker-registry"}):
+        pytest.skip(f"the tests start a registry that wants credentials and need {missing}")
     import socket
 
     with socket.socket() as sock:

@@ -1,18 +1,23 @@
 """A real single-node Kubernetes cluster (v1.20) on loopback, for the k8s tests.
 
-The binaries (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and a static
-`pause`) come as one tarball beside the scripts that start them (`start-k8s.sh`,
-`start-node.sh`, `stop-k8s.sh`), in `$FLOWSPEC_K8S_DIR` (default: `../shared/k8s` beside the
-repository). The tarball is unpacked once into the test cache; the kubelet runs pods on the
-Docker engine of `engine_fixtures`, so images built there are on the node already. The cluster
-has no Services and no cluster IPs: pods use host networking, their IP is 127.0.0.1.
+The scripts that start and stop it are the repository's (tests/infra: `start-k8s.sh`,
+`start-node.sh`, `stop-k8s.sh`); the binaries (kube-apiserver, kube-controller-manager,
+kube-scheduler, kubelet and a static `pause`) live in the test cache (`kube-1.20.2/`). They come
+from a prebuilt tarball when one is at hand (`kube-1.20.2-linux-amd64.tar.xz` in
+`$FLOWSPEC_K8S_CACHE`, default `../shared/k8s` beside the repository), else they are built once
+with tests/infra/build-k8s-1.20-from-debian.sh (~10 min on 2 cores) when its Debian packages are
+installed, else the tests skip saying how to get them. The kubelet runs pods on the Docker engine
+of `engine_fixtures` (`$DOCKER_HOST`, or a dockerd of the session). The cluster has no Services
+and no cluster IPs: pods use host networking, their IP is 127.0.0.1.
 
-Its ports are fixed (etcd 23790/23800, API server 16443): one cluster per machine. A cluster
-that is already running (started by another test session) is reused and left running; with
-`KUBECONFIG` set, that cluster is used instead and nothing is started.
+Its ports are fixed (etcd 23790/23800, API server 16443, kubelet 10250): one cluster per machine.
+A cluster that is already running (started by another test session) is reused and left running;
+with `KUBECONFIG` set, that cluster is used instead and nothing is started.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -29,23 +34,21 @@ from pathlib import Path
 
 import pytest
 
-from engine_fixtures import CliFlows
+from engine_fixtures import REPO, SCRIPTS, CliFlows, cache_dir, missing_programs
 
-REPO = Path(__file__).resolve().parents[2]
 API_PORT = 16443
 TARBALL = "kube-1.20.2-linux-amd64.tar.xz"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "pause")
 PAUSE_IMAGE = "localhost/pause:3.2"
 NODE_READY_S = 120
+BUILD_SCRIPT = SCRIPTS / "build-k8s-1.20-from-debian.sh"
+# What the build script needs installed (it would install them itself: a test run does not).
+BUILD_PACKAGES = ("dpkg-dev", "golang-go", "rsync", "jq", "gcc", "libc6-dev", "golang-github-modern-go-reflect2-dev")
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "flowspec-tests"
-
-
-def k8s_dir() -> Path:
-    return Path(os.environ.get("FLOWSPEC_K8S_DIR") or REPO.parent / "shared" / "k8s")
+def prebuilt_dir() -> Path:
+    """Where a prebuilt tarball of the binaries may be: a cache, never a requirement."""
+    return Path(os.environ.get("FLOWSPEC_K8S_CACHE") or REPO.parent / "shared" / "k8s")
 
 
 @dataclass
@@ -121,36 +124,90 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _missing_tools() -> list[str]:
-    needs = {"kubectl": "kubectl (Debian package kubernetes-client)", "etcd": "etcd (Debian package etcd-server)",
-             "etcdctl": "etcdctl (Debian package etcd-client)", "dockerd": "dockerd (Debian package docker.io)",
-             "openssl": "openssl (Debian package openssl)", "curl": "curl (Debian package curl)"}
-    return [why for tool, why in needs.items() if shutil.which(tool) is None]
+def _missing_tools() -> str:
+    needs = {"etcd": "etcd-server", "etcdctl": "etcd-client", "kubectl": "kubernetes-client", "docker": "docker.io",
+             "openssl": "openssl", "curl": "curl"}
+    if not os.environ.get("DOCKER_HOST"):  # else the kubelet runs pods on that engine
+        needs["dockerd"] = "docker.io"
+    return missing_programs(needs)
 
 
-def unpack_binaries() -> Path:
-    """The kube binaries, unpacked once into the test cache; skip when the tarball is missing."""
-    source = k8s_dir()
-    tarball = source / TARBALL
-    scripts = [source / s for s in ("start-k8s.sh", "start-node.sh", "stop-k8s.sh")]
-    missing = [str(p) for p in [tarball, *scripts] if not p.exists()]
-    if missing:
-        pytest.skip(f"the Kubernetes 1.20 binaries and scripts are missing ({', '.join(missing)}): set "
-                    "FLOWSPEC_K8S_DIR to the folder that holds them, or KUBECONFIG to use another cluster")
-    target = cache_dir() / "kube-1.20.2"
-    if not all((target / b).exists() for b in BINARIES):
-        partial = Path(tempfile.mkdtemp(prefix="kube-bin-", dir=cache_dir()))
-        with tarfile.open(tarball) as tar:
-            tar.extractall(partial, filter="data")
-        found = {p.name: p for p in partial.rglob("*") if p.name in BINARIES}
-        if set(found) != set(BINARIES):
-            pytest.skip(f"{tarball} lacks {', '.join(sorted(set(BINARIES) - set(found)))}")
-        for name, path in found.items():
-            path.chmod(0o755)
-            path.replace(partial / name)
+def _missing_build_packages() -> list[str]:
+    def installed(package: str) -> bool:
+        done = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+        return done.returncode == 0 and "install ok installed" in done.stdout
+
+    if shutil.which("dpkg-query") is None:
+        return list(BUILD_PACKAGES)
+    return [p for p in BUILD_PACKAGES if not installed(p)]
+
+
+def _say(request: pytest.FixtureRequest, text: str) -> None:
+    """A line on the terminal now, through pytest's output capture (a long wait is announced)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n[kube_cluster] {text}", file=sys.stderr, flush=True)
+
+
+def _unpack(tarball: Path, target: Path) -> None:
+    partial = Path(tempfile.mkdtemp(prefix="kube-bin-", dir=cache_dir()))
+    with tarfile.open(tarball) as tar:
+        tar.extractall(partial, filter="data")
+    found = {p.name: p for p in partial.rglob("*") if p.name in BINARIES}
+    if set(found) != set(BINARIES):
+        shutil.rmtree(partial, ignore_errors=True)
+        pytest.skip(f"{tarball} lacks {', '.join(sorted(set(BINARIES) - set(found)))}")
+    for name, path in found.items():
+        path.chmod(0o755)
+        path.replace(partial / name)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)  # atomic: a session cut short never leaves half the binaries
+
+
+def _build(request: pytest.FixtureRequest, target: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix="kube-build-", dir=cache_dir()))
+    partial = work / "out"
+    log = cache_dir() / "kube-build.log"
+    _say(request, f"building the Kubernetes 1.20 binaries from Debian's source with {BUILD_SCRIPT.name} into "
+                  f"{target} (once; about 10 min on 2 cores; log: {log}; FLOWSPEC_K8S_BUILD=0 skips instead)")
+    try:
+        with open(log, "wb") as out:
+            done = subprocess.run(["bash", str(BUILD_SCRIPT), str(work), str(partial)], stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=3600)
+        if done.returncode != 0 or not all((partial / b).exists() for b in BINARIES):
+            pytest.fail(f"{BUILD_SCRIPT.name} failed ({done.returncode}); its log:\n"
+                        + log.read_text(errors="replace")[-3000:])
         shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)  # atomic: a session cut short never leaves half the binaries
-    return target
+        partial.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def kube_binaries(request: pytest.FixtureRequest) -> Path:
+    """The kube binaries in the test cache: unpacked from a prebuilt tarball, or built once with
+    the repository's script; skip, saying how to get them, when neither is possible."""
+    target = cache_dir() / "kube-1.20.2"
+    if all((target / b).exists() for b in BINARIES):
+        return target
+    with open(cache_dir() / "kube-1.20.2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be unpacking or building them now
+        if all((target / b).exists() for b in BINARIES):
+            return target
+        tarball = prebuilt_dir() / TARBALL
+        if tarball.is_file():
+            _unpack(tarball, target)
+            return target
+        how = (f"build them once with `{os.path.relpath(BUILD_SCRIPT, REPO)} /tmp/kube-build {target}` (about 10 min on"
+               f" 2 cores; it installs the Debian packages {' '.join(BUILD_PACKAGES)} and fetches Debian's kubernetes"
+               f" source package), or put a prebuilt {TARBALL} in $FLOWSPEC_K8S_CACHE, or set KUBECONFIG to a"
+               " cluster of yours")
+        if os.environ.get("FLOWSPEC_K8S_BUILD") == "0":
+            pytest.skip(f"the Kubernetes 1.20 binaries are not in {target} (FLOWSPEC_K8S_BUILD=0): {how}")
+        if missing := _missing_build_packages():
+            pytest.skip(f"the Kubernetes 1.20 binaries are not in {target}, and building them needs the Debian "
+                        f"packages {' '.join(missing)}: {how}")
+        _build(request, target)
+        return target
 
 
 def import_pause(bin_dir: Path, docker_host: str) -> None:
@@ -166,7 +223,7 @@ def import_pause(bin_dir: Path, docker_host: str) -> None:
 
 def _script(name: str, state: Path, bin_dir: Path, docker_host: str, timeout: float = 180) -> None:
     env = {**os.environ, "KUBE_BIN": str(bin_dir), "DOCKER_HOST": docker_host}
-    result = subprocess.run(["bash", str(k8s_dir() / name), str(state)], env=env, capture_output=True, text=True,
+    result = subprocess.run(["bash", str(SCRIPTS / name), str(state)], env=env, capture_output=True, text=True,
                             timeout=timeout)
     if result.returncode != 0:
         logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(state.glob("*.log")))
@@ -186,17 +243,38 @@ def wait_node_ready(kubeconfig: str, timeout: float = NODE_READY_S) -> None:
 
 
 def running_marker() -> Path:
-    """Where a session that started the cluster notes its state folder, for others to reuse."""
-    return cache_dir() / "k8s-running.json"
+    """Where a session that started the cluster notes its state folder, for others to reuse: one
+    place per machine, as the cluster's ports are (whatever test cache a session uses)."""
+    return Path(tempfile.gettempdir()) / "flowspec-test-k8s-running.json"
+
+
+def _given_cluster(kubeconfig: str) -> KubeCluster:
+    """KUBECONFIG's cluster, once its API server answers: the contributor's own, used as it is."""
+    if not _api_up(kubeconfig):
+        pytest.skip(f"the cluster of KUBECONFIG={kubeconfig} does not answer (kubectl get --raw /readyz): start "
+                    "it, or unset KUBECONFIG to let the tests start a cluster of their own")
+    return KubeCluster(kubeconfig)
+
+
+def _noted_cluster(wait: float = NODE_READY_S + 60) -> dict:
+    """What the session that runs the cluster noted; a session still starting it notes it once
+    its node is Ready, so wait for that while the API port stays open."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return json.loads(running_marker().read_text())
+        except (OSError, ValueError):
+            if time.monotonic() > deadline or not _port_open(API_PORT):
+                return {}
+            time.sleep(1)
 
 
 def _reuse_running() -> KubeCluster | None:
     if not _port_open(API_PORT):
         return None
-    try:
-        noted = json.loads(running_marker().read_text())
-    except (OSError, ValueError):
-        noted = {}
+    noted = _noted_cluster()
+    if not noted and not _port_open(API_PORT):
+        return None  # a start that failed: this session starts its own
     kubeconfig = noted.get("kubeconfig")
     if not kubeconfig or not os.path.exists(kubeconfig) or not _api_up(kubeconfig):
         pytest.skip(f"something else holds 127.0.0.1:{API_PORT}, the test cluster's fixed API port, and it is"
@@ -205,9 +283,8 @@ def _reuse_running() -> KubeCluster | None:
     return KubeCluster(kubeconfig, noted.get("docker_host"), Path(noted["state_dir"]))
 
 
-def start_cluster(docker_host: str, root: Path) -> KubeCluster:
+def start_cluster(bin_dir: Path, docker_host: str, root: Path) -> KubeCluster:
     """Start etcd, the control plane and a kubelet on the engine at `docker_host`; node Ready."""
-    bin_dir = unpack_binaries()
     import_pause(bin_dir, docker_host)
     state = root / "state"
     state.mkdir(parents=True)
@@ -224,7 +301,7 @@ def start_cluster(docker_host: str, root: Path) -> KubeCluster:
 
 def stop_cluster(cluster: KubeCluster) -> None:
     if cluster.state_dir is not None and cluster.docker_host:
-        subprocess.run(["bash", str(k8s_dir() / "stop-k8s.sh"), str(cluster.state_dir)], capture_output=True,
+        subprocess.run(["bash", str(SCRIPTS / "stop-k8s.sh"), str(cluster.state_dir)], capture_output=True,
                        env={**os.environ, "DOCKER_HOST": cluster.docker_host}, timeout=120)
 
 
@@ -233,18 +310,22 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
     """The cluster: `KUBECONFIG`'s, one already running here, or a fresh one for the session."""
     pytest.importorskip("kubernetes", reason="the Kubernetes tests need `pip install kubernetes` (flowspec[k8s])")
     if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is missing: install the Debian package kubernetes-client")
+        pytest.skip("kubectl is missing: apt-get install kubernetes-client")
     if os.environ.get("KUBECONFIG"):
-        yield KubeCluster(os.environ["KUBECONFIG"])
+        yield _given_cluster(os.environ["KUBECONFIG"])
         return
     if (running := _reuse_running()) is not None:
         yield running
         return
     if missing := _missing_tools():
-        pytest.skip(f"a test cluster needs {', '.join(missing)}")
+        pytest.skip(f"the test cluster needs {missing}; or set KUBECONFIG to a cluster of yours")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster's kubelet needs root: run the Kubernetes tests as root, or set KUBECONFIG "
+                    "to a cluster of yours")
+    bin_dir = kube_binaries(request)
     docker_host = request.getfixturevalue("docker_host")
     root = Path(tempfile.mkdtemp(prefix="flowspec-k8s-"))
-    cluster = start_cluster(docker_host, root)
+    cluster = start_cluster(bin_dir, docker_host, root)
     marker = running_marker()
     marker.write_text(json.dumps({"kubeconfig": cluster.kubeconfig, "docker_host": docker_host,
                                   "state_dir": str(cluster.state_dir), "pid": os.getpid()}))

@@ -284,12 +284,24 @@ def test_push_without_credentials_is_unauthorized(docker_flows, auth_registry):
 
 
 def test_failing_run_step_shows_its_output(docker_flows):
+    folder = docker_flows.root / "failstep"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(f"FROM {docker_flows.base}\nRUN echo about to fail && exit 3\n")
+    spec = docker_flows.write("failstep", HELLO, storage="  dockerfile: Dockerfile\n")
+    proc = docker_flows.cli("build", str(spec))
+    assert proc.returncode == 1
+    error = proc.stderr.split("flowspec: error:")[-1]
+    assert "the image build failed at Step 2/" in error and "RUN echo about to fail && exit 3" in error
+    assert "about to fail" in error.split("its output:")[-1]
+
+
+def test_a_package_pip_cannot_find_is_named_at_its_line(docker_flows):
     spec = docker_flows.write("nopkg", HELLO, storage=f"  base_image: {docker_flows.base}\n"
                                                       "  python_dependencies: [surely-not-a-package-xyz]\n")
     proc = docker_flows.cli("build", str(spec))
     assert proc.returncode == 1
-    assert "the image build failed at Step" in proc.stderr
-    assert "No matching distribution found for surely-not-a-package-xyz" in proc.stderr.split("flowspec: error:")[-1]
+    assert (f"{spec}:10:25: error: storage.python_dependencies[0]: pip cannot install surely-not-a-package-xyz in"
+            " the image: no distribution of it was found" in proc.stderr), proc.stderr
 
 
 def test_base_image_not_found_says_so(docker_flows):

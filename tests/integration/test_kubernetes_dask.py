@@ -75,8 +75,8 @@ def dask_flows(kube_flows):
                     f"--serviceaccount={ns}:flowspec-dask", "-n", ns)
     env = (f"  type: dask-kubernetes\n  namespace: {ns}\n  min_workers: 2\n  max_workers: 2\n  scheduler_logs: true\n"
            f"  scheduler_spec_file: scheduler.yaml\n  worker_spec_file: worker.yaml\n")
+    # no python_dependencies: docker storage puts in what dask-kubernetes needs (dask, kubernetes)
     path = kube_flows.write("dask", FLOW_TASKS, env, TASKS, {"scheduler.yaml": SCHEDULER, "worker.yaml": WORKER},
-                            storage="  python_dependencies: ['dask[distributed]', kubernetes]\n",
                             top="parameters:\n  mode: {type: string, default: ok}\n")
     kube_flows.register(path)
     kube_flows.agent("--name", "dask-agent")

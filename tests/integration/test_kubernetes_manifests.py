@@ -143,6 +143,42 @@ def test_missing_and_wrong_kind_templates(tmp_path):
     assert f"{tmp_path / 'worker.yaml'}:2:7: error: kind: this template must be a Pod" in out
 
 
+def test_template_paths_are_printed_as_the_spec_path_was_given(tmp_path):
+    # flow.yaml errors name the spec as the user wrote it; its templates' errors must too, not
+    # as an absolute path the user never typed
+    folder = tmp_path / "flows" / "k8s"
+    folder.mkdir(parents=True)
+    write(folder, """\
+          type: dask-kubernetes
+          scheduler_spec_file: sched.yaml
+          worker_spec_file: ../worker.yaml
+        """, {"sched.yaml": "apiVersion: batch/v1\nkind: Job\nspec: [\n",
+              "../worker.yaml": "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n"
+                                "    - {name: w, imagePullPolicy: Sometimes}\n"})
+    done = flowspec("validate", "flows/k8s/flow.yaml", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout
+    assert "flows/k8s/sched.yaml:4:1: error: (root): invalid YAML" in done.stdout.splitlines()[0]
+    (folder / "sched.yaml").write_text("apiVersion: batch/v1\nkind: Job\nspec:\n  backoffLimit: 2\n"
+                                       "  template: {spec: {containers: [{name: c}]}}\n")
+    done = flowspec("validate", "k8s/flow.yaml", "--format", "json", cwd=tmp_path / "flows")
+    files = {(d["file"], d["line"], d["column"]) for d in json.loads(done.stdout)}
+    assert files == {("k8s/sched.yaml", 4, 17)}, done.stdout
+    (folder / "sched.yaml").write_text("apiVersion: batch/v1\nkind: Job\nspec:\n"
+                                       "  template: {spec: {containers: [{name: c}]}}\n")
+    done = flowspec("validate", "flow.yaml", cwd=folder)
+    assert done.stdout.startswith("../worker.yaml:5:34: error: spec.containers[0].imagePullPolicy:"), done.stdout
+    assert str(tmp_path) not in done.stdout
+    (folder / "sched.yaml").unlink()
+    done = flowspec("validate", "flows/k8s/flow.yaml", cwd=tmp_path)
+    assert "flows/k8s/flow.yaml:12:24: error: environment.scheduler_spec_file: cannot read sched.yaml" \
+           " (No such file or directory; looked for flows/k8s/sched.yaml)" in done.stdout, done.stdout
+    spec = folder / "flow.yaml"
+    spec.write_text(spec.read_text().replace("scheduler_spec_file: sched.yaml", 'scheduler_spec_file: "s\\0.yaml"'))
+    done = flowspec("validate", "flows/k8s/flow.yaml", cwd=tmp_path)  # a NUL in the path: no crash
+    assert done.returncode == 1 and "environment.scheduler_spec_file: cannot read s\\x00.yaml (embedded null byte" \
+        in done.stdout, done.stdout + done.stderr
+
+
 def test_validate_imports_no_kubernetes_client(tmp_path):
     path = write(tmp_path, """\
           type: dask-kubernetes
