@@ -378,8 +378,8 @@ def test_a_command_that_lives_in_a_group_is_named_with_its_group(cli):
     logs = cli("logs", "3f2a")
     assert logs.rc == 2 and "hint: did you mean 'runs logs'?" in logs.stderr
     listed = cli("list")
-    assert "hint: did you mean one of 'flows list', 'runs list', 'agents list', 'concurrency-limit list'?" \
-        in listed.stderr
+    assert "hint: did you mean one of 'flows list', 'runs list', 'agents list', 'concurrency-limit list', 'kv list'," \
+        " 'secrets list', 'schedules list'?" in listed.stderr
     assert "hint: did you mean 'validate'?" in cli("valdate").stderr
     assert "hint: did you mean 'logs'?" in cli("runs", "log").stderr
 
