@@ -108,3 +108,45 @@ def decrypt(token: str, name: str, environ=None) -> str:
     except InvalidToken:
         raise SecretError(f"the secret '{name}' in the backend's store cannot be decrypted with {KEY_VAR}",
                           hint=f"use the key it was stored with, or store it again: flowspec secrets set {name}") from None
+
+
+# A `secret: true` parameter of a run made for an agent is stored as {ENCRYPTED: token}: the
+# backend never holds it in clear, and the agent's child decrypts it where the flow runs.
+ENCRYPTED = "$flowspec_encrypted"
+
+
+def encrypt_params(params: dict, names) -> dict:
+    """`params` with the value of each of `names` encrypted (a UsageError without the key)."""
+    import json
+
+    names = [n for n in names if n in params]
+    if not names:
+        return params
+    cipher = fernet()
+    return {k: {ENCRYPTED: cipher.encrypt(json.dumps(v).encode()).decode("ascii")} if k in names else v
+            for k, v in params.items()}
+
+
+def is_encrypted(value) -> bool:
+    return isinstance(value, dict) and set(value) == {ENCRYPTED}
+
+
+def decrypt_params(params: dict) -> dict:
+    """`params` with each encrypted value decrypted (needs $FLOWSPEC_SECRETS_KEY where it runs)."""
+    import json
+
+    if not any(is_encrypted(v) for v in params.values()):
+        return params
+    cipher = fernet()
+    from cryptography.fernet import InvalidToken
+
+    out = {}
+    for k, v in params.items():
+        if is_encrypted(v):
+            try:
+                v = json.loads(cipher.decrypt(v[ENCRYPTED].encode("ascii")))
+            except InvalidToken:
+                raise SecretError(f"the secret parameter '{k}' cannot be decrypted with {KEY_VAR}",
+                                  hint=f"give the agent the {KEY_VAR} that `flowspec run --name` had") from None
+        out[k] = v
+    return out

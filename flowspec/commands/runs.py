@@ -105,8 +105,11 @@ def shown(run):
 
     from flowspec.masking import mask_params, mask_text, secret_values
 
+    from flowspec.secrets import is_encrypted
+
     values = secret_values(run.parameters)
-    return replace(run, parameters=mask_params(run.parameters), message=mask_text(run.message, values))
+    encrypted = [name for name, value in run.parameters.items() if is_encrypted(value)]
+    return replace(run, parameters=mask_params(run.parameters, encrypted), message=mask_text(run.message, values))
 
 
 def _masking(run):
@@ -451,7 +454,11 @@ def run_registered(args) -> int:
             where = f" in project '{args.project}'" if args.project else ""
             raise NotFoundError(f"no flow named '{args.name}' is registered{where} in {backend.url}",
                                 hint="register it with: flowspec register FILE (see: flowspec flows list)")
-        params = _parameters(flow, args)
+        params, secret = _parameters(flow, args)
+        if secret:  # stored encrypted; the agent's child decrypts them where the flow runs
+            from flowspec.secrets import encrypt_params
+
+            params = encrypt_params(params, secret)
         run = backend.create_flow_run(flow.id, params, args.label)
         reason = agent_reason(run.labels, backend.list_agents(AGENT_SEEN_WINDOW_S))
         if args.format == "json" and not args.watch:
@@ -463,8 +470,9 @@ def run_registered(args) -> int:
         return follow(backend, run.id, args.format) if args.watch else 0
 
 
-def _parameters(flow, args) -> dict:
-    """The run's parameter values, checked against the registered spec's declarations.
+def _parameters(flow, args) -> tuple[dict, list[str]]:
+    """The run's parameter values, checked against the registered spec's declarations, and the
+    names of its `secret: true` parameters.
 
     The registered spec was validated when it was registered: only its `parameters` are read
     here, without a schema check, so that creating a run stays quick.
@@ -480,4 +488,5 @@ def _parameters(flow, args) -> dict:
     specs = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
                                  required="default" not in p, enum=tuple(p["enum"]) if "enum" in p else None)
              for name, p in declared.items()}
-    return parameters(SimpleNamespace(parameters=specs), args)
+    return (parameters(SimpleNamespace(parameters=specs), args),
+            [name for name, p in declared.items() if isinstance(p, dict) and p.get("secret") is True])

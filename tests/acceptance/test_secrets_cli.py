@@ -122,3 +122,43 @@ def test_an_unresolvable_secret_fails_before_any_task(env: dict, tmp_path: Path)
     assert "NOT_THERE" in done.stderr and "FLOWSPEC_SECRET_NOT_THERE" in done.stderr
     assert "secret store" in done.stderr and "flow.yaml:4:" in done.stderr and "Traceback" not in done.stderr
     assert json.loads(_cli(["runs", "list", "--format", "json"], env).stdout) == []  # no task ran
+
+
+AGENT_FLOW = """\
+version: 1
+name: agent-leaky
+parameters:
+  password: {type: string, secret: true}
+tasks:
+  leak:
+    run: tasks:leak
+    with: {token: "${{ secrets.API_TOKEN }}", password: "${{ params.password }}", conn: "c"}
+"""
+
+
+def test_a_secret_parameter_of_an_agent_run_is_stored_encrypted(env: dict, tmp_path: Path) -> None:
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    (flow / "tasks.py").write_text(TASKS)
+    (flow / "flow.yaml").write_text(AGENT_FLOW)
+    env = {**env, "FLOWSPEC_SECRETS_KEY": _key(), "FLOWSPEC_SECRET_API_TOKEN": PLANTED, "DB_URL": "x"}
+    assert _cli(["register", flow / "flow.yaml"], env).returncode == 0
+    no_key = {k: v for k, v in env.items() if k != "FLOWSPEC_SECRETS_KEY"}
+    refused = _cli(["run", "--name", "agent-leaky", "--param", f"password={PARAM}"], no_key)
+    assert refused.returncode == 2 and "FLOWSPEC_SECRETS_KEY" in refused.stderr
+    agent = subprocess.Popen([sys.executable, "-m", "flowspec", "agent", "start", "--poll-interval", "0.2"],
+                             env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        watched = _cli(["run", "--name", "agent-leaky", "--param", f"password={PARAM}", "--watch"], env)
+    finally:
+        agent.terminate()
+        out, err = agent.communicate(timeout=30)
+    assert watched.returncode == 1, watched.stdout + watched.stderr
+    text = watched.stdout + watched.stderr + out + err
+    assert "cannot log in with **** / **** / c" in text
+    run_id = json.loads(_cli(["runs", "list", "--format", "json"], env).stdout)[0]["id"]
+    for args in (["runs", "show", run_id], ["runs", "show", run_id, "--format", "json"], ["runs", "logs", run_id]):
+        text += _cli(args, env).stdout
+    for value in (PLANTED, PARAM):
+        assert value not in text
+        assert value.encode() not in _every_byte(tmp_path), f"{value} was written to a file"
