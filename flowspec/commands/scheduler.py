@@ -32,9 +32,9 @@ def _duration(flag: str, text: str | None, default: float) -> float:
 
     if text is None:
         return default
-    try:
-        value = float(parse_duration(text))
-    except (TypeError, ValueError):
+    try:  # a number of seconds, or 500ms, 5s, 2m, 1h
+        value = float(text) if text.replace(".", "", 1).isdigit() else float(parse_duration(text))
+    except (AttributeError, TypeError, ValueError):
         value = -1.0
     if not value > 0:
         raise UsageError(f"{flag}: expected a duration such as 30s, 15m or 2h, got '{text}'")

@@ -186,3 +186,36 @@ def test_late_runs_say_why_and_an_agent_starts_a_run_at_its_time(tmp_path, backe
         if run["id"] == first["id"]:  # at its time, within a poll interval (and a process start)
             assert run["scheduled_start"] <= submitted[0] < run["scheduled_start"] + 2.0
         assert all(t >= run["scheduled_start"] for t in submitted), "a run started before its time"
+
+
+def test_schedulers_survive_a_database_restart_and_a_kill(tmp_path, postgres_server):
+    """Two schedulers in their loops; the database restarts under them, then one is killed with
+    SIGKILL: runs keep coming, each flow, clock and time once."""
+    import signal
+
+    env = _env(tmp_path, postgres_server.url)
+    _register(tmp_path, env, _spec("  - interval: 1s\n"))
+
+    def scheduler():
+        return subprocess.Popen([sys.executable, "-m", "flowspec", "scheduler", "--horizon", "2s", "--interval", "0.3"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    first, second = scheduler(), scheduler()
+    try:
+        time.sleep(3)
+        postgres_server.restart()
+        restarted = time.time()
+        time.sleep(4)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        time.sleep(3)
+        alive = second.poll() is None
+    finally:
+        for proc in (first, second):
+            proc.kill()
+        errors = [proc.communicate(timeout=10)[1] for proc in (first, second)][1]
+    assert alive, errors
+    starts = [r["scheduled_start"] for r in _scheduled(env)]
+    assert len(starts) == len(set(starts)), "a time has two runs"
+    assert any(t > restarted + 5 for t in starts), errors  # made after the restart, and after the kill
+    assert all(b - a == 1.0 for a, b in zip(starts, starts[1:])), "a time was skipped"
