@@ -219,3 +219,13 @@ def test_schedulers_survive_a_database_restart_and_a_kill(tmp_path, postgres_ser
     assert len(starts) == len(set(starts)), "a time has two runs"
     assert any(t > restarted + 5 for t in starts), errors  # made after the restart, and after the kill
     assert all(b - a == 1.0 for a, b in zip(starts, starts[1:])), "a time was skipped"
+
+
+def test_deleting_a_scheduled_flow_takes_its_planned_runs(tmp_path, backend_url):
+    env = _env(tmp_path, backend_url, "2026-05-01T00:00:00Z")
+    _register(tmp_path, env, _spec("  - interval: 1h\n"))
+    _ok(env, "scheduler", "--once", "--horizon", "3h")
+    assert len(_scheduled(env)) == 3
+    _ok(env, "flows", "delete", "clocked")
+    assert _scheduled(env) == [] and json.loads(_ok(env, "schedules", "list", "--format", "json")) == []
+    assert json.loads(_ok(env, "scheduler", "--once", "--format", "json"))["created"] == 0
