@@ -107,12 +107,23 @@ def check(data: dict, error, params=()) -> None:
     for i, clock in enumerate(clocks):
         if isinstance(clock, dict):
             _check_clock(("schedule", i), clock, error)
-            for name in clock.get("parameters") or {} if isinstance(clock.get("parameters"), dict) else ():
-                if name not in params:
-                    from flowspec.schema import did_you_mean
+            given = clock.get("parameters") if isinstance(clock.get("parameters"), dict) else {}
+            for name, value in given.items():
+                _check_param(("schedule", i, "parameters", name), name, value, params, error)
 
-                    error(("schedule", i, "parameters", name), f"unknown parameter '{name}'",
-                          did_you_mean(name, list(params)) or "declare it under `parameters`")
+
+def _check_param(path: tuple, name: str, value, params, error) -> None:
+    from flowspec.params import type_error
+    from flowspec.schema import did_you_mean
+
+    if name not in params:
+        error(path, f"unknown parameter '{name}'", did_you_mean(name, list(params)) or "declare it under `parameters`")
+        return
+    declared = params[name] if isinstance(params, dict) and isinstance(params[name], dict) else {}
+    kind = declared.get("type") if isinstance(declared.get("type"), str) else None
+    enum = tuple(declared["enum"]) if isinstance(declared.get("enum"), list) else None
+    if (why := type_error(value, kind, enum)):
+        error(path, f"parameter '{name}' of this clock: {why}")
 
 
 def _check_clock(path: tuple, clock: dict, error) -> None:
