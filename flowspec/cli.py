@@ -27,7 +27,9 @@ environment:
   FLOWSPEC_HOME     flowspec's own folder: the default SQLite backend (flowspec.db) and local
                     storage live there (default: ~/.flowspec)
   FLOWSPEC_BACKEND  the backend for commands that use one, when --backend is not given:
-                    sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB"""
+                    sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB
+  FLOWSPEC_SECRETS_KEY  the Fernet key of the backend's secret store (`flowspec secrets`)
+  FLOWSPEC_SECRET_NAME  the value of ${{ secrets.NAME }}, before the store is asked"""
 
 # Examples at the foot of each help page, by command path.
 EXAMPLES = {
