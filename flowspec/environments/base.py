@@ -59,13 +59,17 @@ def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, 
 
 def apply_env(spec, services: dict | None = None) -> dict:
     """Set the flow's variables; return what they replaced so that restore_env can undo it.
-    `services`: the values of its kv and secrets references (flowspec.run_refs)."""
-    from flowspec.run_refs import lookup_with
+    `services`: the values of its kv and secrets references (flowspec.run_refs); without them
+    (a platform's watcher, which runs no flow), a variable holding a secret is left out: it is
+    resolved where the flow runs, in the container, pod or task."""
+    from flowspec.run_refs import SERVICE_KINDS, lookup_with
 
     lookup = lookup_with(services or {}, refs.env_lookup(os.environ))
     values = {}
     diags = []
     for name, value in spec.environment.env.items():
+        if services is None and any(ref.kind in SERVICE_KINDS for _, ref in refs.iter_refs({name: value})):
+            continue
         try:
             values[name] = refs.resolve(value, lookup)
         except refs.UnsetEnvError as exc:

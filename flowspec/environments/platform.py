@@ -136,7 +136,8 @@ def flow_env(spec) -> dict[str, str]:
     """`environment.env` resolved against this process's environment (positioned errors if unset)."""
     saved = apply_env(spec)
     try:
-        return {name: os.environ[name] for name in spec.environment.env}
+        # `saved` names what was set: a variable holding a secret is resolved inside, not here
+        return {name: os.environ[name] for name in saved}
     finally:
         restore_env(saved)
 
