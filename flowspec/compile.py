@@ -464,6 +464,8 @@ class _Checker:
     def check_secrets(self, path: tuple, value) -> None:
         if isinstance(value, dict):
             is_env = path[-1] in ("env", "env_vars", "environment") and len(path) >= 2
+            if path == ("environment", "secrets"):
+                return  # references to the platform's secrets (secret-name/key), not values
             for k, v in value.items():
                 secret = _SECRET_VAR.search(k) if is_env else _SECRET_KEY.search(k)
                 if secret and isinstance(v, str) and v and not _is_reference(v):

@@ -395,8 +395,9 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "value": "write `default: ...`: the value used when none is given at run time",
     },
     "environment": {
-        "secrets": f"platform secrets (environment.secrets): {_LATER}; write ${{{{ secrets.NAME }}}} in"
-                   " environment.env: it is resolved where the flow runs (FLOWSPEC_SECRET_NAME, or the backend's store)",
+        "secrets": "environment.secrets ({NAME: secret-name/key}) is for kubernetes-job and dask-kubernetes;"
+                   " elsewhere write ${{ secrets.NAME }} in environment.env: it is resolved where the flow runs"
+                   " (FLOWSPEC_SECRET_NAME, or the backend's store)",
         "schedule": "a schedule is top-level: `schedule:` beside `tasks`",
     },
 }
