@@ -395,7 +395,7 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "value": "write `default: ...`: the value used when none is given at run time",
     },
     "environment": {
-        "secrets": "environment.secrets ({NAME: secret-name/key}) is for kubernetes-job and dask-kubernetes;"
+        "secrets": "environment.secrets is for kubernetes-job, dask-kubernetes (secret-name/key) and fargate-task (ARN);"
                    " elsewhere write ${{ secrets.NAME }} in environment.env: it is resolved where the flow runs"
                    " (FLOWSPEC_SECRET_NAME, or the backend's store)",
         "schedule": "a schedule is top-level: `schedule:` beside `tasks`",
