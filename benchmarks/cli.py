@@ -18,6 +18,10 @@ one-task spec.
   chain    L = 5 000 and 10 000 `inc` tasks, each taking the previous one's result, declared
            last first (the compiler must order them). validate: within 2 s of a one-task spec;
            run: at most 50 us per task over the plain loop.
+  w2named  W2 with `run_name: "item-${{ args.x }}"` and an `if:` on the mapped task, N = 10 000
+           and 100 000: each task run may add at most 3 us over the w2 row of the same N.
+  chaincond the chain with an `if:` reading the previous task's result on each task, L = 5 000
+           and 10 000: each task may add at most 3 us over the chain row of the same L.
   Every pair N, 2N: the time at most doubles (x 2.2).
 
 Per task, two figures: over the plain loop for the whole process, (wall - plain loop) / task
@@ -81,18 +85,25 @@ tasks:
 
 ONE = 'version: 1\nname: bench-one\ntasks:\n  only: {run: "benchtasks:noop"}\n'
 
+W2_NAMED = W2.replace("name: bench-w2", "name: bench-w2-named").replace(
+    '  inc: {run: "benchtasks:inc", map: {x: "${{ tasks.numbers }}"}}',
+    '  inc: {run: "benchtasks:inc", map: {x: "${{ tasks.numbers }}"}, run_name: "item-${{ args.x }}",'
+    ' if: "${{ params.n > 0 }}"}')
+
 PLAIN_W2 = ("import sys; from benchtasks import numbers, inc, total; "
             "total([inc(x) for x in numbers(int(sys.argv[1]))])")
 PLAIN_CHAIN = ("import sys; from benchtasks import inc\nx = 0\nfor _ in range(int(sys.argv[1])):\n"
                "    x = inc(x)\n")
 
 
-def chain(length: int) -> str:
-    """A chain of `length` tasks, written last task first."""
+def chain(length: int, conditional: bool = False) -> str:
+    """A chain of `length` tasks, written last task first; `conditional`: each task after the
+    first has an `if:` on the previous one's result (always true)."""
     lines = ["version: 1", f"name: bench-chain-{length}", "tasks:"]
     for i in reversed(range(length)):
         arg = "0" if i == 0 else f'"${{{{ tasks.t{i - 1} }}}}"'
-        lines.append(f'  t{i}: {{run: "benchtasks:inc", with: {{x: {arg}}}}}')
+        cond = f', if: "${{{{ tasks.t{i - 1} > 0 }}}}"' if conditional and i else ""
+        lines.append(f'  t{i}: {{run: "benchtasks:inc", with: {{x: {arg}}}{cond}}}')
     return "\n".join(lines) + "\n"
 
 
@@ -157,6 +168,7 @@ class Bench:
         self.checks: list[dict] = []
         self.write("benchtasks.py", TASKS_PY)
         self.write("w2.yaml", W2)
+        self.write("w2named.yaml", W2_NAMED)
         self.write("one.yaml", ONE)
 
     def write(self, name: str, text: str) -> str:
@@ -276,6 +288,30 @@ class Bench:
         self.doubling("validate-chain", lengths)
         self.doubling("run-chain", lengths)
 
+    def features(self, sizes: tuple[int, ...], lengths: tuple[int, ...]) -> None:
+        """The rows with `run_name` and `if`: what each task run adds over the same row without."""
+        rows = {(r["key"], r["output"]): r for r in self.rows}
+        for n in sizes:
+            for terminal in (False, True):
+                base = rows.get((f"w2-{n}", "pty" if terminal else "pipe"))
+                row = self.time(f"w2named-{n}", f"run w2 + run_name + if, N={n:,}",
+                                [*self.flowspec, "run", "w2named.yaml", "--param", f"n={n}"], n + 2, terminal)
+                if base is not None:
+                    self.added(row, base, n + 1, f"w2 + run_name + if N={n:,}")
+        for n in lengths:
+            name = os.path.basename(self.write(f"chaincond-{n}.yaml", chain(n, conditional=True)))
+            for terminal in (False, True):
+                base = rows.get((f"run-chain-{n}", "pty" if terminal else "pipe"))
+                row = self.time(f"run-chaincond-{n}", f"run chain + if, L={n:,}", [*self.flowspec, "run", name], n,
+                                terminal)
+                if base is not None:
+                    self.added(row, base, n - 1, f"chain + if L={n:,}")
+
+    def added(self, row: dict, base: dict, tasks: int, what: str) -> None:
+        row["added_us"], cpu = ((row[k] - base[k]) / tasks * 1e6 for k in ("wall", "cpu"))
+        self.check(f"{what} ({row['output']})", "<= 3 us/task over the row without", row["added_us"] <= 3,
+                   f"{row['added_us']:+.2f} us/task, cpu {cpu:+.2f}", cpu <= 3)
+
     def doubling(self, key: str, sizes: tuple[int, ...]) -> None:
         rows = {(r["key"], r["output"]): r for r in self.rows}
         for small, large in zip(sizes, sizes[1:]):
@@ -295,7 +331,8 @@ class Bench:
         lines = []
         for r in self.rows:
             over = (f"{r['over_us']:.1f} us/task" if "over_us" in r else
-                    f"+{r['over_s']:.2f} s" if "over_s" in r else "-")
+                    f"+{r['over_s']:.2f} s" if "over_s" in r else
+                    f"{r['added_us']:+.2f} us/task over the row without" if "added_us" in r else "-")
             after = f"{r['task_us']:.1f} (cpu {r['task_cpu_us']:.1f}) us/task" if "task_us" in r else "-"
             if r["exit"] != 0:
                 lines.append((r["label"], r["output"], f"{r['tasks']:,}", f"exit {r['exit']}", *["-"] * 6))
@@ -325,7 +362,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one run per row")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row, the best is shown (default 3)")
-    parser.add_argument("--only", default="w2,million,chain", help="workloads, comma-separated")
+    parser.add_argument("--only", default="w2,million,chain,features",
+                        help="workloads, comma-separated (features: the w2named and chaincond rows, after w2 and chain)")
     parser.add_argument("--json", action="store_true", help="rows and checks as one JSON object on stdout")
     parser.add_argument("--checkout", metavar="DIR",
                         help="time `python -m flowspec` from the source tree DIR instead (e.g. an older commit's)")
@@ -350,6 +388,9 @@ def main() -> int:
             bench.million()
         if "chain" in chosen:
             bench.chain(tuple(int(n) for n in args.lengths.split(",")) if args.lengths else (5_000, 10_000))
+        if "features" in chosen:
+            sizes = tuple(int(n) for n in args.sizes.split(",")) if args.sizes else (10_000, 100_000)
+            bench.features(sizes, tuple(int(n) for n in args.lengths.split(",")) if args.lengths else (5_000, 10_000))
     finally:
         shutil.rmtree(bench.dir, ignore_errors=True)
     if args.json:

@@ -50,16 +50,17 @@ class ChildRun:
             return self.not_started()
         signal.signal(signal.SIGTERM, self.on_sigterm)
         self.recorder.start()
+        outputs = None
         try:
             result = self.execute()
-            state, message = result.state, self.reason or run_message(result)
+            state, message, outputs = result.state, self.reason or run_message(result), result.outputs
         except (Exception, KeyboardInterrupt) as exc:
             state, message = outcome_of(exc)
             message = self.reason or message
             if not isinstance(exc, (FlowspecError, KeyboardInterrupt)):
                 traceback.print_exc()
         code = EXIT_CODES.get(state, 1)
-        self.recorder.finish(state, message, code)
+        self.recorder.finish(state, message, code, outputs)
         return code
 
     def execute(self):

@@ -18,7 +18,7 @@ from flowspec.errors import FlowspecError
 
 # Order is the order of `flowspec --help`.
 COMMANDS = ("validate", "run", "plan", "graph", "fmt", "init", "schema",
-            "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit",
+            "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit", "ui",
             "kv", "secrets", "scheduler", "schedules")
 EXIT_INTERNAL = 70
 
@@ -82,6 +82,8 @@ EXAMPLES = {
     "concurrency-limit set": ["flowspec concurrency-limit set dev 2"],
     "concurrency-limit list": ["flowspec concurrency-limit list --format json"],
     "concurrency-limit delete": ["flowspec concurrency-limit delete dev"],
+    "ui": ["flowspec ui                      # http://127.0.0.1:8787/, read-only",
+           "flowspec ui --allow-actions --port 9000", "flowspec ui --host 0.0.0.0 --token LONG-RANDOM-SECRET"],
 }
 
 

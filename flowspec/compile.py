@@ -12,7 +12,8 @@ from flowspec.loader import Document, LoadError, gc_paused, load_file
 from flowspec.params import type_error
 from flowspec.schema import check as schema_check
 from flowspec.schema import did_you_mean
-from flowspec.spec import DriverSpec, EnvironmentSpec, FlowSpec, ParameterSpec, TaskSpec, built
+from flowspec.spec import (DriverSpec, EnvironmentSpec, FlowSpec, HookSpec, LoopSpec, ParameterSpec, TaskSpec,
+                           built)
 
 NEEDS_DOCKER_STORAGE = ("docker", "kubernetes-job", "dask-kubernetes", "fargate-task")
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
@@ -21,6 +22,27 @@ MAX_DURATION = 30 * 24 * 3600.0
 MAX_SUGGESTED = 100  # unknown names that get a did-you-mean hint (see _Checker.suggest)
 MAX_LISTED = 50  # known names listed in a hint
 EMPTY_ARGS: dict = {}  # the `with` or `map` of a task that has none (read only, never changed)
+TASK_HOOKS = ("on_success", "on_failure", "on_retry")
+FLOW_HOOKS = ("on_success", "on_failure")
+# Task keys beyond `run`/`with`/`map`/...: a task without any of them skips their checks.
+_EXTRA_KEYS = frozenset(("if", "run_name", "loop", "cleanup", *TASK_HOOKS))
+# The TaskSpec fields of those keys for a task that has none of them.
+_NO_EXTRAS = {"condition": None, "condition_upstream": (), "run_name": None, "loop": None, "cleanup": None,
+              "on_success": None, "on_failure": None, "on_retry": None, "merge": ()}
+# What `with`, `map`, `if`, flow hooks and `outputs` may reference; kv and secrets are resolved
+# where the flow runs, when it starts (flowspec.run_refs).
+DATA_KINDS = ("params", "tasks", "env", "kv", "secrets")
+OUTPUT_KINDS = ("params", "tasks", "env", "kv")  # outputs are stored with the run: never a secret
+LOOP_KINDS = ("result", "context", "params", "env")  # what `loop.until` may reference
+LOOP_CONTEXT = ("index", "previous")  # context.loop.KEY
+# A reference of a kind the language knows, written where it is not allowed: (message, hint).
+_ONLY_IN = {
+    "args": ("is allowed only in run_name (the task run's own arguments)",
+             "elsewhere, reference params., tasks. or env."),
+    "result": ("is allowed only in loop.until (the result of the iteration)",
+               "a task's result is ${{ tasks.NAME }}"),
+    "context": ("is allowed only in loop.until (context.loop.index, context.loop.previous)", None),
+}
 # Keys and variable names that hold secrets: their values must come from ${{ env.NAME }}.
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?|api_?key|token|credential|private_key",
                          re.I)
@@ -86,8 +108,11 @@ def compile_document(doc: Document, strict: bool = False, files: dict | None = N
 
 def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
     """Import every callable the spec names and check that task arguments fit the signatures:
-    (callable by task name and hook key, diagnostics). Each target is imported and each
-    signature checked once, however many tasks share them (a chain of 500 `inc` tasks)."""
+    (callables, diagnostics). Keys of the callables: a task's name for its `run`; (task name,
+    key) for its `cleanup`, `on_success`, `on_failure`, `on_retry`; (None, key) for the flow's
+    `on_success` / `on_failure`; `on_start` / `on_exit` for the environment's. Each target is
+    imported and each signature checked once, however many tasks share them (a chain of 500
+    `inc` tasks)."""
     from flowspec.callables import CallableError, hook_problem, load_callable, signature_problems
 
     doc: Document = spec.document
@@ -119,6 +144,23 @@ def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
         for problem in problems:
             out.append(doc.diag(("tasks", task.name, "run"), f"{task.run}: {problem}",
                                 "arguments come from 'with' and 'map'; they must match the function's parameters"))
+    for owner, key, hook, path in _one_argument_callables(spec):
+        fn = load(hook.run)
+        if isinstance(fn, CallableError):
+            out.append(doc.diag(path, fn.message, fn.hint))
+            continue
+        callables[(owner, key)] = fn
+        problem = checked.get((hook.run, key == "cleanup", tuple(hook.with_args)), "unchecked")
+        if problem == "unchecked":
+            problem = checked[(hook.run, key == "cleanup", tuple(hook.with_args))] = one_argument_problem(
+                fn, tuple(hook.with_args))
+        if problem:
+            what = "a cleanup is called with the task's result" if key == "cleanup" else \
+                "a hook is called with one argument, a dict describing the run"
+            more = " and the keyword arguments of its 'with'" if hook.with_args else ""
+            first = "resource" if key == "cleanup" else "info"
+            out.append(doc.diag(path, f"{hook.run}: {problem}",
+                                f"{what}{more}: write it as def {key}({first}{', ...' if more else ''}): ..."))
     for key, target in hooks:
         fn = load(target)
         if isinstance(fn, CallableError):
@@ -131,12 +173,59 @@ def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:
     return callables, out
 
 
-def unset_env(spec: FlowSpec, environ=None, given=(), severity: str = "error") -> list[Diagnostic]:
+def _one_argument_callables(spec: FlowSpec):
+    """(owner, key, HookSpec, spec path) of each cleanup and hook: the callables that take one
+    positional argument (a cleanup as a HookSpec without arguments)."""
+    for task in spec.tasks.values():
+        if task.cleanup is not None:
+            yield task.name, "cleanup", HookSpec(task.cleanup), ("tasks", task.name, "cleanup")
+        for key in TASK_HOOKS:
+            hook = getattr(task, key)
+            if hook is not None:
+                yield task.name, key, hook, _hook_path(spec, ("tasks", task.name, key))
+    for key in FLOW_HOOKS:
+        hook = getattr(spec, key, None)
+        if hook is not None:
+            yield None, key, hook, _hook_path(spec, (key,))
+
+
+def _hook_path(spec: FlowSpec, path: tuple) -> tuple:
+    """Where a hook's callable is written: the key itself, or its `run` in the {run, with} form."""
+    node = spec.document.data if spec.document is not None else None
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return path + ("run",) if isinstance(node, dict) else path
+
+
+def one_argument_problem(fn, keywords: tuple = ()) -> str | None:
+    """Why `fn(value, **keywords)` cannot be called, or None when it can."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None  # builtins without a signature: nothing to check
+    try:
+        sig.bind(None, **dict.fromkeys(keywords))
+    except TypeError as exc:
+        more = f" and the keyword argument{'s' * (len(keywords) > 1)} {', '.join(keywords)}" if keywords else ""
+        return f"it must take one positional argument{more}," \
+               f" but its signature is {sig} ({exc})"
+    return None
+
+
+def unset_env(spec: FlowSpec, environ=None, given=(), severity: str = "error", storage: bool = True,
+              ) -> list[Diagnostic]:
     """Each `${{ env.NAME }}` without a fallback whose variable is not set, at its line and column:
-    in the executor's settings (read once `environment.env` is applied, so the flow's own
-    variables count) and in the defaults of parameters not `given` (read before). For run,
-    register, build and plan these are errors (nothing starts); `validate` warns, since the
-    machine that validates is often not the one that runs."""
+    in the flow's `name`, `project`, `description`, the descriptions of parameters and tasks,
+    `environment.labels` and (with `storage`) the storage settings, which are resolved when the
+    spec is compiled for a command (see resolve_env); in the executor's settings (read once
+    `environment.env` is applied, so the flow's own variables count); and in the defaults of
+    parameters not `given` (read before). For run, register, build and plan these are errors
+    (nothing starts); `validate` warns, since the machine that validates is often not the one
+    that runs. The environment's own settings and `environment.env` are read where the flow run
+    starts (an agent's machine), and task arguments, conditions, hooks and outputs during the
+    run: they are checked there."""
     environ = os.environ if environ is None else environ
     doc = spec.document
     out = []
@@ -150,12 +239,82 @@ def unset_env(spec: FlowSpec, environ=None, given=(), severity: str = "error") -
                 out.append(Diagnostic(d.file, d.line, doc.column_of(path + sub, ref.offset), d.path, d.message,
                                       d.hint, severity))
 
+    for path, value in _resolved_at_compile(doc.data, storage):
+        check(path, value)
     for key, value in spec.executor.options.items():
         check(("executor", key), value, spec.environment.env)
     for name, p in spec.parameters.items():
         if not p.required and name not in given and isinstance(p.default, (str, list, dict)):
             check(("parameters", name, "default"), p.default, instead=f", give --param {name}=VALUE")
     return out
+
+
+def _resolved_at_compile(data: dict, storage: bool = True):
+    """(path, value) of each string of the spec that holds `${{` and is resolved when the spec is
+    compiled for a command: the top-level texts, descriptions, labels and storage settings."""
+    def texts(path: tuple, value):
+        if isinstance(value, str):
+            if "${{" in value:
+                yield path, value
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from texts(path + (i,), v)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield from texts(path + (k,), v)
+
+    if not isinstance(data, dict):
+        return
+    for key in ("name", "project", "description"):
+        yield from texts((key,), data.get(key))
+    for section in ("parameters", "tasks"):
+        table = data.get(section)
+        for name, item in table.items() if isinstance(table, dict) else ():
+            if isinstance(item, dict):
+                yield from texts((section, name, "description"), item.get("description"))
+    env = data.get("environment")
+    if isinstance(env, dict):
+        yield from texts(("environment", "labels"), env.get("labels"))
+    store = data.get("storage")
+    if storage and isinstance(store, dict):
+        yield from texts(("storage",), {k: v for k, v in store.items() if k != "type"})
+
+
+def resolve_env(spec: FlowSpec, environ=None, storage: bool = True) -> FlowSpec:
+    """The spec with the `${{ env.NAME }}` references of its name, project, descriptions,
+    labels and (with `storage`) storage settings replaced by their values, as run, register,
+    build and plan use it (unset_env has reported an unset variable before: here one raises
+    refs.UnsetEnvError). The same spec when there is nothing to resolve."""
+    import dataclasses
+
+    environ = os.environ if environ is None else environ
+    found = list(_resolved_at_compile(spec.document.data if spec.document is not None else None, storage))
+    if not found:
+        return spec
+    lookup = refs.env_lookup(environ)
+
+    def value(v):
+        return refs.resolve(refs.compile_value(v), lookup)
+
+    sections = {path[0] for path, _ in found}
+    changes: dict = {}
+    for key in ("name", "project", "description"):
+        if key in sections:
+            changes[key] = _env_str(value(getattr(spec, key)))
+    if "parameters" in sections:
+        changes["parameters"] = MappingProxyType({
+            n: dataclasses.replace(p, description=_env_str(value(p.description))) if "${{" in p.description else p
+            for n, p in spec.parameters.items()})
+    if "tasks" in sections:
+        changes["tasks"] = MappingProxyType({
+            n: built(TaskSpec, **{**t.__dict__, "description": _env_str(value(t.description))})
+            if "${{" in t.description else t for n, t in spec.tasks.items()})
+    if "environment" in sections:
+        changes["environment"] = dataclasses.replace(
+            spec.environment, labels=tuple(_env_str(value(label)) for label in spec.environment.labels))
+    if "storage" in sections:
+        changes["storage"] = DriverSpec(spec.storage.type, MappingProxyType(value(dict(spec.storage.options))))
+    return dataclasses.replace(spec, **changes)
 
 
 class _Checker:
@@ -175,6 +334,8 @@ class _Checker:
         self.uses_env = False  # does any task argument hold an env reference (checked before each run)
         self._order: list[str] | None = None  # the execution order, once the cycle check made it
         self._suggested: dict = {}  # unknown name → its did-you-mean hint
+        self.extras: dict = {}  # task name → its TaskSpec fields from `if`, `run_name`, `loop`, `cleanup`, hooks
+        self.flow_extras: dict = {}  # FlowSpec fields from `outputs`, `timeout` and the flow hooks
 
     def _mapping(self, key: str) -> dict:
         value = self.data.get(key)
@@ -197,6 +358,7 @@ class _Checker:
         self.check_parameters()
         for name, task in self.tasks.items():
             self.check_task(name, task)
+        self.check_flow_keys()
         self.check_cycles()
         self.check_platform()
         if "schedule" in self.data:  # its own module: cron and zones are read only for a spec that has one
@@ -250,6 +412,11 @@ class _Checker:
                 compiled[section] = {k: self.compile_value(base + (section, k), v) for k, v in values.items()}
         self.compiled[name] = compiled
         self._data = None
+        if len(task) > 1 and not _EXTRA_KEYS.isdisjoint(task):
+            data += self.check_task_keys(name, task, compiled)
+        if groups := _merge_groups((compiled.get("with"), compiled.get("map"),
+                                    self.extras[name].get("condition") if name in self.extras else None)):
+            self.extras.setdefault(name, {})["merge"] = groups
         mapped = compiled.get("map")
         if mapped:
             for key in compiled.get("with", {}).keys() & mapped.keys():
@@ -274,37 +441,193 @@ class _Checker:
                     extra.append(other)
         self._upstream[name] = (data, data + extra) if extra else (data, data)
         for key in ("timeout", "retry_delay"):
-            value = task.get(key)
-            if value is None or not _is_duration(value):
-                continue
-            seconds = parse_duration(value)
-            if not math.isfinite(seconds) or seconds > MAX_DURATION:
-                self.error(base + (key,), f"{key} must be a finite duration of at most 30 days")
-            elif key == "timeout" and seconds <= 0:
-                self.error(base + (key,), "timeout must be greater than zero", "remove it for no time limit")
+            self.check_duration(base + (key,), task.get(key))
+        if "${{" in (task.get("description") or "") and isinstance(task["description"], str):
+            self.check_env_refs_only(base + ("description",), task["description"])
 
-    def compile_value(self, path: tuple, value):
-        """Compile references in a `with`/`map` value, reporting bad syntax and unknown names."""
+    def check_duration(self, path: tuple, value) -> None:
+        """A `timeout` (more than zero) or `retry_delay` whose shape the schema has checked."""
+        if value is None or not _is_duration(value):
+            return
+        key = path[-1]
+        seconds = parse_duration(value)
+        if not math.isfinite(seconds) or seconds > MAX_DURATION:
+            self.error(path, f"{key} must be a finite duration of at most 30 days")
+        elif key == "timeout" and seconds <= 0:
+            self.error(path, "timeout must be greater than zero", "remove it for no time limit")
+
+    # -- the task keys of the expression language ---------------------------------------------------
+    def check_task_keys(self, name: str, task: dict, compiled: dict) -> list[str]:
+        """`if`, `run_name`, `loop`, `cleanup` and the hooks of one task: their fields for the
+        TaskSpec go to self.extras; returns the tasks the condition references (data upstreams)."""
+        base = ("tasks", name)
+        extra: dict = {}
+        cond: list[str] = []
+        if "if" in task:
+            self._data = cond
+            extra["condition"] = self.compile_condition(base + ("if",), task["if"], DATA_KINDS, "if")
+            self._data = None
+            extra["condition_upstream"] = tuple(dict.fromkeys(cond))
+        if isinstance(task.get("run_name"), str):
+            args = [k for section in ("with", "map") if isinstance(task.get(section), dict) for k in task[section]]
+            extra["run_name"] = self.compile_run_name(base + ("run_name",), task["run_name"], args)
+        loop = task.get("loop")
+        if isinstance(loop, dict) and "until" in loop:
+            until = self.compile_condition(base + ("loop", "until"), loop["until"], LOOP_KINDS, "loop.until")
+            limit = loop.get("max", 1000)
+            if until is not None and isinstance(limit, int) and not isinstance(limit, bool):
+                extra["loop"] = LoopSpec(until, limit)
+        if isinstance(task.get("cleanup"), str):
+            extra["cleanup"] = task["cleanup"]
+        for key in TASK_HOOKS:
+            if key in task:
+                extra[key] = self.compile_hook(base + (key,), task[key], ("params", "env", "kv", "secrets"))
+        self.extras[name] = extra
+        return cond
+
+    def compile_condition(self, path: tuple, value, allowed: tuple, where: str):
+        """An `if` or a `loop.until`: a boolean, or exactly one `${{ expression }}` (a Ref or an Expr)."""
+        if isinstance(value, bool) or not isinstance(value, str):
+            return value if isinstance(value, bool) else None  # not a string: the schema said so
         try:
-            compiled = refs.compile_value(value, TASK_KINDS)
-        except refs.ReferenceError_:
-            compiled = self._compile_each(path, value)
-        if isinstance(compiled, refs.Ref):  # the common case, without walking it
-            self.check_ref(path, compiled)
-        elif isinstance(compiled, (refs.Template, refs.Expr, list, dict)):
-            for sub, ref in refs.iter_refs(compiled):
-                self.check_ref(path + sub, ref)
+            compiled = refs.parse_string(value, refs.ALL_KINDS)
+        except refs.ReferenceError_ as exc:
+            self.diags.append(self.ref_diag(path, exc.offset, str(exc), exc.hint))
+            return None
+        if isinstance(compiled, str):
+            self.error(path, f"{where} must be a ${{{{ expression }}}}, got the plain text {compiled!r}",
+                       f"write {where.split('.')[-1]}: ${{{{ {compiled.strip()} }}}}" if compiled.strip()
+                       else "write a condition such as ${{ params.full }}")
+            return None
+        if isinstance(compiled, refs.Template):
+            self.error(path, f"{where} must be exactly one ${{{{ expression }}}} with nothing around it",
+                       "put the whole condition inside one ${{ }}: and, or, not and comparisons go inside")
+            return None
+        self.check_refs(path, compiled, allowed, where)
         return compiled
 
-    def _compile_each(self, path: tuple, value):
+    def compile_run_name(self, path: tuple, value: str, args: list | None):
+        try:
+            compiled = _args_template(value) or refs.parse_string(value, refs.ALL_KINDS)
+        except refs.ReferenceError_ as exc:
+            self.diags.append(self.ref_diag(path, exc.offset, str(exc), exc.hint))
+            return None
+        self.check_refs(path, compiled, ("args",), "run_name", args)
+        return compiled
+
+    def compile_hook(self, path: tuple, value, allowed: tuple) -> HookSpec | None:
+        """A hook: `module:function` or {run: module:function, with: {...}} (the schema checked the shape)."""
+        if isinstance(value, str):
+            return HookSpec(value)
+        if not isinstance(value, dict) or not isinstance(value.get("run"), str):
+            return None
+        args = value.get("with")
+        compiled = {}
+        if isinstance(args, dict):
+            for key, v in args.items():
+                compiled[key] = self.compile_value(path + ("with", key), v, allowed, f"the 'with' of {path[-1]}")
+        return HookSpec(value["run"], MappingProxyType(compiled))
+
+    def check_refs(self, path: tuple, compiled, allowed: tuple, where: str, args: list | None = None) -> None:
+        """Each reference in `compiled`: of a kind `allowed` at `where`, naming what exists."""
+        found = [((), compiled)] if isinstance(compiled, refs.Ref) else refs.iter_refs(compiled)
+        for sub, ref in found:
+            kind = ref.kind
+            if kind not in allowed:
+                self.misplaced(path + sub, ref, allowed, where)
+            elif kind == "args":
+                self.check_arg(path + sub, ref, args)
+            elif kind == "context":
+                self.check_context(path + sub, ref)
+            elif kind != "result":
+                self.check_ref(path + sub, ref)
+
+    def misplaced(self, path: tuple, ref: refs.Ref, allowed: tuple, where: str) -> None:
+        from flowspec.expressions import _kinds_text
+
+        if ref.kind in _ONLY_IN and (where != "run_name" or ref.kind != "args"):
+            message, hint = _ONLY_IN[ref.kind]
+            if ref.kind in ("args", "result", "context"):
+                message = f"{ref} {message}"
+                hint = hint if where != "run_name" else f"{where} may reference only ${{{{ args.NAME }}}}"
+            else:
+                message = f"{ref}: {message}"
+        else:
+            message = f"{ref}: {where} may reference only {_kinds_text(allowed)}"
+            hint = {"run_name": "run_name names each task run from its own arguments: ${{ args.NAME }}, NAME"
+                                " given in 'with' or 'map'",
+                    "loop.until": "pass a task's result through 'with'; until reads ${{ result }},"
+                                  " ${{ context.loop.index }}, params and env"}.get(where)
+        self.diags.append(self.ref_diag(path, self._kind_offset(path, ref), message, hint))
+
+    def _kind_offset(self, path: tuple, ref: refs.Ref) -> int:
+        """Where `ref`'s kind is written in the string at `path` (a plain reference's offset is its `${{`)."""
+        node = self.data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else node[key] if isinstance(node, list) \
+                and isinstance(key, int) and key < len(node) else None
+        at = node.find(ref.kind, ref.offset) if isinstance(node, str) else -1
+        return at if at >= 0 else ref.offset
+
+    def check_arg(self, path: tuple, ref: refs.Ref, args: list | None) -> None:
+        if args is None or ref.name in args:
+            return
+        hint = self.suggest(ref.name, args) or (f"its arguments: {', '.join(args)}" if args else
+                                                "the task has no arguments; give them in 'with' or 'map'")
+        self.diags.append(self.ref_diag(path, ref.offset, f"unknown argument '{ref.name}' in {ref}: run_name may"
+                                        " name only this task's arguments (from 'with' and 'map')", hint))
+
+    def check_context(self, path: tuple, ref: refs.Ref) -> None:
+        if ref.name == "loop" and ref.accessors and ref.accessors[0] in LOOP_CONTEXT:
+            return
+        at = ref.spots[0] if ref.name == "loop" and ref.spots else ref.offset
+        self.diags.append(self.ref_diag(path, at, f"{ref}: the context here is context.loop.index or"
+                                        " context.loop.previous", "context.loop.index counts the iterations from 0;"
+                                        " context.loop.previous is the previous iteration's result (None first)"))
+
+    # -- flow keys: outputs, timeout, hooks -----------------------------------------------------------
+    def check_flow_keys(self) -> None:
+        d = self.data
+        outputs = d.get("outputs")
+        if isinstance(outputs, dict):
+            self.flow_extras["outputs"] = MappingProxyType({
+                key: self.compile_value(("outputs", key), value, OUTPUT_KINDS, "outputs")
+                for key, value in outputs.items()})
+        if "timeout" in d:
+            self.check_duration(("timeout",), d["timeout"])
+        for key in FLOW_HOOKS:
+            if key in d:
+                self.flow_extras[key] = self.compile_hook((key,), d[key], DATA_KINDS)
+
+    def compile_value(self, path: tuple, value, allowed: tuple = DATA_KINDS, where: str = "a task argument"):
+        """Compile references in a `with`/`map` value (or an output, a hook's argument), reporting
+        bad syntax, kinds not `allowed` here and unknown names."""
+        try:
+            compiled = refs.compile_value(value, refs.ALL_KINDS)
+        except refs.ReferenceError_:
+            compiled = self._compile_each(path, value, refs.ALL_KINDS)
+        if isinstance(compiled, refs.Ref):  # the common case, without walking it
+            if compiled.kind in allowed:
+                self.check_ref(path, compiled)
+            else:
+                self.misplaced(path, compiled, allowed, where)
+        elif isinstance(compiled, (refs.Template, refs.Expr, list, dict)):
+            for sub, ref in refs.iter_refs(compiled):
+                if ref.kind in allowed:
+                    self.check_ref(path + sub, ref)
+                else:
+                    self.misplaced(path + sub, ref, allowed, where)
+        return compiled
+
+    def _compile_each(self, path: tuple, value, kinds: tuple = refs.KINDS):
         """Slow path, only on error: find each bad string so that each is reported."""
         if isinstance(value, list):
-            return [self._compile_each(path + (i,), v) for i, v in enumerate(value)]
+            return [self._compile_each(path + (i,), v, kinds) for i, v in enumerate(value)]
         if isinstance(value, dict):
-            return {k: self._compile_each(path + (k,), v) for k, v in value.items()}
+            return {k: self._compile_each(path + (k,), v, kinds) for k, v in value.items()}
         if isinstance(value, str):
             try:
-                return refs.parse_string(value, TASK_KINDS)
+                return refs.parse_string(value, kinds)
             except refs.ReferenceError_ as exc:
                 self.diags.append(self.ref_diag(path, exc.offset, str(exc), exc.hint))
         return value
@@ -396,6 +719,12 @@ class _Checker:
 
     # -- executor, storage, environment ---------------------------------------------------------
     def check_platform(self) -> None:
+        for key in ("name", "project", "description"):  # resolved from the environment when compiled for a command
+            if isinstance(self.data.get(key), str) and "${{" in self.data[key]:
+                self.check_env_refs_only((key,), self.data[key])
+        for name, p in self.params.items():
+            if isinstance(p.get("description"), str) and "${{" in p["description"]:
+                self.check_env_refs_only(("parameters", name, "description"), p["description"])
         for section in ("executor", "storage", "environment"):
             value = self.data.get(section)
             if section == "storage" and isinstance(value, dict) and value.get("type") == "git":
@@ -458,8 +787,10 @@ class _Checker:
             if ref.kind == "secrets" and path == ("environment",) and sub[:1] == ("env",):
                 continue  # a flow's variable may carry a secret (resolved where the flow runs)
             if ref.kind != "env":
+                where = path[0] if len(path) == 1 or path[0] not in ("tasks", "parameters") else ".".join(
+                    str(p) for p in path)
                 self.diags.append(self.ref_diag(path + sub, ref.offset,
-                                                f"{ref}: only env references are allowed in '{path[0]}'"))
+                                                f"{ref}: only env references are allowed in '{where}'"))
 
     def check_secrets(self, path: tuple, value) -> None:
         if isinstance(value, dict):
@@ -529,6 +860,7 @@ class _Checker:
             parameters=MappingProxyType(params), tasks=MappingProxyType(tasks),
             executor=_driver(d.get("executor")), storage=_driver(d.get("storage")),
             environment=environment, source=self.doc.text, document=self.doc, uses_env=self.uses_env,
+            timeout=None if d.get("timeout") is None else parse_duration(d["timeout"]), **self.flow_extras,
             schedule=_schedule(d), catchup=d.get("catchup") is True)
 
     def build_task(self, name: str) -> TaskSpec:
@@ -548,7 +880,8 @@ class _Checker:
             retries=t.get("retries", 0), retry_delay=0.0 if delay is None else parse_duration(delay),
             timeout=None if timeout is None else parse_duration(timeout),
             trigger=t.get("trigger", "all_successful"), description=t.get("description", ""),
-            upstream=tuple(all_up), data_upstream=tuple(data_up), per_child=per_child)
+            upstream=tuple(all_up), data_upstream=tuple(data_up), per_child=per_child,
+            **(_NO_EXTRAS if name not in self.extras else {**_NO_EXTRAS, **self.extras[name]}))
 
     def order(self) -> list[str]:
         """Topological order in rounds: each round takes, in declaration order, every task whose
@@ -577,6 +910,62 @@ class _Checker:
         for name in self.tasks:  # declaration order within each round
             rounds[depth[name]].append(name)
         return [name for names in rounds for name in names]
+
+
+_ARG = re.compile(r"\$\{\{\s*args\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}")
+
+
+def _args_template(text: str):
+    """`text` compiled as parse_string would, without the expression parser, when each of its
+    references is a plain `${{ args.NAME }}` (the common run_name); None otherwise."""
+    parts: list = []
+    pos = 0
+    for m in _ARG.finditer(text):
+        if m.start() > pos:
+            parts.append(text[pos:m.start()])
+        parts.append(refs.Ref("args", m.group(1), None, m.start()))
+        pos = m.end()
+    if not parts or "${{" in text[pos:] or any(isinstance(p, str) and "${{" in p for p in parts):
+        return None
+    if pos < len(text):
+        parts.append(text[pos:])
+    return parts[0] if len(parts) == 1 else refs.Template(tuple(parts))
+
+
+def _merge_groups(values) -> tuple:
+    """The groups of task names that `||` joins in these compiled values (Prefect's merge):
+    `${{ tasks.small || tasks.big }}` gives (("small", "big"),). Only expressions are walked."""
+    from flowspec.expressions import Coalesce, RefNode
+
+    groups: list = []
+
+    def node(n) -> None:
+        if isinstance(n, Coalesce):
+            names = [op.ref.name for op in n.operands if isinstance(op, RefNode) and op.ref.kind == "tasks"]
+            if len(set(names)) > 1:
+                groups.append(tuple(dict.fromkeys(names)))
+        if isinstance(n, RefNode):
+            return
+        for child in (*getattr(n, "operands", ()), getattr(n, "operand", None), getattr(n, "left", None),
+                      getattr(n, "right", None)):
+            if child is not None:
+                node(child)
+
+    def value(v) -> None:
+        if isinstance(v, refs.Expr):
+            node(v.root)
+        elif isinstance(v, refs.Template):
+            for part in v.parts:
+                value(part)
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                value(item)
+        elif isinstance(v, dict):
+            for item in v.values():
+                value(item)
+
+    value(values)
+    return tuple(dict.fromkeys(groups))
 
 
 def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:

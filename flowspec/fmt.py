@@ -23,9 +23,10 @@ import yaml
 from flowspec.loader import LoadError, gc_paused, load_text
 
 INDENT = 2
-TOP_ORDER = ("version", "name", "description", "project", "parameters", "tasks",
-             "executor", "storage", "environment")
-TASK_ORDER = ("run", "description", "with", "map", "after", "retries", "retry_delay", "timeout", "trigger")
+TOP_ORDER = ("version", "name", "description", "project", "parameters", "tasks", "outputs", "timeout",
+             "on_success", "on_failure", "executor", "storage", "environment")
+TASK_ORDER = ("run", "description", "with", "map", "after", "retries", "retry_delay", "timeout", "trigger",
+              "if", "run_name", "loop", "cleanup", "on_success", "on_failure", "on_retry")
 PARAM_ORDER = ("type", "default", "description", "enum")
 DRIVER_ORDER = ("type",)
 DRIVERS = ("executor", "storage", "environment")

@@ -2,7 +2,9 @@
 
 Mapped tasks are drawn as stacks (Mermaid's subroutine box, Graphviz's box3d) with what they map
 over. Edges: a solid arrow passes results, a thick one passes them child by child (a mapped task
-over a mapped task), a dashed one is an `after` ordering without data.
+over a mapped task), a dashed one is an `after` ordering without data, a dotted one labelled
+`if` feeds only a condition, and a dashed one labelled `||` is one branch of a merge (the task
+runs when at least one of them succeeded).
 """
 from __future__ import annotations
 
@@ -17,14 +19,23 @@ EXTENSIONS = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "d
 
 
 def edges(spec) -> list[tuple[str, str, str]]:
-    """(upstream, downstream, kind) with kind `data`, `per_child` or `after`."""
+    """(upstream, downstream, kind) with kind `data`, `per_child`, `merge`, `condition` or `after`."""
     out = []
     for task in spec.tasks.values():
         per_child, data = set(task.per_child), set(task.data_upstream)  # sets: a task may wait for thousands
+        merged = {name for group in task.merge for name in group}
+        only_condition = set(task.condition_upstream) - _argument_tasks(task) if task.condition_upstream else ()
         for up in task.upstream:
-            kind = "per_child" if up in per_child else "data" if up in data else "after"
+            kind = "per_child" if up in per_child else "merge" if up in merged else \
+                "condition" if up in only_condition else "data" if up in data else "after"
             out.append((up, task.name, kind))
     return out
+
+
+def _argument_tasks(task) -> set[str]:
+    """The tasks whose results a task's `with` and `map` take."""
+    return {ref.name for section in (task.with_args, task.map_args) for _, ref in refs.iter_refs(dict(section))
+            if ref.kind == "tasks"}
 
 
 def label_lines(task) -> list[str]:
@@ -36,7 +47,18 @@ def label_lines(task) -> list[str]:
         lines.append(f"map {arg} ← {source}")
     if task.trigger != "all_successful":
         lines.append(f"trigger: {task.trigger}")
+    if task.condition is not None:
+        lines.append(f"if {_condition_text(task.condition)}")
+    if task.loop is not None:
+        lines.append(f"loop ≤ {task.loop.max}")
+    if task.cleanup:
+        lines.append(f"cleanup: {task.cleanup}")
     return lines
+
+
+def _condition_text(condition) -> str:
+    text = condition.path() if isinstance(condition, refs.Ref) else getattr(condition, "text", str(condition))
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def mermaid(spec) -> str:
@@ -46,7 +68,8 @@ def mermaid(spec) -> str:
     for task in spec.tasks.values():
         text = "<br/>".join(line.replace('"', "#quot;") for line in label_lines(task))
         out.append(f'    {ids[task.name]}[["{text}"]]' if task.mapped else f'    {ids[task.name]}["{text}"]')
-    arrows = {"data": "-->", "per_child": "==>|per child|", "after": "-.->|after|"}
+    arrows = {"data": "-->", "per_child": "==>|per child|", "after": "-.->|after|", "condition": "-.->|if|",
+              "merge": "-.->|#124;#124;|"}
     out += [f"    {ids[up]} {arrows[kind]} {ids[down]}" for up, down, kind in edges(spec)]
     mapped = [ids[t.name] for t in spec.tasks.values() if t.mapped]
     if mapped:
@@ -60,16 +83,28 @@ def dot(spec) -> str:
     def q(*lines: str) -> str:
         return '"' + "\\n".join(t.replace("\\", "\\\\").replace('"', '\\"') for t in lines) + '"'
 
-    out = [f"digraph {q(spec.name)} {{", "    rankdir=LR;",
+    out = [f"digraph {q(_name(spec))} {{", "    rankdir=LR;",
            '    node [shape=box, style="rounded", fontname="Helvetica", fontsize=11];',
            '    edge [fontname="Helvetica", fontsize=9];']
     for task in spec.tasks.values():
         label = q(*label_lines(task))
         shape = ", shape=box3d, style=solid" if task.mapped else ""
         out.append(f"    {q(task.name)} [label={label}{shape}];")
-    styles = {"data": "", "per_child": ' [style=bold, label="per child"]', "after": ' [style=dashed, label="after"]'}
+    styles = {"data": "", "per_child": ' [style=bold, label="per child"]', "after": ' [style=dashed, label="after"]',
+              "condition": ' [style=dotted, label="if"]', "merge": ' [style=dashed, label="||"]'}
     out += [f"    {q(up)} -> {q(down)}{styles[kind]};" for up, down, kind in edges(spec)]
     return "\n".join(out + ["}"]) + "\n"
+
+
+def _name(spec) -> str:
+    """The flow's name, with `${{ env.NAME }}` read when the variable is set (as written otherwise:
+    a picture needs no variable)."""
+    from flowspec.compile import resolve_env
+
+    try:
+        return resolve_env(spec, storage=False).name
+    except (refs.ResolveError, AttributeError):
+        return spec.name
 
 
 def render(spec, fmt: str) -> bytes:

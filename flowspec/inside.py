@@ -143,9 +143,10 @@ def run(run_id: str) -> int:
         recorder = Recorder(backend, run_id, on_cancel=interrupt_self)
         signal.signal(signal.SIGTERM, _on_sigterm)
         recorder.start()
+        outputs = None
         try:
             result = execute(backend, current, location, recorder)
-            state, message = result.state, run_message(result)
+            state, message, outputs = result.state, run_message(result), result.outputs
         except (Exception, KeyboardInterrupt) as exc:
             state, message = outcome_of(exc)
             if isinstance(exc, KeyboardInterrupt):
@@ -153,7 +154,7 @@ def run(run_id: str) -> int:
             elif not isinstance(exc, FlowspecError):
                 traceback.print_exc()
         code = EXIT_CODES.get(state, 1)
-        recorder.finish(state, message, code)
+        recorder.finish(state, message, code, outputs)
         return code
 
 

@@ -35,6 +35,7 @@ def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None
     """The plan of one run of `spec` with these resolved parameter values."""
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
+    spec = _resolved(spec, environ)
     plan = {
         "flow": spec.name, "project": spec.project, "file": spec.path, "description": spec.description,
         "parameters": [_parameter(p, params[name], sources.get(name, "default"))
@@ -44,12 +45,26 @@ def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None
         "storage": _driver("storage", spec.storage.type, spec.storage.options, environ, warnings),
         "environment": _environment(spec, environ, warnings),
         "env_references": _env_references(spec, environ, warnings),
+        "outputs": {name: written(value) for name, value in getattr(spec, "outputs", {}).items()},
+        "timeout_s": getattr(spec, "timeout", None),
+        "hooks": _hooks(spec, ("on_success", "on_failure")),
     }
     if spec.schedule:
         plan["schedule"] = _schedule(spec)
     plan["backend"] = backend_view(backend_url, spec.environment.labels)
     plan["warnings"] = warnings
     return plan
+
+
+def _resolved(spec, environ):
+    """The spec with its name, descriptions and labels read from the environment (see
+    compile.resolve_env); storage settings are shown resolved by _driver."""
+    from flowspec.compile import resolve_env
+
+    try:
+        return resolve_env(spec, environ, storage=False)
+    except refs.ResolveError:  # unset: the command reported it before planning
+        return spec
 
 
 def _parameter(p, value, source: str) -> dict:
@@ -79,10 +94,39 @@ def _tasks(spec, params: dict, warnings: list[str]) -> list[dict]:
         out.append({
             "name": task.name, "run": task.run, "description": task.description,
             "upstream": list(task.upstream), "data_upstream": list(task.data_upstream),
+            "condition_upstream": list(task.condition_upstream),
             "after": list(task.after), "map": mapped or None, "children": runs[task.name],
             "retries": task.retries, "retry_delay_s": task.retry_delay, "timeout_s": task.timeout,
             "trigger": task.trigger,
+            "if": None if task.condition is None else written(task.condition),
+            "run_name": None if task.run_name is None else written(task.run_name),
+            "loop": None if task.loop is None else {"until": written(task.loop.until), "max": task.loop.max},
+            "cleanup": task.cleanup, "hooks": _hooks(task, ("on_success", "on_failure", "on_retry")),
+            "merge": [list(group) for group in task.merge],
         })
+    return out
+
+
+def written(value):
+    """A compiled value as the spec writes it: references back to `${{ … }}` text."""
+    if isinstance(value, (refs.Ref, refs.Expr)):
+        return str(value)
+    if isinstance(value, refs.Template):
+        return "".join(p if isinstance(p, str) else str(p) for p in value.parts)
+    if isinstance(value, list):
+        return [written(v) for v in value]
+    if isinstance(value, dict):
+        return {k: written(v) for k, v in value.items()}
+    return value
+
+
+def _hooks(owner, keys: tuple) -> dict:
+    """The hooks of a task or a flow: key → {run, with} (references as written)."""
+    out = {}
+    for key in keys:
+        hook = getattr(owner, key, None)
+        if hook is not None:
+            out[key] = {"run": hook.run, "with": written(dict(hook.with_args))}
     return out
 
 
@@ -301,6 +345,7 @@ def render_text(plan: dict) -> str:
     lines = [f"Plan for flow '{plan['flow']}' (project {plan['project']}); nothing has been run.", ""]
     lines += _text_parameters(plan["parameters"])
     lines += _text_tasks(plan["tasks"])
+    lines += _text_flow(plan)
     lines += _text_platform(plan)
     lines += _text_schedule(plan.get("schedule"))
     lines += _text_backend(plan["backend"])
@@ -348,7 +393,8 @@ def _text_tasks(tasks: list[dict]) -> list[str]:
         lines.append(f"  {i}. {t['name']}  ({t['run']})")
         if t["upstream"]:
             data = set(t["data_upstream"])  # a set: a task may wait for thousands
-            kinds = [f"{u} ({'data' if u in data else 'after'})" for u in t["upstream"]]
+            cond = set(t.get("condition_upstream") or ())
+            kinds = [f"{u} ({'if' if u in cond else 'data' if u in data else 'after'})" for u in t["upstream"]]
             lines.append(f"       waits for: {', '.join(kinds)}")
         for arg, m in (t["map"] or {}).items():
             count = f", {m['items']} items" if m["items"] is not None else ""
@@ -362,7 +408,43 @@ def _text_tasks(tasks: list[dict]) -> list[str]:
                   f"trigger {t['trigger']}" if t["trigger"] != "all_successful" else ""]
         if any(extras):
             lines.append("       " + ", ".join(e for e in extras if e))
+        lines += _text_task_keys(t)
     return lines + [""]
+
+
+def _text_task_keys(t: dict) -> list[str]:
+    """The lines of a task's if, run_name, loop, cleanup, hooks and merges (absent: none)."""
+    lines = []
+    if t.get("if") is not None:
+        lines.append(f"       if: {_show(t['if'])} (false: Skipped)")
+    for group in t.get("merge") or ():
+        lines.append(f"       merges {' || '.join(group)}: runs when at least one of them succeeded")
+    if t.get("run_name") is not None:
+        lines.append(f"       run name: {t['run_name']}")
+    if t.get("loop"):
+        lines.append(f"       loops until {_show(t['loop']['until'])}, at most {t['loop']['max']} iterations")
+    if t.get("cleanup"):
+        lines.append(f"       cleanup: {t['cleanup']} (with the result, once its consumers have finished)")
+    lines += _text_hooks(t.get("hooks") or {}, "       ")
+    return lines
+
+
+def _text_hooks(hooks: dict, indent: str) -> list[str]:
+    out = []
+    for key, hook in hooks.items():
+        args = ", ".join(f"{k}={_show(v)}" for k, v in hook["with"].items())
+        out.append(f"{indent}{key}: {hook['run']}{f' with {args}' if args else ''}")
+    return out
+
+
+def _text_flow(plan: dict) -> list[str]:
+    """The flow's outputs, timeout and hooks (nothing when it has none)."""
+    lines = []
+    if plan.get("timeout_s") is not None:
+        lines.append(f"  timeout: {plan['timeout_s']:g}s for the whole run (then TimedOut)")
+    lines += [f"  output {name}: {_show(value)}" for name, value in (plan.get("outputs") or {}).items()]
+    lines += _text_hooks(plan.get("hooks") or {}, "  ")
+    return ["Flow run"] + lines + [""] if lines else []
 
 
 def _text_platform(plan: dict) -> list[str]:

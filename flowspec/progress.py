@@ -19,7 +19,7 @@ import time
 
 from flowspec import logs
 from flowspec.masking import mask_text
-from flowspec.runner import FAILED_STATES, FINAL_STATES, RETRYING, RUNNING, TASK_STATES
+from flowspec.runner import FAILED_STATES, FINAL_STATES, LOOPING, RETRYING, RUNNING, TASK_STATES
 
 CLEAR = "\r\x1b[K"  # back to column 0, erase to the end of the line
 CANCELLED = "Cancelled"
@@ -44,7 +44,7 @@ def is_terminal(stream) -> bool:
 _CODE = {state: i for i, state in enumerate(TASK_STATES)}
 # What a state adds to the counts: (done, failed, cancelled), by state code.
 _WEIGHT = tuple((int(s in FINAL_STATES), int(s in FAILED_STATES), int(s == CANCELLED)) for s in TASK_STATES)
-_ACTIVE = (RUNNING, RETRYING)
+_ACTIVE = (RUNNING, RETRYING, LOOPING)
 MAX_RUNNING_SHOWN = 8  # names on the status line; the rest are counted
 DRAWS_PER_S, DRAW_BURST = 3.0, 2.0  # how often the live line may be drawn (see Progress)
 SETTLE_S = 0.02  # after a task starts or ends, the line is drawn this much later
@@ -331,10 +331,16 @@ class Progress:
 
     def _plain(self, task: str, index, state: str, attempt: int, message) -> None:
         if index is None and state in FINAL_STATES or self.verbose:
-            label = task if index is None else f"{task}[{index}]"
+            label = task if index is None else f"{task}[{self._child_name(task, index)}]"
             detail = f" (attempt {attempt})" if state in (RUNNING, RETRYING) else ""
             detail += f": {message}" if message and state != RUNNING else ""
             self._line(f"{label} {state}{detail}")
+
+    def _child_name(self, task: str, index: int):
+        """A child's `run_name` when its task has one, else its index."""
+        rec = self.records.get(task)
+        names = rec.run_names if rec is not None else None
+        return names[index] if isinstance(names, list) and names[index] is not None else index
 
     def _line(self, text: str) -> None:
         """A plain progress line, in the log lines' layout (`12:03:04.567 INFO    progress | ...`),

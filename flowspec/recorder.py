@@ -31,7 +31,7 @@ FLUSH_INTERVAL_S = 0.2
 FLUSH_ROWS = 2000  # task states that wake the thread before its interval: a fast run writes as it goes
 HEARTBEAT_INTERVAL_S = 1.0
 LOCAL_OUTAGE_S = 10.0  # a local run waits this long, at its end, for a failing backend to record it
-EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
+EXIT_CODES = {"Success": 0, "Failed": 1, "TimedOut": 1, "Cancelled": 130}
 _ACTIVE = {"Submitted", "Running", "Cancelling"}
 
 
@@ -78,6 +78,7 @@ class Recorder:
         self._states: list[tuple] = []
         self._logs: list[tuple] = []
         self._tasks: list[str] = []
+        self._names: list[tuple] = []  # (task, names) of tasks with a `run_name` (see add_run_names)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one flush at a time keeps rows in order
         self._stop = threading.Event()
@@ -95,6 +96,14 @@ class Recorder:
             self._states.append((task, index, state, attempt, time.time(), message))
             if len(self._states) == FLUSH_ROWS:
                 self._wake.set()
+
+    def task_finished(self, record: Any) -> None:
+        """A task is final: the names of its task runs, when it has a `run_name`, are written."""
+        names = record.run_names
+        if names is None:
+            return
+        with self._lock:
+            self._names.append((record.name, names))
 
     def flow_state(self, result: Any) -> None:
         """Create the run when it starts (with `create`), and record its flow's tasks (written
@@ -129,8 +138,10 @@ class Recorder:
         self._thread.start()
         return self
 
-    def finish(self, state: str, message: str | None, exit_code: int | None = None) -> bool:
-        """Stop the thread, write everything buffered, then set the run's final state."""
+    def finish(self, state: str, message: str | None, exit_code: int | None = None,
+               outputs: dict | None = None) -> bool:
+        """Stop the thread, write everything buffered (and the run's `outputs`, when it has
+        some), then set the run's final state."""
         if self._thread.ident is None:
             return False  # never started: nothing ran, nothing is recorded
         self._stop.set()
@@ -142,6 +153,11 @@ class Recorder:
             self.outage.call(self.flush)
         except FlowspecError as exc:  # the final state matters more: still try to write it
             self._warn("its last log lines and task states were not recorded", exc)
+        if outputs:
+            try:
+                self.outage.call(self.backend.set_run_outputs, self.run_id, outputs)
+            except FlowspecError as exc:
+                self._warn("its outputs were not recorded", exc)
         try:
             return self.outage.call(self.backend.set_run_state, self.run_id, state, self._mask(message),
                                     expected_from=_ACTIVE, exit_code=exit_code)
@@ -162,6 +178,7 @@ class Recorder:
             with self._lock:
                 states, logs, self._states, self._logs = self._states, self._logs, [], []
                 tasks, self._tasks = self._tasks, []
+                names, self._names = self._names, []
             if self.secrets or runtime_values():
                 states, logs = self._masked(states, logs)
             try:
@@ -170,10 +187,13 @@ class Recorder:
                     tasks = []
                 self.backend.add_task_states(self.run_id, states)
                 states = []
+                if names:
+                    self.backend.add_run_names(self.run_id, names)
+                    names = []
                 self.backend.add_logs(self.run_id, logs)
             except FlowspecError:
                 with self._lock:  # keep them for the next tick
-                    self._states[:0], self._logs[:0] = states, logs
+                    self._states[:0], self._logs[:0], self._names[:0] = states, logs, names
                     self._tasks = self._tasks or tasks
                 raise
 
@@ -301,5 +321,5 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
             recorder.finish(*outcome_of(exc), exit_code=interrupted_code() if isinstance(exc, KeyboardInterrupt) else 1)
             raise
         code = interrupted_code() if result.state == "Cancelled" else EXIT_CODES.get(result.state, 1)
-        recorder.finish(result.state, run_message(result), code)
+        recorder.finish(result.state, run_message(result), code, getattr(result, "outputs", None))
         return result

@@ -20,16 +20,36 @@ log = logging.getLogger("flowspec.run")
 
 
 def service_refs(spec) -> Iterator[tuple[tuple, refs.Ref]]:
-    """(spec path, reference) of each kv and secrets reference of the spec's tasks and env."""
+    """(spec path, reference) of each kv and secrets reference of the spec's tasks (arguments,
+    conditions, hooks), flow hooks, outputs and env."""
     for task in spec.tasks.values():
-        for section, values in (("with", task.with_args), ("map", task.map_args)):
-            for path, ref in refs.iter_refs(dict(values)):
+        sections = [("with", dict(task.with_args)), ("map", dict(task.map_args))]
+        if getattr(task, "condition", None) is not None:
+            sections.append(("if", task.condition))
+        sections += [((key, "with"), dict(hook.with_args)) for key in ("on_success", "on_failure", "on_retry")
+                     if (hook := getattr(task, key, None)) is not None]
+        for section, values in sections:
+            for path, ref in _refs(values):
                 if ref.kind in SERVICE_KINDS:
-                    yield ("tasks", task.name, section) + path, ref
+                    yield ("tasks", task.name) + (section if isinstance(section, tuple) else (section,)) + path, ref
+    flow_parts = [((key, "with"), dict(hook.with_args)) for key in ("on_success", "on_failure")
+                  if (hook := getattr(spec, key, None)) is not None]
+    flow_parts.append((("outputs",), dict(getattr(spec, "outputs", None) or {})))
+    for where, values in flow_parts:
+        for path, ref in _refs(values):
+            if ref.kind in SERVICE_KINDS:
+                yield where + path, ref
     for name, value in spec.environment.env.items():
         for path, ref in refs.iter_refs({name: value}):
             if ref.kind in SERVICE_KINDS:
                 yield ("environment", "env") + path, ref
+
+
+def _refs(value) -> Iterator[tuple[tuple, refs.Ref]]:
+    if isinstance(value, refs.Ref):
+        yield (), value
+    elif isinstance(value, (refs.Template, refs.Expr, list, dict)):
+        yield from refs.iter_refs(value)
 
 
 def resolve_services(spec, params: dict) -> dict:

@@ -22,14 +22,15 @@ from collections import deque
 from types import MappingProxyType
 
 from flowspec import context as ctxmod
+from flowspec import loops
 from flowspec import references as refs
 from flowspec import task_output
 from flowspec.executors.base import Executor
 
 PENDING, RUNNING, RETRYING, SUCCESS = "Pending", "Running", "Retrying", "Success"
 FAILED, TIMED_OUT, TRIGGER_FAILED = "Failed", "TimedOut", "TriggerFailed"
-SKIPPED, CANCELLED = "Skipped", "Cancelled"
-TASK_STATES = (PENDING, RUNNING, RETRYING, SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED)
+SKIPPED, CANCELLED, LOOPING = "Skipped", "Cancelled", "Looping"
+TASK_STATES = (PENDING, RUNNING, RETRYING, SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED, LOOPING)
 FINAL_STATES = frozenset((SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED))
 FAILED_STATES = frozenset((FAILED, TIMED_OUT, TRIGGER_FAILED))  # what `any_failed` looks for
 FLOW_FAILING = FAILED_STATES | {CANCELLED}  # a task in one of these fails the flow run
@@ -65,8 +66,14 @@ def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: flo
             notify(ctx.task_name, ctx.map_index, RUNNING, attempt, None)
         token = ctxmod.set_current(ctx)
         try:
-            value = fn(**kwargs) if timeout is None else call_with_timeout(fn, kwargs, timeout)
+            if type(fn) is loops.LoopCall:  # the loop calls the task itself, iteration by iteration
+                value = fn.run(kwargs, ctx, timeout, notify)
+            else:
+                value = fn(**kwargs) if timeout is None else call_with_timeout(fn, kwargs, timeout)
             return Outcome(SUCCESS, value, attempt, start, time.time())
+        except loops.LoopError as exc:  # `until` cannot be read, or `max` passed: no retry helps
+            ctx.logger.error("%s: %s", FAILED, exc)
+            return Outcome(FAILED, None, attempt, start, time.time(), str(exc))
         except TaskTimeout:
             state, message, detail = TIMED_OUT, f"attempt {attempt} exceeded the timeout of {timeout:g}s", ""
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
@@ -182,7 +189,7 @@ class TaskRecord:
     """A task's state in a flow run; for a mapped task, also each child's state and result."""
 
     __slots__ = ("name", "state", "result", "attempts", "start", "end", "message", "children",
-                 "child_results", "open")
+                 "child_results", "open", "run_names")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -194,6 +201,7 @@ class TaskRecord:
         self.children = None  # list of child states when the task was mapped
         self.child_results = None
         self.open = 0  # children not finished yet
+        self.run_names = None  # the task's `run_name`: a str (unmapped), or one per child (mapped)
 
     @property
     def duration(self) -> float:
@@ -205,9 +213,16 @@ class TaskRecord:
             counts[s] = counts.get(s, 0) + 1
         return counts
 
-    def to_json(self) -> dict:
-        return {"state": self.state, "attempts": self.attempts, "duration_s": round(self.duration, 6),
-                "children": self.child_counts(), "message": self.message}
+    def to_json(self, children: bool = False) -> dict:
+        out = {"state": self.state, "attempts": self.attempts, "duration_s": round(self.duration, 6),
+               "children": self.child_counts(), "message": self.message}
+        if isinstance(self.run_names, str):
+            out["run_name"] = self.run_names
+        if children and self.children is not None:
+            names = self.run_names if isinstance(self.run_names, list) else [None] * len(self.children)
+            out["children"] = [{"map_index": i, "run_name": n, "state": s}
+                               for i, (s, n) in enumerate(zip(self.children, names))]
+        return out
 
 
 class RunResult:
@@ -218,21 +233,36 @@ class RunResult:
         self.state = PENDING
         self.message = None
         self.start = self.end = None
+        self.outputs: dict | None = None  # the flow's `outputs` (when it has some), evaluated when the run ends
 
     @property
     def duration(self) -> float:
         return (self.end or time.time()) - self.start if self.start else 0.0
 
-    def to_json(self) -> dict:
-        return {"flow": self.flow, "run_id": self.run_id, "state": self.state,
-                "duration_s": round(self.duration, 6), "message": self.message,
-                "tasks": {name: rec.to_json() for name, rec in self.tasks.items()}}
+    def to_json(self, children: bool = False) -> dict:
+        """With `children`, a mapped task's `children` lists each child (map_index, run_name,
+        state) rather than counting them by state."""
+        out = {"flow": self.flow, "run_id": self.run_id, "state": self.state,
+               "duration_s": round(self.duration, 6), "message": self.message,
+               "tasks": {name: rec.to_json(children) for name, rec in self.tasks.items()}}
+        if self.outputs is not None:
+            out["outputs"] = self.outputs
+        return out
+
+
+class ReadOnlyDict(dict):
+    """A dict that refuses changes: what hooks receive. A dict, so that json.dumps takes it."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("this run summary is read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
 
 
 def frozen(value):
-    """A read-only deep copy of JSON-like data, handed to hooks."""
+    """A read-only deep copy of JSON-like data, handed to hooks (json.dumps of it works)."""
     if isinstance(value, dict):
-        return MappingProxyType({k: frozen(v) for k, v in value.items()})
+        return ReadOnlyDict({k: frozen(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(frozen(v) for v in value)
     return value
@@ -249,8 +279,11 @@ def aggregate(states: list[str]) -> str:
     return SUCCESS
 
 
-def trigger_decision(trigger: str, upstream: list[tuple[str, str]]) -> tuple[str | None, str | None]:
-    """(None, None) to run, or (final state, reason) when the trigger says not to."""
+def trigger_decision(trigger: str, upstream: list[tuple[str, str]],
+                     merge: tuple = ()) -> tuple[str | None, str | None]:
+    """(None, None) to run, or (final state, reason) when the trigger says not to. `merge`: groups
+    of upstream names joined by `||` (Prefect's merge): a Skipped member of a group of which
+    another member succeeded does not skip the task."""
     failed = [(n, s) for n, s in upstream if s in FAILED_STATES or s == CANCELLED]
     if trigger == "all_finished":
         return None, None
@@ -258,13 +291,82 @@ def trigger_decision(trigger: str, upstream: list[tuple[str, str]]) -> tuple[str
         if any(s in FAILED_STATES for _, s in upstream):
             return None, None
         return SKIPPED, "no upstream task failed (trigger any_failed)"
+    if trigger == "all_failed":
+        if all(s in FAILED_STATES for _, s in upstream):
+            return None, None
+        names = ", ".join(f"{n} ({s})" for n, s in upstream if s not in FAILED_STATES)
+        return SKIPPED, f"not every upstream task failed (trigger all_failed): {names}"
+    if trigger == "any_successful":
+        if not upstream or any(s == SUCCESS for _, s in upstream):
+            return None, None
+        if failed:
+            names = ", ".join(f"{n} ({s})" for n, s in failed)
+            return TRIGGER_FAILED, f"no upstream task succeeded (trigger any_successful): {names}"
+        return SKIPPED, "every upstream task was skipped (trigger any_successful)"
     if failed:
         names = ", ".join(f"{n} ({s})" for n, s in failed)
         return TRIGGER_FAILED, f"upstream did not succeed: {names}"
+    if trigger == "none_failed":
+        return None, None
     skipped = [n for n, s in upstream if s == SKIPPED]
+    if skipped and merge:
+        states = dict(upstream)
+        merged = {n for group in merge if any(states.get(m) == SUCCESS for m in group) for n in group}
+        skipped = [n for n in skipped if n not in merged]
     if skipped:
         return SKIPPED, f"upstream skipped: {', '.join(skipped)}"
     return None, None
+
+
+def resolve_arg(value, lookup):
+    """A task argument's value: as refs.resolve, except that a whole reference to a task that was
+    Skipped gives None (as it always has) rather than an error; inside an expression such a task
+    is unset, which is what `||` falls through."""
+    if type(value) is refs.Ref and not value.accessors:
+        found = lookup(value)
+        return None if found is refs.UNSET else found
+    return refs.resolve(value, lookup)
+
+
+def make_namer(run_name):
+    """A function of a task run's arguments that gives its name: the common templates
+    (`item-${{ args.x }}`, `${{ args.table }}`) without walking the template for every child."""
+    fmt = refs._fmt
+    if type(run_name) is str:
+        return lambda kwargs: run_name
+    if type(run_name) is refs.Ref and not run_name.accessors:
+        key = run_name.name
+        return lambda kwargs: v if type(v := kwargs[key]) is str else fmt(v)
+    if type(run_name) is refs.Template and all(type(p) is str or type(p) is refs.Ref and not p.accessors
+                                               for p in run_name.parts):
+        parts = tuple((True, p) if type(p) is str else (False, p.name) for p in run_name.parts)
+        if len(parts) == 2 and parts[0][0] and not parts[1][0]:  # "prefix-${{ args.x }}"
+            prefix, key = parts[0][1], parts[1][1]
+            return lambda kwargs: prefix + (v if type(v := kwargs[key]) is str else fmt(v))
+
+        def name(kwargs) -> str:
+            return "".join(p if literal else (v if type(v := kwargs[p]) is str else fmt(v)) for literal, p in parts)
+        return name
+
+    def general(kwargs) -> str:
+        value = refs.resolve(run_name, lambda ref: kwargs[ref.name])
+        return value if type(value) is str else fmt(value)
+    return general
+
+
+def condition_text(cond) -> str:
+    """An `if` as written inside its ${{ }}."""
+    if isinstance(cond, refs.Expr):
+        return cond.text
+    if isinstance(cond, refs.Ref):
+        return str(cond)[4:-3]
+    return str(cond).lower()
+
+
+def iso(t: float | None) -> str | None:
+    import datetime
+
+    return None if t is None else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat()
 
 
 def formats_task_result(value) -> bool:
@@ -277,6 +379,55 @@ def formats_task_result(value) -> bool:
     if isinstance(value, (list, dict)):
         return any(formats_task_result(v) for v in (value.values() if isinstance(value, dict) else value))
     return False
+
+
+def run_summary_message(result) -> str | None:
+    """The run's message, or which tasks did not succeed (as flowspec.recorder.run_message says it)."""
+    if result.message or result.state == SUCCESS:
+        return result.message
+    bad = [f"{n} ({r.state})" for n, r in result.tasks.items() if r.state in FLOW_FAILING]
+    return f"tasks that did not succeed: {', '.join(bad)}" if bad else None
+
+
+class FlowTimeout:
+    """A flow's `timeout`: at the deadline, the run's main thread is interrupted as by Ctrl-C
+    (a signal, so that a task asleep or waiting is woken), and the runner, seeing `_timed_out`,
+    ends the run TimedOut. Only where signals can be had (the main thread); elsewhere a warning."""
+
+    SIGNAL = getattr(signal, "SIGUSR2", None)
+
+    def __init__(self, runner: "FlowRunner", seconds: float) -> None:
+        self.runner, self.lock, self.live = runner, threading.Lock(), True
+        self.previous = None
+        if self.SIGNAL is None or threading.current_thread() is not threading.main_thread():
+            log.warning("the flow timeout of %gs is not enforced here (not the main thread)", seconds)
+            self.live, self.timer = False, None
+            return
+        self.main = threading.main_thread().ident
+        self.previous = signal.signal(self.SIGNAL, self._on_signal)
+        self.timer = threading.Timer(seconds, self._expire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _expire(self) -> None:
+        with self.lock:
+            if self.live:
+                self.runner._timed_out = True
+                signal.pthread_kill(self.main, self.SIGNAL)
+
+    def _on_signal(self, signum, frame) -> None:
+        global _interrupted
+        if self.runner._timed_out and self.live:
+            _interrupted = True  # a task's KeyboardInterrupt handling lets it through (see run_unit)
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        with self.lock:
+            was_live, self.live = self.live, False
+        if self.timer is not None:
+            self.timer.cancel()
+        if was_live and self.previous is not None:
+            signal.signal(self.SIGNAL, self.previous)
 
 
 class MapError(Exception):
@@ -306,7 +457,8 @@ class FlowRunner:
         self._fetch = getattr(executor, "fetch", None)
         self._fetch_first = () if self._fetch is None else {
             t.name for t in spec.tasks.values()
-            if formats_task_result(dict(t.with_args)) or formats_task_result(dict(t.map_args))}
+            if formats_task_result(dict(t.with_args)) or formats_task_result(dict(t.map_args))
+            or t.condition_upstream}  # a condition reads the values themselves
         self.observers = list(observers)
         self.notify = self._notify_task if self.observers else None
         # Observers that want a word when a task is final (the progress display counts a mapped
@@ -325,6 +477,29 @@ class FlowRunner:
         self._waiting = {name: len(t.upstream) for name, t in spec.tasks.items()}
         self._ready: deque = deque(n for n, c in self._waiting.items() if c == 0)
         self._in_flight: dict = {}
+        self._prepare_extras(spec)
+
+    def _prepare_extras(self, spec) -> None:
+        """What the keys of the expression language need during the run: each cleanup's own
+        record and how many consumers it waits for, the tasks with hooks, the flow timeout."""
+        self._hooked = frozenset(n for n, t in spec.tasks.items()
+                                 if t.on_success is not None or t.on_failure is not None)
+        self._cleanup_left: dict = {}  # task with a cleanup → consumers of its result not finished
+        self._consumes: dict = {}  # task → the tasks with a cleanup whose result it takes
+        for name, task in spec.tasks.items():
+            if task.cleanup is not None:
+                self._cleanup_left[name] = 0
+                self.records[f"{name}.cleanup"] = TaskRecord(f"{name}.cleanup")
+        if self._cleanup_left:
+            for name, task in spec.tasks.items():
+                takes = [up for up in dict.fromkeys(task.data_upstream) if up in self._cleanup_left]
+                for up in takes:
+                    self._cleanup_left[up] += 1
+                if takes:
+                    self._consumes[name] = takes
+        self._timed_out = False
+        self._namers: dict = {}  # task → make_namer(its run_name)
+        self._hook_args: dict = {}  # flow hook → its `with`, resolved before the results go
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -342,11 +517,17 @@ class FlowRunner:
         # again; unfrozen at the end, so that nothing stays out of reach of the collector.
         gc.freeze()
         signals = InterruptWatch()
+        deadline = FlowTimeout(self, self.spec.timeout) if self.spec.timeout else None
         task_output.install()  # the tasks' print() becomes log lines of their task runs
         try:
             if self._call_hook("on_start"):
                 try:
                     self._schedule()
+                    if self._cleanup_left:
+                        self._cleanup_rest()
+                    if self.spec.outputs:
+                        self._outputs()
+                    self._flow_hook_args()  # while the executor still holds the tasks' results
                     self._keep_results()
                 except BaseException:
                     self.executor.shutdown(cancel=True)
@@ -359,12 +540,20 @@ class FlowRunner:
                 self._not_run("not run: the on_start hook failed")
                 result.message += "; no task ran"
         except KeyboardInterrupt:
-            self._cancel_all()
-            result.state, result.message = CANCELLED, "interrupted by the user"
+            timed_out = self._timed_out
+            self._cancel_all("the flow run timed out" if timed_out else "the flow run was cancelled")
+            if timed_out:
+                result.state = TIMED_OUT
+                result.message = f"the flow run exceeded its timeout of {self.spec.timeout:g}s"
+            else:
+                result.state, result.message = CANCELLED, "interrupted by the user"
         finally:
+            if deadline is not None:
+                deadline.close()
             task_output.uninstall()
             signals.close()
             result.end = time.time()
+            self._flow_hooks()
             self._call_hook("on_exit")
             ctxmod.reset(token)
             gc.unfreeze()
@@ -404,20 +593,22 @@ class FlowRunner:
             if self.notify is not None:
                 self.notify(rec.name, None, CANCELLED, 0, message)
 
-    def _cancel_all(self) -> None:
+    def _cancel_all(self, why: str = "the flow run was cancelled") -> None:
         try:
             self.executor.shutdown(cancel=True)
         except Exception:  # shutting down after Ctrl-C must never hide the cancellation
             log.debug("executor shutdown after cancel failed", exc_info=True)
         for (name, _), attempt in list(self._started.items()):  # attempts cut short count as run
             self.records[name].attempts += attempt
+        if self._cleanup_left:  # what was set up is cleaned up, on a cancel too
+            self._cleanup_rest()
         now = time.time()
         for rec in self.records.values():
             if rec.state in FINAL_STATES:
                 continue
             if rec.children is not None:
                 rec.children = [CANCELLED if s not in FINAL_STATES else s for s in rec.children]
-            rec.state, rec.message, rec.end = CANCELLED, "the flow run was cancelled", now
+            rec.state, rec.message, rec.end = CANCELLED, why, now
             self._notify_task(rec.name, None, CANCELLED, rec.attempts, rec.message)
 
     # -- scheduling --------------------------------------------------------------------------
@@ -453,23 +644,53 @@ class FlowRunner:
         else:
             up = None
         if up is not None or task.trigger != "all_successful":
-            state, reason = trigger_decision(task.trigger, self._upstream_states(task))
+            state, reason = trigger_decision(task.trigger, self._upstream_states(task), task.merge)
             if state is not None:
                 return self._finish(rec, state, reason)
         try:
             lookup = self._lookup_here if task.name in self._fetch_first else self._lookup
-            kwargs = {k: refs.resolve(v, lookup) for k, v in task.with_args.items()} if task.with_args else {}
+            if task.condition is not None and not self._condition_true(task, lookup):
+                return self._finish(rec, SKIPPED, f"condition false: {condition_text(task.condition)}")
+            kwargs = {k: resolve_arg(v, lookup) for k, v in task.with_args.items()} if task.with_args else {}
             lists = self._map_lists(task) if task.mapped else None
         except (MapError, refs.ResolveError) as exc:
             return self._finish(rec, FAILED, str(exc))
         fn = self.callables[task.name]
+        if task.loop is not None:
+            fn = loops.LoopCall(fn, task.loop)
         rec.state = RUNNING
         if lists is None:
-            ctx = self.base_ctx.for_task(task.name, None, 0)
+            name = None if task.run_name is None else self._run_name(task, kwargs)
+            rec.run_names = name
+            ctx = self.base_ctx.for_task(task.name, None, 0, name)
             future = self.executor.submit(run_unit, fn, kwargs, ctx, task.retries, task.retry_delay,
-                                          task.timeout, self.notify)
+                                          task.timeout, self.notify if task.on_retry is None else self._notify_retry)
             return self._collect(task.name, None, future)
         self._launch_children(task, rec, fn, kwargs, lists)
+
+    def _condition_true(self, task, lookup) -> bool:
+        cond = task.condition
+        if isinstance(cond, bool):
+            return cond
+        try:
+            value = refs.resolve(cond, lookup)
+            return bool(value)
+        except refs.ResolveError as exc:
+            raise refs.ResolveError(f"if {condition_text(cond)}: {exc}") from None
+        except Exception as exc:  # a value whose truth is ambiguous
+            raise refs.ResolveError(f"if {condition_text(cond)}: {type(exc).__name__}: {exc}") from None
+
+    def _run_name(self, task, kwargs: dict) -> str | None:
+        """The task run's name from its arguments, or None (it is then named by its index) when
+        the name cannot be made, which a warning says."""
+        namer = self._namers.get(task.name)
+        if namer is None:
+            namer = self._namers[task.name] = make_namer(task.run_name)
+        try:
+            return namer(kwargs)
+        except Exception as exc:  # an argument without the key the name reads
+            log.warning("%s: run_name %s: %s", task.name, task.run_name, exc)
+            return None
 
     def _launch_children(self, task, rec: TaskRecord, fn, kwargs: dict, lists: dict) -> None:
         n = len(next(iter(lists.values())))
@@ -493,12 +714,16 @@ class FlowRunner:
         did not succeed is recorded here instead, as its trigger says."""
         names = list(lists)
         columns = [lists[k] for k in names]
-        for_task, notify, name = self.base_ctx.for_task, self.notify, task.name
+        for_task, name = self.base_ctx.for_task, task.name
+        notify = self.notify if task.on_retry is None else self._notify_retry
         options = (task.retries, task.retry_delay, task.timeout, notify)
         one = names[0] if len(names) == 1 else None
+        named = task.run_name is not None
+        if named:
+            rec.run_names = [None] * len(columns[0])
         for i in range(len(columns[0])):
             if task.per_child:
-                state, reason = trigger_decision(task.trigger, self._upstream_states(task, i))
+                state, reason = trigger_decision(task.trigger, self._upstream_states(task, i), task.merge)
                 if state is not None:
                     self._record(name, i, Outcome(state, None, 0, rec.start, time.time(), reason))
                     continue
@@ -508,7 +733,11 @@ class FlowRunner:
             else:
                 for k, col in zip(names, columns):
                     child_kwargs[k] = col[i]
-            yield i, (fn, child_kwargs, for_task(name, i, 0), *options)
+            if named:
+                run_name = rec.run_names[i] = self._run_name(task, child_kwargs)
+                yield i, (fn, child_kwargs, for_task(name, i, 0, run_name), *options)
+            else:
+                yield i, (fn, child_kwargs, for_task(name, i, 0), *options)
 
     def _collect(self, name: str, index: int | None, future) -> None:
         if self.executor.synchronous:
@@ -520,7 +749,7 @@ class FlowRunner:
         lists = {}
         lookup = self._lookup_here if task.name in self._fetch_first else self._lookup
         for key, value in task.map_args.items():
-            resolved = refs.resolve(value, lookup)
+            resolved = resolve_arg(value, lookup)
             if self._fetch is not None and not isinstance(resolved, (list, tuple)):
                 resolved = self._fetch(resolved)  # an unmapped task's list: the client splits it
             if not isinstance(resolved, (list, tuple)):
@@ -536,7 +765,8 @@ class FlowRunner:
         if ref.kind == "params":
             return self.params[ref.name]
         if ref.kind == "tasks":
-            return self.records[ref.name].result
+            rec = self.records[ref.name]
+            return rec.result if rec.state != SKIPPED else refs.UNSET  # unset, for `||` (merge)
         if ref.kind in ("kv", "secrets"):
             return self.services[(ref.kind, ref.name)]
         if ref.name in os.environ:
@@ -547,7 +777,7 @@ class FlowRunner:
 
     def _lookup_here(self, ref: refs.Ref):
         value = self._lookup(ref)
-        return self._fetch(value) if ref.kind == "tasks" else value
+        return self._fetch(value) if ref.kind == "tasks" and value is not refs.UNSET else value
 
     def _keep_results(self) -> None:
         """The results that are kept, brought here from the executor in one round trip (when it
@@ -575,12 +805,15 @@ class FlowRunner:
         if self.notify is not None:
             self._started.pop((name, index), None)
             self.notify(name, index, outcome.state, outcome.attempts, outcome.message)
+        if name in self._hooked:
+            self._task_hook(name, index, outcome.state, outcome.message, outcome.attempts, outcome.start, outcome.end)
         if index is None:
             return self._finish(rec, outcome.state, outcome.message, outcome.result, outcome.start, outcome.end)
         rec.children[index] = outcome.state
         rec.child_results[index] = outcome.result
         if outcome.message and rec.message is None:
-            rec.message = f"[{index}] {outcome.message}"
+            names = rec.run_names
+            rec.message = f"[{index if names is None or names[index] is None else names[index]}] {outcome.message}"
         rec.open -= 1
         if rec.open == 0:
             self._finish(rec, aggregate(rec.children), rec.message, rec.child_results)
@@ -596,12 +829,146 @@ class FlowRunner:
             self.notify(rec.name, None, state, 0, message)
         if state in (TRIGGER_FAILED, SKIPPED, FAILED) and rec.attempts == 0 and message:
             log.log(logging.WARNING if state != SKIPPED else logging.INFO, "%s: %s (%s)", rec.name, state, message)
+            if rec.name in self._hooked and rec.children is None:  # no attempt: the hook is told here
+                self._task_hook(rec.name, None, state, message, 0, rec.start, rec.end)
         for tell in self._on_finish:
             tell(rec)
+        if self._cleanup_left:
+            self._cleanup_step(rec.name)
         for down in self._downstream[rec.name]:
             self._waiting[down] -= 1
             if self._waiting[down] == 0:
                 self._ready.append(down)
+
+    # -- cleanups ----------------------------------------------------------------------------
+    def _cleanup_step(self, name: str) -> None:
+        """Task `name` is finished: a cleanup whose task and consumers are all finished runs."""
+        left = self._cleanup_left
+        if name in left and left[name] == 0:
+            self._run_cleanup(name)
+        for up in self._consumes.get(name, ()):
+            if up in left:
+                left[up] -= 1
+                if left[up] == 0 and self.records[up].state in FINAL_STATES:
+                    self._run_cleanup(up)
+
+    def _cleanup_rest(self) -> None:
+        """The cleanups not run yet (the run was cancelled, or stopped early)."""
+        for name in list(self._cleanup_left):
+            self._run_cleanup(name)
+
+    def _run_cleanup(self, name: str) -> None:
+        """Call task `name`'s cleanup with its result, once, in this process; its own record
+        (`NAME.cleanup`) says how it went. A task that did not succeed set nothing up: Skipped."""
+        del self._cleanup_left[name]
+        rec, task = self.records[f"{name}.cleanup"], self.spec.tasks[name]
+        producer = self.records[name]
+        rec.start = time.time()
+        if producer.state != SUCCESS:
+            return self._cleanup_done(rec, SKIPPED, f"not run: {name} ended {producer.state}", 0)
+        fn = self.callables[(name, "cleanup")]
+        self._notify_task(rec.name, None, RUNNING, 1, None)
+        ctx = self.base_ctx.for_task(rec.name, None, 1)
+        token = ctxmod.set_current(ctx)
+        try:
+            value = producer.result
+            if self._fetch is not None and value is not None:  # kept by the executor: brought here
+                value = self._fetch(value)
+            fn(value)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            ctx.logger.error("%s: cleanup %s failed: %s\n%s", FAILED, task.cleanup, message, user_traceback(exc))
+            return self._cleanup_done(rec, FAILED, f"cleanup {task.cleanup} failed: {message}", 1)
+        finally:
+            if task_output.partial:
+                task_output.end_of_attempt()
+            ctxmod.reset(token)
+        self._cleanup_done(rec, SUCCESS, None, 1)
+
+    def _cleanup_done(self, rec: TaskRecord, state: str, message: str | None, attempts: int) -> None:
+        rec.state, rec.message, rec.attempts, rec.end = state, message, attempts, time.time()
+        self._notify_task(rec.name, None, state, attempts, message)
+        for tell in self._on_finish:
+            tell(rec)
+
+    # -- outputs and hooks -------------------------------------------------------------------
+    def _outputs(self) -> None:
+        """The flow's `outputs`, from the parameters and the tasks' results. One that cannot be
+        evaluated is None, and fails the run with its reason."""
+        lookup = self._lookup_here if self._fetch is not None else self._lookup
+        self.result.outputs = {}
+        for key, value in self.spec.outputs.items():
+            try:
+                self.result.outputs[key] = resolve_arg(value, lookup)
+            except Exception as exc:  # a missing key, or a result the executor could not give back
+                self.result.outputs[key] = None
+                message = f"output {key}: {exc}"
+                log.error("%s", message)
+                self.records.setdefault(f"outputs.{key}", TaskRecord(f"outputs.{key}"))
+                out = self.records[f"outputs.{key}"]
+                out.state, out.message, out.start, out.end = FAILED, message, time.time(), time.time()
+                self.result.message = self.result.message or message
+
+    def _notify_retry(self, task: str, index, state: str, attempt: int, message) -> None:
+        """The notify of a task with `on_retry`: the hook hears each Retrying state."""
+        self._notify_task(task, index, state, attempt, message)
+        if state == RETRYING:
+            self._task_hook(task, index, state, message, attempt, None, time.time())
+
+    def _task_hook(self, name: str, index, state: str, message, attempt: int, start, end) -> None:
+        task = self.spec.tasks[name]
+        key = "on_success" if state == SUCCESS else "on_failure" if state in FAILED_STATES else \
+            "on_retry" if state == RETRYING else None
+        if key is None or getattr(task, key) is None:
+            return
+        rec = self.records[name]
+        names = rec.run_names
+        run_name = names if index is None or not isinstance(names, list) else names[index]
+        info = {"flow": self.spec.name, "run_id": self.run_id, "task": name, "run_name": run_name,
+                "map_index": index, "state": state, "message": message, "attempt": attempt,
+                "started": iso(start), "ended": iso(end)}
+        self._call_state_hook(getattr(task, key), (name, key), info, f"{name}.{key}")
+
+    def _flow_hook_args(self) -> None:
+        """The `with` of the flow hooks, resolved now: their task references read results that
+        are dropped (or that the executor keeps) once the run is over."""
+        lookup = self._lookup_here if self._fetch is not None else self._lookup
+        for key in ("on_success", "on_failure"):
+            hook = getattr(self.spec, key, None)
+            if hook is not None and hook.with_args:
+                try:
+                    self._hook_args[key] = {k: resolve_arg(v, lookup) for k, v in hook.with_args.items()}
+                except Exception as exc:  # reported when the hook is called
+                    self._hook_args[key] = exc
+
+    def _flow_hooks(self) -> None:
+        result = self.result
+        key = "on_success" if result.state == SUCCESS else \
+            "on_failure" if result.state in (FAILED, TIMED_OUT) else None
+        hook = getattr(self.spec, key, None) if key else None
+        if hook is None:
+            return
+        info = {"flow": self.spec.name, "run_id": self.run_id, "task": None, "run_name": None,
+                "map_index": None, "state": result.state, "message": run_summary_message(result),
+                "attempt": None, "started": iso(result.start), "ended": iso(result.end),
+                "tasks": {n: {"state": r.state, "children": r.child_counts()} for n, r in self.records.items()}}
+        self._call_state_hook(hook, (None, key), info, key, self._hook_args.get(key))
+
+    def _call_state_hook(self, hook, callable_key: tuple, info: dict, label: str, kwargs=None) -> None:
+        """Call a state hook with `info` and its `with` (`kwargs`, when resolved before); a hook
+        that fails is logged with its traceback and changes nothing."""
+        fn = self.callables.get(callable_key)
+        if fn is None:
+            return
+        try:
+            if isinstance(kwargs, Exception):
+                raise kwargs
+            if kwargs is None:
+                kwargs = {k: resolve_arg(v, self._lookup) for k, v in hook.with_args.items()}
+            fn(info, **kwargs)
+        except Exception as exc:
+            log.error("hook %s (%s) failed: %s: %s\n%s", label, hook.run, type(exc).__name__, exc,
+                      user_traceback(exc))
 
     # -- observers ---------------------------------------------------------------------------
     def _notify_task(self, task: str, index, state: str, attempt: int, message) -> None:

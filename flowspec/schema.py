@@ -321,6 +321,10 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
                              f"remove the quotes: version: {error.instance.strip()}")]
         return [doc.diag(path, f"unsupported spec version {error.instance!r}; this release reads version {versions}",
                          "set 'version: 1'")]
+    if kind == "enum" and len(path) == 3 and path[0] == "tasks" and path[2] == "trigger" \
+            and isinstance(error.instance, str) and error.instance in PREFECT_TRIGGERS:
+        listed = " | ".join(str(c) for c in error.validator_value)
+        return [doc.diag(path, f"{_describe(error.instance)} is not one of: {listed}", PREFECT_TRIGGERS[error.instance])]
     if kind in ("enum", "const"):
         choices = error.validator_value if kind == "enum" else [error.validator_value]
         listed = " | ".join(str(c) for c in choices)
@@ -352,12 +356,6 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
     "top": {
         "schedules": "write `schedule:` (a list of clocks)",
         "results": f"a result store (results: {{type: local|s3}}, for caching and restarts): {_LATER}",
-        "outputs": f"flow outputs: {_LATER}; `flowspec run --format json` reports each task's state",
-        "timeout": f"a limit on the whole flow run: {_LATER}; set `timeout` on each task (a limit per attempt)",
-        "on_success": f"flow-level hooks: {_LATER}; environment.on_exit is called after every run and gets the"
-                      " run's summary (its state) when it takes one parameter",
-        "on_failure": f"flow-level hooks: {_LATER}; environment.on_exit is called after every run and gets the"
-                      " run's summary (its state) when it takes one parameter",
         "secrets": "secrets are not declared: write ${{ secrets.NAME }} where the value is needed (in `with`"
                    " or environment.env), and set it with `flowspec secrets set NAME` or FLOWSPEC_SECRET_NAME",
         "cache": f"caching is set per task (tasks.NAME.cache): {_LATER}",
@@ -371,21 +369,17 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "persist": f"keeping task results (persist, with results): {_LATER}",
         "checkpoint": f"keeping task results (persist, with results): {_LATER}",
         "result": f"a result store (top-level results): {_LATER}",
-        "loop": f"loops (loop: {{until, max}}): {_LATER}",
-        "if": f"conditions (if: ${{{{ expression }}}}): {_LATER}; `trigger: any_failed` runs a task only when"
-              " an upstream failed",
-        "run_name": f"task run names (run_name): {_LATER}; mapped children are named NAME[index]",
-        "task_run_name": f"task run names (run_name): {_LATER}; mapped children are named NAME[index]",
+        "task_run_name": "write `run_name: ...` with ${{ args.NAME }} references to the task run's arguments",
         "name": "a task's name is its key under `tasks`",
         "flow": f"subflows (flow: ...): {_LATER}",
-        "cleanup": f"a cleanup callable: {_LATER}; a task with `trigger: all_finished` runs once its upstreams"
-                   " have finished, whatever their states",
-        "on_success": f"task hooks: {_LATER}",
-        "on_failure": f"task hooks: {_LATER}; a task with `trigger: any_failed` runs only when an upstream failed",
-        "on_retry": f"task hooks: {_LATER}",
-        "state_handlers": f"task hooks (on_success, on_failure, on_retry): {_LATER}",
+        "state_handlers": "write hooks: on_success, on_failure, on_retry (a callable, or {run: ..., with: {...}})",
+        "condition": "write `if: ${{ expression }}`",
+        "when": "write `if: ${{ expression }}`",
+        "until": "write `loop: {until: ${{ expression over result }}, max: N}`",
+        "resource_manager": "write `cleanup: module:function` on the task that makes the resource",
         "max_retries": "write `retries: N` (attempts after the first failure)",
-        "outputs": f"flow outputs (top-level outputs): {_LATER}; a task's result is its return value",
+        "outputs": "outputs are declared at the top level (outputs: {NAME: ${{ tasks.NAME }}}); a task's"
+                   " result is its return value",
         "secrets": "write ${{ secrets.NAME }} in the task's `with`, or declare a parameter `secret: true`",
     },
     "parameter": {
@@ -400,6 +394,20 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
                    " (FLOWSPEC_SECRET_NAME, or the backend's store)",
         "schedule": "a schedule is top-level: `schedule:` beside `tasks`",
     },
+}
+
+
+# Prefect 1's trigger names that flowspec spells differently or does not have (`all_finished`,
+# `all_successful`, `all_failed`, `any_successful`, `any_failed` are the same names).
+PREFECT_TRIGGERS = {
+    "always_run": "Prefect's always_run is flowspec's all_finished: the task runs once its upstreams have finished,"
+                  " whatever their states",
+    "manual_only": "no equivalent: flowspec has no manual approval state; guard the task with"
+                   " `if: ${{ params.approved }}` and start a run with --param approved=true",
+    "some_successful": "write any_successful (at least one upstream succeeded); there are no at_least/at_most counts",
+    "some_failed": "write any_failed (at least one upstream failed); there are no at_least/at_most counts",
+    "not_all_skipped": "no exact equivalent: none_failed runs when no upstream failed, Skipped ones allowed (even"
+                       " when all were Skipped); the default all_successful skips a task whose upstreams were skipped",
 }
 
 

@@ -28,6 +28,29 @@ def built(cls, **fields):
 
 
 @dataclass(frozen=True)
+class HookSpec:
+    """A state hook (`on_success`, `on_failure`, `on_retry` of a task; `on_success`, `on_failure`
+    of the flow): `run` is the callable as written (`module:function` or `file.py:function`),
+    `with_args` its keyword arguments as compiled values (constants, Ref, Template, Expr: task
+    hooks may reference params and env, flow hooks params, env and tasks). The runtime calls
+    `fn(info, **resolved with_args)`, `info` being the JSON-serializable dict of SPEC "Hooks"."""
+
+    run: str
+    with_args: MappingProxyType = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """A task's `loop`: the callable runs again while `until` is false. `until` is a bool, or a
+    Ref/Expr whose references are `result` (this iteration's result), `context.loop.index`,
+    `context.loop.previous`, `params.NAME` or `env.NAME`; `max` bounds the iterations (passing
+    it fails the task)."""
+
+    until: object
+    max: int = 1000
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One task. `with_args`/`map_args` hold compiled values (constants, Ref, Template)."""
 
@@ -44,6 +67,19 @@ class TaskSpec:
     upstream: tuple = ()  # every task this one waits for: data references and `after`
     data_upstream: tuple = ()  # tasks whose results it takes
     per_child: tuple = ()  # mapped upstreams that it maps over child to child
+    # The keys below were added with the expression language; simple defaults (class
+    # attributes), so that a TaskSpec made by `built` without them reads as "not set".
+    condition: object = None  # `if`: None (no condition), a bool, or a Ref/Expr over params, tasks, env
+    condition_upstream: tuple = ()  # tasks the condition references (in upstream and data_upstream too)
+    run_name: object = None  # None, a str, or a Ref/Template/Expr whose references are all `args.NAME`
+    loop: LoopSpec | None = None
+    cleanup: str | None = None  # a callable (as `run`) called once with this task's result
+    on_success: HookSpec | None = None
+    on_failure: HookSpec | None = None
+    on_retry: HookSpec | None = None
+    # Groups of upstream task names joined by `||` in one expression (Prefect's merge), e.g.
+    # (("small", "big"),): each group counts as satisfied when at least one of them succeeded.
+    merge: tuple = ()
 
     @property
     def mapped(self) -> bool:
@@ -87,5 +123,9 @@ class FlowSpec:
     source: str = field(default="", repr=False, compare=False)  # the spec text, for storage
     document: object = field(default=None, repr=False, compare=False)  # loader.Document, for positions
     uses_env: bool = True  # may a task argument hold an env reference (False: none to check before a run)
+    outputs: MappingProxyType = field(default_factory=lambda: EMPTY)  # name → compiled value (params, tasks, env)
+    timeout: float | None = None  # seconds for the whole flow run; None: no limit
+    on_success: HookSpec | None = None  # flow hooks, called once when the run ends in that state
+    on_failure: HookSpec | None = None
     schedule: tuple = ()  # flowspec.schedules.Clock, each; `flowspec register` records them
     catchup: bool = False  # missed times: skipped (False) or each run once (True)

@@ -13,8 +13,8 @@ from flowspec.backend.core import NotFoundError, Store, Tx, _marks, normalize_la
 
 SCHEDULED, QUEUED, SUBMITTED, RUNNING = "Scheduled", "Queued", "Submitted", "Running"
 SUCCESS, FAILED, CANCELLING, CANCELLED = "Success", "Failed", "Cancelling", "Cancelled"
-RUN_STATES = (SCHEDULED, QUEUED, SUBMITTED, RUNNING, SUCCESS, FAILED, CANCELLING, CANCELLED)
-FINAL_STATES = frozenset({SUCCESS, FAILED, CANCELLED})
+RUN_STATES = (SCHEDULED, QUEUED, SUBMITTED, RUNNING, SUCCESS, FAILED, CANCELLING, CANCELLED, "TimedOut")
+FINAL_STATES = frozenset({SUCCESS, FAILED, CANCELLED, "TimedOut"})  # TimedOut: past the spec's `timeout`
 WAITING_STATES = frozenset({SCHEDULED, QUEUED})
 # A Cancelling run's process lives until its agent reports Cancelled, so it still holds its slots
 # and can still go stale.

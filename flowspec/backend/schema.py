@@ -50,6 +50,14 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE agents ADD COLUMN stop_requested {float}",
     ],
     [
+        # The names of a task's runs when it has a `run_name` (one row per task: JSON, a string for
+        # an unmapped task, a list by map index for a mapped one), and a run's `outputs` (JSON).
+        "CREATE TABLE task_run_names (run_id TEXT NOT NULL REFERENCES flow_runs (id), task TEXT NOT NULL,"
+        " names TEXT NOT NULL)",
+        "CREATE INDEX task_run_names_by_run ON task_run_names (run_id, task)",
+        "CREATE TABLE run_outputs (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), outputs TEXT NOT NULL)",
+    ],
+    [
         # The KV store (JSON text per key, last writer wins) and the secret store (Fernet
         # tokens: the backend never holds a secret in clear).
         "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated {float} NOT NULL)",

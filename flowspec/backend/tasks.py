@@ -30,7 +30,52 @@ TASK_FINAL_STATES = ("Success", "Failed", "TimedOut", "TriggerFailed", "Skipped"
 class TaskStore(Store):
     """Task states: appended in batches, read back latest-first or as they come."""
 
-    run_tables = ("task_states", "run_tasks")  # rows of one flow run (see RunStore.run_tables)
+    run_tables = ("task_states", "run_tasks", "task_run_names", "run_outputs")  # rows of one flow run (see RunStore.run_tables)
+
+    def add_run_names(self, run_id: str, rows: Iterable[tuple[str, str | list]]) -> int:
+        """Record `(task, names)`: the names of a task's runs (its `run_name`), a string for an
+        unmapped task, a list by map index (None: not named) for a mapped one; one row per task,
+        however many children it has."""
+        import json
+
+        rows = [(run_id, task, json.dumps(names)) for task, names in rows]
+        if rows:
+            with self._transaction() as tx:
+                tx.many("INSERT INTO task_run_names (run_id, task, names) VALUES (?, ?, ?)", rows)
+        return len(rows)
+
+    def run_names(self, run_id: str) -> dict:
+        """(task, map_index) → the task run's name, for the task runs that have one (map_index
+        None for an unmapped task)."""
+        import json
+
+        with self._transaction(write=False) as tx:
+            rows = tx.all("SELECT task, names FROM task_run_names WHERE run_id = ?", run_id)
+        out: dict = {}
+        for task, text in rows:
+            names = json.loads(text)
+            if isinstance(names, list):
+                out.update(((task, i), n) for i, n in enumerate(names) if n is not None)
+            else:
+                out[task, None] = names
+        return out
+
+    def set_run_outputs(self, run_id: str, outputs: dict) -> None:
+        """Keep a run's `outputs` (JSON; a value JSON cannot hold is kept as its text)."""
+        import json
+
+        text = json.dumps(outputs, default=str)
+        with self._transaction() as tx:
+            tx.run("DELETE FROM run_outputs WHERE run_id = ?", run_id)
+            tx.run("INSERT INTO run_outputs (run_id, outputs) VALUES (?, ?)", run_id, text)
+
+    def run_outputs(self, run_id: str) -> dict | None:
+        """A run's outputs, or None when it recorded none."""
+        import json
+
+        with self._transaction(write=False) as tx:
+            row = tx.one("SELECT outputs FROM run_outputs WHERE run_id = ?", run_id)
+        return None if row is None else json.loads(row[0])
 
     def add_run_tasks(self, run_id: str, tasks: Iterable[str]) -> int:
         """Record the tasks of a run's flow, in the spec's order, when the run starts (once: a

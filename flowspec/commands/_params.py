@@ -16,7 +16,7 @@ def parameters(spec, args) -> dict:
         return resolve_parameters(spec.parameters, file_values, file_doc, flags, env_defaults=False)
     # The variables that the executor and the defaults used (not those of a parameter given a
     # value) read, at their line and column; reported with any other parameter problem, once.
-    unset = unset_env(spec, given={*file_values, *(name for name, _ in flags)})
+    unset = unset_env(spec, given={*file_values, *(name for name, _ in flags)}, storage=False)
     reported = {name for name in spec.parameters if any(d.path.startswith(f"parameters.{name}.") for d in unset)}
     try:
         values = resolve_parameters(spec.parameters, file_values, file_doc, flags, skip=reported)

@@ -8,7 +8,7 @@ import sys
 
 from flowspec.commands._params import parameters  # noqa: F401  (also imported from here)
 
-EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}
+EXIT_CODES = {"Success": 0, "Failed": 1, "TimedOut": 1, "Cancelled": 130}
 # Ended as Ctrl-C ends a run (tasks cancelled, on_exit called, the summary printed), exit 128 + N.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--params-file", metavar="FILE", help="a YAML mapping of parameter values")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text: logs and a summary table (default); json: one JSON object on stdout")
+    p.add_argument("--children", action="store_true",
+                   help="with --format json: list each mapped task's children (map_index, run_name, state)"
+                        " rather than counting them by state")
     loud = p.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
                       help="only warnings and errors, no progress display, one result line")
@@ -49,6 +52,7 @@ def main(args) -> int:
     from flowspec.backend import backend_url
     from flowspec.errors import SpecError, UsageError
     from flowspec.params import ParamsError
+    from flowspec.compile import resolve_env
 
     if args.name is not None:
         from flowspec.commands.runs import run_registered
@@ -70,6 +74,7 @@ def main(args) -> int:
     try:
         spec = prepare(args.file, env=False)  # the variables once the parameters given are known
         params = parameters(spec, args)
+        spec = resolve_env(spec, storage=False)  # name, descriptions, labels: checked by parameters()
         backend_url(args.backend)  # a FLOWSPEC_HOME that is not a directory stops the run before it starts
         if args.backend:  # the run's backend is the one its tasks' `flowspec.kv` uses, workers included
             os.environ["FLOWSPEC_BACKEND"] = args.backend
@@ -95,7 +100,7 @@ def main(args) -> int:
         from flowspec.masking import mask_text  # resolved secrets (e.g. in a task's error) read MASK
 
         if args.format == "json":
-            print(mask_text(json.dumps(result.to_json(), indent=2, default=str), ()))
+            print(mask_text(json.dumps(result.to_json(children=args.children), indent=2, default=str), ()))
         else:  # quiet: the last line of the table only, "Flow run 'x' (id): Success in 1.20s"
             print(mask_text(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1],
                             ()))
@@ -130,7 +135,7 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
     """Compile the spec and check that this release has its drivers of these `tables`, and (with
     `env`) that the variables its executor and parameter defaults read are set."""
     from flowspec.commands import unreadable
-    from flowspec.compile import compile_file, unset_env
+    from flowspec.compile import compile_file, resolve_env, unset_env
     from flowspec.drivers import TABLES, available
     from flowspec.errors import SpecError, UsageError
 
@@ -148,10 +153,11 @@ def prepare(path: str, tables: tuple[str, ...] = ("environment", "executor"), en
                 (table, "type"), f"the {table} type '{kind}' is not available in this release of flowspec",
                 f"available {table} types: {', '.join(available(table))}"))
     if env:
-        missing += unset_env(spec)
+        missing += unset_env(spec, storage="storage" in tables)
     if missing:
         raise SpecError(missing)
-    return spec
+    # `${{ env.NAME }}` in the name, project, descriptions, labels (and storage settings) are read now.
+    return resolve_env(spec, storage="storage" in tables) if env else spec
 
 
 def spec_file(path: str) -> str:

@@ -13,10 +13,10 @@ from flowspec.commands._backend import (
     add_common, clock, emit_json, find_run, labels_text, mark_lost, open_from, subcommands, table, table_lines, warn,
     when)
 
-EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 130}  # `run --name --watch`: the run's own code
+EXIT_CODES = {"Success": 0, "Failed": 1, "TimedOut": 1, "Cancelled": 130}  # `run --name --watch`: the run's own code
 # `runs logs --follow` watches a run: a run that ended Cancelled is no interrupt of the watcher
 # (130 is for a Ctrl-C of `runs logs` itself), so it exits 1 as for any run that did not succeed.
-FOLLOW_EXIT_CODES = {"Success": 0, "Failed": 1, "Cancelled": 1}
+FOLLOW_EXIT_CODES = {"Success": 0, "Failed": 1, "TimedOut": 1, "Cancelled": 1}
 FOLLOW_POLL_S = 0.25
 
 
@@ -184,20 +184,22 @@ def main_show(args) -> int:
         # Every child, read as it is written out (a million of them are never held whole), or
         # one row per task with its children counted
         tasks = backend.latest_task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
+        names = backend.run_names(run.id)  # task runs named by their task's `run_name`
+        outputs = backend.run_outputs(run.id)
         if mask := _masking(run):  # a registered flow's run: values stored as given, masked here
             history = [replace(e, message=mask(e.message)) for e in history]
             tasks = _masked_tasks(tasks, mask)
         if args.format == "json":
-            _show_json(run, flow, reason, history, tasks)
+            _show_json(run, flow, reason, history, tasks, names, outputs)
         else:
-            _show_text(run, flow, reason, history, tasks, args.children)
+            _show_text(run, flow, reason, history, tasks, args.children, names, outputs)
     return 0
 
 
-def _show_json(run, flow, reason, history, tasks) -> None:
+def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dict | None = None) -> None:  # noqa: B006
     head = json.dumps(run_json(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
-        "waiting_reason": reason,
+        "waiting_reason": reason, "outputs": outputs,
         "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
         "tasks": None}, indent=2, default=str)
     # "tasks" is the last key: its `null` is the last one in the text (quotes inside strings are
@@ -212,6 +214,8 @@ def _show_json(run, flow, reason, history, tasks) -> None:
         text = (f'{{\n      "task": {dumps(t.task)},\n      "map_index": {dumps(t.map_index)},\n'
                 f'      "state": {dumps(t.state)},\n      "attempt": {dumps(t.attempt)},\n'
                 f'      "time": {dumps(t.time)},\n      "message": {dumps(t.message)}')
+        if names and (t.task, t.map_index) in names:
+            text += f',\n      "run_name": {dumps(names[t.task, t.map_index])}'
         if children:
             text += ',\n      "children": ' + dumps(children, indent=2).replace("\n", "\n      ")
         out.write(f"{comma}    {text}\n    }}")
@@ -219,7 +223,8 @@ def _show_json(run, flow, reason, history, tasks) -> None:
     out.write(("\n  ]" if comma != "\n" else "]") + after + "\n")
 
 
-def _show_text(run, flow, reason, history, tasks, children: bool) -> None:
+def _show_text(run, flow, reason, history, tasks, children: bool, names: dict = {},  # noqa: B006
+               outputs: dict | None = None) -> None:
     run = shown(run)
     origin = f" (project {flow.project}, version {flow.version})" if flow else " (a local run)"
     late = is_late(run)
@@ -237,12 +242,17 @@ def _show_text(run, flow, reason, history, tasks, children: bool) -> None:
     words: dict = {}  # each state and attempt text once, however many children share it
     if children:
         head, rows = ("TASK", "STATE", "ATTEMPT", "MESSAGE"), [
-            (_task_label(t.task, t.map_index), words.setdefault(t.state, t.state),
+            (_task_label(t.task, t.map_index, names), words.setdefault(t.state, t.state),
              words.setdefault(t.attempt, str(t.attempt)), t.message or "") for t in tasks]
     else:  # a mapped task's row counts its children by state
         head, rows = ("TASK", "STATE", "ATTEMPT", "CHILDREN", "MESSAGE"), [
-            (_task_label(t.task, t.map_index), t.state, str(t.attempt), _children_text(t.children), t.message or "")
+            (_task_label(t.task, t.map_index, names), t.state, str(t.attempt), _children_text(t.children),
+             t.message or "")
             for t in tasks]
+    if outputs:
+        print("\noutputs:")
+        for key, value in outputs.items():
+            print(f"  {key}: {_indent(json.dumps(value), 4)}")
     if rows:
         print("\ntasks:")
         for lines in table_lines(head, rows, indent="  "):
@@ -289,7 +299,7 @@ def main_cancel(args) -> int:
     with open_from(args) as backend:
         run = find_run(backend, args.run)
         state = backend.cancel_run(run.id)
-    if state in ("Success", "Failed"):
+    if state in ("Success", "Failed", "TimedOut"):
         raise FlowspecError(f"run {run.id} already finished ({state}): nothing to cancel")
     if args.format == "json":
         emit_json({"id": run.id, "state": state})
@@ -429,7 +439,12 @@ def _text(event: dict) -> str:
     return f"{clock(event['time'])} {head} | {body}"
 
 
-def _task_label(task: str, index: int | None) -> str:
+def _task_label(task: str, index: int | None, names: dict | None = None) -> str:
+    """`load[3]`, or `load[orders]` when the task run has a name (the task's `run_name`)."""
+    if names:
+        name = names.get((task, index))
+        if name is not None:
+            return f"{task}[{name}]"
     return task if index is None else f"{task}[{index}]"
 
 

@@ -78,7 +78,9 @@ class DockerEnvironment(PlatformEnvironment):
 
     # -- the container ------------------------------------------------------------------------------------
     def start(self, job: FlowRunJob) -> Any:
-        opts = self.options
+        from flowspec.environments.docker_options import resolved
+
+        opts = resolved(self.options)  # `${{ env.NAME }}` read where the run starts, never passed on as text
         volumes = dict(self.mounts)
         for source, target in (opts.get("volumes") or {}).items():
             bind, _, mode = target.partition(":")

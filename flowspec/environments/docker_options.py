@@ -56,3 +56,21 @@ def option_problems(env: dict) -> list[tuple[tuple, str, str]]:
 
 def _templated(value: str) -> bool:
     return isinstance(value, str) and "${{" in value
+
+
+def resolved(options, environ=None) -> dict:
+    """The options with their `${{ env.NAME }}` references resolved, where the flow run starts
+    (as the Kubernetes and Fargate environments do); volume sources are resolved too."""
+    from flowspec import references as refs
+    from flowspec.errors import FlowspecError
+
+    lookup = refs.env_lookup(os.environ if environ is None else environ)
+    try:
+        out = refs.resolve(refs.compile_value(dict(options)), lookup)
+        if isinstance(out.get("volumes"), dict):
+            out["volumes"] = {refs.resolve(refs.compile_value(k), lookup) if isinstance(k, str) else k: v
+                              for k, v in out["volumes"].items()}
+    except refs.UnsetEnvError as exc:
+        raise FlowspecError(f"environment: {exc}", hint="set it where the flow run starts, or give a fallback"
+                            " (${{ env.NAME || 'value' }})") from None
+    return out

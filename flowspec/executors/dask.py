@@ -108,15 +108,17 @@ class DaskExecutor(Executor):
         template = Shipped(new_key(), (task_fn, ctx.run_id, ctx.flow_name, dict(ctx.params), ctx.task_name,
                                        retries, retry_delay, timeout, notify is not None or retries > 0,
                                        logging.getLogger("flowspec.task").getEffectiveLevel()))
-        units = [Unit(next(self.uids), args[2].map_index, args[1], template, notify, retries, ctx.task_name)
-                 for args in arg_tuples]
+        units = [Unit(next(self.uids), args[2].map_index, args[1], template, notify, retries, ctx.task_name,
+                      args[2].run_name) for args in arg_tuples]
         self._send(units, 1, 0.0)
         return units
 
     def _send(self, units: list, first_attempt: int, retry_delay: float) -> None:
         run8 = units[0].template.obj[1][:8]
         keys = [(f"{unit.task}-{run8}", -1 if unit.index is None else unit.index, first_attempt) for unit in units]
-        futures = self.client.map(remote_unit, [u.uid for u in units], [u.index for u in units],
+        # A named task run (its task's `run_name`) travels with its index: (index, name)
+        futures = self.client.map(remote_unit, [u.uid for u in units],
+                                  [u.index if u.run_name is None else (u.index, u.run_name) for u in units],
                                   [pack(u.kwargs) for u in units], key=keys, template=units[0].template,
                                   first_attempt=first_attempt, pause=retry_delay,
                                   stdout_to_stderr=self.stdout_to_stderr, pure=False)
@@ -239,15 +241,19 @@ class Unit:
     the Dask future of the task's value."""
 
     __slots__ = ("uid", "index", "kwargs", "template", "notify", "retries", "task", "future", "outcome",
-                 "first_attempt", "attempt", "misses")
+                 "first_attempt", "attempt", "misses", "run_name")
 
-    def __init__(self, uid: int, index, kwargs: dict, template, notify, retries: int, task: str) -> None:
+    def __init__(self, uid: int, index, kwargs: dict, template, notify, retries: int, task: str,
+                 run_name: str | None = None) -> None:
         self.uid, self.index, self.kwargs, self.template = uid, index, kwargs, template
+        self.run_name = run_name
         self.notify, self.retries, self.task = notify, retries, task
         self.future = self.outcome = None
 
     @property
     def label(self) -> str:
+        if self.run_name is not None:
+            return f"{self.task}[{self.run_name}]"
         return self.task if self.index is None else f"{self.task}[{self.index}]"
 
     def done(self) -> bool:
@@ -405,7 +411,10 @@ def remote_unit(uid: int, index, kwargs: dict, template: Shipped, first_attempt:
     if stdout_to_stderr:
         print_to_stderr()
     capture_output()
-    ctx = context.TaskContext(run_id, flow, MappingProxyType(params), task, index, 0)
+    run_name = None
+    if type(index) is tuple:  # a named task run: (index, its name)
+        index, run_name = index
+    ctx = context.TaskContext(run_id, flow, MappingProxyType(params), task, index, 0, run_name)
     tell = (lambda *a: worker.log_event(topic, ("state", uid, *a[2:]))) if notify else None
     if pause:  # the retry delay, when the worker of the previous attempt died
         time.sleep(pause)

@@ -269,7 +269,7 @@ class ChildCall:
             raise PoolClosed()
         child = children.acquire()
         ctx = context.current()
-        fields = (ctx.run_id, ctx.flow_name, ctx.task_name, ctx.map_index, ctx.attempt)
+        fields = (ctx.run_id, ctx.flow_name, ctx.task_name, ctx.map_index, ctx.attempt, ctx.run_name)
         try:
             return child.call(id(self.fn), self.blob, ctx, (args, kwargs, fields), timeout)
         except BaseException:
@@ -436,8 +436,8 @@ def child_main(fd: int, level: int, stdout_is_stderr: bool) -> None:
 def _answer(fn, args: tuple, kwargs: dict, fields: tuple, params) -> bytes:
     from flowspec import context, task_output
 
-    run_id, flow, task, index, attempt = fields
-    token = context.set_current(context.TaskContext(run_id, flow, params, task, index, attempt))
+    run_id, flow, task, index, attempt, run_name = fields
+    token = context.set_current(context.TaskContext(run_id, flow, params, task, index, attempt, run_name))
     try:
         reply = ("ok", fn(*args, **kwargs))
     except BaseException as exc:  # SystemExit too: the parent decides what it means

@@ -251,13 +251,13 @@ def test_a_quoted_version_is_told_to_drop_the_quotes(cli, tmp_path):
 
 @pytest.mark.parametrize("where, key, value, says", [
     ((), "results", "{type: local}", "a result store"),
-    ((), "outputs", "{total: x}", "flow outputs: not in this release yet"),
+    ((), "cache", "true", "caching is set per task"),
     (("tasks", "x"), "cache_for", "1h", "caching will be `cache: {expires: DURATION}` (with results)"),
     (("tasks", "x"), "cache", "true", "task caching"),
     (("tasks", "x"), "target", "out.pkl", "targets"),
-    (("tasks", "x"), "loop", "{max: 3}", "loops"),
-    (("tasks", "x"), "if", "yes", "`trigger: any_failed`"),
-    (("tasks", "x"), "run_name", "n", "mapped children are named NAME[index]"),
+    (("tasks", "x"), "task_run_name", "n", "write `run_name: ...`"),
+    (("tasks", "x"), "state_handlers", "[m:h]", "on_success, on_failure, on_retry"),
+    (("tasks", "x"), "outputs", "{a: 1}", "outputs are declared at the top level"),
     (("tasks", "x"), "max_retries", "3", "write `retries: N`"),
     (("environment",), "secrets", "{A: b}", "write ${{ secrets.NAME }} in environment.env"),
     (("parameters", "p"), "required", "true", "a parameter is required when it has no `default`"),

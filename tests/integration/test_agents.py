@@ -485,3 +485,31 @@ def test_run_name_watch_ends_failed_when_the_run_is_lost(sqlite_cluster: tuple[C
     assert failed.message.startswith("no heartbeat for 1.5s: the process running it (agent a) is gone;"), failed.message
     assert "marked Failed by `flowspec run --watch`" in failed.message
     assert out.rstrip().endswith(f"flow run {run_id}: Failed ({failed.message})"), out
+
+
+def test_an_agents_run_records_run_names_outputs_and_a_flow_timeout(sqlite_cluster: tuple[Cluster, Backend]) -> None:
+    cluster, backend = sqlite_cluster
+    specs = {
+        "named": {"version": 1, "name": "named", "tasks": {
+            "nap": {"run": "tasks:nap", "map": {"seconds": [0, 0.01]}, "run_name": "s${{ args.seconds }}"}},
+            "outputs": {"naps": "${{ tasks.nap }}"}},
+        "slow": {"version": 1, "name": "slow", "timeout": "1s", "tasks": {"nap": {"run": "tasks:nap",
+                                                                               "with": {"seconds": 30}}}},
+    }
+    ids = {}
+    for name, spec in specs.items():
+        path = cluster.root / "flows" / f"{name}.yaml"
+        path.write_text(json.dumps(spec))
+        done = cluster.cli("register", str(path), "--format", "json")
+        assert done.returncode == 0, done.stderr
+        ids[name] = json.loads(done.stdout)["id"]
+    cluster.agent("a")
+    named = backend.create_flow_run(ids["named"]).id
+    slow = backend.create_flow_run(ids["slow"]).id
+    assert wait_state(backend, cluster, named, {"Success", "Failed"}).state == "Success"
+    assert backend.run_outputs(named) == {"naps": [None, None]}
+    assert backend.run_names(named) == {("nap", 0): "s0", ("nap", 1): "s0.01"}
+    assert logged(backend, named, "napping in process")
+    assert {line.task for line in backend.logs(named) if "napping" in line.message} == {"nap[s0]", "nap[s0.01]"}
+    run = wait_state(backend, cluster, slow, {"TimedOut", "Failed", "Success"}, timeout=40)
+    assert (run.state, run.exit_code, run.message) == ("TimedOut", 1, "the flow run exceeded its timeout of 1s")

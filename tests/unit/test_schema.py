@@ -75,7 +75,8 @@ def test_unknown_keys_get_did_you_mean_or_the_allowed_list():
     assert _diags(BASE + "tasks: {a: {run: 'm:f', retires: 1, zzz: 2}}\n") == [
         (3, 25, "tasks.a.retires", "unknown key 'retires'", "did you mean 'retries'?"),
         (3, 37, "tasks.a.zzz", "unknown key 'zzz'",
-         "allowed keys: run, description, with, map, after, retries, retry_delay, timeout, trigger")]
+         "allowed keys: run, description, with, map, after, retries, retry_delay, timeout, trigger, if, run_name, loop,"
+             " cleanup, on_success, on_failure, on_retry")]
 
 
 def test_keys_of_the_chosen_type_only():
@@ -96,7 +97,8 @@ def test_type_enum_pattern_and_version_messages():
                   "parameters: {p: {type: null}}\n") == [
         (1, 10, "version", "unsupported spec version 3; this release reads version 1", "set 'version: 1'"),
         (3, 34, "tasks.a.retries", "expected integer, got string '2'", "remove the quotes to write a number"),
-        (3, 48, "tasks.a.trigger", "string 'all_succes' is not one of: all_successful | all_finished | any_failed",
+        (3, 48, "tasks.a.trigger", "string 'all_succes' is not one of: all_successful | all_finished | any_failed | all_failed"
+                                    " | any_successful | none_failed",
          "did you mean 'all_successful'?"),
         (3, 69, "tasks.a.timeout", "'soon': expected a duration such as 500ms, 5s, 2m or 1h (or a number of seconds)",
          None),

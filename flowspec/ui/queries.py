@@ -1,0 +1,288 @@
+"""The reads the UI needs that the Backend has no method for, on SQLite and PostgreSQL alike.
+
+Each function takes the backend and runs one read transaction through its `_transaction`, with
+SQL written with `?` placeholders as the backend's own. Pages are keyset-paginated (never OFFSET,
+never a full count): a page costs the same on the 50th page as on the first.
+
+`ensure_indexes` adds the indexes these reads need (idempotent, `CREATE INDEX IF NOT EXISTS`);
+the UI runs it once at start.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from flowspec.backend import FlowRun
+
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_created ON flow_runs (created, id)",
+    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_flow ON flow_runs (flow_name, created, id)",
+    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_state_created ON flow_runs (state, created, id)",
+    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_agent ON flow_runs (agent, created, id)",
+    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_flow_id ON flow_runs (flow_id, created, id)",
+    "CREATE INDEX IF NOT EXISTS ui_flow_runs_by_updated ON flow_runs (updated)",
+    "CREATE INDEX IF NOT EXISTS ui_task_states_by_task ON task_states (run_id, task, map_index, id)",
+    "CREATE INDEX IF NOT EXISTS ui_logs_by_level ON logs (run_id, level, id)",
+    "CREATE INDEX IF NOT EXISTS ui_logs_by_task ON logs (run_id, task, id)",
+)
+RUN_COLS = ("id, flow_id, flow_name, state, labels, parameters, agent, created, updated, heartbeat, exit_code,"
+            " message, runner, heartbeat_timeout")
+LOG_COLS = "id, run_id, time, level, task, message"
+
+
+def ensure_indexes(backend) -> None:
+    with backend._transaction() as tx:
+        for statement in INDEXES:
+            tx.run(statement)
+
+
+def _is_postgres(backend) -> bool:
+    return backend.url.split("://", 1)[0].lower() in ("postgresql", "postgres")
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern matching it anywhere, its wildcards taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def to_run(row: Sequence[Any]) -> FlowRun:
+    fields = list(row)
+    fields[4], fields[5] = tuple(json.loads(row[4])), json.loads(row[5])
+    return FlowRun(*fields)
+
+
+# ------------------------------------------------------------------------------------ runs
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What the runs list is narrowed to; empty fields do not filter."""
+
+    flow: str | None = None
+    states: tuple[str, ...] = ()
+    label: str | None = None
+    agent: str | None = None
+    flow_id: int | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        simple = (("flow_name = ?", self.flow), ("agent = ?", self.agent), ("flow_id = ?", self.flow_id),
+                  ("created >= ?", self.since), ("created < ?", self.until))
+        for clause, value in simple:
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if self.states:
+            where.append(f"state IN ({', '.join('?' for _ in self.states)})")
+            params += self.states
+        if self.label is not None:
+            # labels are stored as a JSON list: match the label's own JSON string, quotes included
+            where.append("labels LIKE ? ESCAPE '\\'")
+            params.append(_like(json.dumps(self.label)))
+        return where, params
+
+
+def matches(flt: RunFilter, run: FlowRun) -> bool:
+    """Does `run` pass the filter? (For runs pushed live, read one at a time.)"""
+    checks = ((flt.flow, run.flow_name), (flt.agent, run.agent), (flt.flow_id, run.flow_id))
+    return (all(want is None or want == have for want, have in checks)
+            and (not flt.states or run.state in flt.states)
+            and (flt.label is None or flt.label in run.labels)
+            and (flt.since is None or run.created >= flt.since)
+            and (flt.until is None or run.created < flt.until))
+
+
+@dataclass
+class RunPage:
+    runs: list[FlowRun]
+    next_cursor: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def encode_cursor(run: FlowRun) -> str:
+    return f"{run.created!r}_{run.id}"
+
+
+def decode_cursor(text: str) -> tuple[float, str]:
+    """`created_id` back to its parts; ValueError for anything else."""
+    created, _, run_id = text.partition("_")
+    if not run_id:
+        raise ValueError(text)
+    return float(created), run_id
+
+
+def runs_page(backend, flt: RunFilter, after: str | None = None, size: int = 50) -> RunPage:
+    """Runs newest first (by created, then id), `size` of them after the cursor `after`."""
+    cursor = decode_cursor(after) if after else None
+    with backend._transaction(write=False) as tx:
+        if len(flt.states) > 1:
+            # One indexed walk per state, merged: `state IN (...)` would sort every match
+            walks = [_page_rows(tx, replace(flt, states=(state,)), cursor, size + 1) for state in flt.states]
+            rows = list(heapq.merge(*walks, key=lambda r: (r[7], r[0]), reverse=True))[:size + 1]
+        else:
+            rows = _page_rows(tx, flt, cursor, size + 1)
+    runs = [to_run(row) for row in rows[:size]]
+    return RunPage(runs, encode_cursor(runs[-1]) if len(rows) > size else None)
+
+
+def _page_rows(tx, flt: RunFilter, cursor: tuple[float, str] | None, limit: int) -> list[tuple]:
+    where, params = flt.where()
+    if cursor:
+        where.append("(created < ? OR (created = ? AND id < ?))")
+        params += [cursor[0], cursor[0], cursor[1]]
+    return tx.all(f"SELECT {RUN_COLS} FROM flow_runs WHERE {' AND '.join(where) or '1 = 1'}"
+                  " ORDER BY created DESC, id DESC LIMIT ?", *params, limit)
+
+
+def runs_updated_since(backend, since: float, limit: int = 500) -> list[FlowRun]:
+    """Runs changed after `since` (their `updated` time), oldest change first."""
+    with backend._transaction(write=False) as tx:
+        rows = tx.all(f"SELECT {RUN_COLS} FROM flow_runs WHERE updated > ? ORDER BY updated LIMIT ?", since, limit)
+    return [to_run(row) for row in rows]
+
+
+def latest_update(backend) -> float:
+    with backend._transaction(write=False) as tx:
+        return (tx.one("SELECT MAX(updated) FROM flow_runs") or (None,))[0] or 0.0
+
+
+# ------------------------------------------------------------------------------------ flows
+
+
+def flow_versions(backend, project: str, name: str) -> list[dict]:
+    """Every version of a flow, newest first, with how many runs each had."""
+    with backend._transaction(write=False) as tx:
+        rows = tx.all("SELECT f.id, f.version, f.created, f.spec_checksum, f.labels,"
+                      " (SELECT COUNT(*) FROM flow_runs r WHERE r.flow_id = f.id)"
+                      " FROM flows f WHERE f.project = ? AND f.name = ? ORDER BY f.version DESC", project, name)
+    return [{"id": r[0], "version": r[1], "registered": r[2], "checksum": r[3], "labels": json.loads(r[4]),
+             "runs": int(r[5])} for r in rows]
+
+
+def run_counts_by_flow(backend) -> dict[str, int]:
+    with backend._transaction(write=False) as tx:
+        return {name: int(n) for name, n in tx.all("SELECT flow_name, COUNT(*) FROM flow_runs GROUP BY flow_name")}
+
+
+def runs_by_agent(backend) -> dict[str, dict[str, int]]:
+    """Per agent, its runs counted by state."""
+    out: dict[str, dict[str, int]] = {}
+    with backend._transaction(write=False) as tx:
+        for agent, state, n in tx.all("SELECT agent, state, COUNT(*) FROM flow_runs WHERE agent IS NOT NULL"
+                                      " GROUP BY agent, state"):
+            out.setdefault(agent, {})[state] = int(n)
+    return out
+
+
+def waiters(backend, labels: Iterable[str]) -> dict[str, list[str]]:
+    """Per limited label, the waiting runs (Scheduled or Queued) that carry it, oldest first."""
+    wanted = set(labels)
+    out: dict[str, list[str]] = {label: [] for label in wanted}
+    with backend._transaction(write=False) as tx:
+        rows = tx.all("SELECT id, labels FROM flow_runs WHERE state IN ('Scheduled', 'Queued') ORDER BY seq")
+    for run_id, text in rows:
+        for label in set(json.loads(text)) & wanted:
+            out[label].append(run_id)
+    return out
+
+
+# ------------------------------------------------------------------------------ task states
+
+
+def last_task_state_id(backend, run_id: str) -> int:
+    with backend._transaction(write=False) as tx:
+        return (tx.one("SELECT MAX(id) FROM task_states WHERE run_id = ?", run_id) or (None,))[0] or 0
+
+
+def children_states(backend, run_id: str, task: str) -> list[tuple[int, str]]:
+    """(map_index, latest state) of each mapped child of `task`, by index."""
+    with backend._transaction(write=False) as tx:
+        return tx.all("SELECT t.map_index, t.state FROM task_states t JOIN (SELECT MAX(id) AS id FROM task_states"
+                      " WHERE run_id = ? AND task = ? AND map_index IS NOT NULL GROUP BY map_index) l"
+                      " ON t.id = l.id ORDER BY t.map_index", run_id, task)
+
+
+def task_spans(backend, run_id: str) -> list[tuple[str, float, float, int]]:
+    """Per task, in order of its first state: (task, first time, last time, mapped children)."""
+    with backend._transaction(write=False) as tx:
+        rows = tx.all("SELECT task, MIN(time), MAX(time), COUNT(DISTINCT map_index), MIN(id) AS first"
+                      " FROM task_states WHERE run_id = ? GROUP BY task ORDER BY first", run_id)
+    return [(r[0], float(r[1]), float(r[2]), int(r[3])) for r in rows]
+
+
+def child_spans(backend, run_id: str, task: str, after: int = -1, size: int = 200) -> list[tuple[int, float, float, str]]:
+    """Per mapped child of `task` with index > `after`: (index, first time, last time, latest state)."""
+    with backend._transaction(write=False) as tx:
+        rows = tx.all("SELECT map_index, MIN(time), MAX(time), MAX(id) FROM task_states WHERE run_id = ? AND task = ?"
+                      " AND map_index > ? GROUP BY map_index ORDER BY map_index LIMIT ?", run_id, task, after, size)
+        ids = [r[3] for r in rows]
+        states = dict(tx.all(f"SELECT id, state FROM task_states WHERE id IN ({', '.join('?' for _ in ids)})",
+                             *ids)) if ids else {}
+    return [(int(r[0]), float(r[1]), float(r[2]), states.get(r[3], "?")) for r in rows]
+
+
+# ------------------------------------------------------------------------------------- logs
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    level: str | None = None
+    task: str | None = None  # a task's own lines and its children's (`task[3]`), or one child's
+    search: str | None = None
+
+    def where(self, postgres: bool) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.level:
+            where.append("level = ?")
+            params.append(self.level.upper())
+        if self.task:
+            if "[" in self.task:
+                where.append("task = ?")
+                params.append(self.task)
+            else:
+                where.append("(task = ? OR task LIKE ? ESCAPE '\\')")
+                params += [self.task, self.task.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "[%"]
+        if self.search:
+            where.append(f"message {'ILIKE' if postgres else 'LIKE'} ? ESCAPE '\\'")
+            params.append(_like(self.search))
+        return where, params
+
+
+def log_page(backend, run_id: str, flt: LogFilter, after: int = 0, before: int | None = None,
+             size: int = 500) -> tuple[list[tuple], bool]:
+    """Up to `size` log rows (id, run_id, time, level, task, message) matching `flt`: after id
+    `after` oldest first, or with `before` the newest ones before it (then still oldest first).
+    Also whether more match beyond the page."""
+    where, params = flt.where(_is_postgres(backend))
+    where = ["run_id = ?", *where]
+    params = [run_id, *params]
+    if before is not None:
+        where.append("id < ?")
+        params.append(before)
+        order = "DESC"
+    else:
+        where.append("id > ?")
+        params.append(after)
+        order = "ASC"
+    with backend._transaction(write=False) as tx:
+        rows = tx.all(f"SELECT {LOG_COLS} FROM logs WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?",
+                      *params, size + 1)
+    more = len(rows) > size
+    rows = rows[:size]
+    return (rows[::-1] if order == "DESC" else rows), more
+
+
+def failed_traceback(backend, run_id: str) -> tuple | None:
+    """The first ERROR log line that carries a traceback, else the first ERROR line."""
+    with backend._transaction(write=False) as tx:
+        row = tx.one(f"SELECT {LOG_COLS} FROM logs WHERE run_id = ? AND level = 'ERROR'"
+                     " AND message LIKE '%Traceback (most recent call last)%' ORDER BY id LIMIT 1", run_id)
+        return row or tx.one(f"SELECT {LOG_COLS} FROM logs WHERE run_id = ? AND level = 'ERROR' ORDER BY id LIMIT 1",
+                             run_id)

@@ -1,0 +1,194 @@
+"""What the pages show, as plain data: the same dicts feed the templates and the JSON twins.
+
+The JSON of runs and of a run has the shapes of `flowspec runs list/show --format json`, and is
+masked as they mask it (flowspec.masking): the values of parameters named like credentials,
+and those values wherever they appear in messages and log lines.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flowspec.masking import MASK
+
+
+def masked(value: Any, secret: bool = False) -> Any:
+    """Parameters with every value under a credential-like name replaced by MASK (nested
+    mappings too: a flow's storage settings)."""
+    from flowspec.masking import is_secret
+
+    if secret:
+        return MASK
+    if isinstance(value, dict):
+        return {k: masked(v, isinstance(k, str) and (is_secret(k) or is_secret(k, False))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
+
+
+def masked_spec(text: str) -> str:
+    """A registered spec's text with the values of credential-like keys (and the defaults of
+    credential-like parameters) replaced by MASK wherever they occur."""
+    import yaml
+
+    from flowspec.masking import is_secret
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    values: set[str] = set()
+
+    def walk(node: Any, secret: bool) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, secret or (isinstance(k, str) and (is_secret(k) or is_secret(k, False))))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, secret)
+        elif secret and node is not None and len(str(node)) >= 3 and "${{" not in str(node):
+            values.add(str(node))
+    walk(data, False)
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text
+
+
+def run_dict(run) -> dict:
+    from flowspec.commands.runs import run_json
+
+    data = run_json(run)
+    data["parameters"] = masked(data["parameters"])
+    return data
+
+
+def text_mask(run):
+    """A function masking a text of this run (a message, a log line) as `runs show` does."""
+    from flowspec.masking import mask_text, secret_values
+
+    values = secret_values(run.parameters)
+    return lambda text: mask_text(text, values)
+
+
+class RunCache:
+    """Values computed from a run's task states, kept until a new task state is recorded: a
+    finished run of many children is summed once, and a live page's stream re-sums only
+    when something changed."""
+
+    def __init__(self, size: int = 64) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._lock, self._size = threading.Lock(), size
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, backend, run_id: str, kind: str, compute):
+        from flowspec.ui.queries import last_task_state_id
+
+        version = last_task_state_id(backend, run_id)
+        key = (run_id, kind)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] == version:
+                self._items.move_to_end(key)
+                return hit[1]
+        value = compute()
+        with self._lock:
+            self._items[key] = (version, value)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+
+CACHE = RunCache()
+
+
+def task_rows(backend, run) -> list[dict]:
+    """`runs show`'s task rows: one per task, a mapped task's children counted by state."""
+    rows = CACHE.get(backend, run.id, "tasks", lambda: _task_rows(backend, run.id))
+    mask = text_mask(run)
+    return [row | {"message": mask(row["message"])} if row["message"] else row for row in rows]
+
+
+def _task_rows(backend, run_id: str) -> list[dict]:
+    from flowspec.commands.runs import _summary
+
+    rows = []
+    for t in _summary(backend.task_summary(run_id)):
+        row = {"task": t.task, "map_index": t.map_index, "state": t.state, "attempt": t.attempt, "time": t.time,
+               "message": t.message}
+        if t.children:
+            row["children"] = t.children
+        rows.append(row)
+    return rows
+
+
+def history(backend, run) -> list[dict]:
+    mask = text_mask(run)
+    return [{"time": e.time, "state": e.state, "message": mask(e.message)} for e in backend.run_history(run.id)]
+
+
+def run_detail(backend, run, tasks: bool = True) -> dict:
+    """The JSON of `flowspec runs show RUN --format json` (`tasks` None when not asked for)."""
+    flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+    return run_dict(run) | {
+        "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
+        "waiting_reason": backend.waiting_reason(run.id), "history": history(backend, run),
+        "tasks": task_rows(backend, run) if tasks else None}
+
+
+def log_dict(row: tuple, mask) -> dict:
+    """A log row as `flowspec runs logs --format json` shows it (`mask`: text_mask of its run),
+    with its id."""
+    return {"kind": "log", "id": row[0], "time": row[2], "level": row[3], "task": row[4], "message": mask(row[5])}
+
+
+def agent_dict(agent, now: float, runs: dict[str, int] | None = None) -> dict:
+    """As `flowspec agents list --format json`, with the agent's runs counted by state."""
+    return {"name": agent.name, "labels": list(agent.labels), "started": agent.started, "last_seen": agent.last_seen,
+            "stopped": agent.stopped, "stop_requested": agent.stop_requested, "alive": agent.alive(now),
+            "status": agent.status, "runs": runs or {}}
+
+
+def flow_dict(flow) -> dict:
+    """As `flowspec flows list --format json`."""
+    return {"id": flow.id, "project": flow.project, "name": flow.name, "version": flow.version,
+            "labels": list(flow.labels), "storage": masked(flow.storage), "registered": flow.created}
+
+
+def graph_of(flow, tasks: list[dict]) -> dict:
+    """Nodes and edges of a run's task graph: from its registered spec when there is one, else
+    the tasks it recorded (a local run keeps no spec: no edges)."""
+    from flowspec.ui import layout
+
+    names, edges = [t["task"] for t in tasks], []
+    if flow is not None and flow.spec_text:
+        spec = _compiled(flow.id, flow.spec_text)
+        if spec is not None:
+            names = list(spec.tasks) + [n for n in names if n not in spec.tasks]
+            from flowspec.graph import edges as spec_edges
+
+            edges = spec_edges(spec)
+    placed, width, height = layout.place(names, [(u, d) for u, d, _ in edges])
+    by_name = {t["task"]: t for t in tasks}
+    nodes = [{"name": p.name, "x": p.x, "y": p.y, "w": layout.NODE_W, "h": layout.NODE_H, "layer": p.layer,
+              "state": by_name.get(p.name, {}).get("state", "Pending"),
+              "children": by_name.get(p.name, {}).get("children")} for p in placed]
+    return {"nodes": nodes, "edges": layout.edge_paths(placed, edges), "width": width, "height": height,
+            "from_spec": bool(edges) or (flow is not None)}
+
+
+_SPECS: dict[int, Any] = {}
+
+
+def _compiled(flow_id: int, text: str):
+    """A registered version's spec, compiled once (versions never change)."""
+    if flow_id not in _SPECS:
+        from flowspec.compile import compile_document
+        from flowspec.loader import load_text
+
+        try:
+            spec, _ = compile_document(load_text(text, "flow.yaml"))
+        except Exception:  # a spec an older flowspec accepted: shown without edges
+            spec = None
+        _SPECS[flow_id] = spec
+    return _SPECS[flow_id]

@@ -1,0 +1,433 @@
+"""`flowspec ui` in a real browser, and the command's own rules (token, extra, vendored files)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import REPO, run_cli, start_cli
+from tests.ui.conftest import FLOWS, start_ui
+
+STATIC = REPO / "flowspec" / "ui" / "static"
+browser = pytest.mark.browser
+# tests that start `flowspec ui` without a browser
+server = pytest.mark.skipif(importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None,
+                            reason='the UI is not installed: pip install "flowspec[ui]"')
+
+
+def fetch(url: str, headers: dict | None = None, method: str = "GET", data: bytes | None = None):
+    request = urllib.request.Request(url, headers=headers or {}, method=method, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_vendored_files_match_their_sha256sums():
+    lines = (STATIC / "SHA256SUMS").read_text().split("\n")
+    sums = dict(reversed(line.split("  ", 1)) for line in lines if line)
+    assert {"htmx-2.0.11.min.js", "htmx-ext-sse-2.2.4.min.js"} <= sums.keys()
+    for name, digest in sums.items():
+        assert hashlib.sha256((STATIC / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_templates_load_nothing_from_elsewhere():
+    for path in (REPO / "flowspec" / "ui" / "templates").glob("*.html"):
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text, path.name
+
+
+def test_a_non_loopback_host_without_a_token_is_refused(tmp_path):
+    done = run_cli("ui", "--host", "0.0.0.0", "--backend", tmp_path / "b.db", env={"FLOWSPEC_HOME": str(tmp_path),
+                                                                                  "FLOWSPEC_UI_TOKEN": ""})
+    assert done.rc == 2
+    assert "--host 0.0.0.0" in done.stderr and "--token" in done.stderr and "Traceback" not in done.output
+
+
+def test_the_help_has_examples_that_parse(tmp_path):
+    done = run_cli("ui", "--help", env={"FLOWSPEC_HOME": str(tmp_path)})
+    assert done.rc == 0 and "flowspec ui --host 0.0.0.0 --token" in done.stdout and "FLOWSPEC_BACKEND" in done.stdout
+    taken = run_cli("ui", "--port", "70000", env={"FLOWSPEC_HOME": str(tmp_path)})
+    assert taken.rc == 2 and "--port 70000" in taken.stderr
+
+
+def test_a_missing_extra_names_the_pip_line(tmp_path):
+    # -S leaves out site-packages, where Starlette is installed; flowspec comes from the tree.
+    proc = subprocess.run([sys.executable, "-S", "-m", "flowspec", "ui", "--backend", str(tmp_path / "b.db")],
+                          cwd=REPO, capture_output=True, text=True, timeout=30,
+                          env={"PYTHONPATH": str(REPO), "FLOWSPEC_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2, proc.stderr
+    assert 'pip install "flowspec[ui]"' in proc.stderr and "Traceback" not in proc.stderr
+
+
+@server
+def test_starts_fast_and_asks_for_its_token(tmp_path):
+    started = time.monotonic()
+    ui = start_ui(str(tmp_path / "b.db"), tmp_path, env={"FLOWSPEC_UI_TOKEN": "s3cret-token"})
+    try:
+        status, _, _ = fetch(ui.url + "/runs")
+        ready = time.monotonic() - started
+        assert status == 401
+        assert fetch(ui.url + "/runs.json", {"Authorization": "Bearer s3cret-token"})[0] == 200
+        assert fetch(ui.url + "/runs.json", {"Authorization": "Bearer wrong"})[0] == 401
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(ui.url + "/agents?token=s3cret-token") as response:  # sets the cookie, redirects
+            assert response.status == 200 and response.url.endswith("/agents")
+        with opener.open(ui.url + "/limits.json") as response:
+            assert response.status == 200
+    finally:
+        ui.stop()
+    # The whole start, interpreter included, on a shared test machine: the server itself
+    # starts in well under half a second (benchmarks/ui.py measures it).
+    assert ready < 3.0, ready
+
+
+@server
+def test_read_only_refuses_a_post(ui, world):
+    status, body, _ = fetch(f"{ui.url}/runs/{world['waiting']}/cancel", method="POST", data=b"csrf=x",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 403 and "--allow-actions" in body
+
+
+@server
+def test_json_twins_match_the_cli(ui, world):
+    env = world["env"]
+    listed = json.loads(run_cli("runs", "list", "--backend", world["db"], "--format", "json", env=env).stdout)
+    status, body, _ = fetch(ui.url + "/runs.json")
+    assert status == 200
+    web = json.loads(body)
+    assert [r["id"] for r in web] == [r["id"] for r in listed]
+    for mine, theirs in zip(web, listed):
+        assert mine == theirs | {"parameters": mine["parameters"]}, mine["id"]
+        assert mine["parameters"].get("api_token") in (None, "****")
+    shown = json.loads(run_cli("runs", "show", world["failed"], "--backend", world["db"], "--format", "json",
+                               env=env).stdout)
+    status, body, _ = fetch(f"{ui.url}/runs/{world['failed']}", {"Accept": "application/json"})
+    mine = json.loads(body)
+    assert mine == shown | {"parameters": mine["parameters"]}
+    assert mine["parameters"]["api_token"] == "****" and "s3cr3t-value" not in body
+    assert fetch(ui.url + "/runs.json?state=Bogus")[0] == 400
+    flows = json.loads(run_cli("flows", "list", "--backend", world["db"], "--format", "json", env=env).stdout)
+    assert json.loads(fetch(ui.url + "/flows.json")[1]) == flows
+    limits = json.loads(run_cli("concurrency-limit", "list", "--backend", world["db"], "--format", "json",
+                                env=env).stdout)
+    assert [{k: v for k, v in lim.items() if k != "waiting"} for lim in json.loads(fetch(ui.url + "/limits.json")[1])] \
+        == limits
+    assert json.loads(fetch(f"{ui.url}/runs/{world['failed'][:6]}.json")[1])["id"] == world["failed"]
+    status, body, _ = fetch(f"{ui.url}/runs/ffffffffffff.json")
+    assert status == 404 and "ffffffffffff" in json.loads(body)["error"]
+
+
+@server
+def test_runs_list_pages_by_keyset_and_filters(ui, world):
+    status, body, headers = fetch(ui.url + "/runs.json?state=failed")
+    assert status == 200 and [r["state"] for r in json.loads(body)] == ["Failed"]
+    assert [r["id"] for r in json.loads(fetch(ui.url + "/runs.json?label=gpu")[1])] == [world["waiting"]]
+    assert json.loads(fetch(ui.url + "/runs.json?flow=nothing-like-it")[1]) == []
+    everything = [r["id"] for r in json.loads(fetch(ui.url + "/runs.json")[1])]
+    assert len(everything) >= 2
+    seen, url = [], ui.url + "/runs.json?limit=1"
+    while url:  # one run a page, by the Link header, until the last page has none
+        status, body, headers = fetch(url)
+        seen += [r["id"] for r in json.loads(body)]
+        link = headers.get("Link") or headers.get("link")
+        url = ui.url + link[1:link.index(">")] if link else None
+    assert seen == everything
+    two = json.loads(fetch(ui.url + "/runs.json?state=Failed&state=scheduled")[1])
+    assert [r["id"] for r in two] == [i for i in everything if i in (world["failed"], world["waiting"])]
+    assert len(json.loads(fetch(ui.url + "/runs.json?state=Failed,Scheduled&limit=1")[1])) == 1
+
+
+@server
+def test_the_log_stream_resumes_after_last_event_id(ui, world):
+    page = fetch(f"{ui.url}/runs/{world['failed']}/logs?after=0")[1]
+    ids = [int(x) for x in re.findall(r'data-id="(\d+)"', page)]
+    cut = ids[2]
+    request = urllib.request.Request(f"{ui.url}/runs/{world['failed']}/events?kinds=log",
+                                     headers={"Last-Event-ID": f"{cut}-0-0"})
+    with urllib.request.urlopen(request, timeout=10) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event: list[str] = []
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line == "" and any(e.startswith("event: log") for e in event):
+                break
+            event = [] if line == "" else event + [line]
+    sent = [int(x) for x in re.findall(r'data-id="(\d+)"', "\n".join(event))]
+    assert sent == ids[3:]
+    assert event[0] == f"id: {sent[-1]}-0-0.0"
+
+
+# ------------------------------------------------------------------------------ in a browser
+
+
+@browser
+def test_every_page_opens_without_a_console_error(ui, world, watched, shots):
+    page = watched
+    for path, name, marker in [("/runs", "runs", "table.runs"), (f"/runs/{world['failed']}", "run", "#task-graph"),
+                               (f"/runs/{world['waiting']}", "run-waiting", "#waiting-reason"),
+                               (f"/runs/{world['failed']}/traceback", "traceback", "#traceback"),
+                               ("/flows", "flows", "table.flows"), ("/flows/default/hostile-flow", "flow", "#spec-text"),
+                               ("/flows/default/hostile-flow?version=2&diff=1", "flow-diff", "pre.diff"),
+                               ("/agents", "agents", "h1"), ("/limits", "limits", "table.limits")]:
+        page.goto(ui.url + path)
+        page.wait_for_selector(marker)
+        shots(page, name)
+    page.goto(f"{ui.url}/runs/{world['waiting']}")
+    reason = page.inner_text("#waiting-reason")
+    assert "no agent" in reason and "gpu" in reason
+    page.goto(ui.url + "/runs?limit=1")  # one run a page: "Older runs" appends the next one
+    assert page.locator("#run-rows tr[id^=run-]").count() == 1
+    page.click("#more-runs a")
+    page.wait_for_selector("#run-rows tr[id^=run-]:nth-child(2)")
+
+
+@browser
+@pytest.mark.parametrize("csp", ["with the CSP", "escaping alone"])
+def test_hostile_names_parameters_and_logs_never_run(ui, world, browser, csp):
+    # Without the Content-Security-Policy too: escaping alone must keep markup inert.
+    context = browser.new_context(bypass_csp=csp == "escaping alone")
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    for path in ["/runs", f"/runs/{world['failed']}", f"/runs/{world['failed']}/traceback",
+                 f"/runs/{world['failed']}/logs?q=script", "/flows/default/hostile-flow"]:
+        page.goto(ui.url + path)
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.__xss") is None, path
+        assert page.locator("img[src=x]").count() == 0, path
+    page.goto(f"{ui.url}/runs/{world['failed']}")
+    assert "<script>window.__xss=1</script>" in page.inner_text("table.params")
+    assert "s3cr3t-value" not in page.content()
+    assert '"><img src=x onerror=' in page.inner_text("#logs")
+    page.goto(f"{ui.url}/flows/default/hostile-flow?version=2&diff=1")
+    assert "s3cr3t-value" not in page.content() and "****" in page.inner_text("#spec-text")
+    assert not dialogs
+    context.close()
+
+
+@browser
+def test_graph_heatmap_and_timeline_are_drawn(ui, world, watched, shots):
+    page = watched
+    page.goto(f"{ui.url}/runs/{world['failed']}")
+    page.wait_for_selector("#task-graph")  # the tasks, graph and heatmaps come just after the page
+    assert page.locator("#task-graph g.node").count() == 3
+    assert page.locator("#task-graph g.node.bad[data-task=square]").count() == 1
+    until(page, "document.querySelector('canvas.heatmap')?.dataset.painted !== undefined")
+    colours = page.evaluate("""() => {
+        const c = document.querySelector('canvas.heatmap'), ctx = c.getContext('2d');
+        const cell = c.cell, seen = new Set();
+        for (let i = 0; i < 6; i++) {
+          const x = (i % c.columns) * cell + 2, y = Math.floor(i / c.columns) * cell + 2;
+          seen.add(Array.from(ctx.getImageData(x, y, 1, 1).data).join(','));
+        }
+        return Array.from(seen);
+    }""")
+    assert "214,69,65,255" in colours and "46,157,87,255" in colours  # a failed child among successes
+    page.locator("details.gantt-row", has_text="square").locator("summary").click()
+    page.wait_for_selector(".gantt-child")
+    assert page.locator(".gantt-child").count() == 6
+    # a click on the failed child's cell shows that child's log lines
+    page.locator("canvas.heatmap").scroll_into_view_if_needed()
+    box = page.locator("canvas.heatmap").bounding_box()
+    cell = page.evaluate("document.querySelector('canvas.heatmap').cell")
+    page.mouse.click(box["x"] + 3 * cell + cell / 2, box["y"] + cell / 2)
+    until(page, "[...document.querySelectorAll('#log-rows td.task')].every(td => td.textContent === 'square[3]')"
+                " && document.querySelectorAll('#log-rows tr').length > 0")
+    shots(page, "run-heatmap")
+
+
+@browser
+def test_logs_are_searched_on_the_server_and_downloaded_whole(ui, world, watched):
+    page = watched
+    page.goto(f"{ui.url}/runs/{world['failed']}")
+    page.fill("#log-filter input[name=q]", "squaring 4")
+    page.click("#log-filter button[type=submit]")
+    page.wait_for_selector("#search-note")
+    assert page.locator("#log-rows tr").count() == 1
+    assert "squaring 4" in page.inner_text("#log-rows")
+    status, text, headers = fetch(f"{ui.url}/runs/{world['failed']}/logs.txt")
+    assert status == 200 and "attachment" in headers["content-disposition"]
+    assert "squaring 0" in text and "Traceback (most recent call last)" in text
+    assert "with token ****" in text and "s3cr3t" not in text  # masked as `runs logs` masks it
+    status, body, _ = fetch(f"{ui.url}/runs/{world['failed']}/logs.json?q=s3cr3t")
+    assert json.loads(body) == []  # a search cannot probe a masked value
+    cli = json.loads(run_cli("runs", "logs", world["failed"], "--backend", world["db"], "--format", "json",
+                             env=world["env"]).stdout)
+    assert json.loads(fetch(f"{ui.url}/runs/{world['failed']}/logs.json")[1]) == cli
+    paged, url = [], f"{ui.url}/runs/{world['failed']}/logs.json?limit=3"
+    while url:  # a page at a time, by the Link header
+        status, body, headers = fetch(url)
+        paged += json.loads(body)
+        link = headers.get("Link") or headers.get("link")
+        url = ui.url + link[1:link.index(">")] if link else None
+    assert paged == cli
+    page.click("#traceback-link") if page.locator("#traceback-link").count() else page.goto(
+        f"{ui.url}/runs/{world['failed']}/traceback")
+    assert "ValueError" in page.inner_text("#traceback")
+
+
+@browser
+def test_live_updates_arrive_without_a_reload(ui, world, watched, tmp_path, shots):
+    page = watched
+    flow = tmp_path / "slow"
+    shutil.copytree(FLOWS / "slow", flow)
+    runner = start_cli("run", flow / "flow.yaml", "--backend", world["db"], env=world["env"])
+    try:
+        run_id = _wait_for_run(world["db"], "slow-flow")
+        page.goto(ui.url + "/runs")
+        page.wait_for_selector(f"#run-{run_id}")
+        page.goto(f"{ui.url}/runs/{run_id}")
+        page.evaluate("window.__same_page = true")
+        page.wait_for_selector("#log-rows td.msg:has-text('tick 3')", timeout=20_000)
+        page.wait_for_selector("#run-state:has-text('Success')", timeout=30_000)
+        page.wait_for_selector("#task-graph g.node.ok[data-task=finish]", timeout=10_000)
+        page.wait_for_selector("#history span.state:has-text('Success')", timeout=10_000)
+        page.wait_for_selector("#gantt .gantt-name:has-text('finish')", timeout=10_000)
+        page.wait_for_selector("p.following:has-text('The run has ended.')", timeout=10_000)
+        assert page.evaluate("window.__same_page") is True  # no reload happened
+        shots(page, "run-live")
+    finally:
+        runner.communicate(timeout=60)
+
+
+@browser
+def test_the_runs_list_follows_state_changes(ui, world, watched, tmp_path, shots):
+    page = watched
+    flow = tmp_path / "slow"
+    shutil.copytree(FLOWS / "slow", flow)
+    page.goto(ui.url + "/runs")
+    page.evaluate("window.__same_page = true")
+    filtered = page.context.new_page()
+    filtered.goto(ui.url + "/runs?flow=hostile-flow")
+    newest = _newest(world["db"])
+    runner = start_cli("run", flow / "flow.yaml", "--backend", world["db"], "--param", "ticks=3", env=world["env"])
+    try:
+        run_id = _wait_for_run(world["db"], "slow-flow", newer_than=newest)
+        # a new run is added at the top, then its row follows its state
+        page.wait_for_selector(f"#run-{run_id}", timeout=15_000)
+        page.wait_for_selector(f"#run-{run_id}[data-state=Success]", timeout=30_000)
+        assert page.evaluate("window.__same_page") is True
+        assert page.locator(f"#run-{run_id}").count() == 1
+        assert page.locator("#run-rows tr").first.get_attribute("id") == f"run-{run_id}"
+        # a filtered list is not given runs that do not pass its filter
+        assert filtered.locator(f"#run-{run_id}").count() == 0
+        shots(page, "runs")
+    finally:
+        runner.communicate(timeout=60)
+
+
+@browser
+def test_a_token_given_once_opens_every_page_and_stream(world, watched, browser):
+    page = watched
+    ui = start_ui(world["db"], world["home"], "--token", "tok-" + "x" * 20)
+    try:
+        page.goto(f"{ui.url}/runs/{world['failed']}?token=tok-{'x' * 20}")
+        assert "token" not in page.url  # dropped from the address once it is a cookie
+        until(page, "document.querySelector('canvas.heatmap')?.dataset.painted !== undefined")
+        page.goto(ui.url + "/limits")
+        page.wait_for_selector("table.limits")
+        assert page.context.request.get(ui.url + "/runs.json").status == 200
+        stranger = browser.new_context()  # no cookie: refused
+        assert stranger.request.get(ui.url + "/runs").status == 401
+        stranger.close()
+    finally:
+        ui.stop()
+
+
+@browser
+def test_cancel_with_allow_actions(world, watched, tmp_path):
+    page = watched
+    created = run_cli("run", "--name", "hostile-flow", "--backend", world["db"], env=world["env"])
+    run_id = created.stdout.strip().splitlines()[-1]
+    ui = start_ui(world["db"], world["home"], "--allow-actions")
+    try:
+        page.goto(f"{ui.url}/runs/{run_id}")
+        page.click("#cancel-run")
+        page.wait_for_selector("#run-state:has-text('Cancelled')")
+        status, body, _ = fetch(f"{ui.url}/runs/{run_id}/cancel", method="POST", data=b"csrf=stale",
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 403 and "CSRF" in body
+    finally:
+        ui.stop()
+    shown = json.loads(run_cli("runs", "show", run_id, "--backend", world["db"], "--format", "json",
+                               env=world["env"]).stdout)
+    assert shown["state"] == "Cancelled"
+
+
+def until(page, expression: str, timeout: float = 10) -> None:
+    """Wait for a JavaScript expression to be true. (Playwright's wait_for_function evaluates
+    its text in the page, which the UI's Content-Security-Policy forbids.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
+        time.sleep(0.05)
+
+
+@browser
+def test_a_run_held_by_a_full_limit_says_who_holds_it(tmp_path, watched):
+    """A real agent runs one run of a label limited to 1; the next waits, and says why."""
+    page = watched
+    home, db = tmp_path / "home", str(tmp_path / "limited.db")
+    home.mkdir()
+    env = {"FLOWSPEC_HOME": str(home)}
+    flow = tmp_path / "slow"
+    shutil.copytree(FLOWS / "slow", flow)
+    (flow / "flow.yaml").write_text((flow / "flow.yaml").read_text().replace("default: 6", "default: 40"))
+    assert run_cli("register", flow / "flow.yaml", "--backend", db, "--label", "gpu", env=env).rc == 0
+    assert run_cli("concurrency-limit", "set", "gpu", "1", "--backend", db, env=env).rc == 0
+    first = run_cli("run", "--name", "slow-flow", "--backend", db, env=env).stdout.split()[-1]
+    second = run_cli("run", "--name", "slow-flow", "--backend", db, env=env).stdout.split()[-1]
+    agent = start_cli("agent", "start", "--label", "gpu", "--backend", db, "--poll-interval", "0.2", env=env)
+    ui = start_ui(db, home)
+    try:
+        deadline = time.monotonic() + 30
+        while json.loads(fetch(f"{ui.url}/runs/{second}.json")[1])["state"] != "Queued":
+            assert time.monotonic() < deadline, "the second run was never queued behind the limit"
+            time.sleep(0.2)
+        page.goto(f"{ui.url}/runs/{second}")
+        reason = page.inner_text("#waiting-reason")
+        assert "'gpu' is at its limit of 1" in reason and first in reason
+        page.goto(ui.url + "/limits")
+        assert first[:8] in page.inner_text("table.limits") and second[:8] in page.inner_text("table.limits")
+    finally:
+        ui.stop()
+        agent.send_signal(signal.SIGINT)  # it cancels its runs and says it stopped
+        agent.communicate(timeout=60)
+
+
+def _newest(db) -> str | None:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT id FROM flow_runs ORDER BY seq DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def _wait_for_run(db, flow: str, newer_than: str | None = None, timeout: float = 20) -> str:
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT id FROM flow_runs WHERE flow_name = ? ORDER BY seq DESC LIMIT 1",
+                               (flow,)).fetchone()
+        if row and row[0] != newer_than:
+            return row[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no run of {flow} appeared in {timeout} s")
