@@ -100,3 +100,32 @@ def test_kv_reference_and_task_api(cli, env, tmp_path: Path) -> None:
     bad.write_text(READS.replace("kv.watermark", "kv.nothing"))
     failed = cli("run", bad, env=env)
     assert failed.rc != 0 and "kv.nothing" in failed.output and "Traceback" not in failed.output
+
+
+CONDITIONAL = """\
+version: 1
+name: conditional-kv
+tasks:
+  first:
+    run: tasks:read
+    with: {watermark: "x"}
+  gated:
+    run: tasks:read
+    if: ${{ kv.enabled == true }}
+    with: {watermark: "${{ kv.watermark }}"}
+    on_success: {run: "tasks:put", with: {i: "${{ kv.hook_index }}"}}
+"""
+
+
+def test_kv_in_a_condition_and_a_hook(cli, env, tmp_path: Path) -> None:
+    (tmp_path / "tasks.py").write_text(TASKS.replace("def put(i: int)", "def put(info, i: int)"))
+    (tmp_path / "flow.yaml").write_text(CONDITIONAL)
+    assert cli("validate", tmp_path / "flow.yaml").rc == 0
+    for key, value in (("enabled", "false"), ("watermark", '"w"'), ("hook_index", "7")):
+        cli("kv", "set", key, value, env=env)
+    skipped = json.loads(cli("run", tmp_path / "flow.yaml", "--format", "json", env=env).stdout)
+    assert skipped["tasks"]["gated"]["state"] == "Skipped"
+    cli("kv", "set", "enabled", "true", env=env)
+    ran = json.loads(cli("run", tmp_path / "flow.yaml", "--format", "json", env=env).stdout)
+    assert ran["tasks"]["gated"]["state"] == "Success"
+    assert json.loads(cli("kv", "get", "item/007", env=env).stdout) == {"i": 7}  # the hook's argument
