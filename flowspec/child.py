@@ -77,7 +77,10 @@ class ChildRun:
         if (flow.environment or {}).get("type") in PLATFORM_TYPES:  # its code is in its image: watch it there
             return execute_registered(self.backend, run, flow, self.recorder)
         spec, callables = load_flow(flow.storage)
-        params = resolve_parameters(spec.parameters, {}, None, list(run.parameters.items()))
+        from flowspec.secrets import decrypt_params
+
+        given = decrypt_params(run.parameters)  # secret parameters are stored encrypted
+        params = resolve_parameters(spec.parameters, {}, None, list(given.items()))
         if spec.environment.type in ("local", "remote"):
             return run_in_process(spec, params, (self.recorder,), self.run_id, callables, keep_results=False)
         from flowspec.drivers import load_driver

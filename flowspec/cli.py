@@ -18,7 +18,8 @@ from flowspec.errors import FlowspecError
 
 # Order is the order of `flowspec --help`.
 COMMANDS = ("validate", "run", "plan", "graph", "fmt", "init", "schema",
-            "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit", "ui")
+            "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit", "ui",
+            "kv", "secrets", "scheduler", "schedules")
 EXIT_INTERNAL = 70
 
 ENVIRONMENT = """\
@@ -26,7 +27,9 @@ environment:
   FLOWSPEC_HOME     flowspec's own folder: the default SQLite backend (flowspec.db) and local
                     storage live there (default: ~/.flowspec)
   FLOWSPEC_BACKEND  the backend for commands that use one, when --backend is not given:
-                    sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB"""
+                    sqlite:///PATH, a file path, or postgresql://USER@HOST:PORT/DB
+  FLOWSPEC_SECRETS_KEY  the Fernet key of the backend's secret store (`flowspec secrets`)
+  FLOWSPEC_SECRET_NAME  the value of ${{ secrets.NAME }}, before the store is asked"""
 
 # Examples at the foot of each help page, by command path.
 EXAMPLES = {
@@ -199,10 +202,13 @@ def main(argv: list[str] | None = None) -> int:
 def error_text(exc: FlowspecError) -> str:
     """An error for stderr: `flowspec: error: MESSAGE`, or, for one that carries positioned
     diagnostics (a params file, a spec), each at its file:line:col (each says `error:` once)."""
+    from flowspec.masking import mask_text  # a secret resolved in this process reads MASK
+
     diags = getattr(exc, "diagnostics", None)
     if not diags:
-        return f"flowspec: error: {exc}"
-    return "\n".join([d.text() for d in diags] + [f"flowspec: error: {p}" for p in getattr(exc, "problems", ())])
+        return mask_text(f"flowspec: error: {exc}", ())
+    return mask_text("\n".join([d.text() for d in diags] + [f"flowspec: error: {p}" for p in getattr(exc, "problems", ())]),
+                     ())
 
 
 def entry() -> int:
@@ -234,7 +240,9 @@ def crash_report() -> int:
     import time
     import traceback
 
-    text = traceback.format_exc()
+    from flowspec.masking import mask_text
+
+    text = mask_text(traceback.format_exc(), ())  # a resolved secret never reaches the report
     fd, path = tempfile.mkstemp(prefix=f"flowspec-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
     with os.fdopen(fd, "w") as fh:
         fh.write(f"flowspec {__version__}\nargv: {sys.argv}\n\n{text}")

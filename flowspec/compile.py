@@ -38,7 +38,10 @@ RESULT_KINDS = ("params", "args", "env")  # what `cache.key` and `target` may re
 _NO_EXTRAS = {"condition": None, "condition_upstream": (), "run_name": None, "loop": None, "cleanup": None,
               "on_success": None, "on_failure": None, "on_retry": None, "merge": (), "subflow": None, "cache": None,
               "target": None, "persist": None}
-DATA_KINDS = ("params", "tasks", "env")  # what `with`, `map`, `if` and `outputs` may reference
+# What `with`, `map`, `if`, flow hooks and `outputs` may reference; kv and secrets are resolved
+# where the flow runs, when it starts (flowspec.run_refs).
+DATA_KINDS = ("params", "tasks", "env", "kv", "secrets")
+OUTPUT_KINDS = ("params", "tasks", "env", "kv")  # outputs are stored with the run: never a secret
 LOOP_KINDS = ("result", "context", "params", "env")  # what `loop.until` may reference
 LOOP_CONTEXT = ("index", "previous")  # context.loop.KEY
 # A reference of a kind the language knows, written where it is not allowed: (message, hint).
@@ -48,12 +51,20 @@ _ONLY_IN = {
     "result": ("is allowed only in loop.until (the result of the iteration)",
                "a task's result is ${{ tasks.NAME }}"),
     "context": ("is allowed only in loop.until (context.loop.index, context.loop.previous)", None),
-    "secrets": ("secrets are not in this release yet", "read credentials with ${{ env.NAME }}"),
-    "kv": ("the KV store is not in this release yet", "pass the value as a parameter or an env variable"),
 }
 # Keys and variable names that hold secrets: their values must come from ${{ env.NAME }}.
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret(_access)?_key|access_key(_id)?|api_?key|token|credential|private_key",
                          re.I)
+# What a task's `with`/`map` (and environment.env, secrets only) may name besides params, tasks, env.
+TASK_KINDS = refs.KINDS + ("kv", "secrets")
+def _schedule(d: dict) -> tuple:
+    if not d.get("schedule"):
+        return ()
+    from flowspec import schedules
+
+    return schedules.build(d)
+
+
 _SECRET_VAR = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 _URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/@:]*:(?!\$\{\{)[^\s/@]+@", re.I)  # scheme://user:pw@
@@ -386,6 +397,10 @@ class _Checker:
         self.check_flow_keys()
         self.check_cycles()
         self.check_platform()
+        if "schedule" in self.data:  # its own module: cron and zones are read only for a spec that has one
+            from flowspec import schedules
+
+            schedules.check(self.data, self.error, self.params)
 
     # -- parameters ---------------------------------------------------------------------------
     def check_parameters(self) -> None:
@@ -505,7 +520,7 @@ class _Checker:
             extra["cleanup"] = task["cleanup"]
         for key in TASK_HOOKS:
             if key in task:
-                extra[key] = self.compile_hook(base + (key,), task[key], ("params", "env"))
+                extra[key] = self.compile_hook(base + (key,), task[key], ("params", "env", "kv", "secrets"))
         if "flow" in task or "labels" in task or "wait" in task:
             extra["subflow"] = self.compile_subflow(name, task)
         if "cache" in task or "target" in task or "persist" in task:
@@ -787,7 +802,7 @@ class _Checker:
         outputs = d.get("outputs")
         if isinstance(outputs, dict):
             self.flow_extras["outputs"] = MappingProxyType({
-                key: self.compile_value(("outputs", key), value, DATA_KINDS, "outputs")
+                key: self.compile_value(("outputs", key), value, OUTPUT_KINDS, "outputs")
                 for key, value in outputs.items()})
         if "timeout" in d:
             self.check_duration(("timeout",), d["timeout"])
@@ -1001,10 +1016,12 @@ class _Checker:
 
     def check_env_refs_only(self, path: tuple, value) -> None:
         try:
-            compiled = refs.compile_value(value)
+            compiled = refs.compile_value(value, TASK_KINDS)
         except refs.ReferenceError_:
             compiled = self._compile_each(path, value)
         for sub, ref in refs.iter_refs(compiled):
+            if ref.kind == "secrets" and path == ("environment",) and sub[:1] == ("env",):
+                continue  # a flow's variable may carry a secret (resolved where the flow runs)
             if ref.kind != "env":
                 where = path[0] if len(path) == 1 or path[0] not in ("tasks", "parameters") else ".".join(
                     str(p) for p in path)
@@ -1014,6 +1031,8 @@ class _Checker:
     def check_secrets(self, path: tuple, value) -> None:
         if isinstance(value, dict):
             is_env = path[-1] in ("env", "env_vars", "environment") and len(path) >= 2
+            if path == ("environment", "secrets"):
+                return  # references to the platform's secrets (secret-name/key), not values
             for k, v in value.items():
                 secret = _SECRET_VAR.search(k) if is_env else _SECRET_KEY.search(k)
                 if secret and isinstance(v, str) and v and not _is_reference(v):
@@ -1056,7 +1075,8 @@ class _Checker:
         d = self.data
         params = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
                                       required="default" not in p, description=p.get("description", ""),
-                                      enum=tuple(p["enum"]) if "enum" in p else None)
+                                      enum=tuple(p["enum"]) if "enum" in p else None,
+                                      secret=p.get("secret") is True)
                   for name, p in self.params.items()}
         tasks = {name: self.build_task(name) for name in self._order or self.order()}
         env = d.get("environment", {})
@@ -1065,7 +1085,8 @@ class _Checker:
             env_own["_files"] = MappingProxyType(self.attached)
         environment = EnvironmentSpec(
             type=env.get("type", "local"), labels=tuple(env.get("labels", ())),
-            env=MappingProxyType(refs.compile_value({k: _env_str(v) for k, v in env.get("env", {}).items()})),
+            env=MappingProxyType(refs.compile_value({k: _env_str(v) for k, v in env.get("env", {}).items()},
+                                                    TASK_KINDS)),
             on_start=env.get("on_start"), on_exit=env.get("on_exit"), options=MappingProxyType(env_own))
         path = os.path.abspath(self.doc.file)
         return FlowSpec(
@@ -1076,7 +1097,8 @@ class _Checker:
             executor=_driver(d.get("executor")), storage=_driver(d.get("storage")),
             environment=environment, source=self.doc.text, document=self.doc, uses_env=self.uses_env,
             timeout=None if d.get("timeout") is None else parse_duration(d["timeout"]),
-            results=_driver(d["results"]) if isinstance(d.get("results"), dict) else None, **self.flow_extras)
+            results=_driver(d["results"]) if isinstance(d.get("results"), dict) else None, **self.flow_extras,
+            schedule=_schedule(d), catchup=d.get("catchup") is True)
 
     def build_task(self, name: str) -> TaskSpec:
         t = self.tasks[name]

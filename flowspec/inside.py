@@ -172,11 +172,19 @@ def execute(backend, current, location: dict, recorder):
                             f" is of a flow with fingerprint {flow.storage.get('fingerprint')}",
                             hint="register the flow again, then start a new run")
     # The watcher resolved environment.env already (where the agent's values are) and passed the
-    # result in: applying it again here would undo flowspec's own variables.
+    # result in: applying it again here would undo flowspec's own variables. Only the variables
+    # that hold a secret are resolved here, where the flow runs (flowspec.run_refs).
+    from flowspec import references as refs
+    from flowspec.run_refs import SERVICE_KINDS
+    from flowspec.secrets import decrypt_params
+
+    inside_env = {k: v for k, v in spec.environment.env.items()
+                  if any(ref.kind in SERVICE_KINDS for _, ref in refs.iter_refs({k: v}))}
     spec = dataclasses.replace(spec, base_dir=folder, path=os.path.join(folder, os.path.basename(spec.path)),
-                               environment=dataclasses.replace(spec.environment, env={}))
+                               environment=dataclasses.replace(spec.environment, env=inside_env))
     os.chdir(folder)
-    params = resolve_parameters(spec.parameters, {}, None, list(current.parameters.items()))
+    given = decrypt_params(current.parameters)  # secret parameters are stored encrypted
+    params = resolve_parameters(spec.parameters, {}, None, list(given.items()))
     # An environment that sets something up around the run in here says so with `run_inside`
     # (dask-kubernetes: the run's Dask cluster); the others run the flow in this process.
     from flowspec.drivers import load_driver

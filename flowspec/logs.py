@@ -41,10 +41,12 @@ class StatusLineHandler(logging.StreamHandler):
 
 def configure(level: int = logging.INFO, stream=None) -> logging.Handler:
     """Send flowspec's and the tasks' log lines to `stream` (stderr by default)."""
+    from flowspec.masking import MaskFilter
     from flowspec.task_output import original
 
     handler = StatusLineHandler(original(stream or sys.stderr))  # never a task's captured stderr
     handler.setFormatter(LineFormatter())
+    handler.addFilter(MaskFilter())  # resolved secrets read MASK on the terminal too
     root = logging.getLogger("flowspec")
     for old in list(root.handlers):
         root.removeHandler(old)

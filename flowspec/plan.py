@@ -50,6 +50,8 @@ def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None
         "hooks": _hooks(spec, ("on_success", "on_failure")),
         "results": _results(spec, environ),
     }
+    if spec.schedule:
+        plan["schedule"] = _schedule(spec)
     plan["backend"] = backend_view(backend_url, spec.environment.labels)
     plan["warnings"] = warnings
     return plan
@@ -67,7 +69,7 @@ def _resolved(spec, environ):
 
 
 def _parameter(p, value, source: str) -> dict:
-    secret = is_secret(p.name) or source == "default" and _reads_secret(p.default)
+    secret = is_secret(p.name) or getattr(p, "secret", False) or source == "default" and _reads_secret(p.default)
     return {"name": p.name, "type": p.type or "any", "value": MASK if secret else value,
             "source": source, "masked": secret, "description": p.description}
 
@@ -220,8 +222,11 @@ def _effective(value, environ, warnings: list[str], where: str, secret: bool = F
     if isinstance(value, dict):  # mask key by key: `env_vars`, `task_definition`, ...
         return {k: _effective(v, environ, warnings, f"{where}.{k}", secret or is_secret(k) or is_secret(k, False))
                 for k, v in value.items()}
-    compiled = refs.compile_value(value)
-    secret = secret or any(ref.kind == "env" and is_secret(ref.name) for _, ref in refs.iter_refs(compiled))
+    compiled = refs.compile_value(value, refs.KINDS + ("kv", "secrets"))
+    secret = secret or any(ref.kind == "secrets" or ref.kind == "env" and is_secret(ref.name)
+                           for _, ref in refs.iter_refs(compiled))
+    if secret and any(ref.kind == "secrets" for _, ref in refs.iter_refs(compiled)):
+        return MASK  # resolved only where the flow runs
     try:
         value = refs.resolve(compiled, refs.env_lookup(environ))
     except LookupError as exc:  # an unset variable without a fallback
@@ -370,10 +375,32 @@ def render_text(plan: dict) -> str:
     lines += _text_tasks(plan["tasks"])
     lines += _text_flow(plan)
     lines += _text_platform(plan)
+    lines += _text_schedule(plan.get("schedule"))
     lines += _text_backend(plan["backend"])
     if plan["warnings"]:
         lines += ["", "Warnings"] + [f"  ! {w}" for w in plan["warnings"]]
     return "\n".join(lines)
+
+
+def _schedule(spec) -> dict:
+    """The clocks and the next five times (by the scheduler's clock, flowspec.schedules.now)."""
+    from flowspec import schedules
+
+    upcoming = schedules.next_times(spec.schedule, schedules.now(), 5)
+    return {"catchup": spec.catchup,
+            "clocks": [c.to_json() | {"describe": c.describe()} for c in spec.schedule],
+            "next": [{"time": schedules.iso(t, spec.schedule[i].timezone), "clock": i} for t, i in upcoming]}
+
+
+def _text_schedule(schedule: dict | None) -> list[str]:
+    if not schedule:
+        return []
+    lines = ["", f"Schedule     {len(schedule['clocks'])} clock(s), catchup {'on' if schedule['catchup'] else 'off'}"]
+    lines += [f"  {i}. {c['describe']}" + (f"  parameters {json.dumps(c['parameters'])}" if c["parameters"] else "")
+              + (f"  labels {', '.join(c['labels'])}" if c["labels"] is not None else "")
+              for i, c in enumerate(schedule["clocks"])]
+    lines += ["  next runs:"] + [f"    {n['time']}  (clock {n['clock']})" for n in schedule["next"]] + [""]
+    return lines
 
 
 def _show(value) -> str:

@@ -18,6 +18,7 @@ import threading
 import time
 
 from flowspec import logs
+from flowspec.masking import mask_text
 from flowspec.runner import FAILED_STATES, FINAL_STATES, LOOPING, RETRYING, RUNNING, TASK_STATES
 
 CLEAR = "\r\x1b[K"  # back to column 0, erase to the end of the line
@@ -267,7 +268,7 @@ class Progress:
                     return
                 self._tokens -= 1
             self.draws += 1
-            self.stream.write(CLEAR + ("flowspec: " + self.status())[:self.width()])  # no wider than the screen
+            self.stream.write(CLEAR + mask_text("flowspec: " + self.status(), ())[:self.width()])  # no wider than the screen
             self.stream.flush()
             self.shown = True
 
@@ -324,7 +325,7 @@ class Progress:
 
     def _write_pending(self) -> None:
         lines, self._pending = self._pending, []
-        self.stream.write("".join(lines))
+        self.stream.write(mask_text("".join(lines), ()))  # resolved secrets read MASK
         self.stream.flush()
         self._written = time.monotonic()
 

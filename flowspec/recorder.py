@@ -25,6 +25,7 @@ from typing import Any
 
 from flowspec.backend.outage import MAX_DELAY_S, Outage
 from flowspec.errors import BackendError, FlowspecError, SpecError
+from flowspec.masking import runtime_values
 
 FLUSH_INTERVAL_S = 0.2
 FLUSH_ROWS = 2000  # task states that wake the thread before its interval: a fast run writes as it goes
@@ -180,7 +181,7 @@ class Recorder:
                 states, logs, self._states, self._logs = self._states, self._logs, [], []
                 tasks, self._tasks = self._tasks, []
                 names, self._names = self._names, []
-            if self.secrets:
+            if self.secrets or runtime_values():
                 states, logs = self._masked(states, logs)
             try:
                 if tasks:
@@ -319,11 +320,12 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
         # run does in its agent's child; a flow run in this process has them at hand, and they
         # are stored masked. What is shown and logged is masked either way.
         in_process = spec.environment.type in ("local", "remote")
-        stored = mask_params(params) if in_process else params
+        secret_names = [p.name for p in spec.parameters.values() if getattr(p, "secret", False)]
+        stored = mask_params(params, secret_names) if in_process else params
         # A run of a spec that is not registered keeps its task graph with its tasks: the
         # backend has no spec to draw it from
-        recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self, secrets=secret_values(params),
-                            upstream=task_upstream(spec),
+        recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self,
+                            secrets=secret_values(params, secret_names), upstream=task_upstream(spec),
                             create=lambda: backend.create_flow_run(
                                 None, stored, (), "Running", flow_name=spec.name, run_id=run_id,
                                 runner=runner, heartbeat_timeout=heartbeat_timeout))

@@ -466,6 +466,7 @@ class FlowRunner:
         self._on_finish = [obs.task_finished for obs in self.observers if hasattr(obs, "task_finished")]
         self._started: dict = {}  # (task, index) → attempt now running, as notified; for cancelling
         self.run_id = run_id or uuid.uuid4().hex
+        self.services: dict = {}  # (kind, name) → value of kv and secrets references (flowspec.run_refs)
         self.records = {name: TaskRecord(name) for name in spec.tasks}
         self.result = RunResult(spec.name, self.run_id, dict(params), self.records)
         self.base_ctx = ctxmod.TaskContext(self.run_id, spec.name, self.params)
@@ -766,6 +767,8 @@ class FlowRunner:
         if ref.kind == "tasks":
             rec = self.records[ref.name]
             return rec.result if rec.state != SKIPPED else refs.UNSET  # unset, for `||` (merge)
+        if ref.kind in ("kv", "secrets"):
+            return self.services[(ref.kind, ref.name)]
         if ref.name in os.environ:
             return os.environ[ref.name]
         if ref.fallback is not None:

@@ -354,11 +354,9 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
 _LATER = "not in this release yet (docs/flow-yaml.md, 'Not in this release yet')"
 _FEATURE_HINTS: dict[str, dict[str, str]] = {
     "top": {
-        "schedule": f"schedules: {_LATER}; until then start runs from cron or CI"
-                    " with `flowspec run FILE` or `flowspec run --name NAME` (an agent runs them)",
-        "schedules": f"schedules (a top-level `schedule`): {_LATER}",
-        "secrets": f"secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}} (`flowspec agent start"
-                   " --env NAME=VALUE` passes them to an agent's runs)",
+        "schedules": "write `schedule:` (a list of clocks)",
+        "secrets": "secrets are not declared: write ${{ secrets.NAME }} where the value is needed (in `with`"
+                   " or environment.env), and set it with `flowspec secrets set NAME` or FLOWSPEC_SECRET_NAME",
         "cache": "caching is set per task: tasks.NAME.cache (true or {key, expires}); results are kept where"
                  " the top-level `results` says",
         "result": "write `results: {type: local|s3, ...}`: where task results are kept",
@@ -384,7 +382,7 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "max_retries": "write `retries: N` (attempts after the first failure)",
         "outputs": "outputs are declared at the top level (outputs: {NAME: ${{ tasks.NAME }}}); a task's"
                    " result is its return value",
-        "secrets": f"secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}}",
+        "secrets": "write ${{ secrets.NAME }} in the task's `with`, or declare a parameter `secret: true`",
     },
     "parameter": {
         "required": "a parameter is required when it has no `default`; remove `required`",
@@ -393,9 +391,10 @@ _FEATURE_HINTS: dict[str, dict[str, str]] = {
         "value": "write `default: ...`: the value used when none is given at run time",
     },
     "environment": {
-        "secrets": f"environment.secrets: {_LATER}; read credentials with ${{{{ env.NAME }}}} (`flowspec agent"
-                   " start --env NAME=VALUE` passes them to an agent's runs)",
-        "schedule": f"schedules (a top-level `schedule`): {_LATER}",
+        "secrets": "environment.secrets is for kubernetes-job, dask-kubernetes (secret-name/key) and fargate-task (ARN);"
+                   " elsewhere write ${{ secrets.NAME }} in environment.env: it is resolved where the flow runs"
+                   " (FLOWSPEC_SECRET_NAME, or the backend's store)",
+        "schedule": "a schedule is top-level: `schedule:` beside `tasks`",
     },
 }
 

@@ -15,6 +15,7 @@ class ParameterSpec:
     required: bool = True
     description: str = ""
     enum: tuple | None = None
+    secret: bool = False  # its value reads MASK wherever it would be shown or stored
 
 
 def built(cls, **fields):
@@ -176,3 +177,5 @@ class FlowSpec:
     # run starts. None: not given (the default local store under the flowspec home is used by
     # `cache` and `target`, and nothing is kept otherwise).
     results: DriverSpec | None = None
+    schedule: tuple = ()  # flowspec.schedules.Clock, each; `flowspec register` records them
+    catchup: bool = False  # missed times: skipped (False) or each run once (True)

@@ -19,6 +19,7 @@ from flowspec.backend.agents import AGENT_SEEN_WINDOW_S, Agent, AgentStore, _age
 from flowspec.backend.claims import ClaimStore, SlotBlock, _HELD_BY, plan_claim, same_gist, slot_blocks
 from flowspec.backend.core import NotFoundError, Store, Tx, _marks, labels_match, normalize_labels, redact_url
 from flowspec.backend.flows import _FLOW_COLS, Flow, FlowStore, _flow
+from flowspec.backend.kv import KVStore
 from flowspec.backend.limits import ConcurrencyLimit, LimitStore
 from flowspec.backend.logs import _LOG_COLS, LogLine, LogStore
 from flowspec.backend.retention import ActiveRunsError, FlowDeletion, RetentionStore
@@ -26,11 +27,14 @@ from flowspec.backend.runs import (
     ACTIVE_STATES, CANCELLED, CANCELLING, FAILED, FINAL_STATES, HEARTBEAT_TIMEOUT_S, LOST_GRACE_S, QUEUED, RUN_STATES,
     RUNNING, SCHEDULED, SUBMITTED, SUCCESS, WAITING_STATES, _RUN_COLS, FlowRun, RunStore, StateEvent, _run,
     check_state, lost_after)
+from flowspec.backend.schedules import ScheduleStore
+from flowspec.backend.secret_store import SecretStore
 from flowspec.backend.schema import MIGRATIONS, SCHEMA_VERSION
 from flowspec.backend.tasks import _TASK_COLS, TASK_FINAL_STATES, TaskRunState, TaskStore
 
 
-class Backend(FlowStore, RunStore, ClaimStore, TaskStore, LogStore, AgentStore, LimitStore, RetentionStore):
+class Backend(FlowStore, RunStore, ClaimStore, TaskStore, LogStore, AgentStore, LimitStore, RetentionStore,
+              KVStore, SecretStore, ScheduleStore):
     """Flows, flow runs, states, logs, agents and concurrency limits, in one SQL database.
 
     Subclasses supply the dialect: `types` for the schema, `_transaction`, `_serialize` and
@@ -50,5 +54,6 @@ __all__ = [
 _REEXPORTED = (
     _HELD_BY, _FLOW_COLS, _LOG_COLS, _RUN_COLS, _TASK_COLS, _agent, _flow, _marks, _run, LOST_GRACE_S, MIGRATIONS,
     SCHEMA_VERSION, SlotBlock, Store, Tx, check_state, lost_after, normalize_labels, same_gist, slot_blocks,
-    AgentStore, ClaimStore, FlowStore, LimitStore, LogStore, RetentionStore, RunStore, TaskStore,
+    AgentStore, ClaimStore, FlowStore, KVStore, LimitStore, LogStore, RetentionStore, RunStore, ScheduleStore, SecretStore,
+    TaskStore,
 )

@@ -96,7 +96,9 @@ class ClaimStore(Store):
         with self._transaction() as tx:
             # Every claim runs alone, so the slot count it reads is still true when it writes.
             self._serialize(tx, "claim")
-            waiting = self._runs(tx, f"state IN ({_marks(WAITING_STATES)})", *WAITING_STATES)
+            # A scheduled run waits for its time (`scheduled_start`); the others are due at once.
+            waiting = self._runs(tx, f"state IN ({_marks(WAITING_STATES)})"
+                                 " AND (scheduled_start IS NULL OR scheduled_start <= ?)", *WAITING_STATES, time.time())
             limits, holders = self._slots(tx)
             chosen, blocked = plan_claim(waiting, agent_labels, limits, holders)
             for run, blocks in blocked:

@@ -61,11 +61,19 @@ class RetentionStore(Store):
             flow_ids = [row[0] for row in flows]
             of_flows = f"flow_id IN ({_marks(flow_ids)})"
             runs = self._locked(tx, of_flows, *flow_ids)
+            # Runs its clocks planned and that have not started go with it; any other unended run
+            # (one an agent runs, or one given to agents by `run --name`) stops the deletion.
+            planned = {r[0] for r in tx.all(f"SELECT id FROM flow_runs WHERE {of_flows} AND state = 'Scheduled'"
+                                             " AND clock IS NOT NULL", *flow_ids)}
             what = f"flow '{name}'" + (f" version {version}" if version is not None else "")
-            self._refuse_active(dict(runs), f"cannot delete {what}: it has runs that have not ended")
+            self._refuse_active({r: s for r, s in runs if r not in planned},
+                                f"cannot delete {what}: it has runs that have not ended")
             self._delete_rows(tx, f"IN (SELECT id FROM flow_runs WHERE {of_flows})", *flow_ids)
+            tx.run(f"DELETE FROM clocks WHERE flow_id IN ({_marks(flow_ids)})", *flow_ids)
             tx.run(f"DELETE FROM flows WHERE id IN ({_marks(flow_ids)})", *flow_ids)
             owner = flows[0][1]
+            if version is None:  # the whole flow: a pause of its schedule goes too
+                tx.run("DELETE FROM schedule_pauses WHERE project = ? AND flow_name = ?", owner, name)
             # A project is only a name for its flows: it goes with its last one.
             tx.run("DELETE FROM projects WHERE name = ? AND NOT EXISTS (SELECT 1 FROM flows WHERE project = ?)",
                    owner, owner)

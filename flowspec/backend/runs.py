@@ -43,6 +43,7 @@ class FlowRun:
     message: str | None
     runner: str | None = None  # what runs it: "agent NAME" or "a local `flowspec run` (pid P on host H)"
     heartbeat_timeout: float | None = None  # no heartbeat for this long: the run is lost
+    scheduled_start: float | None = None  # a run a schedule made: when it is to start
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class StateEvent:
 
 
 _RUN_COLS = ("id, flow_id, flow_name, state, labels, parameters, agent, created, updated, heartbeat, exit_code,"
-             " message, runner, heartbeat_timeout")
+             " message, runner, heartbeat_timeout, scheduled_start")
 
 
 def _run(row: Sequence[Any]) -> FlowRun:

@@ -58,6 +58,27 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE run_outputs (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), outputs TEXT NOT NULL)",
     ],
     [
+        # The KV store (JSON text per key, last writer wins) and the secret store (Fernet
+        # tokens: the backend never holds a secret in clear).
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated {float} NOT NULL)",
+        "CREATE TABLE secrets (name TEXT PRIMARY KEY, token TEXT NOT NULL, updated {float} NOT NULL)",
+    ],
+    [
+        # Schedules: the clocks of each flow's latest version, the next time each has not yet
+        # planned, and paused flows. A scheduled run names its clock; the unique index makes a
+        # run per flow, clock and time exactly once whatever the number of schedulers (runs that
+        # no clock made have a NULL clock, and NULLs never collide).
+        "ALTER TABLE flow_runs ADD COLUMN scheduled_start {float}",
+        "ALTER TABLE flow_runs ADD COLUMN clock TEXT",
+        "CREATE UNIQUE INDEX flow_runs_by_clock ON flow_runs (clock, scheduled_start)",
+        "CREATE TABLE clocks (flow_id {bigint} NOT NULL REFERENCES flows (id), position INTEGER NOT NULL,"
+        " project TEXT NOT NULL, flow_name TEXT NOT NULL, clock_key TEXT NOT NULL, definition TEXT NOT NULL,"
+        " catchup INTEGER NOT NULL, next_time {float} NOT NULL, PRIMARY KEY (flow_id, position))",
+        "CREATE INDEX clocks_by_next ON clocks (next_time)",
+        "CREATE TABLE schedule_pauses (project TEXT NOT NULL, flow_name TEXT NOT NULL, paused {float} NOT NULL,"
+        " PRIMARY KEY (project, flow_name))",
+    ],
+    [
         # The reads of `flowspec ui` (flowspec.ui.queries): the runs list newest first, alone and
         # by each filter; the changes since a time (its live updates); a task's states (heatmaps,
         # timeline). IF NOT EXISTS: a UI of an earlier release created them itself. Logs get no

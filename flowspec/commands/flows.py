@@ -51,14 +51,35 @@ def main_delete(args) -> int:
 def main(args) -> int:
     with open_from(args) as backend:
         flows = backend.list_flows(args.project)
+        upcoming = _next_runs(backend)
     if args.format == "json":
         emit_json([{"id": f.id, "project": f.project, "name": f.name, "version": f.version,
-                    "labels": list(f.labels), "storage": f.storage, "registered": f.created} for f in flows])
+                    "labels": list(f.labels), "storage": f.storage, "registered": f.created,
+                    "next_run": upcoming.get((f.project, f.name))} for f in flows])
         return 0
     if not flows:
         print("no flows registered" + (f" in project '{args.project}'" if args.project else ""))
         return 0
-    rows = [(f.project, f.name, str(f.version), labels_text(f.labels), f.storage.get("type", "?"), when(f.created))
-            for f in flows]
-    print(table(("PROJECT", "NAME", "VERSION", "LABELS", "STORAGE", "REGISTERED"), rows))
+    rows = [(f.project, f.name, str(f.version), labels_text(f.labels), f.storage.get("type", "?"), when(f.created),
+             _next_text(upcoming.get((f.project, f.name)))) for f in flows]
+    print(table(("PROJECT", "NAME", "VERSION", "LABELS", "STORAGE", "REGISTERED", "NEXT RUN"), rows))
     return 0
+
+
+def _next_runs(backend) -> dict:
+    """(project, name) → the time of each scheduled flow's next run (its earliest Scheduled run,
+    else its clocks' next time), or "paused"."""
+    planned = backend.next_scheduled()
+    upcoming: dict = {}
+    for row in backend.schedules():
+        key = (row.project, row.flow_name)
+        if row.paused is not None:
+            upcoming[key] = "paused"
+        elif upcoming.get(key) != "paused":
+            candidates = [t for t in (planned.get(key), row.next_time, upcoming.get(key)) if t is not None]
+            upcoming[key] = min(candidates) if candidates and min(candidates) != float("inf") else None
+    return upcoming
+
+
+def _next_text(value) -> str:
+    return value if isinstance(value, str) else when(value)

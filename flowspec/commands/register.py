@@ -52,12 +52,23 @@ def main(args) -> int:
         flow, created = backend.register_flow(
             args.project or spec.project, spec.name, [*spec.environment.labels, *args.label],
             location, checksum, spec.source, environment)
+        # A new version's clocks (none, too) replace the older versions' and their unstarted runs.
+        from flowspec.schedules import now
+
+        replaced = backend.record_clocks(flow.id, spec.schedule, spec.catchup, now()) if created else 0
     if args.format == "json":
         emit_json({"id": flow.id, "project": flow.project, "name": flow.name, "version": flow.version,
-                   "created": created, "labels": list(flow.labels), "storage": flow.storage})
+                   "created": created, "labels": list(flow.labels), "storage": flow.storage,
+                   "schedule": [c.to_json() for c in spec.schedule], "replaced_scheduled_runs": replaced})
     elif created:
         print(f"Registered flow '{flow.name}' in project '{flow.project}' as version {flow.version}"
               f" (labels: {labels_text(flow.labels)}; storage: {describe(flow.storage)})")
+        if spec.schedule:
+            print(f"  schedule: {'; '.join(c.describe() for c in spec.schedule)}"
+                  f" (catchup: {'yes' if spec.catchup else 'no'}); `flowspec scheduler` creates its runs")
+        if replaced:
+            print(f"  {replaced} scheduled run{'s' if replaced != 1 else ''} of older versions that had not started"
+                  " were removed: this version's clocks plan them again")
     else:
         print(f"Flow '{flow.name}' in project '{flow.project}' is unchanged: keeping version {flow.version}")
     return 0

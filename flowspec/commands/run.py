@@ -47,6 +47,8 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
+    import os
+
     from flowspec.backend import backend_url
     from flowspec.errors import SpecError, UsageError
     from flowspec.params import ParamsError
@@ -74,6 +76,8 @@ def main(args) -> int:
         params = parameters(spec, args)
         spec = resolve_env(spec, storage=False)  # name, descriptions, labels: checked by parameters()
         backend_url(args.backend)  # a FLOWSPEC_HOME that is not a directory stops the run before it starts
+        if args.backend:  # the run's backend is the one its tasks' `flowspec.kv` uses, workers included
+            os.environ["FLOWSPEC_BACKEND"] = args.backend
     except SpecError as exc:
         return report_invalid(exc.diagnostics, args.format)
     except ParamsError as exc:
@@ -93,10 +97,13 @@ def main(args) -> int:
         print(f"flowspec: interrupted by {signal.Signals(stopped[0]).name}", file=sys.stderr)
         return 128 + stopped[0]
     try:
+        from flowspec.masking import mask_text  # resolved secrets (e.g. in a task's error) read MASK
+
         if args.format == "json":
-            print(json.dumps(result.to_json(children=args.children), indent=2, default=str))
+            print(mask_text(json.dumps(result.to_json(children=args.children), indent=2, default=str), ()))
         else:  # quiet: the last line of the table only, "Flow run 'x' (id): Success in 1.20s"
-            print(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1])
+            print(mask_text(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1],
+                            ()))
     except OSError:
         if not stopped:
             raise

@@ -69,9 +69,28 @@ def _run_arg(p, func) -> None:
     p.set_defaults(func=func)
 
 
+LATE_AFTER_S = 15.0  # a scheduled run not started this long after its time shows as Late
+
+
+def is_late(run, now: float | None = None) -> bool:
+    """Computed, never stored: a Scheduled run of a clock whose time has passed."""
+    import time
+
+    return (run.state == "Scheduled" and run.scheduled_start is not None
+            and run.scheduled_start < (time.time() if now is None else now) - LATE_AFTER_S)
+
+
+def late_reason(backend, run) -> str:
+    reason = backend.waiting_reason(run.id)
+    return (f"due at {when(run.scheduled_start)}, not started: "
+            + (reason or "no agent has taken it yet (is an agent with its labels running?)"))
+
+
 def run_json(run) -> dict:
+    late = is_late(run)
     run = shown(run)
-    return {"id": run.id, "flow_id": run.flow_id, "flow": run.flow_name, "state": run.state,
+    return {"id": run.id, "flow_id": run.flow_id, "flow": run.flow_name, "state": "Late" if late else run.state,
+            "scheduled_start": run.scheduled_start,
             "labels": list(run.labels), "parameters": run.parameters, "agent": run.agent,
             "created": run.created, "updated": run.updated, "heartbeat": run.heartbeat,
             "exit_code": run.exit_code, "message": run.message, "runner": run.runner,
@@ -86,8 +105,11 @@ def shown(run):
 
     from flowspec.masking import mask_params, mask_text, secret_values
 
+    from flowspec.secrets import is_encrypted
+
     values = secret_values(run.parameters)
-    return replace(run, parameters=mask_params(run.parameters), message=mask_text(run.message, values))
+    encrypted = [name for name, value in run.parameters.items() if is_encrypted(value)]
+    return replace(run, parameters=mask_params(run.parameters, encrypted), message=mask_text(run.message, values))
 
 
 def _masking(run):
@@ -130,18 +152,22 @@ def main_list(args) -> int:
     with open_from(args) as backend:
         mark_lost(backend, "runs list")
         runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit + 1)
+        late = {r.id: late_reason(backend, r) for r in runs[:args.limit] if is_late(r)}
     more, runs = len(runs) > args.limit, runs[:args.limit]
     if more:  # on stderr: the table (or the JSON list) on stdout stays what it was
         print(f"flowspec: note: more runs match; only the {args.limit} newest are shown (see more with"
               f" --limit N, or narrow with --flow and --state)", file=sys.stderr)
     if args.format == "json":
-        emit_json([run_json(r) for r in runs])
+        emit_json([run_json(r) | ({"late_reason": late[r.id]} if r.id in late else {}) for r in runs])
     elif not runs:
         print("no flow runs match")
     else:
-        rows = [(r.id, r.flow_name, r.state, labels_text(r.labels), r.agent or "-", when(r.created), when(r.updated))
+        rows = [(r.id, r.flow_name, "Late" if is_late(r) else r.state, labels_text(r.labels), r.agent or "-",
+                 when(r.created), when(r.scheduled_start) if r.scheduled_start else "-", when(r.updated))
                 for r in runs]
-        print(table(("ID", "FLOW", "STATE", "LABELS", "AGENT", "CREATED", "UPDATED"), rows))
+        print(table(("ID", "FLOW", "STATE", "LABELS", "AGENT", "CREATED", "SCHEDULED", "UPDATED"), rows))
+        for run_id, reason in list(late.items())[:10]:
+            print(f"Late {run_id}: {reason}")
     return 0
 
 
@@ -154,7 +180,7 @@ def main_show(args) -> int:
         run = backend.get_run(run.id)
         flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
         history = backend.run_history(run.id)
-        reason = backend.waiting_reason(run.id)
+        reason = late_reason(backend, run) if is_late(run) else backend.waiting_reason(run.id)
         # Every child, read as it is written out (a million of them are never held whole), or
         # one row per task with its children counted
         tasks = backend.latest_task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
@@ -201,8 +227,10 @@ def _show_text(run, flow, reason, history, tasks, children: bool, names: dict = 
                outputs: dict | None = None) -> None:
     run = shown(run)
     origin = f" (project {flow.project}, version {flow.version})" if flow else " (a local run)"
-    fields = [("run", run.id), ("flow", run.flow_name + origin), ("state", run.state),
-              ("waiting", reason), ("message", run.message), ("labels", labels_text(run.labels)),
+    late = is_late(run)
+    fields = [("run", run.id), ("flow", run.flow_name + origin), ("state", "Late" if late else run.state),
+              ("scheduled", when(run.scheduled_start) if run.scheduled_start else None),
+              ("late" if late else "waiting", reason), ("message", run.message), ("labels", labels_text(run.labels)),
               ("parameters", json.dumps(run.parameters)), ("agent", run.agent), ("run by", run.runner),
               ("exit code", run.exit_code), ("created", when(run.created)), ("updated", when(run.updated))]
     for name, value in fields:
@@ -441,7 +469,11 @@ def run_registered(args) -> int:
             where = f" in project '{args.project}'" if args.project else ""
             raise NotFoundError(f"no flow named '{args.name}' is registered{where} in {backend.url}",
                                 hint="register it with: flowspec register FILE (see: flowspec flows list)")
-        params = _parameters(flow, args)
+        params, secret = _parameters(flow, args)
+        if secret:  # stored encrypted; the agent's child decrypts them where the flow runs
+            from flowspec.secrets import encrypt_params
+
+            params = encrypt_params(params, secret)
         run = backend.create_flow_run(flow.id, params, args.label)
         reason = agent_reason(run.labels, backend.list_agents(AGENT_SEEN_WINDOW_S))
         if args.format == "json" and not args.watch:
@@ -453,8 +485,9 @@ def run_registered(args) -> int:
         return follow(backend, run.id, args.format) if args.watch else 0
 
 
-def _parameters(flow, args) -> dict:
-    """The run's parameter values, checked against the registered spec's declarations.
+def _parameters(flow, args) -> tuple[dict, list[str]]:
+    """The run's parameter values, checked against the registered spec's declarations, and the
+    names of its `secret: true` parameters.
 
     The registered spec was validated when it was registered: only its `parameters` are read
     here, without a schema check, so that creating a run stays quick.
@@ -470,4 +503,5 @@ def _parameters(flow, args) -> dict:
     specs = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
                                  required="default" not in p, enum=tuple(p["enum"]) if "enum" in p else None)
              for name, p in declared.items()}
-    return parameters(SimpleNamespace(parameters=specs), args)
+    return (parameters(SimpleNamespace(parameters=specs), args),
+            [name for name, p in declared.items() if isinstance(p, dict) and p.get("secret") is True])

@@ -30,7 +30,10 @@ def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, 
     from flowspec.drivers import load_driver
     from flowspec.runner import FlowRunner
 
-    saved = apply_env(spec)
+    from flowspec.run_refs import resolve_services
+
+    services = resolve_services(spec, params)  # before any task, and before anything is recorded
+    saved = apply_env(spec, services)
     try:
         check_env_refs(spec)
         callables = import_callables(spec) if callables is None else callables
@@ -40,7 +43,12 @@ def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, 
             from flowspec.serialize import register_by_value
 
             register_by_value(spec.base_dir)
-        return FlowRunner(spec, params, executor, callables, observers, run_id, keep_results).run()
+        from flowspec.run_refs import RunStartNote
+
+        observers = (*observers, RunStartNote(services)) if services else observers
+        runner = FlowRunner(spec, params, executor, callables, observers, run_id, keep_results)
+        runner.services = services
+        return runner.run()
     except FlowspecError as exc:
         if getattr(exc, "spec_path", None) is None or spec.document is None:  # an executor that cannot start
             raise  # names its spec key, when there is a document to point into
@@ -49,12 +57,19 @@ def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, 
         restore_env(saved)
 
 
-def apply_env(spec) -> dict:
-    """Set the flow's variables; return what they replaced so that restore_env can undo it."""
-    lookup = refs.env_lookup(os.environ)
+def apply_env(spec, services: dict | None = None) -> dict:
+    """Set the flow's variables; return what they replaced so that restore_env can undo it.
+    `services`: the values of its kv and secrets references (flowspec.run_refs); without them
+    (a platform's watcher, which runs no flow), a variable holding a secret is left out: it is
+    resolved where the flow runs, in the container, pod or task."""
+    from flowspec.run_refs import SERVICE_KINDS, lookup_with
+
+    lookup = lookup_with(services or {}, refs.env_lookup(os.environ))
     values = {}
     diags = []
     for name, value in spec.environment.env.items():
+        if services is None and any(ref.kind in SERVICE_KINDS for _, ref in refs.iter_refs({name: value})):
+            continue
         try:
             values[name] = refs.resolve(value, lookup)
         except refs.UnsetEnvError as exc:

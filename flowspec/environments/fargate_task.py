@@ -371,7 +371,7 @@ def options(spec) -> dict[str, Any]:
     opts = {"region": value("region") or None, "profile": value("profile") or None,
             "cluster": value("cluster") or "default", "family": value("family") or spec.name,
             "task_definition": value("task_definition", {}) or {}, "run_task": value("run_task", {}) or {},
-            "on_drift": raw.get("on_drift", "register")}
+            "on_drift": raw.get("on_drift", "register"), "secrets": dict(raw.get("secrets") or {})}
     if not FAMILY.match(opts["family"]):
         where = ("environment", "family") if "family" in raw else ("name",)
         diags.append(doc.diag(where, f"'{opts['family']}' is not a task definition family name",
@@ -462,6 +462,12 @@ def desired_definition(opts: dict, image: str, command: list[str]) -> dict:
     flow.setdefault("name", FLOW_CONTAINER)
     flow.setdefault("essential", True)
     flow["image"], flow["command"] = image, list(command)
+    if opts.get("secrets"):  # ECS injects each as the variable `${{ secrets.NAME }}` reads first
+        from flowspec.secrets import env_name
+
+        given = [s for s in flow.get("secrets") or [] if s.get("name") not in {env_name(n) for n in opts["secrets"]}]
+        flow["secrets"] = given + [{"name": env_name(name), "valueFrom": ref}
+                                   for name, ref in sorted(opts["secrets"].items())]
     return td
 
 

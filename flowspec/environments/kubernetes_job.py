@@ -115,7 +115,10 @@ class KubernetesJobEnvironment(PlatformEnvironment):
 
         require_schemas()
         run = self.backend.get_run(job.run_id) if self.backend is not None else None
-        inputs = jobs.RunInputs(image=job.image, command=list(job.command), env=self.job_env(job), run_id=job.run_id,
+        # environment.secrets: Kubernetes injects each as the variable the pod's flow reads first
+        # (FLOWSPEC_SECRET_NAME), from a secretKeyRef: the value is never in the Job's manifest.
+        env = {**self.job_env(job), **secret_refs(self.options.get("secrets") or {})}
+        inputs = jobs.RunInputs(image=job.image, command=list(job.command), env=env, run_id=job.run_id,
                                 agent=run.agent if run is not None else None,
                                 backend_url=job.env.get("FLOWSPEC_BACKEND"), own=set(OWN_VARIABLES), name=job.name)
         built = jobs.build_job(self.kind, self.spec.name, self.spec.project, self.options, self.templates,
@@ -383,3 +386,14 @@ class _LogLines:
         except FlowspecError as exc:
             log.warning("run %s: %d lines of the pod's output were not recorded: %s", self.run_id, len(lines),
                         exc.message)
+
+
+def secret_refs(secrets: dict) -> dict:
+    """environment.secrets ({NAME: "secret-name/key"}) as container env entries."""
+    from flowspec.secrets import env_name
+
+    out = {}
+    for name, ref in secrets.items():
+        secret, _, key = str(ref).partition("/")
+        out[env_name(name)] = {"valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+    return out

@@ -136,14 +136,18 @@ def flow_env(spec) -> dict[str, str]:
     """`environment.env` resolved against this process's environment (positioned errors if unset)."""
     saved = apply_env(spec)
     try:
-        return {name: os.environ[name] for name in spec.environment.env}
+        # `saved` names what was set: a variable holding a secret is resolved inside, not here
+        return {name: os.environ[name] for name in saved}
     finally:
         restore_env(saved)
 
 
 def job_env(spec, own: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The job's environment: forwarded < environment.env < flowspec's own (see the module doc)."""
-    env = forwarded_env(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    env = forwarded_env(environ)
+    if spec.environment.type == "docker":  # no secret mechanism: the secrets' providers travel as variables
+        env.update({k: v for k, v in environ.items() if k.startswith("FLOWSPEC_SECRET")})
     user = flow_env(spec)
     for name in sorted(set(user) & set(own)):
         log.warning("environment.env.%s is flowspec's own variable for the run: it is not overridden", name)

@@ -79,7 +79,7 @@ def test_register_keeps_an_unchanged_version_and_bumps_a_changed_spec_or_code(ho
     listed = home.json("flows", "list")
     assert [(f["project"], f["name"], f["version"]) for f in listed] == [("demo", "greet", 3), ("other", "greet", 1)]
     text = home.cli("flows", "list", "--project", "demo").stdout.splitlines()
-    assert text[0].split() == ["PROJECT", "NAME", "VERSION", "LABELS", "STORAGE", "REGISTERED"]
+    assert text[0].split() == ["PROJECT", "NAME", "VERSION", "LABELS", "STORAGE", "REGISTERED", "NEXT", "RUN"]
     assert text[1].split()[:5] == ["demo", "greet", "3", "extra", "local"]
     assert home.cli("flows", "list", "--project", "none").stdout.strip() == "no flows registered in project 'none'"
 

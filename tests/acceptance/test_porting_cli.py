@@ -250,7 +250,6 @@ def test_a_quoted_version_is_told_to_drop_the_quotes(cli, tmp_path):
 
 
 @pytest.mark.parametrize("where, key, value, says", [
-    ((), "schedule", "[{cron: '0 * * * *'}]", "schedules: not in this release yet"),
     ((), "result", "{type: local}", "write `results: {type: local|s3, ...}`"),
     ((), "cache", "true", "caching is set per task"),
     (("tasks", "x"), "cache_for", "1h", "write `cache: {expires: DURATION}` (Prefect's cache_for)"),
@@ -260,7 +259,7 @@ def test_a_quoted_version_is_told_to_drop_the_quotes(cli, tmp_path):
     (("tasks", "x"), "state_handlers", "[m:h]", "on_success, on_failure, on_retry"),
     (("tasks", "x"), "outputs", "{a: 1}", "outputs are declared at the top level"),
     (("tasks", "x"), "max_retries", "3", "write `retries: N`"),
-    (("environment",), "secrets", "{A: b}", "`flowspec agent start --env NAME=VALUE`"),
+    (("environment",), "secrets", "{A: b}", "write ${{ secrets.NAME }} in environment.env"),
     (("parameters", "p"), "required", "true", "a parameter is required when it has no `default`"),
 ])
 def test_an_unknown_key_that_people_write_says_what_flowspec_has(cli, tmp_path, where, key, value, says):
@@ -379,8 +378,8 @@ def test_a_command_that_lives_in_a_group_is_named_with_its_group(cli):
     logs = cli("logs", "3f2a")
     assert logs.rc == 2 and "hint: did you mean 'runs logs'?" in logs.stderr
     listed = cli("list")
-    assert "hint: did you mean one of 'flows list', 'runs list', 'agents list', 'concurrency-limit list'?" \
-        in listed.stderr
+    assert "hint: did you mean one of 'flows list', 'runs list', 'agents list', 'concurrency-limit list', 'kv list'," \
+        " 'secrets list', 'schedules list'?" in listed.stderr
     assert "hint: did you mean 'validate'?" in cli("valdate").stderr
     assert "hint: did you mean 'logs'?" in cli("runs", "log").stderr
 

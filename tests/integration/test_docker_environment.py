@@ -290,3 +290,22 @@ def test_postgres_backend_on_loopback_needs_host_networking(docker_flows, postgr
         (run,) = backend.list_runs()
         assert run.state == "Success"
         assert any("hello Docker" in line.message for line in backend.logs(run.id))
+
+
+def test_secrets_resolve_inside_the_container_and_are_masked(docker_flows):
+    planted = "d0cker-PLANTED-token"
+    spec = docker_flows.write(
+        "secret-env", "  hello:\n    run: tasks:hello\n    with: {name: \"${{ secrets.DOCKER_TOKEN }}\"}\n"
+                      "  show:\n    run: tasks:show_env\n    with: {names: [SECRET_URL]}\n",
+        environment="  env:\n    SECRET_URL: \"db://u:${{ secrets.DOCKER_TOKEN }}@db\"\n")
+    assert docker_flows.cli("register", str(spec)).returncode == 0
+    docker_flows.agent(env={**docker_flows.env, "FLOWSPEC_SECRET_DOCKER_TOKEN": planted})
+    run_id = run_id_of(docker_flows.cli("run", "--name", "secret-env"))
+    run = docker_flows.wait_run(run_id, ("Success", "Failed", "Cancelled"))
+    assert run.state == "Success", run.message
+    with docker_flows.backend() as backend:
+        logs = "\n".join(x.message for x in backend.logs(run_id))
+    assert "hello **** from the container" in logs and '"SECRET_URL": "db://u:****@db"' in logs
+    shown = docker_flows.cli("runs", "logs", run_id).stdout + docker_flows.agent_logs()
+    assert planted not in logs + shown
+    assert planted.encode() not in (docker_flows.root / "backend.db").read_bytes()

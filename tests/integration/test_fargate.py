@@ -694,3 +694,20 @@ def test_run_task_arguments_keep_the_specs_and_give_flowspecs_the_last_word():
     assert args["tags"] == [{"key": "team", "value": "data"}, {"key": "flowspec.run-id", "value": "run-9"},
                             {"key": "flowspec.flow", "value": "etl"}]
     assert opts["run_task"]["overrides"]["containerOverrides"][1]["environment"][1]["value"] == "x"  # spec untouched
+
+
+def test_environment_secrets_go_to_the_task_definition_as_secrets_never_as_values(tmp_path, moto):
+    ecs = moto.client("ecs")
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:warehouse-Ab12Cd"
+    data = spec_data("fg-secrets")
+    data["environment"]["secrets"] = {"WAREHOUSE_PASSWORD": arn, "API_TOKEN": "api-token"}
+    data["environment"]["env"] = {"DSN": "db://u:${{ secrets.WAREHOUSE_PASSWORD }}@wh"}
+    env = environment_of(tmp_path / "a", data)
+    env.setup()
+    flow = ecs.describe_task_definition(taskDefinition="fg-secrets:1")["taskDefinition"]["containerDefinitions"][0]
+    assert flow["secrets"] == [{"name": "FLOWSPEC_SECRET_API_TOKEN", "valueFrom": "api-token"},
+                               {"name": "FLOWSPEC_SECRET_WAREHOUSE_PASSWORD", "valueFrom": arn}]
+    assert all(not e["name"].startswith("FLOWSPEC_SECRET") for e in flow.get("environment", []))
+    again = environment_of(tmp_path / "b", data)
+    again.setup()
+    assert again.decision["action"] == "reuse"

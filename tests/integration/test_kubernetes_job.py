@@ -335,3 +335,34 @@ def test_an_sqlite_backend_is_mounted_into_the_pod_on_a_cluster_of_this_machine(
     assert started.returncode == 0, started.stdout + started.stderr
     logs = cases.cli("runs", "logs", started.stdout.split()[0], env=env).stdout
     assert "volume says: written in the pod" in logs
+
+
+SECRET_TASKS = '''
+from flowspec import context
+
+def use(token: str):
+    print("token", token, flush=True)
+    context.logger.info("using %s", token)
+'''
+
+
+def test_environment_secrets_reach_the_pod_through_a_secret_key_ref(kube_flows):
+    planted = "k8s-PLANTED-token"
+    kube_flows.cluster.kubectl("create", "secret", "generic", "app-secrets", f"--from-literal=token={planted}",
+                               "-n", kube_flows.namespace)
+    env = (f"  type: kubernetes-job\n  namespace: {kube_flows.namespace}\n  labels: [sec]\n"
+           "  delete_finished_jobs: false\n  secrets: {API_TOKEN: app-secrets/token}\n")
+    path = kube_flows.write("secretive", "  use:\n    run: tasks:use\n    with: {token: '${{ secrets.API_TOKEN }}'}\n",
+                            env, SECRET_TASKS)
+    kube_flows.register(path)
+    kube_flows.agent("--label", "sec", "--name", "sec-agent")
+    run_id = kube_flows.start_run("secretive", "--label", "sec")
+    run = kube_flows.wait_run(run_id, timeout=180)
+    assert run.state == "Success", run.message
+    logs = kube_flows.wait_logs(run_id, "using ****")
+    assert "token ****" in logs and "using ****" in logs and planted not in logs
+    jobs = kube_flows.cluster.get_json("jobs", "-n", kube_flows.namespace, "-l", f"flowspec.io/run-id={run_id}")
+    container = jobs["items"][0]["spec"]["template"]["spec"]["containers"][0]
+    (entry,) = [e for e in container["env"] if e["name"] == "FLOWSPEC_SECRET_API_TOKEN"]
+    assert entry["valueFrom"] == {"secretKeyRef": {"name": "app-secrets", "key": "token"}}
+    assert planted not in json.dumps(jobs)

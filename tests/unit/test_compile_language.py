@@ -125,7 +125,7 @@ def test_the_new_triggers(flow, trigger):
      "'m.notify': expected 'module:function' or 'path/to/file.py:function'"),
     ("on_success: {run: 'm:f', args: {}}", "args", "tasks.a.on_success.args", "unknown key 'args'"),
     ("on_success: {run: 'm:f', with: {t: '${{ tasks.b }}'}}", "tasks.b", "tasks.a.on_success.with.t",
-     "${{ tasks.b }}: the 'with' of on_success may reference only params. or env."),
+     "${{ tasks.b }}: the 'with' of on_success may reference only params., env., kv. or secrets."),
     ("trigger: always_run", "always_run", "tasks.a.trigger",
      "string 'always_run' is not one of: all_successful | all_finished | any_failed | all_failed | any_successful"
      " | none_failed"),
@@ -175,7 +175,7 @@ def test_unknown_key_hints_no_longer_say_not_in_this_release_for_the_new_keys():
                       (("tasks", "a"), "loop"), (("tasks", "a"), "run_name"), (("tasks", "a"), "cleanup"),
                       (("tasks", "a"), "on_retry")]:
         assert feature_hint(path, key) is None
-    assert "not in this release yet" in feature_hint((), "schedule")
+    assert feature_hint((), "schedule") is None  # a real key now
     for key in ("cache", "target", "persist", "flow"):  # real task keys now
         assert feature_hint(("tasks", "a"), key) is None
     assert "cache: {expires: DURATION}" in feature_hint(("tasks", "a"), "cache_for")
