@@ -51,7 +51,7 @@ def main_delete(args) -> int:
 def main(args) -> int:
     with open_from(args) as backend:
         flows = backend.list_flows(args.project)
-        upcoming = _next_runs(backend)
+        upcoming = next_runs(backend)
     if args.format == "json":
         emit_json([{"id": f.id, "project": f.project, "name": f.name, "version": f.version,
                     "labels": list(f.labels), "storage": f.storage, "registered": f.created,
@@ -66,7 +66,7 @@ def main(args) -> int:
     return 0
 
 
-def _next_runs(backend) -> dict:
+def next_runs(backend) -> dict:
     """(project, name) → the time of each scheduled flow's next run (its earliest Scheduled run,
     else its clocks' next time), or "paused"."""
     planned = backend.next_scheduled()

@@ -121,8 +121,11 @@ def _int(text: str | None, name: str, default: int) -> int:
 
 
 def flows_list(request: Request) -> Response:
+    from flowspec.commands.flows import next_runs
+
     backend = _backend(request)
-    flows = [views.flow_dict(f) for f in backend.list_flows()]
+    upcoming = next_runs(backend)
+    flows = [views.flow_dict(f, upcoming) for f in backend.list_flows()]
     counts = queries.run_counts_by_flow(backend)
     return page(request, "flows.html", flows, flows=flows, counts=counts)
 

@@ -153,10 +153,11 @@ def agent_dict(agent, now: float, runs: dict[str, int] | None = None) -> dict:
             "status": agent.status, "runs": runs or {}}
 
 
-def flow_dict(flow) -> dict:
-    """As `flowspec flows list --format json`."""
+def flow_dict(flow, upcoming: dict | None = None) -> dict:
+    """As `flowspec flows list --format json` (`upcoming`: flowspec.commands.flows.next_runs)."""
     return {"id": flow.id, "project": flow.project, "name": flow.name, "version": flow.version,
-            "labels": list(flow.labels), "storage": masked(flow.storage), "registered": flow.created}
+            "labels": list(flow.labels), "storage": masked(flow.storage), "registered": flow.created,
+            "next_run": (upcoming or {}).get((flow.project, flow.name))}
 
 
 def graph_of(flow, tasks: list[dict], recorded: tuple | None = None) -> dict:
