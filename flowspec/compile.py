@@ -313,7 +313,9 @@ def _resolved_at_compile(data: dict, storage: bool = True):
         yield from texts(("environment", "labels"), env.get("labels"))
     store = data.get("storage")
     if storage and isinstance(store, dict):
-        yield from texts(("storage",), {k: v for k, v in store.items() if k != "type"})
+        # git storage's `auth` is a reference kept as written and resolved where git runs
+        yield from texts(("storage",), {k: v for k, v in store.items()
+                                        if k != "type" and not (k == "auth" and store.get("type") == "git")})
 
 
 def resolve_env(spec: FlowSpec, environ=None, storage: bool = True) -> FlowSpec:
