@@ -22,7 +22,7 @@ from collections import deque
 from types import MappingProxyType
 
 from flowspec import context as ctxmod
-from flowspec import loops
+from flowspec import keeping, loops
 from flowspec import references as refs
 from flowspec import task_output
 from flowspec.executors.base import Executor
@@ -30,8 +30,11 @@ from flowspec.executors.base import Executor
 PENDING, RUNNING, RETRYING, SUCCESS = "Pending", "Running", "Retrying", "Success"
 FAILED, TIMED_OUT, TRIGGER_FAILED = "Failed", "TimedOut", "TriggerFailed"
 SKIPPED, CANCELLED, LOOPING = "Skipped", "Cancelled", "Looping"
-TASK_STATES = (PENDING, RUNNING, RETRYING, SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED, LOOPING)
-FINAL_STATES = frozenset((SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED))
+CACHED = keeping.CACHED  # a result loaded from the store, not called: a Success in every count
+TASK_STATES = (PENDING, RUNNING, RETRYING, SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED, LOOPING,
+               CACHED)
+FINAL_STATES = frozenset((SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED, CACHED))
+OK_STATES = frozenset((SUCCESS, CACHED))
 FAILED_STATES = frozenset((FAILED, TIMED_OUT, TRIGGER_FAILED))  # what `any_failed` looks for
 FLOW_FAILING = FAILED_STATES | {CANCELLED}  # a task in one of these fails the flow run
 
@@ -57,6 +60,8 @@ class Outcome:
 # -- one task run, all attempts: runs on the executor -------------------------------------------
 def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: float,
              timeout: float | None, notify=None, first_attempt: int = 1) -> Outcome:
+    if type(fn) is keeping.Kept:  # a task that uses the result store: it calls back here
+        return keeping.run_kept(fn, kwargs, ctx, retries, retry_delay, timeout, notify, first_attempt)
     start = time.time()
     attempt = first_attempt - 1  # > 0 when an executor resumes a unit whose worker died
     while True:
@@ -276,7 +281,7 @@ def aggregate(states: list[str]) -> str:
             return FAILED if state == TIMED_OUT else state
     if present == {SKIPPED}:
         return SKIPPED
-    return SUCCESS
+    return CACHED if present == {CACHED} else SUCCESS
 
 
 def trigger_decision(trigger: str, upstream: list[tuple[str, str]],
@@ -297,7 +302,7 @@ def trigger_decision(trigger: str, upstream: list[tuple[str, str]],
         names = ", ".join(f"{n} ({s})" for n, s in upstream if s not in FAILED_STATES)
         return SKIPPED, f"not every upstream task failed (trigger all_failed): {names}"
     if trigger == "any_successful":
-        if not upstream or any(s == SUCCESS for _, s in upstream):
+        if not upstream or any(s in OK_STATES for _, s in upstream):
             return None, None
         if failed:
             names = ", ".join(f"{n} ({s})" for n, s in failed)
@@ -311,7 +316,7 @@ def trigger_decision(trigger: str, upstream: list[tuple[str, str]],
     skipped = [n for n, s in upstream if s == SKIPPED]
     if skipped and merge:
         states = dict(upstream)
-        merged = {n for group in merge if any(states.get(m) == SUCCESS for m in group) for n in group}
+        merged = {n for group in merge if any(states.get(m) in OK_STATES for m in group) for n in group}
         skipped = [n for n in skipped if n not in merged]
     if skipped:
         return SKIPPED, f"upstream skipped: {', '.join(skipped)}"
@@ -499,6 +504,40 @@ class FlowRunner:
         self._timed_out = False
         self._namers: dict = {}  # task → make_namer(its run_name)
         self._hook_args: dict = {}  # flow hook → its `with`, resolved before the results go
+        self._plans: dict = {}  # task → its keeping.KeepPlan (persist, cache, target)
+        self._store_token = None
+        persist_default = getattr(spec, "results", None) is not None
+        for name, task in spec.tasks.items():
+            persist = task.persist if task.persist is not None else persist_default
+            if (persist or task.cache is not None or task.target is not None) and task.run:
+                self._plans[name] = self._plan(task, persist)
+
+    def _plan(self, task, persist: bool) -> keeping.KeepPlan:
+        from flowspec import results
+
+        if self._store_token is None:
+            from flowspec.backend import flowspec_home
+
+            self._store_token = keeping.new_token()
+            self._store_settings = results.settings(self.spec)
+            self._home = str(flowspec_home())
+        return keeping.KeepPlan(self._store_token, self._store_settings, self._home, self.spec.name, task,
+                                self.spec.base_dir, dict(self.params), self.run_id, persist)
+
+    def _open_store(self) -> None:
+        """This process's store for the run: writes behind (a local store), flushed at the end."""
+        from flowspec.results import ResultStore
+
+        keeping._STORES[self._store_token] = ResultStore.from_spec(self._store_settings, self._home,
+                                                                   write_behind=True)
+
+    def _close_store(self) -> None:
+        store = keeping._STORES.pop(self._store_token, None)
+        if store is not None:
+            try:
+                store.close()
+            except Exception as exc:  # noqa: BLE001 - a store that fails at the end: said, the states stand
+                log.error("the result store could not be written: %s", exc)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -508,6 +547,8 @@ class FlowRunner:
         # Dask scheduler) stops it before anything ran, and nothing is recorded, as for a module
         # that does not import.
         self._start_executor()
+        if self._store_token is not None:
+            self._open_store()
         result.start = time.time()
         self._set_flow_state(RUNNING)
         token = ctxmod.set_current(self.base_ctx)
@@ -552,6 +593,8 @@ class FlowRunner:
             task_output.uninstall()
             signals.close()
             result.end = time.time()
+            if self._store_token is not None:
+                self._close_store()
             self._flow_hooks()
             self._call_hook("on_exit")
             ctxmod.reset(token)
@@ -638,7 +681,7 @@ class FlowRunner:
         rec = records[task.name]
         rec.start = time.time()
         for up in task.upstream:  # the common case at once: every upstream succeeded
-            if records[up].state != SUCCESS:
+            if records[up].state not in OK_STATES:
                 break
         else:
             up = None
@@ -657,6 +700,8 @@ class FlowRunner:
         fn = self.callables[task.name]
         if task.loop is not None:
             fn = loops.LoopCall(fn, task.loop)
+        if task.name in self._plans:
+            fn = keeping.Kept(fn, self._plans[task.name])
         rec.state = RUNNING
         if lists is None:
             name = None if task.run_name is None else self._run_name(task, kwargs)
@@ -861,7 +906,7 @@ class FlowRunner:
         rec, task = self.records[f"{name}.cleanup"], self.spec.tasks[name]
         producer = self.records[name]
         rec.start = time.time()
-        if producer.state != SUCCESS:
+        if producer.state not in OK_STATES:
             return self._cleanup_done(rec, SKIPPED, f"not run: {name} ended {producer.state}", 0)
         fn = self.callables[(name, "cleanup")]
         self._notify_task(rec.name, None, RUNNING, 1, None)
@@ -914,7 +959,7 @@ class FlowRunner:
 
     def _task_hook(self, name: str, index, state: str, message, attempt: int, start, end) -> None:
         task = self.spec.tasks[name]
-        key = "on_success" if state == SUCCESS else "on_failure" if state in FAILED_STATES else \
+        key = "on_success" if state in OK_STATES else "on_failure" if state in FAILED_STATES else \
             "on_retry" if state == RETRYING else None
         if key is None or getattr(task, key) is None:
             return

@@ -24,7 +24,7 @@ class TaskRunState:
 _TASK_COLS = "run_id, task, map_index, state, attempt, time, message"
 # The states in which a task run is over: flowspec.runner's FINAL_STATES, named here so that the
 # backend does not import the runner.
-TASK_FINAL_STATES = ("Success", "Failed", "TimedOut", "TriggerFailed", "Skipped", "Cancelled")
+TASK_FINAL_STATES = ("Success", "Failed", "TimedOut", "TriggerFailed", "Skipped", "Cancelled", "Cached")
 
 
 class TaskStore(Store):
