@@ -84,7 +84,7 @@ tasks:
 '''
 
 W2_CACHED = W2.replace("name: bench-w2", "name: bench-w2-cached\nresults: {type: local, directory: store-cached}").replace(
-    'map: {x: "${{ tasks.numbers }}"}}', 'map: {x: "${{ tasks.numbers }}"}, cache: true, persist: false}').replace(
+    'map: {x: "${{ tasks.numbers }}"}}', 'map: {x: "${{ tasks.numbers }}"}, cache: true}').replace(
     '"${{ params.n }}"}}', '"${{ params.n }}"}, persist: false}').replace(
     'with: {values: "${{ tasks.inc }}"}}', 'with: {values: "${{ tasks.inc }}"}, persist: false}')
 W2_KEPT = W2.replace("name: bench-w2", "name: bench-w2-kept\nresults: {type: local, directory: store-kept}")

@@ -8,7 +8,8 @@ Kept to `run_kept`, which runs where the task run runs (this process for `local`
 - `cache`: its key (the default digest of code and arguments, or the template) has a stored,
   unexpired value → Cached from it; otherwise its value is stored under that key;
 - `persist`: its value is stored under the run's own key (`<run id>` or `<run id>-<index>`),
-  which a restart of the run reads.
+  which a restart of the run reads (a Cached task run is not copied there: its cache key or
+  target finds it again).
 A stored value whose digest does not match fails the task run with a message naming both
 digests (it is not silently run again: a damaged store is something to look at). A value that
 cannot be pickled is logged as an error naming the task and type; the task keeps its state.
@@ -32,20 +33,33 @@ class KeepPlan:
     """What a task does with the store: picklable (it travels to dask workers)."""
 
     __slots__ = ("token", "settings", "home", "flow", "task", "base_dir", "params", "run_id",
-                 "persist", "cache", "target")
+                 "persist", "cache", "target", "code", "_folder")
+    _SENT = ("token", "settings", "home", "flow", "task", "base_dir", "params", "run_id", "persist", "cache",
+             "target")
 
     def __init__(self, token: str, settings: dict | None, home: str, flow: str, task, base_dir: str,
                  params: dict, run_id: str, persist: bool) -> None:
         self.token, self.settings, self.home, self.flow = token, settings, home, flow
         self.task, self.base_dir, self.params, self.run_id = task.name, base_dir, params, run_id
         self.persist, self.cache, self.target = persist, task.cache, task.target
+        self.code = None  # the digest of the callable's code, computed once per run and process
+        self._folder = None
 
     def __getstate__(self):
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {k: getattr(self, k) for k in self._SENT}
 
     def __setstate__(self, state) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+        self.code = self._folder = None
+
+    def folder(self) -> str:
+        """`flows/<flow>/<task>/` of this task in the store."""
+        if self._folder is None:
+            from flowspec.results import keyed_path
+
+            self._folder = keyed_path(self.flow, self.task, "x")[:-len("x.pkl")]
+        return self._folder
 
     def store(self):
         store = _STORES.get(self.token)
@@ -75,9 +89,12 @@ class KeepPlan:
     def cache_key(self, fn, kwargs: dict) -> str:
         if self.cache.key is not None:
             return self.render(self.cache.key, kwargs)
-        from flowspec.cache_key import default_key
+        from flowspec.cache_key import code_digest, default_key
 
-        return default_key(plain_callable(fn), kwargs, self.base_dir)
+        fn = plain_callable(fn)
+        if self.code is None:  # the code does not change during a run
+            self.code = code_digest(fn, self.base_dir)
+        return default_key(fn, kwargs, self.base_dir, self.code)
 
 
 class Kept:
@@ -127,8 +144,6 @@ def run_kept(kept: Kept, kwargs: dict, ctx, retries: int, retry_delay: float, ti
                 continue
             location = store.location(rel_path)
             ctx.logger.info("%s: result loaded from %s, not called", CACHED, location)
-            if plan.persist:  # the run's own copy, which a restart of this run reads
-                keep(store, rel[-1:], value, ctx)
             return Outcome(CACHED, value, 0, start, time.time(), f"cached from {location}")
     except (results.ResultError, refs.ResolveError) as exc:
         text = str(exc)
@@ -154,8 +169,8 @@ def lookup_places(plan: KeepPlan, fn, kwargs: dict, index: int | None) -> tuple[
         path = keyed_path(plan.flow, plan.task, plan.cache_key(fn, kwargs))
         where.append((path, plan.cache.expires))
         rel.append(path)
-    if plan.persist:
-        rel.append(keyed_path(plan.flow, plan.task, run_key(plan.run_id, index)))
+    if plan.persist:  # a run id is a plain segment: no need to check it per task run
+        rel.append(f"{plan.folder()}{plan.run_id if index is None else f'{plan.run_id}-{index}'}.pkl")
     return where, rel
 
 

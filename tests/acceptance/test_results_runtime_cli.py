@@ -168,7 +168,8 @@ def test_cache_and_target_work_on_local_dask_and_across_executors(cli, tmp_path,
     run2 = last_run(cli, env)
     assert states(cli, env, run2) == {"nums": "Success", "sq": "Cached", "total": "Cached"}
     kept = tmp_path / "store" / "flows" / "kept"
-    assert (kept / "nums" / f"{run2}.pkl").is_file() and (kept / "sq" / f"{run2}-2.pkl").is_file()
+    assert (kept / "nums" / f"{run2}.pkl").is_file()  # kept where it ran; a Cached run is not copied
+    assert not (kept / "sq" / f"{run2}-2.pkl").exists()
 
 
 def test_a_cache_key_template_and_expiry(cli, tmp_path, env):
