@@ -270,6 +270,17 @@ def outcome_of(exc: BaseException) -> tuple[str, str]:
     return "Failed", f"internal error: {type(exc).__name__}: {exc}"
 
 
+def create_local(backend, spec, params: dict, run_id: str, runner: str, heartbeat_timeout: float | None) -> None:
+    """The backend's row of a local run, with where its spec is (for `runs restart`) and, for a
+    restart, what it restarts."""
+    from flowspec import restart
+
+    backend.create_flow_run(None, params, (), "Running", flow_name=spec.name, run_id=run_id, runner=runner,
+                            heartbeat_timeout=heartbeat_timeout)
+    plan = restart.active()
+    backend.set_run_link(run_id, spec.path, spec.checksum, plan and plan.of, plan and plan.notes)
+
+
 def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], Any], url: str | None = None,
                      heartbeat_timeout: float | None = None, interrupted_code: Callable[[], int] = lambda: 130) -> Any:
     """Call `execute(observers, run_id)` with the run recorded in the backend at `url`.
@@ -309,9 +320,7 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
         in_process = spec.environment.type in ("local", "remote")
         stored = mask_params(params) if in_process else params
         recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self, secrets=secret_values(params),
-                            create=lambda: backend.create_flow_run(
-                                None, stored, (), "Running", flow_name=spec.name, run_id=run_id,
-                                runner=runner, heartbeat_timeout=heartbeat_timeout))
+                            create=lambda: create_local(backend, spec, stored, run_id, runner, heartbeat_timeout))
         try:
             result = execute((recorder,), run_id)
         except BaseException as exc:

@@ -505,6 +505,10 @@ class FlowRunner:
         self._namers: dict = {}  # task → make_namer(its run_name)
         self._hook_args: dict = {}  # flow hook → its `with`, resolved before the results go
         self._plans: dict = {}  # task → its keeping.KeepPlan (persist, cache, target)
+        from flowspec import restart
+
+        plan = restart.active()
+        self._reuse = plan.reuse if plan is not None and plan.flow == spec.name else {}
         self._store_token = None
         persist_default = getattr(spec, "results", None) is not None
         for name, task in spec.tasks.items():
@@ -513,16 +517,18 @@ class FlowRunner:
                 self._plans[name] = self._plan(task, persist)
 
     def _plan(self, task, persist: bool) -> keeping.KeepPlan:
-        from flowspec import results
-
         if self._store_token is None:
-            from flowspec.backend import flowspec_home
-
-            self._store_token = keeping.new_token()
-            self._store_settings = results.settings(self.spec)
-            self._home = str(flowspec_home())
+            self._plan_store()
         return keeping.KeepPlan(self._store_token, self._store_settings, self._home, self.spec.name, task,
                                 self.spec.base_dir, dict(self.params), self.run_id, persist)
+
+    def _plan_store(self) -> None:
+        from flowspec import results
+        from flowspec.backend import flowspec_home
+
+        self._store_token = keeping.new_token()
+        self._store_settings = results.settings(self.spec)
+        self._home = str(flowspec_home())
 
     def _open_store(self) -> None:
         """This process's store for the run: writes behind (a local store), flushed at the end."""
@@ -547,8 +553,8 @@ class FlowRunner:
         # Dask scheduler) stops it before anything ran, and nothing is recorded, as for a module
         # that does not import.
         self._start_executor()
-        if self._store_token is not None:
-            self._open_store()
+        if self._store_token is not None or self._reuse:
+            self._store()
         result.start = time.time()
         self._set_flow_state(RUNNING)
         token = ctxmod.set_current(self.base_ctx)
@@ -689,6 +695,8 @@ class FlowRunner:
             state, reason = trigger_decision(task.trigger, self._upstream_states(task), task.merge)
             if state is not None:
                 return self._finish(rec, state, reason)
+        if task.name in self._reuse and self._reuse[task.name][1] is None and self._reused(rec):
+            return
         try:
             lookup = self._lookup_here if task.name in self._fetch_first else self._lookup
             if task.condition is not None and not self._condition_true(task, lookup):
@@ -711,6 +719,39 @@ class FlowRunner:
                                           task.timeout, self.notify if task.on_retry is None else self._notify_retry)
             return self._collect(task.name, None, future)
         self._launch_children(task, rec, fn, kwargs, lists)
+
+    def _reused(self, rec: TaskRecord, index: int | None = None) -> bool:
+        """Task run `rec`[index] of a restart Cached from the run it restarts (False: its result
+        cannot be loaded after all; it runs, and a warning says why)."""
+        source = self._reuse[rec.name][0]
+        try:
+            value = self._store().get(self.spec.name, rec.name, keeping.run_key(source, index))
+        except Exception as exc:  # noqa: BLE001 - a damaged or vanished result: the task runs again
+            log.warning("%s: the kept result of run %s cannot be reused, it runs again: %s", rec.name, source[:8], exc)
+            return False
+        message = f"reused from run {source[:8]}"
+        plan = self._plans.get(rec.name)
+        if plan is not None and plan.persist:  # kept under this run's id too: a restart of it finds it
+            try:
+                self._store().put(self.spec.name, rec.name, keeping.run_key(self.run_id, index), value)
+            except Exception as exc:  # noqa: BLE001 - not kept: a restart of this run runs the task
+                log.error("%s: %s", rec.name, exc)
+        if index is not None:
+            self._record(rec.name, index, Outcome(CACHED, value, 0, rec.start, time.time(), None))
+            return True
+        if self.notify is not None:
+            self.notify(rec.name, None, CACHED, 0, message)
+        self._finish(rec, CACHED, message, value)
+        return True
+
+    def _store(self):
+        store = keeping._STORES.get(self._store_token)
+        if store is None:
+            if self._store_token is None:
+                self._plan_store()
+            self._open_store()
+            store = keeping._STORES[self._store_token]
+        return store
 
     def _condition_true(self, task, lookup) -> bool:
         cond = task.condition
@@ -749,6 +790,8 @@ class FlowRunner:
                 record(name, i, submit(run_unit, *args).result())
             return
         units = list(self._child_units(task, rec, fn, kwargs, lists))
+        if not units:  # every child recorded already (reused by a restart, or not run by its trigger)
+            return
         futures = self.executor.submit_many(run_unit, [args for _, args in units])
         for (i, _), future in zip(units, futures):
             self._collect(task.name, i, future)
@@ -765,7 +808,10 @@ class FlowRunner:
         named = task.run_name is not None
         if named:
             rec.run_names = [None] * len(columns[0])
+        reused = self._reuse.get(name, (None, ()))[1] or ()
         for i in range(len(columns[0])):
+            if i in reused and self._reused(rec, i):
+                continue
             if task.per_child:
                 state, reason = trigger_decision(task.trigger, self._upstream_states(task, i), task.merge)
                 if state is not None:

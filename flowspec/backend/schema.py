@@ -57,5 +57,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX task_run_names_by_run ON task_run_names (run_id, task)",
         "CREATE TABLE run_outputs (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), outputs TEXT NOT NULL)",
     ],
+    [
+        # Where a `flowspec run FILE` run came from (the spec's path and checksum), so that
+        # `flowspec runs restart` can run it again, and what a restart was of and what it reused
+        # or ran again and why (`notes`: JSON).
+        "CREATE TABLE run_links (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), spec_path TEXT,"
+        " spec_checksum TEXT, restart_of TEXT, notes TEXT)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -30,7 +30,7 @@ TASK_FINAL_STATES = ("Success", "Failed", "TimedOut", "TriggerFailed", "Skipped"
 class TaskStore(Store):
     """Task states: appended in batches, read back latest-first or as they come."""
 
-    run_tables = ("task_states", "run_tasks", "task_run_names", "run_outputs")  # rows of one flow run (see RunStore.run_tables)
+    run_tables = ("task_states", "run_tasks", "task_run_names", "run_outputs", "run_links")  # rows of one flow run (see RunStore.run_tables)
 
     def add_run_names(self, run_id: str, rows: Iterable[tuple[str, str | list]]) -> int:
         """Record `(task, names)`: the names of a task's runs (its `run_name`), a string for an
@@ -76,6 +76,28 @@ class TaskStore(Store):
         with self._transaction(write=False) as tx:
             row = tx.one("SELECT outputs FROM run_outputs WHERE run_id = ?", run_id)
         return None if row is None else json.loads(row[0])
+
+    def set_run_link(self, run_id: str, spec_path: str | None, spec_checksum: str | None,
+                     restart_of: str | None = None, notes: dict | None = None) -> None:
+        """Keep where a local run's spec is (for `runs restart`) and, for a restart, the run it
+        restarts and what it reused or ran again (`notes`: task → reason)."""
+        import json
+
+        with self._transaction() as tx:
+            tx.run("DELETE FROM run_links WHERE run_id = ?", run_id)
+            tx.run("INSERT INTO run_links (run_id, spec_path, spec_checksum, restart_of, notes) VALUES (?, ?, ?, ?, ?)",
+                   run_id, spec_path, spec_checksum, restart_of, None if notes is None else json.dumps(notes))
+
+    def run_link(self, run_id: str) -> dict | None:
+        """{spec_path, spec_checksum, restart_of, notes} of a run, or None."""
+        import json
+
+        with self._transaction(write=False) as tx:
+            row = tx.one("SELECT spec_path, spec_checksum, restart_of, notes FROM run_links WHERE run_id = ?", run_id)
+        if row is None:
+            return None
+        return {"spec_path": row[0], "spec_checksum": row[1], "restart_of": row[2],
+                "notes": None if row[3] is None else json.loads(row[3])}
 
     def add_run_tasks(self, run_id: str, tasks: Iterable[str]) -> int:
         """Record the tasks of a run's flow, in the spec's order, when the run starts (once: a

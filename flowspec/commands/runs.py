@@ -6,6 +6,7 @@ prefix of it (4 characters or more).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -41,6 +42,22 @@ def register(sub) -> None:
     p = actions.add_parser("cancel", help="cancel a run: a waiting one at once, a running one through its agent"
                                           " (or its local `flowspec run` process)")
     _run_arg(p, main_cancel)
+    p = actions.add_parser("restart", help="a new run of a run's flow that reuses the kept results of the tasks"
+                                           " that succeeded and runs the rest",
+                           description="A new flow run linked to RUN: tasks that succeeded in RUN and whose"
+                                       " results are in the result store are Cached from them; failed, cancelled"
+                                       " and never-run tasks, the --from tasks, tasks reading a changed --param and"
+                                       " everything downstream of them run again. Exit codes as `flowspec run`.")
+    p.add_argument("run", metavar="RUN", help="a run id, or a unique prefix of it")
+    p.add_argument("--from", dest="from_tasks", action="append", default=[], metavar="TASK",
+                   help="run this task and everything downstream of it again (repeatable)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter value instead of RUN's (repeatable); what reads it runs again")
+    p.add_argument("--watch", action="store_true", help="follow the run to its end (a local run always is)")
+    p.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                   help="only warnings and errors, one result line")
+    add_common(p)
+    p.set_defaults(func=main_restart)
     p = actions.add_parser("delete", help="delete finished runs with their states, task states and logs",
                            description="Delete finished runs (Success, Failed, Cancelled) with everything recorded"
                                        " of them, in one transaction: all the runs named, or none when one is"
@@ -160,19 +177,24 @@ def main_show(args) -> int:
         tasks = backend.latest_task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
         names = backend.run_names(run.id)  # task runs named by their task's `run_name`
         outputs = backend.run_outputs(run.id)
+        link = backend.run_link(run.id)
         if mask := _masking(run):  # a registered flow's run: values stored as given, masked here
             history = [replace(e, message=mask(e.message)) for e in history]
             tasks = _masked_tasks(tasks, mask)
         if args.format == "json":
-            _show_json(run, flow, reason, history, tasks, names, outputs)
+            _show_json(run, flow, reason, history, tasks, names, outputs, link)
         else:
             _show_text(run, flow, reason, history, tasks, args.children, names, outputs)
+            _show_restart(link)
     return 0
 
 
-def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dict | None = None) -> None:  # noqa: B006
+def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dict | None = None,  # noqa: B006
+               link: dict | None = None) -> None:
+    link = link or {}
     head = json.dumps(run_json(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
+        "spec_path": link.get("spec_path"), "restart_of": link.get("restart_of"), "restart": link.get("notes"),
         "waiting_reason": reason, "outputs": outputs,
         "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
         "tasks": None}, indent=2, default=str)
@@ -195,6 +217,17 @@ def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dic
         out.write(f"{comma}    {text}\n    }}")
         comma = ",\n"
     out.write(("\n  ]" if comma != "\n" else "]") + after + "\n")
+
+
+def _show_restart(link: dict | None) -> None:
+    """A restart's run: what it restarted, and which tasks it reused and which ran again, why."""
+    if not link or not link.get("restart_of"):
+        return
+    print(f"\nrestart of run {link['restart_of']}:")
+    notes = link.get("notes") or {}
+    width = max((len(n) for n in notes), default=0)
+    for name, note in notes.items():
+        print(f"  {name:<{width}}  {note['action']}: {note['why']}")
 
 
 def _show_text(run, flow, reason, history, tasks, children: bool, names: dict = {},  # noqa: B006
@@ -471,3 +504,72 @@ def _parameters(flow, args) -> dict:
                                  required="default" not in p, enum=tuple(p["enum"]) if "enum" in p else None)
              for name, p in declared.items()}
     return parameters(SimpleNamespace(parameters=specs), args)
+
+
+def main_restart(args) -> int:
+    """Restart a run of `flowspec run FILE` in this process (see flowspec.restart)."""
+    from flowspec.commands.run import EXIT_CODES, execute, prepare, report_invalid, stop_signals, summary_table
+    from flowspec.errors import FlowspecError, SpecError, UsageError
+    from flowspec.params import ParamsError, parse_flag, resolve_parameters
+    from flowspec import restart, results
+    from flowspec.compile import resolve_env
+
+    with open_from(args) as backend:
+        run = find_run(backend, args.run)
+        link = backend.run_link(run.id)
+        states = list(backend.latest_task_states(run.id))
+    if run.flow_id is not None:
+        raise FlowspecError(f"run {run.id} is a run of a registered flow: this release restarts runs of"
+                            " `flowspec run FILE` only", "run the flow again with `flowspec run --name`")
+    if run.state not in ("Success", "Failed", "Cancelled", "TimedOut"):
+        raise FlowspecError(f"run {run.id} has not finished ({run.state}): restart it once it has",
+                            f"cancel it first: flowspec runs cancel {run.id[:8]}")
+    if link is None or not link.get("spec_path"):
+        raise FlowspecError(f"run {run.id} cannot be restarted: the backend does not say which spec file it ran"
+                            " (it was recorded by an older flowspec)", "run the spec again with `flowspec run FILE`")
+    path = link["spec_path"]
+    if not os.path.isfile(path):
+        raise FlowspecError(f"run {run.id} cannot be restarted: its spec file {path} is gone",
+                            "run the flow anew with `flowspec run FILE`")
+    try:
+        spec = prepare(path, env=False)
+    except SpecError as exc:
+        return report_invalid(exc.diagnostics, args.format)
+    if spec.checksum != link["spec_checksum"]:
+        raise FlowspecError(f"run {run.id} cannot be restarted: its spec file {path} changed since it ran"
+                            " (the flow it ran is gone); a restart runs the same flow",
+                            "run the changed flow anew with `flowspec run FILE`")
+    unknown = [t for t in args.from_tasks if t not in spec.tasks]
+    if unknown:
+        raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'",
+                         f"its tasks: {', '.join(list(spec.tasks)[:10])}")
+    old = {k: v for k, v in run.parameters.items() if k in spec.parameters}
+    try:
+        flags = [parse_flag(text, spec.parameters) for text in args.param]
+        params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags)
+    except ParamsError as exc:
+        return report_invalid(exc.diagnostics, args.format, exc.problems)
+    changed = {k for k in params if k not in old or old[k] != params[k]}
+    settings = results.settings(spec)
+    if (why := restart.store_gone(spec, settings)):
+        raise FlowspecError(f"run {run.id} cannot be restarted: {why}",
+                            "run the flow anew with `flowspec run FILE`")
+    store = results.ResultStore.from_spec(settings)
+    plan = restart.make_plan(spec, run, states, changed, args.from_tasks, store)
+    spec = resolve_env(spec, storage=False)
+    reused = sum(1 for n in plan.notes.values() if n["action"] == "reused")
+    print(f"restart of run {run.id[:8]}: {reused} task{'s' * (reused != 1)} reused,"
+          f" {len(plan.notes) - reused} run again", file=sys.stderr)
+    for name, note in plan.notes.items():
+        if note["action"] != "reused":
+            print(f"  {name}: runs again: {note['why']}", file=sys.stderr)
+    stopped: list[int] = []
+    with stop_signals(stopped), restart.activate(plan):
+        result = execute(spec, params, args.format, args.verbosity, args.backend, None, stopped)
+    if args.format == "json":
+        print(json.dumps(result.to_json() | {"restart_of": run.id, "restart": plan.notes}, indent=2, default=str))
+    else:
+        print(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1])
+    if result.state == "Cancelled" and stopped:
+        return 128 + stopped[0]
+    return EXIT_CODES.get(result.state, 1)
