@@ -35,14 +35,16 @@ class KeepPlan:
     __slots__ = ("token", "settings", "home", "flow", "task", "base_dir", "params", "run_id",
                  "persist", "cache", "target", "code", "_folder")
     _SENT = ("token", "settings", "home", "flow", "task", "base_dir", "params", "run_id", "persist", "cache",
-             "target")
+             "target", "code")
 
     def __init__(self, token: str, settings: dict | None, home: str, flow: str, task, base_dir: str,
                  params: dict, run_id: str, persist: bool) -> None:
         self.token, self.settings, self.home, self.flow = token, settings, home, flow
         self.task, self.base_dir, self.params, self.run_id = task.name, base_dir, params, run_id
         self.persist, self.cache, self.target = persist, task.cache, task.target
-        self.code = None  # the digest of the callable's code, computed once per run and process
+        # The digest of the callable's code (default cache key), computed where the run starts and
+        # sent along: a worker that got the function by value cannot read its module's files.
+        self.code = None
         self._folder = None
 
     def __getstate__(self):
@@ -51,7 +53,7 @@ class KeepPlan:
     def __setstate__(self, state) -> None:
         for k, v in state.items():
             setattr(self, k, v)
-        self.code = self._folder = None
+        self._folder = None
 
     def folder(self) -> str:
         """`flows/<flow>/<task>/` of this task in the store."""

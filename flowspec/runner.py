@@ -519,8 +519,13 @@ class FlowRunner:
     def _plan(self, task, persist: bool) -> keeping.KeepPlan:
         if self._store_token is None:
             self._plan_store()
-        return keeping.KeepPlan(self._store_token, self._store_settings, self._home, self.spec.name, task,
+        plan = keeping.KeepPlan(self._store_token, self._store_settings, self._home, self.spec.name, task,
                                 self.spec.base_dir, dict(self.params), self.run_id, persist)
+        if task.cache is not None and task.cache.key is None:
+            from flowspec.cache_key import code_digest
+
+            plan.code = code_digest(self.callables[task.name], self.spec.base_dir)
+        return plan
 
     def _plan_store(self) -> None:
         from flowspec import results

@@ -156,7 +156,8 @@ def test_persist_false_keeps_nothing_and_no_results_keeps_nothing(cli, tmp_path,
 
 
 @pytest.mark.parametrize("executor", ["executor: {type: local-dask, scheduler: threads}",
-                                      "executor: {type: local-dask, scheduler: processes, workers: 2}"])
+                                      "executor: {type: local-dask, scheduler: processes, workers: 2}",
+                                      "executor: {type: dask, workers: 1, threads: 2}"])
 def test_cache_and_target_work_on_local_dask_and_across_executors(cli, tmp_path, env, executor):
     spec = write(tmp_path)
     assert cli("run", spec, env=env).rc == 0  # local
