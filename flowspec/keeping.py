@@ -186,3 +186,23 @@ def keep(store, rels: list, value, ctx) -> None:
             store.write(rel, blob)
     except results.ResultError as exc:
         ctx.logger.error("%s", exc)
+
+
+def reuse(store, flow: str, task: str, old_key: str, new_key: str | None):
+    """The value kept under `old_key` (a restart reusing it), kept under `new_key` too (None: not):
+    a hard link in a local store (no copy, no pickling), the same bytes written elsewhere."""
+    from flowspec.results import LocalResultStore, decode, keyed_path
+
+    old = keyed_path(flow, task, old_key)
+    blob = store.read(old)
+    value = decode(blob, store.location(old))
+    if new_key is not None:
+        new = keyed_path(flow, task, new_key)
+        if type(store) is LocalResultStore:
+            try:
+                os.link(store.location(old), store.location(new))
+                return value
+            except OSError:  # a file system without hard links; or a name taken: written anew
+                pass
+        store.write(new, blob)
+    return value

@@ -729,18 +729,14 @@ class FlowRunner:
         """Task run `rec`[index] of a restart Cached from the run it restarts (False: its result
         cannot be loaded after all; it runs, and a warning says why)."""
         source = self._reuse[rec.name][0]
+        plan = self._plans.get(rec.name)
         try:
-            value = self._store().get(self.spec.name, rec.name, keeping.run_key(source, index))
+            value = keeping.reuse(self._store(), self.spec.name, rec.name, keeping.run_key(source, index),
+                                  keeping.run_key(self.run_id, index) if plan is not None and plan.persist else None)
         except Exception as exc:  # noqa: BLE001 - a damaged or vanished result: the task runs again
             log.warning("%s: the kept result of run %s cannot be reused, it runs again: %s", rec.name, source[:8], exc)
             return False
         message = f"reused from run {source[:8]}"
-        plan = self._plans.get(rec.name)
-        if plan is not None and plan.persist:  # kept under this run's id too: a restart of it finds it
-            try:
-                self._store().put(self.spec.name, rec.name, keeping.run_key(self.run_id, index), value)
-            except Exception as exc:  # noqa: BLE001 - not kept: a restart of this run runs the task
-                log.error("%s: %s", rec.name, exc)
         if index is not None:
             self._record(rec.name, index, Outcome(CACHED, value, 0, rec.start, time.time(), None))
             return True
