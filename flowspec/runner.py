@@ -710,6 +710,8 @@ class FlowRunner:
             lists = self._map_lists(task) if task.mapped else None
         except (MapError, refs.ResolveError) as exc:
             return self._finish(rec, FAILED, str(exc))
+        if task.subflow is not None:
+            return self._launch_subflow(task, rec, kwargs, lists)
         fn = self.callables[task.name]
         if task.loop is not None:
             fn = loops.LoopCall(fn, task.loop)
@@ -724,6 +726,27 @@ class FlowRunner:
                                           task.timeout, self.notify if task.on_retry is None else self._notify_retry)
             return self._collect(task.name, None, future)
         self._launch_children(task, rec, fn, kwargs, lists)
+
+    def _launch_subflow(self, task, rec: TaskRecord, kwargs: dict, lists: dict | None) -> None:
+        """A `flow: FILE` task: each child flow run runs here, on this thread (see subflow_run)."""
+        from flowspec.executors.local import Done
+        from flowspec.subflow_run import SubflowCall
+
+        fn = SubflowCall(task.subflow.spec)
+        rec.state = RUNNING
+        notify = self.notify if task.on_retry is None else self._notify_retry
+        options = (task.retries, task.retry_delay, task.timeout, notify)
+        if lists is None:
+            name = None if task.run_name is None else self._run_name(task, kwargs)
+            rec.run_names = name
+            outcome = run_unit(fn, kwargs, self.base_ctx.for_task(task.name, None, 0, name), *options)
+            return self._record(task.name, None, outcome)
+        n = len(next(iter(lists.values())))
+        rec.children, rec.child_results, rec.open = [PENDING] * n, [None] * n, n
+        if n == 0:
+            return self._finish(rec, SUCCESS, None, result=[])
+        for i, args in self._child_units(task, rec, fn, kwargs, lists):
+            self._record(task.name, i, Done(run_unit(*args)).result())
 
     def _reused(self, rec: TaskRecord, index: int | None = None) -> bool:
         """Task run `rec`[index] of a restart Cached from the run it restarts (False: its result

@@ -140,10 +140,14 @@ class RunStore(Store):
             return self._runs(tx, "id LIKE ?", prefix + "%", limit=limit)
 
     def list_runs(
-        self, *, states: Iterable[str] | None = None, flow_name: str | None = None, limit: int | None = None
+        self, *, states: Iterable[str] | None = None, flow_name: str | None = None, limit: int | None = None,
+        parent: str | None = None,
     ) -> list[FlowRun]:
-        """Runs, newest first, optionally only in `states` or of one flow."""
+        """Runs, newest first, optionally only in `states`, of one flow, or children of `parent`."""
         where, params = ["1 = 1"], []
+        if parent is not None:
+            where.append("id IN (SELECT run_id FROM run_links WHERE parent_run = ?)")
+            params.append(parent)
         if states is not None:
             states = list(states)
             where.append(f"state IN ({_marks(states)})" if states else "1 = 0")

@@ -28,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--state", action="append", metavar="STATE",
                    help="only runs in this state (repeatable; any case: failed, Failed)")
     p.add_argument("--limit", type=_at_least_one, default=50, metavar="N", help="at most N runs (default 50)")
+    p.add_argument("--parent", metavar="RUN", help="only the child flow runs of this run (its subflow tasks')")
     add_common(p)
     p.set_defaults(func=main_list)
     p = actions.add_parser("show", help="a run's state history, its tasks and, while it waits, why")
@@ -146,7 +147,8 @@ def main_list(args) -> int:
     args.state = [by_case[s.lower()] for s in args.state] if args.state else args.state
     with open_from(args) as backend:
         mark_lost(backend, "runs list")
-        runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit + 1)
+        parent = find_run(backend, args.parent).id if args.parent else None
+        runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit + 1, parent=parent)
     more, runs = len(runs) > args.limit, runs[:args.limit]
     if more:  # on stderr: the table (or the JSON list) on stdout stays what it was
         print(f"flowspec: note: more runs match; only the {args.limit} newest are shown (see more with"
@@ -178,6 +180,9 @@ def main_show(args) -> int:
         names = backend.run_names(run.id)  # task runs named by their task's `run_name`
         outputs = backend.run_outputs(run.id)
         link = backend.run_link(run.id)
+        if link is not None:
+            link["children"] = [{"run": c, "task": t, "state": getattr(backend.get_run(c), "state", None)}
+                                for c, t in backend.child_runs(run.id)]
         if mask := _masking(run):  # a registered flow's run: values stored as given, masked here
             history = [replace(e, message=mask(e.message)) for e in history]
             tasks = _masked_tasks(tasks, mask)
@@ -195,6 +200,7 @@ def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dic
     head = json.dumps(run_json(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
         "spec_path": link.get("spec_path"), "restart_of": link.get("restart_of"), "restart": link.get("notes"),
+        "parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"), "children": link.get("children", []),
         "waiting_reason": reason, "outputs": outputs,
         "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
         "tasks": None}, indent=2, default=str)
@@ -220,8 +226,17 @@ def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dic
 
 
 def _show_restart(link: dict | None) -> None:
-    """A restart's run: what it restarted, and which tasks it reused and which ran again, why."""
-    if not link or not link.get("restart_of"):
+    """A child run's parent, a run's children; a restart's run: what it restarted, and which tasks
+    it reused and which ran again, why."""
+    if not link:
+        return
+    if link.get("parent_run"):
+        print(f"\nparent: run {link['parent_run']}, task {link['parent_task']}")
+    if link.get("children"):
+        print("\nchild flow runs:")
+        for child in link["children"]:
+            print(f"  {child['run']}  {child['state'] or '?':<9}  {child['task']}")
+    if not link.get("restart_of"):
         return
     print(f"\nrestart of run {link['restart_of']}:")
     notes = link.get("notes") or {}

@@ -100,7 +100,8 @@ def test_run_and_register_refuse_keys_not_run_yet(cli, folder, env):
         result = cli(command, folder / "flow.yaml", env=env)
         assert result.rc == {"run": 2, "register": 1}[command], result.output  # as for any invalid spec
         errors = _errors(result)
-        assert any("tasks.per_region.flow: this release validates `flow`" in e for e in errors)
+        assert any("tasks.nightly.flow: this release validates `flow`" in e for e in errors)  # registered
+        assert not any("tasks.per_region.flow" in e for e in errors)  # a spec file runs
         # results, cache, target and persist run (tests/acceptance/test_results_runtime_cli.py)
         assert not any("`results`" in e or "`cache`" in e or "`target`" in e or "`persist`" in e for e in errors)
         assert "Traceback" not in result.output
