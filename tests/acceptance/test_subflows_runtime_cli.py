@@ -138,3 +138,11 @@ def test_cancelling_the_parent_cancels_the_child(cli, cli_start, spec, env):
     assert proc.returncode == 130, out + err
     by_flow = {r["flow"]: r["state"] for r in runs(cli, env)}
     assert by_flow == {"parent": "Cancelled", "child": "Cancelled"}, by_flow
+
+
+def test_a_parent_that_times_out_cancels_its_child(cli, spec, env):
+    spec.write_text(PARENT.replace("name: parent\n", "name: parent\ntimeout: 2\n"))
+    result = cli("run", spec, env=env | {"SLOW_REGION": "eu"})
+    assert result.rc == 1, result.output
+    by_flow = {r["flow"]: r["state"] for r in runs(cli, env)}
+    assert by_flow == {"parent": "TimedOut", "child": "Cancelled"}, by_flow
