@@ -31,7 +31,7 @@ _EXTRA_KEYS = frozenset(("if", "run_name", "loop", "cleanup", *TASK_HOOKS, "flow
 # Keys this release validates (and `plan` shows) but whose run-time part is not built yet: `run`,
 # `register` and `build` refuse a spec that uses one, rather than run it without. Entries leave
 # this set as the runner implements them.
-NOT_RUN_YET = {"flow"}  # "flow": of a registered flow (`flow: {name, ...}`); `flow: FILE` runs
+NOT_RUN_YET: set = set()  # "flow" here would refuse registered subflows (`flow: FILE` always runs)
 _CYCLE = "subflows form a cycle:"
 RESULT_KINDS = ("params", "args", "env")  # what `cache.key` and `target` may reference
 # The TaskSpec fields of those keys for a task that has none of them.

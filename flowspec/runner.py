@@ -730,9 +730,9 @@ class FlowRunner:
     def _launch_subflow(self, task, rec: TaskRecord, kwargs: dict, lists: dict | None) -> None:
         """A `flow: FILE` task: each child flow run runs here, on this thread (see subflow_run)."""
         from flowspec.executors.local import Done
-        from flowspec.subflow_run import SubflowCall
+        from flowspec.subflow_run import RegisteredCall, SubflowCall
 
-        fn = SubflowCall(task.subflow.spec)
+        fn = RegisteredCall(task.subflow) if task.subflow.registered else SubflowCall(task.subflow.spec)
         rec.state = RUNNING
         notify = self.notify if task.on_retry is None else self._notify_retry
         options = (task.retries, task.retry_delay, task.timeout, notify)

@@ -99,6 +99,7 @@ class RunStore(Store):
         run_id: str | None = None,
         runner: str | None = None,
         heartbeat_timeout: float | None = None,
+        own_labels: bool = False,
     ) -> FlowRun:
         """A new run of a registered flow (its labels plus `labels`), or of a local spec.
 
@@ -114,7 +115,9 @@ class RunStore(Store):
                 flow = self._flows(tx, "id = ?", flow_id)
                 if not flow:
                     raise NotFoundError(f"no registered flow has id {flow_id}")
-                flow_name, labels = flow[0].name, normalize_labels(labels + flow[0].labels)
+                # own_labels (a subflow task's `labels`): these instead of the flow's
+                flow_name = flow[0].name
+                labels = labels if own_labels and labels else normalize_labels(labels + flow[0].labels)
             elif not flow_name:
                 raise ValueError("a run of an unregistered flow needs a flow_name")
             row = tx.one(

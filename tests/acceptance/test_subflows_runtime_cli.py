@@ -146,3 +146,82 @@ def test_a_parent_that_times_out_cancels_its_child(cli, spec, env):
     assert result.rc == 1, result.output
     by_flow = {r["flow"]: r["state"] for r in runs(cli, env)}
     assert by_flow == {"parent": "TimedOut", "child": "Cancelled"}, by_flow
+
+
+REG_PARENT = """\
+version: 1
+name: regparent
+tasks:
+  nightly:
+    flow: {name: child, project: default}
+    with: {region: REGION}
+    labels: [prod]
+  fire:
+    flow: {name: child}
+    with: {region: "later"}
+    labels: [prod]
+    wait: false
+outputs:
+  nightly: ${{ tasks.nightly }}
+  fire: ${{ tasks.fire }}
+"""
+
+
+@pytest.fixture
+def agent(cli, cli_start, spec, env):
+    """The child registered (labels: dev) and an agent with the label prod."""
+    env = env | {"FLOWSPEC_BACKEND": "", "FAIL_REGION": "bad", "SLOW_REGION": "slow"}  # as the agent's runs see them
+    assert cli("register", spec.parent / "child.yaml", "--label", "dev", env=env).rc == 0
+    proc = cli_start("agent", "start", "--name", "a1", "--label", "prod", "--poll-interval", "0.1", env=env)
+    yield env
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+
+
+def test_a_registered_child_runs_through_an_agent_with_the_tasks_labels(cli, spec, agent):
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz"))
+    result = cli("run", spec.parent / "reg.yaml", env=agent, timeout=60)
+    assert result.rc == 0, result.output
+    parent = next(r for r in runs(cli, agent) if r["flow"] == "regparent")
+    data = show(cli, agent, parent["id"])
+    assert data["outputs"]["nightly"] == {"value": "zz:d0"}
+    children = {c["task"]: c for c in data["children"]}
+    assert data["outputs"]["fire"] == children["fire"]["run"]  # wait: false: the child run's id
+    child = show(cli, agent, children["nightly"]["run"])
+    assert child["labels"] == ["prod"] and child["agent"] == "a1" and child["parent_task"] == "nightly"
+
+
+def test_a_failing_registered_child_fails_its_task(cli, spec, agent):
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "bad"))
+    result = cli("run", spec.parent / "reg.yaml", env=agent, timeout=60)
+    assert result.rc == 1, result.output
+    assert "child flow run" in result.output and "(child) ended Failed" in result.output
+
+
+def test_a_registered_child_of_an_unknown_flow_or_with_a_wrong_parameter_fails_its_task(cli, spec, agent):
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz").replace("name: child, project",
+                                                                                     "name: nope, project"))
+    result = cli("run", spec.parent / "reg.yaml", env=agent, timeout=60)
+    assert result.rc == 1 and "no flow 'nope' is registered in project 'default'" in result.output
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz").replace("region: zz", "regoin: zz"))
+    result = cli("run", spec.parent / "reg.yaml", env=agent, timeout=60)
+    assert result.rc == 1 and "the parameters of child version 1" in result.output
+
+
+def test_cancelling_the_parent_cancels_a_registered_child(cli, cli_start, spec, agent):
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "slow"))
+    proc = cli_start("run", spec.parent / "reg.yaml", env=agent)
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(r["flow"] == "child" and r["state"] == "Running"
+                                             for r in runs(cli, agent)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        by_flow = {r["flow"]: r["state"] for r in runs(cli, agent)}
+        if by_flow.get("child") == "Cancelled":
+            break
+        time.sleep(0.2)
+    assert by_flow == {"regparent": "Cancelled", "child": "Cancelled"}, by_flow

@@ -62,7 +62,7 @@ def test_not_run_yet_is_one_set_that_entries_leave(flow, monkeypatch):
     flow.write("child.yaml", CHILD)
     spec = flow.spec(SPEC)
     keys = [d.message.split("`")[1] for d in compile_mod.not_run_yet(spec)]
-    assert keys == ["flow"]  # results, cache, target and persist run
+    assert keys == []  # every key runs
     monkeypatch.setattr(compile_mod, "NOT_RUN_YET", {"flow", "target"})
     assert [d.path for d in compile_mod.not_run_yet(spec)] == ["tasks.reg.flow", "tasks.c.target"]  # reg: registered
     monkeypatch.setattr(compile_mod, "NOT_RUN_YET", set())
