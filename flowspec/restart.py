@@ -106,13 +106,14 @@ def make_plan(spec, old_run, old_states, changed: set[str], from_tasks: list[str
                              and store.exists(spec.name, name, run_key(source, i)))
             if len(kept) == len(kids):
                 plan.reuse[name] = (source, kept)
-                plan.notes[name] = {"action": "reused", "why": f"succeeded in run {short}", "from": source}
+                plan.notes[name] = {"action": "reused", "why": f"succeeded in run {short}", "from": source,
+                                    "children": sorted(kept)}
                 continue
             ran = len(kids) - len(kept)
             why = f"{ran} of {len(kids)} mapped runs did not succeed in run {short} or are not in the store;" \
                   f" the {len(kept)} that did are reused"
             plan.reuse[name] = (source, kept)
-            plan.notes[name] = {"action": "runs again", "why": why, "from": source}
+            plan.notes[name] = {"action": "runs again", "why": why, "from": source, "children": sorted(kept)}
             again.add(name)
             continue
         if why is not None:
@@ -121,6 +122,18 @@ def make_plan(spec, old_run, old_states, changed: set[str], from_tasks: list[str
             continue
         plan.reuse[name] = (source, None)
         plan.notes[name] = {"action": "reused", "why": f"succeeded in run {short}", "from": source}
+    return plan
+
+
+def from_notes(of: str, flow: str, notes: dict) -> RestartPlan:
+    """The plan of a restart run by an agent, from the notes kept with its run."""
+    plan = RestartPlan(of, flow)
+    plan.notes = notes
+    for name, note in notes.items():
+        if "children" in note:
+            plan.reuse[name] = (note["from"], frozenset(note["children"]))
+        elif note.get("action") == "reused":
+            plan.reuse[name] = (note["from"], None)
     return plan
 
 

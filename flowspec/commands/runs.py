@@ -533,12 +533,11 @@ def main_restart(args) -> int:
         run = find_run(backend, args.run)
         link = backend.run_link(run.id)
         states = list(backend.latest_task_states(run.id))
-    if run.flow_id is not None:
-        raise FlowspecError(f"run {run.id} is a run of a registered flow: this release restarts runs of"
-                            " `flowspec run FILE` only", "run the flow again with `flowspec run --name`")
     if run.state not in ("Success", "Failed", "Cancelled", "TimedOut"):
         raise FlowspecError(f"run {run.id} has not finished ({run.state}): restart it once it has",
                             f"cancel it first: flowspec runs cancel {run.id[:8]}")
+    if run.flow_id is not None:
+        return _restart_registered(args, run, states)
     if link is None or not link.get("spec_path"):
         raise FlowspecError(f"run {run.id} cannot be restarted: the backend does not say which spec file it ran"
                             " (it was recorded by an older flowspec)", "run the spec again with `flowspec run FILE`")
@@ -588,3 +587,45 @@ def main_restart(args) -> int:
     if result.state == "Cancelled" and stopped:
         return 128 + stopped[0]
     return EXIT_CODES.get(result.state, 1)
+
+
+def _restart_registered(args, run, states) -> int:
+    """A restart of a registered flow's run: a new run for the agents, its plan kept with it."""
+    from flowspec import restart, results
+    from flowspec.errors import FlowspecError, UsageError
+    from flowspec.params import ParamsError, parse_flag, resolve_parameters
+    from flowspec.storage import load_flow
+
+    with open_from(args) as backend:
+        flow = backend.get_flow_by_id(run.flow_id)
+        if flow is None:
+            raise FlowspecError(f"run {run.id} cannot be restarted: the flow version it ran is gone (deleted)",
+                                "run a registered version with `flowspec run --name NAME`")
+        try:
+            spec, _ = load_flow(flow.storage)
+        except FlowspecError as exc:
+            raise FlowspecError(f"run {run.id} cannot be restarted: the storage of {flow.name} version {flow.version}"
+                                f" cannot be loaded: {exc.message}", "register the flow again") from None
+        unknown = [t for t in args.from_tasks if t not in spec.tasks]
+        if unknown:
+            raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'")
+        old = {k: v for k, v in run.parameters.items() if k in spec.parameters}
+        try:
+            flags = [parse_flag(text, spec.parameters) for text in args.param]
+            params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags, env_defaults=False)
+        except ParamsError as exc:
+            from flowspec.commands.run import report_invalid
+
+            return report_invalid(exc.diagnostics, args.format, exc.problems)
+        changed = {k for k in params if k not in old or old[k] != params[k]}
+        settings = results.settings(spec)
+        if (why := restart.store_gone(spec, settings)):
+            raise FlowspecError(f"run {run.id} cannot be restarted: {why}", "run the flow anew with `flowspec run --name`")
+        plan = restart.make_plan(spec, run, states, changed, args.from_tasks, results.ResultStore.from_spec(settings))
+        new = backend.create_flow_run(flow.id, params, run.labels, own_labels=True)
+        backend.set_run_link(new.id, None, None, run.id, plan.notes)
+        reused = sum(1 for n in plan.notes.values() if n["action"] == "reused")
+        print(new.id, flush=True)
+        print(f"restart of run {run.id[:8]}: {reused} task{'s' * (reused != 1)} reused,"
+              f" {len(plan.notes) - reused} run again (by an agent)", file=sys.stderr)
+        return follow(backend, new.id, args.format) if args.watch else 0

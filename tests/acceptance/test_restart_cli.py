@@ -4,6 +4,7 @@ changed --param or follows a --from task, and refuses when the spec or the store
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,29 @@ def test_a_restart_is_refused_when_the_spec_changed_or_the_store_is_gone(cli, sp
     gone = cli("runs", "restart", old, env=env)
     assert gone.rc == 1 and "its result store" in gone.output and "is gone" in gone.output
     assert "Traceback" not in changed.output + gone.output
+
+
+def test_a_registered_flows_run_is_restarted_by_an_agent(cli, cli_start, spec, env, tmp_path):
+    env = env | {"FLOWSPEC_BACKEND": "", "FAIL_TOTAL": ""}
+    marker = tmp_path / "fail"
+    (tmp_path / "steps.py").write_text(STEPS.replace('os.environ.get("FAIL_TOTAL")',
+                                                     f'os.path.exists({str(marker)!r})'))
+    spec.write_text(FLOW.replace("directory: store", f"directory: {tmp_path / 'store'}"))
+    assert cli("register", spec, env=env).rc == 0
+    agent = cli_start("agent", "start", "--name", "a1", "--poll-interval", "0.1", env=env)
+    try:
+        marker.write_text("")
+        first = cli("run", "--name", "rs", "--watch", env=env, timeout=60)
+        assert first.rc == 1, first.output
+        old = last_run(cli, env)
+        marker.unlink()
+        calls(tmp_path)
+        again = cli("runs", "restart", old, "--watch", env=env, timeout=60)
+        assert again.rc == 0, again.output
+        assert "restart of run" in again.output and "1 run again (by an agent)" in again.output
+        assert calls(tmp_path) == ["total"]
+        data = show(cli, env, last_run(cli, env))
+        assert data["restart_of"] == old and data["agent"] == "a1" and data["outputs"] == {"total": 14}
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
