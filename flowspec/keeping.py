@@ -145,7 +145,9 @@ def run_kept(kept: Kept, kwargs: dict, ctx, retries: int, retry_delay: float, ti
             except results.NotFound:
                 continue
             location = store.location(rel_path)
-            ctx.logger.info("%s: result loaded from %s, not called", CACHED, location)
+            # A mapped child's line is a debug one: the runner says once how many were Cached, and from where
+            ctx.logger.log(20 if ctx.map_index is None else 10, "%s: result loaded from %s, not called", CACHED,
+                           location)
             return Outcome(CACHED, value, 0, start, time.time(), f"cached from {location}")
     except (results.ResultError, refs.ResolveError) as exc:
         text = str(exc)

@@ -727,6 +727,13 @@ class FlowRunner:
             return self._collect(task.name, None, future)
         self._launch_children(task, rec, fn, kwargs, lists)
 
+    def _say_cached(self, rec: TaskRecord) -> None:
+        plan = self._plans[rec.name]
+        n = rec.children.count(CACHED)
+        where = self._store().location(plan.folder()) if plan.cache is not None else self._store().location("targets/")
+        log.info("%s: %d of %d mapped runs %s: results loaded from %s, not called", rec.name, n, len(rec.children),
+                 CACHED, where)
+
     def _launch_subflow(self, task, rec: TaskRecord, kwargs: dict, lists: dict | None) -> None:
         """A `flow: FILE` task: each child flow run runs here, on this thread (see subflow_run)."""
         from flowspec.executors.local import Done
@@ -928,6 +935,8 @@ class FlowRunner:
             rec.message = f"[{index if names is None or names[index] is None else names[index]}] {outcome.message}"
         rec.open -= 1
         if rec.open == 0:
+            if name in self._plans and CACHED in rec.children:
+                self._say_cached(rec)
             self._finish(rec, aggregate(rec.children), rec.message, rec.child_results)
 
     def _finish(self, rec: TaskRecord, state: str, message: str | None, result=None,

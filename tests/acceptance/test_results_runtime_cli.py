@@ -105,6 +105,7 @@ def test_results_are_kept_per_run_and_a_second_run_is_cached(cli, tmp_path, env)
     assert second.rc == 0, second.output
     assert calls(tmp_path) == ["nums"]  # no call for a hit
     assert "Cached: result loaded from" in second.output and "totals/3.pkl" in second.output
+    assert "sq: 3 of 3 mapped runs Cached: results loaded from" in second.output  # one line for the children
     assert "Success" in second.stdout  # the flow run: a hit counts as a success
     got = states(cli, env, last_run(cli, env))
     assert got == {"nums": "Success", "sq": "Cached", "total": "Cached"}
