@@ -102,6 +102,15 @@ class TaskStore(Store):
         return {"spec_path": row[0], "spec_checksum": row[1], "restart_of": row[2],
                 "notes": None if row[3] is None else json.loads(row[3]), "parent_run": row[4], "parent_task": row[5]}
 
+    def run_link_json(self, run_id: str) -> dict:
+        """What `runs show --format json` says of a run's links: its spec, what it restarts and
+        why each task was reused or ran again, its parent and its child flow runs."""
+        link = self.run_link(run_id) or {}
+        children = [{"run": c, "task": t, "state": getattr(self.get_run(c), "state", None)}
+                    for c, t in self.child_runs(run_id)]
+        return {"spec_path": link.get("spec_path"), "restart_of": link.get("restart_of"), "restart": link.get("notes"),
+                "parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"), "children": children}
+
     def child_runs(self, run_id: str) -> list[tuple[str, str]]:
         """(child run id, parent task) of the child flow runs of a run, in creation order."""
         with self._transaction(write=False) as tx:

@@ -179,10 +179,7 @@ def main_show(args) -> int:
         tasks = backend.latest_task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
         names = backend.run_names(run.id)  # task runs named by their task's `run_name`
         outputs = backend.run_outputs(run.id)
-        link = backend.run_link(run.id)
-        if link is not None:
-            link["children"] = [{"run": c, "task": t, "state": getattr(backend.get_run(c), "state", None)}
-                                for c, t in backend.child_runs(run.id)]
+        link = backend.run_link_json(run.id)
         if mask := _masking(run):  # a registered flow's run: values stored as given, masked here
             history = [replace(e, message=mask(e.message)) for e in history]
             tasks = _masked_tasks(tasks, mask)
@@ -199,8 +196,7 @@ def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dic
     link = link or {}
     head = json.dumps(run_json(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
-        "spec_path": link.get("spec_path"), "restart_of": link.get("restart_of"), "restart": link.get("notes"),
-        "parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"), "children": link.get("children", []),
+        **link,
         "waiting_reason": reason, "outputs": outputs,
         "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
         "tasks": None}, indent=2, default=str)
@@ -239,7 +235,7 @@ def _show_restart(link: dict | None) -> None:
     if not link.get("restart_of"):
         return
     print(f"\nrestart of run {link['restart_of']}:")
-    notes = link.get("notes") or {}
+    notes = link.get("restart") or {}
     width = max((len(n) for n in notes), default=0)
     for name, note in notes.items():
         print(f"  {name:<{width}}  {note['action']}: {note['why']}")

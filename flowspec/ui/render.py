@@ -11,7 +11,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from flowspec.ui.app import HERE
 
-STATE_CLASS = {"Success": "ok", "Failed": "bad", "TriggerFailed": "bad", "Cancelled": "off", "Cancelling": "off",
+STATE_CLASS = {"Success": "ok", "Cached": "ok", "Failed": "bad", "TriggerFailed": "bad", "Cancelled": "off", "Cancelling": "off",
                "Skipped": "off", "Running": "run", "Submitted": "run", "Retrying": "run", "Scheduled": "wait",
                "Queued": "wait", "Pending": "wait"}
 
