@@ -258,7 +258,14 @@ class RunStore(Store):
                 return None
             self._record(tx, run.id, final, message, now)
             self._finish_tasks(tx, run.id, final, f"lost: {message}")
+        self._cancel_children(run.id)
         return message
+
+    def _cancel_children(self, run_id: str) -> None:
+        """The child flow runs (subflows) of a lost run are cancelled: nothing waits for them."""
+        child_runs = getattr(self, "child_runs", None)
+        for child, _ in child_runs(run_id) if child_runs is not None else ():
+            self.cancel_run(child)
 
     def mark_lost_runs(self, marked_by: str, timeout_s: float = HEARTBEAT_TIMEOUT_S, run_id: str | None = None,
                        spare: Iterable[str] = (), cap_s: float | None = None,

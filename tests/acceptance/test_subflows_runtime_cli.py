@@ -225,3 +225,19 @@ def test_cancelling_the_parent_cancels_a_registered_child(cli, cli_start, spec, 
             break
         time.sleep(0.2)
     assert by_flow == {"regparent": "Cancelled", "child": "Cancelled"}, by_flow
+
+
+def test_the_registered_child_of_a_parent_that_died_is_cancelled(cli, cli_start, spec, env):
+    env = env | {"FLOWSPEC_BACKEND": ""}
+    assert cli("register", spec.parent / "child.yaml", "--label", "nowhere", env=env).rc == 0  # no agent takes it
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz").replace("    labels: [prod]\n", "", 1))
+    proc = cli_start("run", spec.parent / "reg.yaml", "--heartbeat-timeout", "1", env=env)
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(r["flow"] == "child" for r in runs(cli, env)):
+        time.sleep(0.2)
+    proc.kill()
+    out, err = proc.communicate(timeout=30)
+    time.sleep(1.5)
+    assert runs(cli, env), out + err
+    by_flow = {r["flow"]: r["state"] for r in runs(cli, env)}  # a reader marks the parent lost
+    assert by_flow == {"regparent": "Failed", "child": "Cancelled"}, by_flow
