@@ -57,8 +57,10 @@ def resolve_services(spec, params: dict) -> dict:
     reference's place in the spec) for a KV key or a secret that cannot be had."""
     from flowspec import masking
 
+    # secret parameters, and parameters named like credentials (as `plan` and `runs show` mask
+    # them): their values read MASK on the terminal too, not only in the backend
     masking.add_runtime_values(masking.texts_of(params.get(p.name)) for p in spec.parameters.values()
-                               if getattr(p, "secret", False))
+                               if getattr(p, "secret", False) or masking.is_secret(p.name))
     wanted: dict = {}
     for path, ref in service_refs(spec):
         wanted.setdefault((ref.kind, ref.name), path)

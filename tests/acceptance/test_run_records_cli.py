@@ -138,6 +138,7 @@ def test_a_password_parameter_is_masked_in_runs_show_list_history_and_logs(home:
     done = home.cli("run", home.spec("secret", SECRET), "--param", "db_password=hunter2", "--param", f"out={out}")
     assert done.rc == 0, done.output
     assert out.read_text() == "hunter2"  # the task got the real value
+    assert "hunter2" not in done.output and "connecting with password ****" in done.stderr  # the live log too
     [listed] = home.json("runs", "list")
     run_id = listed["id"]
     outputs = [home.cli("runs", "show", run_id).stdout, home.cli("runs", "show", run_id, "--format", "json").stdout,
