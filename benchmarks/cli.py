@@ -83,6 +83,12 @@ tasks:
   sum: {run: "benchtasks:total", with: {values: "${{ tasks.inc }}"}}
 '''
 
+W2_CACHED = W2.replace("name: bench-w2", "name: bench-w2-cached\nresults: {type: local, directory: store-cached}").replace(
+    'map: {x: "${{ tasks.numbers }}"}}', 'map: {x: "${{ tasks.numbers }}"}, cache: true}').replace(
+    '"${{ params.n }}"}}', '"${{ params.n }}"}, persist: false}').replace(
+    'with: {values: "${{ tasks.inc }}"}}', 'with: {values: "${{ tasks.inc }}"}, persist: false}')
+W2_KEPT = W2.replace("name: bench-w2", "name: bench-w2-kept\nresults: {type: local, directory: store-kept}")
+
 ONE = 'version: 1\nname: bench-one\ntasks:\n  only: {run: "benchtasks:noop"}\n'
 
 W2_NAMED = W2.replace("name: bench-w2", "name: bench-w2-named").replace(
@@ -170,6 +176,8 @@ class Bench:
         self.write("w2.yaml", W2)
         self.write("w2named.yaml", W2_NAMED)
         self.write("one.yaml", ONE)
+        self.write("w2cached.yaml", W2_CACHED)
+        self.write("w2kept.yaml", W2_KEPT)
 
     def write(self, name: str, text: str) -> str:
         path = os.path.join(self.dir, name)
@@ -307,6 +315,21 @@ class Bench:
                 if base is not None:
                     self.added(row, base, n - 1, f"chain + if L={n:,}")
 
+    def results(self, cached: int = 10_000, kept: int = 100_000) -> None:
+        """A cache hit per mapped child (the store filled by a first run) and persisting every
+        result (write-behind), each over the w2 row of the same N without the store."""
+        spawn([*self.flowspec, "run", "w2cached.yaml", "--param", f"n={cached}"],
+              self.env(tempfile.mkdtemp(dir=self.dir, prefix="home-")), self.dir, False)  # fills the cache
+        for key, spec, n, limit, what in (("w2cached", "w2cached.yaml", cached, 50, "cache hit"),
+                                          ("w2kept", "w2kept.yaml", kept, 20, "persist")):
+            base = self.time(f"w2-{n}", f"run w2, N={n:,}", [*self.flowspec, "run", "w2.yaml", "--param", f"n={n}"],
+                             n + 2, repeat=1 if n > 50_000 else None)
+            row = self.time(f"{key}-{n}", f"run w2 + {what}, N={n:,}",
+                            [*self.flowspec, "run", spec, "--param", f"n={n}"], n + 2, repeat=1 if n > 50_000 else None)
+            row["added_us"], cpu = ((row[k] - base[k]) / (n + 2) * 1e6 for k in ("wall", "cpu"))
+            self.check(f"w2 + {what} N={n:,}", f"<= {limit} us/task run over the plain run",
+                       row["added_us"] <= limit, f"{row['added_us']:+.2f} us/task, cpu {cpu:+.2f}", cpu <= limit)
+
     def added(self, row: dict, base: dict, tasks: int, what: str) -> None:
         row["added_us"], cpu = ((row[k] - base[k]) / tasks * 1e6 for k in ("wall", "cpu"))
         self.check(f"{what} ({row['output']})", "<= 3 us/task over the row without", row["added_us"] <= 3,
@@ -363,7 +386,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one run per row")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row, the best is shown (default 3)")
     parser.add_argument("--only", default="w2,million,chain,features",
-                        help="workloads, comma-separated (features: the w2named and chaincond rows, after w2 and chain)")
+                        help="workloads, comma-separated (features: the w2named and chaincond rows, after w2 and chain;"
+                        " results: cache hits and persisting, not in the default set)")
     parser.add_argument("--json", action="store_true", help="rows and checks as one JSON object on stdout")
     parser.add_argument("--checkout", metavar="DIR",
                         help="time `python -m flowspec` from the source tree DIR instead (e.g. an older commit's)")
@@ -391,6 +415,8 @@ def main() -> int:
         if "features" in chosen:
             sizes = tuple(int(n) for n in args.sizes.split(",")) if args.sizes else (10_000, 100_000)
             bench.features(sizes, tuple(int(n) for n in args.lengths.split(",")) if args.lengths else (5_000, 10_000))
+        if "results" in chosen:
+            bench.results()
     finally:
         shutil.rmtree(bench.dir, ignore_errors=True)
     if args.json:

@@ -21,10 +21,11 @@ import types
 _code_digests: dict = {}  # (module file, folder) -> (stat signature, digest)
 
 
-def default_key(fn, args: dict, base_dir: str) -> str:
-    """The sha256 (hex) of the code of `fn` (with what it imports from `base_dir`) and `args`."""
+def default_key(fn, args: dict, base_dir: str, code: str | None = None) -> str:
+    """The sha256 (hex) of the code of `fn` (with what it imports from `base_dir`) and `args`.
+    `code`: code_digest(fn, base_dir) when the caller has it (once per run, not per task run)."""
     h = hashlib.sha256()
-    h.update(code_digest(fn, base_dir).encode())
+    h.update((code or code_digest(fn, base_dir)).encode())
     h.update(b"\0")
     h.update(args_bytes(args))
     return h.hexdigest()

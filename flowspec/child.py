@@ -81,12 +81,24 @@ class ChildRun:
 
         given = decrypt_params(run.parameters)  # secret parameters are stored encrypted
         params = resolve_parameters(spec.parameters, {}, None, list(given.items()))
-        if spec.environment.type in ("local", "remote"):
-            return run_in_process(spec, params, (self.recorder,), self.run_id, callables, keep_results=False)
-        from flowspec.drivers import load_driver
+        with self.restart_plan(spec):
+            if spec.environment.type in ("local", "remote"):
+                return run_in_process(spec, params, (self.recorder,), self.run_id, callables, keep_results=False)
+            from flowspec.drivers import load_driver
 
-        environment = load_driver("environment", spec.environment.type)(spec)
-        return environment.execute(params, (self.recorder,), self.run_id, keep_results=False)
+            environment = load_driver("environment", spec.environment.type)(spec)
+            return environment.execute(params, (self.recorder,), self.run_id, keep_results=False)
+
+    def restart_plan(self, spec):
+        """A restart's plan (`flowspec runs restart` of a registered flow's run), from its run's notes."""
+        import contextlib
+
+        from flowspec import restart
+
+        link = self.call(self.backend.run_link, self.run_id)
+        if not link or not link.get("restart_of"):
+            return contextlib.nullcontext()
+        return restart.activate(restart.from_notes(link["restart_of"], spec.name, link.get("notes") or {}))
 
     def not_started(self) -> int:
         """The run left Submitted before this process got to it: cancelled, or reaped."""

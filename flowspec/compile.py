@@ -31,7 +31,7 @@ _EXTRA_KEYS = frozenset(("if", "run_name", "loop", "cleanup", *TASK_HOOKS, "flow
 # Keys this release validates (and `plan` shows) but whose run-time part is not built yet: `run`,
 # `register` and `build` refuse a spec that uses one, rather than run it without. Entries leave
 # this set as the runner implements them.
-NOT_RUN_YET = {"results", "flow", "cache", "target", "persist"}
+NOT_RUN_YET: set = set()  # "flow" here would refuse registered subflows (`flow: FILE` always runs)
 _CYCLE = "subflows form a cycle:"
 RESULT_KINDS = ("params", "args", "env")  # what `cache.key` and `target` may reference
 # The TaskSpec fields of those keys for a task that has none of them.
@@ -240,7 +240,7 @@ def not_run_yet(spec: FlowSpec, severity: str = "error") -> list[Diagnostic]:
     if "results" in NOT_RUN_YET and spec.results is not None:
         seen["results"] = ("results",)
     for task in spec.tasks.values():
-        for key, used in (("flow", task.subflow is not None), ("cache", task.cache is not None),
+        for key, used in (("flow", task.subflow is not None and task.subflow.registered), ("cache", task.cache is not None),
                           ("target", task.target is not None), ("persist", task.persist is not None)):
             if used and key in NOT_RUN_YET and key not in seen:
                 seen[key] = ("tasks", task.name, key)

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 
 DEFAULT_TIMEOUT_S = 10.0
-STATE_EMOJI = {"Success": ":white_check_mark:", "Failed": ":x:", "TimedOut": ":hourglass:",
+STATE_EMOJI = {"Success": ":white_check_mark:", "Cached": ":white_check_mark:", "Failed": ":x:", "TimedOut": ":hourglass:",
                "TriggerFailed": ":no_entry:", "Retrying": ":repeat:"}
 
 

@@ -283,6 +283,27 @@ def outcome_of(exc: BaseException) -> tuple[str, str]:
     return "Failed", f"internal error: {type(exc).__name__}: {exc}"
 
 
+_URLS: list = []  # the backend URL of each local run being recorded, innermost last (child runs use it)
+
+
+def current_url() -> str | None:
+    return _URLS[-1] if _URLS else None
+
+
+def create_local(backend, spec, params: dict, run_id: str, runner: str, heartbeat_timeout: float | None) -> None:
+    """The backend's row of a local run, with where its spec is (for `runs restart`) and, for a
+    restart, what it restarts."""
+    from flowspec import restart
+
+    backend.create_flow_run(None, params, (), "Running", flow_name=spec.name, run_id=run_id, runner=runner,
+                            heartbeat_timeout=heartbeat_timeout)
+    from flowspec.subflow_run import current_parent
+
+    plan = restart.active()
+    parent = current_parent() or (None, None)
+    backend.set_run_link(run_id, spec.path, spec.checksum, plan and plan.of, plan and plan.notes, *parent)
+
+
 def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], Any], url: str | None = None,
                      heartbeat_timeout: float | None = None, interrupted_code: Callable[[], int] = lambda: 130) -> Any:
     """Call `execute(observers, run_id)` with the run recorded in the backend at `url`.
@@ -294,9 +315,6 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
     is seen as lost by whoever reads it after `heartbeat_timeout`. `interrupted_code()` is the
     exit code recorded for a Cancelled run (130 for Ctrl-C, 128 + N for signal N).
     """
-    import socket
-    import uuid
-
     from flowspec.backend import open_backend
     from flowspec.errors import UsageError
 
@@ -308,6 +326,17 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
         print(f"flowspec: warning: this run is not recorded in the backend: {getattr(exc, 'message', exc)}",
               file=sys.stderr)
         return execute((), None)
+    _URLS.append(url)
+    try:
+        return _record(backend, spec, params, execute, heartbeat_timeout, interrupted_code)
+    finally:
+        _URLS.pop()
+
+
+def _record(backend, spec, params: dict, execute, heartbeat_timeout, interrupted_code) -> Any:
+    import socket
+    import uuid
+
     from flowspec.masking import mask_params, secret_values
 
     with backend:
@@ -326,9 +355,7 @@ def record_local_run(spec, params: dict, execute: Callable[[tuple, str | None], 
         # backend has no spec to draw it from
         recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self,
                             secrets=secret_values(params, secret_names), upstream=task_upstream(spec),
-                            create=lambda: backend.create_flow_run(
-                                None, stored, (), "Running", flow_name=spec.name, run_id=run_id,
-                                runner=runner, heartbeat_timeout=heartbeat_timeout))
+                            create=lambda: create_local(backend, spec, stored, run_id, runner, heartbeat_timeout))
         try:
             result = execute((recorder,), run_id)
         except BaseException as exc:

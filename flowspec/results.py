@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import pickle
 import re
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 from flowspec.errors import FlowspecError
 
 MAGIC = b"FSR1"
+_PROTOCOL = 5  # readable by every Python flowspec supports (3.8+)
 _TEMP_NUMBERS = itertools.count()  # next() on it is atomic under the GIL
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _TARGET_PART = re.compile(r"^[A-Za-z0-9_.=@+,-]+$")
@@ -60,16 +62,25 @@ class PruneReport:
 # -- encoding ---------------------------------------------------------------------------------
 def encode(value: Any, task: str = "?") -> bytes:
     """The stored form of `value`: header line + cloudpickle payload."""
+    try:  # plain pickle first: plain data, the common case, pickles several times faster
+        payload = pickle.dumps(value, _PROTOCOL)
+    except Exception:  # noqa: BLE001 - a lambda, a local class...: cloudpickle pickles those by value
+        payload = None
+    if payload is None:
+        payload = _cloudpickled(value, task)
+    return b"%s %s %d\n" % (MAGIC, hashlib.sha256(payload).hexdigest().encode(), int(time.time())) + payload
+
+
+def _cloudpickled(value: Any, task: str) -> bytes:
     import cloudpickle
 
     try:
-        payload = cloudpickle.dumps(value)
+        return cloudpickle.dumps(value, _PROTOCOL)
     except Exception as exc:  # noqa: BLE001 - pickling raises anything the value's __reduce__ raises
         kind = f"{type(value).__module__}.{type(value).__qualname__}"
         raise UnpicklableResult(f"the result of task '{task}' cannot be kept: a {kind} cannot be pickled ({exc})",
                                 "return plain data (or an object cloudpickle can serialize), or set"
                                 " `persist: false` on the task") from None
-    return b"%s %s %d\n" % (MAGIC, hashlib.sha256(payload).hexdigest().encode(), int(time.time())) + payload
 
 
 def decode(blob: bytes, where: str) -> Any:

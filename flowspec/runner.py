@@ -22,7 +22,7 @@ from collections import deque
 from types import MappingProxyType
 
 from flowspec import context as ctxmod
-from flowspec import loops
+from flowspec import keeping, loops
 from flowspec import references as refs
 from flowspec import task_output
 from flowspec.executors.base import Executor
@@ -30,8 +30,11 @@ from flowspec.executors.base import Executor
 PENDING, RUNNING, RETRYING, SUCCESS = "Pending", "Running", "Retrying", "Success"
 FAILED, TIMED_OUT, TRIGGER_FAILED = "Failed", "TimedOut", "TriggerFailed"
 SKIPPED, CANCELLED, LOOPING = "Skipped", "Cancelled", "Looping"
-TASK_STATES = (PENDING, RUNNING, RETRYING, SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED, LOOPING)
-FINAL_STATES = frozenset((SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED))
+CACHED = keeping.CACHED  # a result loaded from the store, not called: a Success in every count
+TASK_STATES = (PENDING, RUNNING, RETRYING, SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED, LOOPING,
+               CACHED)
+FINAL_STATES = frozenset((SUCCESS, FAILED, TIMED_OUT, TRIGGER_FAILED, SKIPPED, CANCELLED, CACHED))
+OK_STATES = frozenset((SUCCESS, CACHED))
 FAILED_STATES = frozenset((FAILED, TIMED_OUT, TRIGGER_FAILED))  # what `any_failed` looks for
 FLOW_FAILING = FAILED_STATES | {CANCELLED}  # a task in one of these fails the flow run
 
@@ -57,6 +60,8 @@ class Outcome:
 # -- one task run, all attempts: runs on the executor -------------------------------------------
 def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: float,
              timeout: float | None, notify=None, first_attempt: int = 1) -> Outcome:
+    if type(fn) is keeping.Kept:  # a task that uses the result store: it calls back here
+        return keeping.run_kept(fn, kwargs, ctx, retries, retry_delay, timeout, notify, first_attempt)
     start = time.time()
     attempt = first_attempt - 1  # > 0 when an executor resumes a unit whose worker died
     while True:
@@ -276,7 +281,7 @@ def aggregate(states: list[str]) -> str:
             return FAILED if state == TIMED_OUT else state
     if present == {SKIPPED}:
         return SKIPPED
-    return SUCCESS
+    return CACHED if present == {CACHED} else SUCCESS
 
 
 def trigger_decision(trigger: str, upstream: list[tuple[str, str]],
@@ -297,7 +302,7 @@ def trigger_decision(trigger: str, upstream: list[tuple[str, str]],
         names = ", ".join(f"{n} ({s})" for n, s in upstream if s not in FAILED_STATES)
         return SKIPPED, f"not every upstream task failed (trigger all_failed): {names}"
     if trigger == "any_successful":
-        if not upstream or any(s == SUCCESS for _, s in upstream):
+        if not upstream or any(s in OK_STATES for _, s in upstream):
             return None, None
         if failed:
             names = ", ".join(f"{n} ({s})" for n, s in failed)
@@ -311,7 +316,7 @@ def trigger_decision(trigger: str, upstream: list[tuple[str, str]],
     skipped = [n for n, s in upstream if s == SKIPPED]
     if skipped and merge:
         states = dict(upstream)
-        merged = {n for group in merge if any(states.get(m) == SUCCESS for m in group) for n in group}
+        merged = {n for group in merge if any(states.get(m) in OK_STATES for m in group) for n in group}
         skipped = [n for n in skipped if n not in merged]
     if skipped:
         return SKIPPED, f"upstream skipped: {', '.join(skipped)}"
@@ -500,6 +505,51 @@ class FlowRunner:
         self._timed_out = False
         self._namers: dict = {}  # task → make_namer(its run_name)
         self._hook_args: dict = {}  # flow hook → its `with`, resolved before the results go
+        self._plans: dict = {}  # task → its keeping.KeepPlan (persist, cache, target)
+        from flowspec import restart
+
+        plan = restart.active()
+        self._reuse = plan.reuse if plan is not None and plan.flow == spec.name else {}
+        self._store_token = None
+        persist_default = getattr(spec, "results", None) is not None
+        for name, task in spec.tasks.items():
+            persist = task.persist if task.persist is not None else persist_default
+            if (persist or task.cache is not None or task.target is not None) and task.run:
+                self._plans[name] = self._plan(task, persist)
+
+    def _plan(self, task, persist: bool) -> keeping.KeepPlan:
+        if self._store_token is None:
+            self._plan_store()
+        plan = keeping.KeepPlan(self._store_token, self._store_settings, self._home, self.spec.name, task,
+                                self.spec.base_dir, dict(self.params), self.run_id, persist)
+        if task.cache is not None and task.cache.key is None:
+            from flowspec.cache_key import code_digest
+
+            plan.code = code_digest(self.callables[task.name], self.spec.base_dir)
+        return plan
+
+    def _plan_store(self) -> None:
+        from flowspec import results
+        from flowspec.backend import flowspec_home
+
+        self._store_token = keeping.new_token()
+        self._store_settings = results.settings(self.spec)
+        self._home = str(flowspec_home())
+
+    def _open_store(self) -> None:
+        """This process's store for the run: writes behind (a local store), flushed at the end."""
+        from flowspec.results import ResultStore
+
+        keeping._STORES[self._store_token] = ResultStore.from_spec(self._store_settings, self._home,
+                                                                   write_behind=True)
+
+    def _close_store(self) -> None:
+        store = keeping._STORES.pop(self._store_token, None)
+        if store is not None:
+            try:
+                store.close()
+            except Exception as exc:  # noqa: BLE001 - a store that fails at the end: said, the states stand
+                log.error("the result store could not be written: %s", exc)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -509,6 +559,8 @@ class FlowRunner:
         # Dask scheduler) stops it before anything ran, and nothing is recorded, as for a module
         # that does not import.
         self._start_executor()
+        if self._store_token is not None or self._reuse:
+            self._store()
         result.start = time.time()
         self._set_flow_state(RUNNING)
         token = ctxmod.set_current(self.base_ctx)
@@ -553,6 +605,8 @@ class FlowRunner:
             task_output.uninstall()
             signals.close()
             result.end = time.time()
+            if self._store_token is not None:
+                self._close_store()
             self._flow_hooks()
             self._call_hook("on_exit")
             ctxmod.reset(token)
@@ -639,7 +693,7 @@ class FlowRunner:
         rec = records[task.name]
         rec.start = time.time()
         for up in task.upstream:  # the common case at once: every upstream succeeded
-            if records[up].state != SUCCESS:
+            if records[up].state not in OK_STATES:
                 break
         else:
             up = None
@@ -647,6 +701,8 @@ class FlowRunner:
             state, reason = trigger_decision(task.trigger, self._upstream_states(task), task.merge)
             if state is not None:
                 return self._finish(rec, state, reason)
+        if task.name in self._reuse and self._reuse[task.name][1] is None and self._reused(rec):
+            return
         try:
             lookup = self._lookup_here if task.name in self._fetch_first else self._lookup
             if task.condition is not None and not self._condition_true(task, lookup):
@@ -655,9 +711,13 @@ class FlowRunner:
             lists = self._map_lists(task) if task.mapped else None
         except (MapError, refs.ResolveError) as exc:
             return self._finish(rec, FAILED, str(exc))
+        if task.subflow is not None:
+            return self._launch_subflow(task, rec, kwargs, lists)
         fn = self.callables[task.name]
         if task.loop is not None:
             fn = loops.LoopCall(fn, task.loop)
+        if task.name in self._plans:
+            fn = keeping.Kept(fn, self._plans[task.name])
         rec.state = RUNNING
         if lists is None:
             name = None if task.run_name is None else self._run_name(task, kwargs)
@@ -667,6 +727,63 @@ class FlowRunner:
                                           task.timeout, self.notify if task.on_retry is None else self._notify_retry)
             return self._collect(task.name, None, future)
         self._launch_children(task, rec, fn, kwargs, lists)
+
+    def _say_cached(self, rec: TaskRecord) -> None:
+        plan = self._plans[rec.name]
+        n = rec.children.count(CACHED)
+        where = self._store().location(plan.folder()) if plan.cache is not None else self._store().location("targets/")
+        log.info("%s: %d of %d mapped runs %s: results loaded from %s, not called", rec.name, n, len(rec.children),
+                 CACHED, where)
+
+    def _launch_subflow(self, task, rec: TaskRecord, kwargs: dict, lists: dict | None) -> None:
+        """A `flow: FILE` task: each child flow run runs here, on this thread (see subflow_run)."""
+        from flowspec.executors.local import Done
+        from flowspec.subflow_run import RegisteredCall, SubflowCall
+
+        fn = RegisteredCall(task.subflow) if task.subflow.registered else SubflowCall(task.subflow.spec)
+        rec.state = RUNNING
+        notify = self.notify if task.on_retry is None else self._notify_retry
+        options = (task.retries, task.retry_delay, task.timeout, notify)
+        if lists is None:
+            name = None if task.run_name is None else self._run_name(task, kwargs)
+            rec.run_names = name
+            outcome = run_unit(fn, kwargs, self.base_ctx.for_task(task.name, None, 0, name), *options)
+            return self._record(task.name, None, outcome)
+        n = len(next(iter(lists.values())))
+        rec.children, rec.child_results, rec.open = [PENDING] * n, [None] * n, n
+        if n == 0:
+            return self._finish(rec, SUCCESS, None, result=[])
+        for i, args in self._child_units(task, rec, fn, kwargs, lists):
+            self._record(task.name, i, Done(run_unit(*args)).result())
+
+    def _reused(self, rec: TaskRecord, index: int | None = None) -> bool:
+        """Task run `rec`[index] of a restart Cached from the run it restarts (False: its result
+        cannot be loaded after all; it runs, and a warning says why)."""
+        source = self._reuse[rec.name][0]
+        plan = self._plans.get(rec.name)
+        try:
+            value = keeping.reuse(self._store(), self.spec.name, rec.name, keeping.run_key(source, index),
+                                  keeping.run_key(self.run_id, index) if plan is not None and plan.persist else None)
+        except Exception as exc:  # noqa: BLE001 - a damaged or vanished result: the task runs again
+            log.warning("%s: the kept result of run %s cannot be reused, it runs again: %s", rec.name, source[:8], exc)
+            return False
+        message = f"reused from run {source[:8]}"
+        if index is not None:
+            self._record(rec.name, index, Outcome(CACHED, value, 0, rec.start, time.time(), None))
+            return True
+        if self.notify is not None:
+            self.notify(rec.name, None, CACHED, 0, message)
+        self._finish(rec, CACHED, message, value)
+        return True
+
+    def _store(self):
+        store = keeping._STORES.get(self._store_token)
+        if store is None:
+            if self._store_token is None:
+                self._plan_store()
+            self._open_store()
+            store = keeping._STORES[self._store_token]
+        return store
 
     def _condition_true(self, task, lookup) -> bool:
         cond = task.condition
@@ -705,6 +822,8 @@ class FlowRunner:
                 record(name, i, submit(run_unit, *args).result())
             return
         units = list(self._child_units(task, rec, fn, kwargs, lists))
+        if not units:  # every child recorded already (reused by a restart, or not run by its trigger)
+            return
         futures = self.executor.submit_many(run_unit, [args for _, args in units])
         for (i, _), future in zip(units, futures):
             self._collect(task.name, i, future)
@@ -721,7 +840,10 @@ class FlowRunner:
         named = task.run_name is not None
         if named:
             rec.run_names = [None] * len(columns[0])
+        reused = self._reuse.get(name, (None, ()))[1] or ()
         for i in range(len(columns[0])):
+            if i in reused and self._reused(rec, i):
+                continue
             if task.per_child:
                 state, reason = trigger_decision(task.trigger, self._upstream_states(task, i), task.merge)
                 if state is not None:
@@ -816,6 +938,8 @@ class FlowRunner:
             rec.message = f"[{index if names is None or names[index] is None else names[index]}] {outcome.message}"
         rec.open -= 1
         if rec.open == 0:
+            if name in self._plans and CACHED in rec.children:
+                self._say_cached(rec)
             self._finish(rec, aggregate(rec.children), rec.message, rec.child_results)
 
     def _finish(self, rec: TaskRecord, state: str, message: str | None, result=None,
@@ -864,7 +988,7 @@ class FlowRunner:
         rec, task = self.records[f"{name}.cleanup"], self.spec.tasks[name]
         producer = self.records[name]
         rec.start = time.time()
-        if producer.state != SUCCESS:
+        if producer.state not in OK_STATES:
             return self._cleanup_done(rec, SKIPPED, f"not run: {name} ended {producer.state}", 0)
         fn = self.callables[(name, "cleanup")]
         self._notify_task(rec.name, None, RUNNING, 1, None)
@@ -917,7 +1041,7 @@ class FlowRunner:
 
     def _task_hook(self, name: str, index, state: str, message, attempt: int, start, end) -> None:
         task = self.spec.tasks[name]
-        key = "on_success" if state == SUCCESS else "on_failure" if state in FAILED_STATES else \
+        key = "on_success" if state in OK_STATES else "on_failure" if state in FAILED_STATES else \
             "on_retry" if state == RETRYING else None
         if key is None or getattr(task, key) is None:
             return

@@ -100,6 +100,7 @@ class RunStore(Store):
         run_id: str | None = None,
         runner: str | None = None,
         heartbeat_timeout: float | None = None,
+        own_labels: bool = False,
     ) -> FlowRun:
         """A new run of a registered flow (its labels plus `labels`), or of a local spec.
 
@@ -115,7 +116,9 @@ class RunStore(Store):
                 flow = self._flows(tx, "id = ?", flow_id)
                 if not flow:
                     raise NotFoundError(f"no registered flow has id {flow_id}")
-                flow_name, labels = flow[0].name, normalize_labels(labels + flow[0].labels)
+                # own_labels (a subflow task's `labels`): these instead of the flow's
+                flow_name = flow[0].name
+                labels = labels if own_labels and labels else normalize_labels(labels + flow[0].labels)
             elif not flow_name:
                 raise ValueError("a run of an unregistered flow needs a flow_name")
             row = tx.one(
@@ -141,10 +144,14 @@ class RunStore(Store):
             return self._runs(tx, "id LIKE ?", prefix + "%", limit=limit)
 
     def list_runs(
-        self, *, states: Iterable[str] | None = None, flow_name: str | None = None, limit: int | None = None
+        self, *, states: Iterable[str] | None = None, flow_name: str | None = None, limit: int | None = None,
+        parent: str | None = None,
     ) -> list[FlowRun]:
-        """Runs, newest first, optionally only in `states` or of one flow."""
+        """Runs, newest first, optionally only in `states`, of one flow, or children of `parent`."""
         where, params = ["1 = 1"], []
+        if parent is not None:
+            where.append("id IN (SELECT run_id FROM run_links WHERE parent_run = ?)")
+            params.append(parent)
         if states is not None:
             states = list(states)
             where.append(f"state IN ({_marks(states)})" if states else "1 = 0")
@@ -252,7 +259,14 @@ class RunStore(Store):
                 return None
             self._record(tx, run.id, final, message, now)
             self._finish_tasks(tx, run.id, final, f"lost: {message}")
+        self._cancel_children(run.id)
         return message
+
+    def _cancel_children(self, run_id: str) -> None:
+        """The child flow runs (subflows) of a lost run are cancelled: nothing waits for them."""
+        child_runs = getattr(self, "child_runs", None)
+        for child, _ in child_runs(run_id) if child_runs is not None else ():
+            self.cancel_run(child)
 
     def mark_lost_runs(self, marked_by: str, timeout_s: float = HEARTBEAT_TIMEOUT_S, run_id: str | None = None,
                        spare: Iterable[str] = (), cap_s: float | None = None,

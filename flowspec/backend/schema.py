@@ -95,5 +95,14 @@ MIGRATIONS: list[list[str]] = [
         # tasks it waits for, as JSON [[upstream, kind], ...] (kinds as flowspec.graph.edges).
         "ALTER TABLE run_tasks ADD COLUMN upstream TEXT",
     ],
+    [
+        # Where a `flowspec run FILE` run came from (the spec's path and checksum), so that
+        # `flowspec runs restart` can run it again, and what a restart was of and what it reused
+        # or ran again and why (`notes`: JSON).
+        # A child flow run of a `flow:` task names its parent run and task (`per_region[2]`).
+        "CREATE TABLE run_links (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), spec_path TEXT,"
+        " spec_checksum TEXT, restart_of TEXT, notes TEXT, parent_run TEXT, parent_task TEXT)",
+        "CREATE INDEX run_links_by_parent ON run_links (parent_run)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,7 +31,7 @@ TASK_FINAL_STATES = ("Success", "Cached", "Failed", "TimedOut", "TriggerFailed",
 class TaskStore(Store):
     """Task states: appended in batches, read back latest-first or as they come."""
 
-    run_tables = ("task_states", "run_tasks", "task_run_names", "run_outputs")  # rows of one flow run (see RunStore.run_tables)
+    run_tables = ("task_states", "run_tasks", "task_run_names", "run_outputs", "run_links")  # rows of one flow run (see RunStore.run_tables)
 
     def add_run_names(self, run_id: str, rows: Iterable[tuple[str, str | list]]) -> int:
         """Record `(task, names)`: the names of a task's runs (its `run_name`), a string for an
@@ -77,6 +77,46 @@ class TaskStore(Store):
         with self._transaction(write=False) as tx:
             row = tx.one("SELECT outputs FROM run_outputs WHERE run_id = ?", run_id)
         return None if row is None else json.loads(row[0])
+
+    def set_run_link(self, run_id: str, spec_path: str | None, spec_checksum: str | None,
+                     restart_of: str | None = None, notes: dict | None = None, parent_run: str | None = None,
+                     parent_task: str | None = None) -> None:
+        """Keep where a local run's spec is (for `runs restart`) and, for a restart, the run it
+        restarts and what it reused or ran again (`notes`: task → reason)."""
+        import json
+
+        with self._transaction() as tx:
+            tx.run("DELETE FROM run_links WHERE run_id = ?", run_id)
+            tx.run("INSERT INTO run_links (run_id, spec_path, spec_checksum, restart_of, notes, parent_run, parent_task)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)", run_id, spec_path, spec_checksum, restart_of,
+                   None if notes is None else json.dumps(notes), parent_run, parent_task)
+
+    def run_link(self, run_id: str) -> dict | None:
+        """{spec_path, spec_checksum, restart_of, notes} of a run, or None."""
+        import json
+
+        with self._transaction(write=False) as tx:
+            row = tx.one("SELECT spec_path, spec_checksum, restart_of, notes, parent_run, parent_task FROM run_links"
+                         " WHERE run_id = ?", run_id)
+        if row is None:
+            return None
+        return {"spec_path": row[0], "spec_checksum": row[1], "restart_of": row[2],
+                "notes": None if row[3] is None else json.loads(row[3]), "parent_run": row[4], "parent_task": row[5]}
+
+    def run_link_json(self, run_id: str) -> dict:
+        """What `runs show --format json` says of a run's links: its spec, what it restarts and
+        why each task was reused or ran again, its parent and its child flow runs."""
+        link = self.run_link(run_id) or {}
+        children = [{"run": c, "task": t, "state": getattr(self.get_run(c), "state", None)}
+                    for c, t in self.child_runs(run_id)]
+        return {"spec_path": link.get("spec_path"), "restart_of": link.get("restart_of"), "restart": link.get("notes"),
+                "parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"), "children": children}
+
+    def child_runs(self, run_id: str) -> list[tuple[str, str]]:
+        """(child run id, parent task) of the child flow runs of a run, in creation order."""
+        with self._transaction(write=False) as tx:
+            return [tuple(r) for r in tx.all("SELECT l.run_id, l.parent_task FROM run_links l JOIN flow_runs r"
+                                             " ON r.id = l.run_id WHERE l.parent_run = ? ORDER BY r.seq", run_id)]
 
     def add_run_tasks(self, run_id: str, tasks: Iterable[str], upstream: dict[str, list] | None = None) -> int:
         """Record the tasks of a run's flow, in the spec's order, when the run starts (once: a

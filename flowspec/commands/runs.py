@@ -6,6 +6,7 @@ prefix of it (4 characters or more).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -27,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--state", action="append", metavar="STATE",
                    help="only runs in this state (repeatable; any case: failed, Failed)")
     p.add_argument("--limit", type=_at_least_one, default=50, metavar="N", help="at most N runs (default 50)")
+    p.add_argument("--parent", metavar="RUN", help="only the child flow runs of this run (its subflow tasks')")
     add_common(p)
     p.set_defaults(func=main_list)
     p = actions.add_parser("show", help="a run's state history, its tasks and, while it waits, why")
@@ -41,6 +43,22 @@ def register(sub) -> None:
     p = actions.add_parser("cancel", help="cancel a run: a waiting one at once, a running one through its agent"
                                           " (or its local `flowspec run` process)")
     _run_arg(p, main_cancel)
+    p = actions.add_parser("restart", help="a new run of a run's flow that reuses the kept results of the tasks"
+                                           " that succeeded and runs the rest",
+                           description="A new flow run linked to RUN: tasks that succeeded in RUN and whose"
+                                       " results are in the result store are Cached from them; failed, cancelled"
+                                       " and never-run tasks, the --from tasks, tasks reading a changed --param and"
+                                       " everything downstream of them run again. Exit codes as `flowspec run`.")
+    p.add_argument("run", metavar="RUN", help="a run id, or a unique prefix of it")
+    p.add_argument("--from", dest="from_tasks", action="append", default=[], metavar="TASK",
+                   help="run this task and everything downstream of it again (repeatable)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter value instead of RUN's (repeatable); what reads it runs again")
+    p.add_argument("--watch", action="store_true", help="follow the run to its end (a local run always is)")
+    p.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                   help="only warnings and errors, one result line")
+    add_common(p)
+    p.set_defaults(func=main_restart)
     p = actions.add_parser("delete", help="delete finished runs with their states, task states and logs",
                            description="Delete finished runs (Success, Failed, Cancelled) with everything recorded"
                                        " of them, in one transaction: all the runs named, or none when one is"
@@ -151,7 +169,8 @@ def main_list(args) -> int:
     args.state = [by_case[s.lower()] for s in args.state] if args.state else args.state
     with open_from(args) as backend:
         mark_lost(backend, "runs list")
-        runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit + 1)
+        parent = find_run(backend, args.parent).id if args.parent else None
+        runs = backend.list_runs(states=args.state, flow_name=args.flow, limit=args.limit + 1, parent=parent)
         late = {r.id: late_reason(backend, r) for r in runs[:args.limit] if is_late(r)}
     more, runs = len(runs) > args.limit, runs[:args.limit]
     if more:  # on stderr: the table (or the JSON list) on stdout stays what it was
@@ -186,19 +205,24 @@ def main_show(args) -> int:
         tasks = backend.latest_task_states(run.id) if args.children else _summary(backend.task_summary(run.id))
         names = backend.run_names(run.id)  # task runs named by their task's `run_name`
         outputs = backend.run_outputs(run.id)
+        link = backend.run_link_json(run.id)
         if mask := _masking(run):  # a registered flow's run: values stored as given, masked here
             history = [replace(e, message=mask(e.message)) for e in history]
             tasks = _masked_tasks(tasks, mask)
         if args.format == "json":
-            _show_json(run, flow, reason, history, tasks, names, outputs)
+            _show_json(run, flow, reason, history, tasks, names, outputs, link)
         else:
             _show_text(run, flow, reason, history, tasks, args.children, names, outputs)
+            _show_restart(link)
     return 0
 
 
-def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dict | None = None) -> None:  # noqa: B006
+def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dict | None = None,  # noqa: B006
+               link: dict | None = None) -> None:
+    link = link or {}
     head = json.dumps(run_json(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
+        **link,
         "waiting_reason": reason, "outputs": outputs,
         "history": [{"time": e.time, "state": e.state, "message": e.message} for e in history],
         "tasks": None}, indent=2, default=str)
@@ -221,6 +245,26 @@ def _show_json(run, flow, reason, history, tasks, names: dict = {}, outputs: dic
         out.write(f"{comma}    {text}\n    }}")
         comma = ",\n"
     out.write(("\n  ]" if comma != "\n" else "]") + after + "\n")
+
+
+def _show_restart(link: dict | None) -> None:
+    """A child run's parent, a run's children; a restart's run: what it restarted, and which tasks
+    it reused and which ran again, why."""
+    if not link:
+        return
+    if link.get("parent_run"):
+        print(f"\nparent: run {link['parent_run']}, task {link['parent_task']}")
+    if link.get("children"):
+        print("\nchild flow runs:")
+        for child in link["children"]:
+            print(f"  {child['run']}  {child['state'] or '?':<9}  {child['task']}")
+    if not link.get("restart_of"):
+        return
+    print(f"\nrestart of run {link['restart_of']}:")
+    notes = link.get("restart") or {}
+    width = max((len(n) for n in notes), default=0)
+    for name, note in notes.items():
+        print(f"  {name:<{width}}  {note['action']}: {note['why']}")
 
 
 def _show_text(run, flow, reason, history, tasks, children: bool, names: dict = {},  # noqa: B006
@@ -505,3 +549,113 @@ def _parameters(flow, args) -> tuple[dict, list[str]]:
              for name, p in declared.items()}
     return (parameters(SimpleNamespace(parameters=specs), args),
             [name for name, p in declared.items() if isinstance(p, dict) and p.get("secret") is True])
+
+
+def main_restart(args) -> int:
+    """Restart a run of `flowspec run FILE` in this process (see flowspec.restart)."""
+    from flowspec.commands.run import EXIT_CODES, execute, prepare, report_invalid, stop_signals, summary_table
+    from flowspec.errors import FlowspecError, SpecError, UsageError
+    from flowspec.params import ParamsError, parse_flag, resolve_parameters
+    from flowspec import restart, results
+    from flowspec.compile import resolve_env
+
+    with open_from(args) as backend:
+        run = find_run(backend, args.run)
+        link = backend.run_link(run.id)
+        states = list(backend.latest_task_states(run.id))
+    if run.state not in ("Success", "Failed", "Cancelled", "TimedOut"):
+        raise FlowspecError(f"run {run.id} has not finished ({run.state}): restart it once it has",
+                            f"cancel it first: flowspec runs cancel {run.id[:8]}")
+    if run.flow_id is not None:
+        return _restart_registered(args, run, states)
+    if link is None or not link.get("spec_path"):
+        raise FlowspecError(f"run {run.id} cannot be restarted: the backend does not say which spec file it ran"
+                            " (it was recorded by an older flowspec)", "run the spec again with `flowspec run FILE`")
+    path = link["spec_path"]
+    if not os.path.isfile(path):
+        raise FlowspecError(f"run {run.id} cannot be restarted: its spec file {path} is gone",
+                            "run the flow anew with `flowspec run FILE`")
+    try:
+        spec = prepare(path, env=False)
+    except SpecError as exc:
+        return report_invalid(exc.diagnostics, args.format)
+    if spec.checksum != link["spec_checksum"]:
+        raise FlowspecError(f"run {run.id} cannot be restarted: its spec file {path} changed since it ran"
+                            " (the flow it ran is gone); a restart runs the same flow",
+                            "run the changed flow anew with `flowspec run FILE`")
+    unknown = [t for t in args.from_tasks if t not in spec.tasks]
+    if unknown:
+        raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'",
+                         f"its tasks: {', '.join(list(spec.tasks)[:10])}")
+    old = {k: v for k, v in run.parameters.items() if k in spec.parameters}
+    try:
+        flags = [parse_flag(text, spec.parameters) for text in args.param]
+        params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags)
+    except ParamsError as exc:
+        return report_invalid(exc.diagnostics, args.format, exc.problems)
+    changed = {k for k in params if k not in old or old[k] != params[k]}
+    settings = results.settings(spec)
+    if (why := restart.store_gone(spec, settings)):
+        raise FlowspecError(f"run {run.id} cannot be restarted: {why}",
+                            "run the flow anew with `flowspec run FILE`")
+    store = results.ResultStore.from_spec(settings)
+    plan = restart.make_plan(spec, run, states, changed, args.from_tasks, store)
+    spec = resolve_env(spec, storage=False)
+    reused = sum(1 for n in plan.notes.values() if n["action"] == "reused")
+    print(f"restart of run {run.id[:8]}: {reused} task{'s' * (reused != 1)} reused,"
+          f" {len(plan.notes) - reused} run again", file=sys.stderr)
+    for name, note in plan.notes.items():
+        if note["action"] != "reused":
+            print(f"  {name}: runs again: {note['why']}", file=sys.stderr)
+    stopped: list[int] = []
+    with stop_signals(stopped), restart.activate(plan):
+        result = execute(spec, params, args.format, args.verbosity, args.backend, None, stopped)
+    if args.format == "json":
+        print(json.dumps(result.to_json() | {"restart_of": run.id, "restart": plan.notes}, indent=2, default=str))
+    else:
+        print(summary_table(result) if args.verbosity >= 0 else summary_table(result).splitlines()[-1])
+    if result.state == "Cancelled" and stopped:
+        return 128 + stopped[0]
+    return EXIT_CODES.get(result.state, 1)
+
+
+def _restart_registered(args, run, states) -> int:
+    """A restart of a registered flow's run: a new run for the agents, its plan kept with it."""
+    from flowspec import restart, results
+    from flowspec.errors import FlowspecError, UsageError
+    from flowspec.params import ParamsError, parse_flag, resolve_parameters
+    from flowspec.storage import load_flow
+
+    with open_from(args) as backend:
+        flow = backend.get_flow_by_id(run.flow_id)
+        if flow is None:
+            raise FlowspecError(f"run {run.id} cannot be restarted: the flow version it ran is gone (deleted)",
+                                "run a registered version with `flowspec run --name NAME`")
+        try:
+            spec, _ = load_flow(flow.storage)
+        except FlowspecError as exc:
+            raise FlowspecError(f"run {run.id} cannot be restarted: the storage of {flow.name} version {flow.version}"
+                                f" cannot be loaded: {exc.message}", "register the flow again") from None
+        unknown = [t for t in args.from_tasks if t not in spec.tasks]
+        if unknown:
+            raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'")
+        old = {k: v for k, v in run.parameters.items() if k in spec.parameters}
+        try:
+            flags = [parse_flag(text, spec.parameters) for text in args.param]
+            params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags, env_defaults=False)
+        except ParamsError as exc:
+            from flowspec.commands.run import report_invalid
+
+            return report_invalid(exc.diagnostics, args.format, exc.problems)
+        changed = {k for k in params if k not in old or old[k] != params[k]}
+        settings = results.settings(spec)
+        if (why := restart.store_gone(spec, settings)):
+            raise FlowspecError(f"run {run.id} cannot be restarted: {why}", "run the flow anew with `flowspec run --name`")
+        plan = restart.make_plan(spec, run, states, changed, args.from_tasks, results.ResultStore.from_spec(settings))
+        new = backend.create_flow_run(flow.id, params, run.labels, own_labels=True)
+        backend.set_run_link(new.id, None, None, run.id, plan.notes)
+        reused = sum(1 for n in plan.notes.values() if n["action"] == "reused")
+        print(new.id, flush=True)
+        print(f"restart of run {run.id[:8]}: {reused} task{'s' * (reused != 1)} reused,"
+              f" {len(plan.notes) - reused} run again (by an agent)", file=sys.stderr)
+        return follow(backend, new.id, args.format) if args.watch else 0

@@ -104,7 +104,9 @@ class DaskExecutor(Executor):
             return plain
         task_fn, _, ctx, retries, retry_delay, timeout, notify = arg_tuples[0]
         self._listen(ctx.run_id)
-        serialize.ship(task_fn)
+        from flowspec.keeping import plain_callable
+
+        serialize.ship(plain_callable(task_fn))
         template = Shipped(new_key(), (task_fn, ctx.run_id, ctx.flow_name, dict(ctx.params), ctx.task_name,
                                        retries, retry_delay, timeout, notify is not None or retries > 0,
                                        logging.getLogger("flowspec.task").getEffectiveLevel()))
@@ -170,10 +172,10 @@ class DaskExecutor(Executor):
             if unit.notify is not None:
                 unit.notify(unit.task, unit.index, *rest)
         elif kind == "done":
-            from flowspec.runner import SUCCESS, Outcome
+            from flowspec.runner import OK_STATES, Outcome
 
             state, attempts, start, end, message = rest
-            unit.outcome = Outcome(state, unit.future if state == SUCCESS else None, attempts, start, end, message)
+            unit.outcome = Outcome(state, unit.future if state in OK_STATES else None, attempts, start, end, message)
             self._retire(unit)
 
     def _retire(self, unit) -> None:
@@ -403,7 +405,7 @@ def remote_unit(uid: int, index, kwargs: dict, template: Shipped, first_attempt:
     from distributed import get_worker
 
     from flowspec import context
-    from flowspec.runner import SUCCESS, run_unit
+    from flowspec.runner import OK_STATES, run_unit
 
     fn, run_id, flow, params, task, retries, delay, timeout, notify, level = template.load()
     worker, topic = get_worker(), topic_of(run_id)
@@ -425,7 +427,7 @@ def remote_unit(uid: int, index, kwargs: dict, template: Shipped, first_attempt:
         _running.topic = None
     worker.log_event(topic, ("done", uid, outcome.state, outcome.attempts, outcome.start, outcome.end,
                              outcome.message))
-    return outcome.result if outcome.state == SUCCESS else None
+    return outcome.result if outcome.state in OK_STATES else None
 
 
 def print_to_stderr() -> None:

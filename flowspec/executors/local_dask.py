@@ -192,10 +192,14 @@ class Children:
     def adapt(self, fn, args: tuple) -> tuple:
         """(fn, args) to run on a pool thread: a unit's task function is swapped for a proxy
         that runs it in a child process; any other call runs in a child process as a whole."""
+        from flowspec.keeping import Kept
         from flowspec.runner import run_unit
 
         if fn is run_unit:
-            return fn, (self.proxy(args[0]),) + args[1:]
+            task_fn = args[0]
+            if type(task_fn) is Kept:  # the store is used here; the call alone goes to the child
+                return fn, (Kept(self.proxy(task_fn.fn), task_fn.plan),) + args[1:]
+            return fn, (self.proxy(task_fn),) + args[1:]
         return self.proxy(fn), args
 
     def proxy(self, fn) -> "ChildCall":

@@ -136,6 +136,7 @@ def run_detail(backend, run, tasks: bool = True) -> dict:
     return run_dict(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
         "waiting_reason": backend.waiting_reason(run.id), "outputs": backend.run_outputs(run.id),
+        **backend.run_link_json(run.id),
         "history": history(backend, run),
         "tasks": task_rows(backend, run) if tasks else None}
 

@@ -1,0 +1,210 @@
+"""Task results in the result store during a run: `persist`, `cache` and `target`.
+
+The runner wraps the callable of a task that uses the store in a `Kept`; `run_unit` hands a
+Kept to `run_kept`, which runs where the task run runs (this process for `local` and
+`local-dask`, the worker for `dask`), so that a value is pickled once, where it is:
+- `target`: its path (a template over params, args and env) exists → the task run is Cached from
+  it, not called; otherwise its value is written there;
+- `cache`: its key (the default digest of code and arguments, or the template) has a stored,
+  unexpired value → Cached from it; otherwise its value is stored under that key;
+- `persist`: its value is stored under the run's own key (`<run id>` or `<run id>-<index>`),
+  which a restart of the run reads (a Cached task run is not copied there: its cache key or
+  target finds it again).
+A stored value whose digest does not match fails the task run with a message naming both
+digests (it is not silently run again: a damaged store is something to look at). A value that
+cannot be pickled is logged as an error naming the task and type; the task keeps its state.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from flowspec import references as refs
+
+CACHED = "Cached"
+# The store of this process for each run, by token: write-behind (local) and flushed by the
+# runner at the end of its run. A process without one (a dask worker, a child process) makes a
+# store that writes at once.
+_STORES: dict = {}
+
+
+class KeepPlan:
+    """What a task does with the store: picklable (it travels to dask workers)."""
+
+    __slots__ = ("token", "settings", "home", "flow", "task", "base_dir", "params", "run_id",
+                 "persist", "cache", "target", "code", "_folder")
+    _SENT = ("token", "settings", "home", "flow", "task", "base_dir", "params", "run_id", "persist", "cache",
+             "target", "code")
+
+    def __init__(self, token: str, settings: dict | None, home: str, flow: str, task, base_dir: str,
+                 params: dict, run_id: str, persist: bool) -> None:
+        self.token, self.settings, self.home, self.flow = token, settings, home, flow
+        self.task, self.base_dir, self.params, self.run_id = task.name, base_dir, params, run_id
+        self.persist, self.cache, self.target = persist, task.cache, task.target
+        # The digest of the callable's code (default cache key), computed where the run starts and
+        # sent along: a worker that got the function by value cannot read its module's files.
+        self.code = None
+        self._folder = None
+
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in self._SENT}
+
+    def __setstate__(self, state) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+        self._folder = None
+
+    def folder(self) -> str:
+        """`flows/<flow>/<task>/` of this task in the store."""
+        if self._folder is None:
+            from flowspec.results import keyed_path
+
+            self._folder = keyed_path(self.flow, self.task, "x")[:-len("x.pkl")]
+        return self._folder
+
+    def store(self):
+        store = _STORES.get(self.token)
+        if store is None:
+            from flowspec.results import ResultStore
+
+            store = _STORES[self.token] = ResultStore.from_spec(self.settings, self.home)
+        return store
+
+    def render(self, value, kwargs: dict) -> str:
+        if isinstance(value, str):
+            return value
+
+        def lookup(ref: refs.Ref):
+            if ref.kind == "params":
+                return self.params[ref.name]
+            if ref.kind == "args":
+                return kwargs[ref.name]
+            if ref.name in os.environ:
+                return os.environ[ref.name]
+            if ref.fallback is not None:
+                return ref.fallback
+            raise refs.UnsetEnvError(f"environment variable {ref.name} is not set (referenced as {ref})")
+
+        return str(refs.resolve(value, lookup))
+
+    def cache_key(self, fn, kwargs: dict) -> str:
+        if self.cache.key is not None:
+            return self.render(self.cache.key, kwargs)
+        from flowspec.cache_key import code_digest, default_key
+
+        fn = plain_callable(fn)
+        if self.code is None:  # the code does not change during a run
+            self.code = code_digest(fn, self.base_dir)
+        return default_key(fn, kwargs, self.base_dir, self.code)
+
+
+class Kept:
+    """A task's callable with its KeepPlan."""
+
+    __slots__ = ("fn", "plan")
+
+    def __init__(self, fn, plan: KeepPlan) -> None:
+        self.fn, self.plan = fn, plan
+
+    def __call__(self, **kwargs):  # called as the task itself (an executor that ships `fn` alone)
+        return self.fn(**kwargs)
+
+
+def plain_callable(fn):
+    """The user's function inside the runner's wrappers (a loop, a child-process proxy)."""
+    for _ in range(4):
+        inner = getattr(fn, "fn", None)
+        if inner is None or not callable(inner):
+            return fn
+        fn = inner
+    return fn
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def run_key(run_id: str, index: int | None) -> str:
+    """The key of a run's kept result of one task run."""
+    return run_id if index is None else f"{run_id}-{index}"
+
+
+def run_kept(kept: Kept, kwargs: dict, ctx, retries: int, retry_delay: float, timeout: float | None,
+             notify=None, first_attempt: int = 1):
+    from flowspec import results
+    from flowspec.runner import FAILED, SUCCESS, Outcome, run_unit
+
+    plan, start = kept.plan, time.time()
+    try:
+        store = plan.store()
+        where, rel = lookup_places(plan, kept.fn, kwargs, ctx.map_index)
+        for rel_path, max_age in where:
+            try:
+                value = store.load(rel_path, max_age)
+            except results.NotFound:
+                continue
+            location = store.location(rel_path)
+            # A mapped child's line is a debug one: the runner says once how many were Cached, and from where
+            ctx.logger.log(20 if ctx.map_index is None else 10, "%s: result loaded from %s, not called", CACHED,
+                           location)
+            return Outcome(CACHED, value, 0, start, time.time(), f"cached from {location}")
+    except (results.ResultError, refs.ResolveError) as exc:
+        text = str(exc)
+        ctx.logger.error("%s: %s", FAILED, text)
+        return Outcome(FAILED, None, 0, start, time.time(), text)
+    outcome = run_unit(kept.fn, kwargs, ctx, retries, retry_delay, timeout, notify, first_attempt)
+    if outcome.state == SUCCESS and rel:
+        keep(store, rel, outcome.result, ctx)
+    return outcome
+
+
+def lookup_places(plan: KeepPlan, fn, kwargs: dict, index: int | None) -> tuple[list, list]:
+    """(where a stored value would make the run Cached: (path, max age) pairs; where its value
+    goes when it runs)."""
+    from flowspec.results import keyed_path
+
+    where, rel = [], []
+    if plan.target is not None:
+        path = plan.render(plan.target, kwargs)
+        where.append((plan.store()._target(path), None))
+        rel.append(where[-1][0])
+    if plan.cache is not None:
+        path = keyed_path(plan.flow, plan.task, plan.cache_key(fn, kwargs))
+        where.append((path, plan.cache.expires))
+        rel.append(path)
+    if plan.persist:  # a run id is a plain segment: no need to check it per task run
+        rel.append(f"{plan.folder()}{plan.run_id if index is None else f'{plan.run_id}-{index}'}.pkl")
+    return where, rel
+
+
+def keep(store, rels: list, value, ctx) -> None:
+    """Write `value` to each of `rels`, pickled once. A failure is logged; the task keeps its state."""
+    from flowspec import results
+
+    try:
+        blob = results.encode(value, ctx.task_name if ctx.map_index is None else f"{ctx.task_name}[{ctx.map_index}]")
+        for rel in rels:
+            store.write(rel, blob)
+    except results.ResultError as exc:
+        ctx.logger.error("%s", exc)
+
+
+def reuse(store, flow: str, task: str, old_key: str, new_key: str | None):
+    """The value kept under `old_key` (a restart reusing it), kept under `new_key` too (None: not):
+    a hard link in a local store (no copy, no pickling), the same bytes written elsewhere."""
+    from flowspec.results import LocalResultStore, decode, keyed_path
+
+    old = keyed_path(flow, task, old_key)
+    blob = store.read(old)
+    value = decode(blob, store.location(old))
+    if new_key is not None:
+        new = keyed_path(flow, task, new_key)
+        if type(store) is LocalResultStore:
+            try:
+                os.link(store.location(old), store.location(new))
+                return value
+            except OSError:  # a file system without hard links; or a name taken: written anew
+                pass
+        store.write(new, blob)
+    return value

@@ -1,0 +1,132 @@
+"""`flow: FILE` at run time: a child flow run in this run's process.
+
+The runner calls a subflow task's `SubflowCall` on its own thread (the main one), not on its
+executor, whatever the parent's executor is: the child has an executor of its own (its spec's),
+and a stop signal or the parent's timeout, which arrive as KeyboardInterrupt on the main thread,
+reach the child's runner first, which cancels the child's tasks; the parent is then cancelled
+too. The child is recorded as a flow run of its own, linked to its parent run and task
+(`run_links`), in the backend the parent records in. Its `outputs` are the task's result; a child
+that did not succeed fails the task with the child run's id, state and message.
+"""
+from __future__ import annotations
+
+_PARENTS: list = []  # (parent run id, parent task label) of the child runs being made, innermost last
+
+
+class SubflowFailed(Exception):
+    """The child flow run did not succeed."""
+
+
+def current_parent() -> tuple | None:
+    return _PARENTS[-1] if _PARENTS else None
+
+
+class SubflowCall:
+    """The callable of a `flow: FILE` task: its keyword arguments are the child's parameters."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, child_spec) -> None:
+        self.spec = child_spec
+
+    def __call__(self, **kwargs):
+        from flowspec import context as ctxmod
+        from flowspec import runner
+        from flowspec.compile import resolve_env
+        from flowspec.environments.base import run_in_process
+        from flowspec.params import ParamsError, resolve_parameters
+        from flowspec.recorder import current_url, record_local_run, run_message
+
+        ctx = ctxmod.current()
+        label = ctx.task_name if ctx.map_index is None else f"{ctx.task_name}[{ctx.map_index}]"
+        try:
+            params = resolve_parameters(self.spec.parameters, {}, None, list(kwargs.items()))
+        except ParamsError as exc:
+            shown = "; ".join([d.message for d in exc.diagnostics] + list(exc.problems))
+            raise SubflowFailed(f"the parameters of child flow {self.spec.name} ({self.spec.path}): {shown}") from None
+        spec = resolve_env(self.spec, storage=False)
+
+        def execute(observers, run_id):
+            result = run_in_process(spec, params, observers, run_id, keep_results=False)
+            result.message = run_message(result)
+            return result
+
+        _PARENTS.append((ctx.run_id, label))
+        try:
+            result = record_local_run(spec, params, execute, current_url())
+        finally:
+            _PARENTS.pop()
+        if result.state == runner.CANCELLED and runner._interrupted:
+            raise KeyboardInterrupt  # the stop was the parent's too: it cancels the parent run
+        if result.state != runner.SUCCESS:
+            raise SubflowFailed(f"child flow run {result.run_id} ({spec.name}) ended {result.state}"
+                                + (f": {result.message}" if result.message else ""))
+        return dict(result.outputs or {})
+
+
+FINAL = ("Success", "Failed", "Cancelled", "TimedOut")
+POLL_S = 0.2
+
+
+class RegisteredCall:
+    """The callable of a `flow: {name, project, version}` task: a flow run created for the agents
+    (with the task's `labels` instead of the flow's own, when it has some), linked to this run and task; with `wait`
+    the task follows it to its end (its outputs are the result), else its id is the result."""
+
+    __slots__ = ("sub",)
+
+    def __init__(self, sub) -> None:
+        self.sub = sub
+
+    def __call__(self, **kwargs):
+        import time
+
+        from flowspec import context as ctxmod
+        from flowspec.backend import open_backend
+        from flowspec.recorder import current_url
+
+        ctx = ctxmod.current()
+        label = ctx.task_name if ctx.map_index is None else f"{ctx.task_name}[{ctx.map_index}]"
+        sub = self.sub
+        with open_backend(current_url()) as backend:
+            flow = backend.get_flow(sub.name, sub.project, sub.version)
+            if flow is None:
+                version = f" version {sub.version}" if sub.version is not None else ""
+                raise SubflowFailed(f"no flow '{sub.name}'{version} is registered in project '{sub.project}'"
+                                    f" of {backend.url}; register it with `flowspec register FILE`")
+            params = registered_parameters(flow, kwargs)
+            run = backend.create_flow_run(flow.id, params, sub.labels or (), own_labels=True)
+            backend.set_run_link(run.id, None, None, parent_run=ctx.run_id, parent_task=label)
+            ctx.logger.info("child flow run %s of %s/%s version %d created for the agents", run.id, sub.project,
+                            sub.name, flow.version)
+            if not sub.wait:
+                return run.id
+            try:
+                while (state := backend.get_run(run.id).state) not in FINAL:
+                    time.sleep(POLL_S)
+            except KeyboardInterrupt:  # the parent is cancelled or timed out: so is its child
+                backend.cancel_run(run.id)
+                raise
+            child = backend.get_run(run.id)
+            if state != "Success":
+                raise SubflowFailed(f"child flow run {run.id} ({sub.name}) ended {state}"
+                                    + (f": {child.message}" if child.message else ""))
+            return dict(backend.run_outputs(run.id) or {})
+
+
+def registered_parameters(flow, values: dict) -> dict:
+    """`values` checked against the registered version's parameters (as `run --name` does)."""
+    from flowspec.loader import load_text
+    from flowspec.params import ParamsError, resolve_parameters
+    from flowspec.spec import ParameterSpec
+
+    declared = (load_text(flow.spec_text, f"{flow.name} (registered version {flow.version})").data
+                or {}).get("parameters") or {}
+    specs = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
+                                 required="default" not in p, enum=tuple(p["enum"]) if "enum" in p else None)
+             for name, p in declared.items()}
+    try:
+        return resolve_parameters(specs, {}, None, list(values.items()), env_defaults=False)
+    except ParamsError as exc:
+        shown = "; ".join([d.message for d in exc.diagnostics] + list(exc.problems))
+        raise SubflowFailed(f"the parameters of {flow.name} version {flow.version}: {shown}") from None

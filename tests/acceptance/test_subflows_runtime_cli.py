@@ -1,0 +1,243 @@
+"""`flow: FILE` at run time, through the CLI: a child flow run per element of `map`, in this
+run's process, recorded with its parent run and task; the task's result is the child's outputs,
+its state follows the child's; nested three deep; cancelling the parent cancels the child."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+STEPS = """\
+import os
+import time
+
+
+def load(region, day):
+    if region == os.environ.get("FAIL_REGION"):
+        raise ValueError(f"no data for {region}")
+    if region == os.environ.get("SLOW_REGION"):
+        time.sleep(30)
+    return f"{region}:{day}"
+
+
+def collect(parts):
+    return [p["value"] for p in parts]
+"""
+
+CHILD = """\
+version: 1
+name: child
+parameters:
+  region: {type: string}
+  day: {type: string, default: "d0"}
+executor: {type: local-dask, scheduler: threads, workers: 2}
+tasks:
+  a: {run: steps:load, with: {region: "${{ params.region }}", day: "${{ params.day }}"}}
+outputs:
+  value: ${{ tasks.a }}
+"""
+
+PARENT = """\
+version: 1
+name: parent
+parameters:
+  regions: {type: array, default: [eu, us]}
+tasks:
+  per_region:
+    flow: child.yaml
+    map: {region: "${{ params.regions }}"}
+    with: {day: "d1"}
+  all: {run: steps:collect, with: {parts: "${{ tasks.per_region }}"}}
+outputs:
+  all: ${{ tasks.all }}
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict:
+    return {"FLOWSPEC_HOME": str(tmp_path / "home")}
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    (tmp_path / "steps.py").write_text(STEPS)
+    (tmp_path / "child.yaml").write_text(CHILD)
+    (tmp_path / "flow.yaml").write_text(PARENT)
+    return tmp_path / "flow.yaml"
+
+
+def runs(cli, env, *extra) -> list[dict]:
+    listed = cli("runs", "list", "--format", "json", *extra, env=env)
+    assert listed.rc == 0, listed.output
+    return json.loads(listed.stdout)
+
+
+def show(cli, env, run_id: str) -> dict:
+    shown = cli("runs", "show", run_id, "--format", "json", env=env)
+    assert shown.rc == 0, shown.output
+    return json.loads(shown.stdout)
+
+
+def test_a_mapped_subflow_gives_the_childrens_outputs_and_links_both_ways(cli, spec, env):
+    result = cli("run", spec, env=env)
+    assert result.rc == 0, result.output
+    parent = next(r for r in runs(cli, env) if r["flow"] == "parent")
+    data = show(cli, env, parent["id"])
+    assert data["outputs"] == {"all": ["eu:d1", "us:d1"]}
+    assert [c["task"] for c in data["children"]] == ["per_region[0]", "per_region[1]"]
+    children = runs(cli, env, "--parent", parent["id"][:8])
+    assert {c["flow"] for c in children} == {"child"} and len(children) == 2
+    child = show(cli, env, data["children"][1]["run"])
+    assert (child["parent_run"], child["parent_task"]) == (parent["id"], "per_region[1]")
+    assert child["parameters"] == {"region": "us", "day": "d1"} and child["outputs"] == {"value": "us:d1"}
+    text = cli("runs", "show", parent["id"], env=env).stdout
+    assert "child flow runs:" in text and "per_region[1]" in text
+    assert f"parent: run {parent['id']}, task per_region[0]" in cli("runs", "show", data["children"][0]["run"],
+                                                                     env=env).stdout
+
+
+def test_a_failing_child_fails_its_task_with_the_child_run_id(cli, spec, env):
+    result = cli("run", spec, env=env | {"FAIL_REGION": "us"})
+    assert result.rc == 1, result.output
+    failed = next(r for r in runs(cli, env) if r["flow"] == "child" and r["state"] == "Failed")
+    assert f"child flow run {failed['id']} (child) ended Failed" in result.output
+    parent = show(cli, env, next(r["id"] for r in runs(cli, env) if r["flow"] == "parent"))
+    states = {t["task"]: t["state"] for t in parent["tasks"] if t["map_index"] is None}
+    assert parent["state"] == "Failed" and states["all"] == "TriggerFailed"
+
+
+def test_subflows_nest_three_deep(cli, spec, env, tmp_path):
+    (tmp_path / "middle.yaml").write_text(
+        "version: 1\nname: middle\nparameters:\n  regions: {type: array}\ntasks:\n"
+        "  inner: {flow: child.yaml, map: {region: \"${{ params.regions }}\"}}\n"
+        "outputs:\n  inner: ${{ tasks.inner }}\n")
+    (tmp_path / "top.yaml").write_text(
+        "version: 1\nname: top\ntasks:\n  mid: {flow: middle.yaml, with: {regions: [a, b]}}\n"
+        "outputs:\n  mid: ${{ tasks.mid }}\n")
+    result = cli("run", tmp_path / "top.yaml", env=env)
+    assert result.rc == 0, result.output
+    top = next(r for r in runs(cli, env) if r["flow"] == "top")
+    assert show(cli, env, top["id"])["outputs"] == {
+        "mid": {"inner": [{"value": "a:d0"}, {"value": "b:d0"}]}}
+    middle = runs(cli, env, "--parent", top["id"])
+    assert [r["flow"] for r in middle] == ["middle"]
+    assert len(runs(cli, env, "--parent", middle[0]["id"])) == 2
+
+
+def test_cancelling_the_parent_cancels_the_child(cli, cli_start, spec, env):
+    proc = cli_start("run", spec, env=env | {"SLOW_REGION": "eu"})
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(r["flow"] == "child" for r in runs(cli, env)):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    by_flow = {r["flow"]: r["state"] for r in runs(cli, env)}
+    assert by_flow == {"parent": "Cancelled", "child": "Cancelled"}, by_flow
+
+
+def test_a_parent_that_times_out_cancels_its_child(cli, spec, env):
+    spec.write_text(PARENT.replace("name: parent\n", "name: parent\ntimeout: 2\n"))
+    result = cli("run", spec, env=env | {"SLOW_REGION": "eu"})
+    assert result.rc == 1, result.output
+    by_flow = {r["flow"]: r["state"] for r in runs(cli, env)}
+    assert by_flow == {"parent": "TimedOut", "child": "Cancelled"}, by_flow
+
+
+REG_PARENT = """\
+version: 1
+name: regparent
+tasks:
+  nightly:
+    flow: {name: child, project: default}
+    with: {region: REGION}
+    labels: [prod]
+  fire:
+    flow: {name: child}
+    with: {region: "later"}
+    labels: [prod]
+    wait: false
+outputs:
+  nightly: ${{ tasks.nightly }}
+  fire: ${{ tasks.fire }}
+"""
+
+
+@pytest.fixture
+def agent(cli, cli_start, spec, env):
+    """The child registered (labels: dev) and an agent with the label prod."""
+    env = env | {"FLOWSPEC_BACKEND": "", "FAIL_REGION": "bad", "SLOW_REGION": "slow"}  # as the agent's runs see them
+    assert cli("register", spec.parent / "child.yaml", "--label", "dev", env=env).rc == 0
+    proc = cli_start("agent", "start", "--name", "a1", "--label", "prod", "--poll-interval", "0.1", env=env)
+    yield env
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+
+
+def test_a_registered_child_runs_through_an_agent_with_the_tasks_labels(cli, spec, agent):
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz"))
+    result = cli("run", spec.parent / "reg.yaml", env=agent, timeout=60)
+    assert result.rc == 0, result.output
+    parent = next(r for r in runs(cli, agent) if r["flow"] == "regparent")
+    data = show(cli, agent, parent["id"])
+    assert data["outputs"]["nightly"] == {"value": "zz:d0"}
+    children = {c["task"]: c for c in data["children"]}
+    assert data["outputs"]["fire"] == children["fire"]["run"]  # wait: false: the child run's id
+    child = show(cli, agent, children["nightly"]["run"])
+    assert child["labels"] == ["prod"] and child["agent"] == "a1" and child["parent_task"] == "nightly"
+
+
+def test_a_failing_registered_child_fails_its_task(cli, spec, agent):
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "bad"))
+    result = cli("run", spec.parent / "reg.yaml", env=agent, timeout=60)
+    assert result.rc == 1, result.output
+    assert "child flow run" in result.output and "(child) ended Failed" in result.output
+
+
+def test_a_registered_child_of_an_unknown_flow_or_with_a_wrong_parameter_fails_its_task(cli, spec, agent):
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz").replace("name: child, project",
+                                                                                     "name: nope, project"))
+    result = cli("run", spec.parent / "reg.yaml", env=agent, timeout=60)
+    assert result.rc == 1 and "no flow 'nope' is registered in project 'default'" in result.output
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz").replace("region: zz", "regoin: zz"))
+    result = cli("run", spec.parent / "reg.yaml", env=agent, timeout=60)
+    assert result.rc == 1 and "the parameters of child version 1" in result.output
+
+
+def test_cancelling_the_parent_cancels_a_registered_child(cli, cli_start, spec, agent):
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "slow"))
+    proc = cli_start("run", spec.parent / "reg.yaml", env=agent)
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(r["flow"] == "child" and r["state"] == "Running"
+                                             for r in runs(cli, agent)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        by_flow = {r["flow"]: r["state"] for r in runs(cli, agent)}
+        if by_flow.get("child") == "Cancelled":
+            break
+        time.sleep(0.2)
+    assert by_flow == {"regparent": "Cancelled", "child": "Cancelled"}, by_flow
+
+
+def test_the_registered_child_of_a_parent_that_died_is_cancelled(cli, cli_start, spec, env):
+    env = env | {"FLOWSPEC_BACKEND": ""}
+    assert cli("register", spec.parent / "child.yaml", "--label", "nowhere", env=env).rc == 0  # no agent takes it
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz").replace("    labels: [prod]\n", "", 1))
+    proc = cli_start("run", spec.parent / "reg.yaml", "--heartbeat-timeout", "1", env=env)
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(r["flow"] == "child" for r in runs(cli, env)):
+        time.sleep(0.2)
+    proc.kill()
+    out, err = proc.communicate(timeout=30)
+    time.sleep(1.5)
+    assert runs(cli, env), out + err
+    by_flow = {r["flow"]: r["state"] for r in runs(cli, env)}  # a reader marks the parent lost
+    assert by_flow == {"regparent": "Failed", "child": "Cancelled"}, by_flow
