@@ -351,7 +351,6 @@ def _diagnose(doc: Document, error) -> list[Diagnostic]:
 # Keys that people write because another tool has them, or that later releases of the flow
 # language add: what flowspec does instead, or that this release does not have it yet. Each
 # hint is true of this release; docs/flow-yaml.md lists the same under "Not in this release yet".
-_LATER = "not in this release yet (docs/flow-yaml.md, 'Not in this release yet')"
 _FEATURE_HINTS: dict[str, dict[str, str]] = {
     "top": {
         "schedules": "write `schedule:` (a list of clocks)",
