@@ -33,6 +33,9 @@ etcd --name wf --data-dir "$S/etcd" --listen-client-urls http://127.0.0.1:23790 
   --initial-cluster wf=http://127.0.0.1:23800 --listen-metrics-urls http://127.0.0.1:23810 > "$S/etcd.log" 2>&1 &
 echo $! > "$S/etcd.pid"
 wait_for 30 "$S/etcd.pid" "$S/etcd.log" env ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:23790 endpoint health
+# --service-cluster-ip-range below is a setting the API server requires, not an address anything
+# here talks to: there is no kube-proxy and pods use host networking (their IP is 127.0.0.1), and
+# --endpoint-reconciler-type=none keeps the API server from publishing itself there.
 "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:23790 \
   --secure-port=16443 --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --cert-dir="$S/certs" \
   --token-auth-file="$S/tokens.csv" --authorization-mode=RBAC \
