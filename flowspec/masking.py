@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-MASK = "****"
+MASK = "***"
 # Secret texts resolved in this process, longest first; masked by mask_text whatever its caller
 # passes, and in every log record that a handler with MaskFilter writes.
 _runtime: tuple[str, ...] = ()

@@ -25,7 +25,7 @@ log = logging.getLogger("flowspec.fargate")
 FAMILY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 DIGEST_TAG = "flowspec-definition-sha256"  # on each revision flowspec registers: what it was made from
 FLOW_CONTAINER = "flow"
-MASK = "****"
+MASK = "***"
 NOT_COMPARED = ("tags",)  # kept by ECS beside the definition, not in it
 
 

@@ -151,7 +151,7 @@ def test_plan_runs_no_task_code(cli, tmp_path, home):
     text = result.stdout
     assert text.index("1. numbers") < text.index("2. square") and "maps x over tasks.numbers" in text
     assert "n  integer  4  (--param)" in text
-    assert "env SERVICE_TOKEN=****" in text and "fallback-token" not in text
+    assert "env SERVICE_TOKEN=***" in text and "fallback-token" not in text
     assert "labels: dev" in text and "Backend      not reachable" in text
 
 
@@ -161,7 +161,7 @@ def test_plan_json_and_its_parameter_errors(cli, tmp_path, home):
     plan = json.loads(result.stdout)
     assert [t["name"] for t in plan["tasks"]] == ["numbers", "square"]
     assert plan["tasks"][1]["map"] == {"x": {"over": "tasks.numbers", "items": None, "per_child": False}}
-    assert plan["environment"]["env"] == {"SERVICE_TOKEN": "****"}
+    assert plan["environment"]["env"] == {"SERVICE_TOKEN": "***"}
     assert plan["backend"]["reachable"] is False
     missing = cli("plan", tmp_path / "flow.yaml", env=home)
     assert missing.rc == 2 and "missing required parameter 'n'" in missing.stderr

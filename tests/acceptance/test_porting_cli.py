@@ -129,7 +129,7 @@ def test_parameter_defaults_read_the_environment_at_run_time(cli, tmp_path, home
     plan = json.loads(cli("plan", spec, "--format", "json", env=home | {"FS16_WHERE": "w",
                                                                         "FS16_API_TOKEN": "s3cr3t"}).stdout)
     values = {p["name"]: p["value"] for p in plan["parameters"]}
-    assert values == {"where": "w", "port": 8080, "token": "****"}  # a default read from a secret: masked
+    assert values == {"where": "w", "port": 8080, "token": "***"}  # a default read from a secret: masked
 
 
 def test_only_env_references_stand_in_a_parameter_default(cli, tmp_path):

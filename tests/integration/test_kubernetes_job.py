@@ -359,8 +359,8 @@ def test_environment_secrets_reach_the_pod_through_a_secret_key_ref(kube_flows):
     run_id = kube_flows.start_run("secretive", "--label", "sec")
     run = kube_flows.wait_run(run_id, timeout=180)
     assert run.state == "Success", run.message
-    logs = kube_flows.wait_logs(run_id, "using ****")
-    assert "token ****" in logs and "using ****" in logs and planted not in logs
+    logs = kube_flows.wait_logs(run_id, "using ***")
+    assert "token ***" in logs and "using ***" in logs and planted not in logs
     jobs = kube_flows.cluster.get_json("jobs", "-n", kube_flows.namespace, "-l", f"flowspec.io/run-id={run_id}")
     container = jobs["items"][0]["spec"]["template"]["spec"]["containers"][0]
     (entry,) = [e for e in container["env"] if e["name"] == "FLOWSPEC_SECRET_API_TOKEN"]
