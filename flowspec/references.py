@@ -173,8 +173,10 @@ def parse_string(text: str, kinds: tuple = KINDS):
     accessed = _ACCESSED(text)
     if accessed is not None and accessed.group(1) in kinds:
         return _accessed_ref(accessed)
-    from flowspec.expressions import parse_template
+    from flowspec.expressions import parse_template, simple_compare
 
+    if (compared := simple_compare(text, kinds)) is not None:
+        return compared
     parts = parse_template(text, kinds)
     if len(parts) == 1 and not isinstance(parts[0], str):
         return parts[0]

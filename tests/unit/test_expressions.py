@@ -351,3 +351,64 @@ def test_huge_numbers_are_errors_not_crashes():
     with pytest.raises(refs.ReferenceError_, match="too long"):
         refs.parse_string("${{ params.items[" + "9" * 5000 + "] }}")
     assert ev("${{ params.n < 1e999 }}") is True
+
+
+def _tree(node):
+    """A node's whole structure (Ref fields with offsets, node types, operators, literal types)."""
+    if isinstance(node, Ref):
+        return ("Ref", node.kind, node.name, node.fallback, node.offset, node.accessors, node.spots)
+    if isinstance(node, Expr):
+        return ("Expr", node.text, node.offset, _tree(node.root), tuple(_tree(r) for r in node.refs_))
+    slots = [s for klass in type(node).__mro__ for s in getattr(klass, "__slots__", ())]
+    fields = []
+    for name in slots:
+        value = getattr(node, name)
+        if isinstance(value, tuple):
+            fields.append(tuple(_tree(v) for v in value))
+        elif hasattr(value, "__slots__") or isinstance(value, Ref):
+            fields.append(_tree(value))
+        else:
+            fields.append((type(value).__name__, value))
+    return (type(node).__name__, *fields)
+
+
+@pytest.mark.parametrize("text", [
+    "${{ tasks.t1 > 0 }}", "${{tasks.a>-1}}", "${{  params.mode == 'full'  }}", "${{ params.m != 'it''s' }}",
+    '${{ env.X == "}}" }}', "${{ tasks.a-b <= 12 }}", "${{ params.flag == true }}", "${{ params.x != null }}",
+    "${{ kv.mark >= 3 }}", "${{ secrets.S == 'x' }}", "${{ args.x < 5 }}", "${{ tasks.x == '' }}",
+])
+def test_the_fast_path_for_a_simple_comparison_builds_the_parsers_tree(text):
+    from flowspec.expressions import parse_template, simple_compare
+
+    fast = simple_compare(text, ALL_KINDS)
+    assert fast is not None
+    assert _tree(fast) == _tree(parse_template(text, ALL_KINDS)[0])
+
+
+@pytest.mark.parametrize("text", [
+    "${{ tasks.t1.rows > 0 }}", "${{ result > 0 }}", "${{ tasks.t1 > 1.5 }}", "${{ tasks.t1 in 'abc' }}",
+    "${{ tasks.a > 0 }} and more", "${{ nope.a > 0 }}", "${{ tasks.a > 1e3 }}", "${{ tasks.a > 0 }}}",
+])
+def test_anything_else_goes_to_the_parser(text):
+    from flowspec.expressions import simple_compare
+
+    assert simple_compare(text, ALL_KINDS) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["params", "tasks", "env", "kv", "args"]),
+       name=st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,8}", fullmatch=True),
+       op=st.sampled_from(["==", "!=", "<", "<=", ">", ">="]),
+       literal=st.one_of(st.integers(-10**17, 10**17).map(str), st.sampled_from(["true", "false", "null"]),
+                         st.text(st.characters(blacklist_characters="'\x00"), max_size=6).map(lambda t: f"'{t}'"),
+                         st.text(st.characters(blacklist_characters='"\x00'), max_size=6).map(lambda t: f'"{t}"')),
+       spaces=st.lists(st.sampled_from(["", " ", "  ", "\t"]), min_size=4, max_size=4))
+def test_the_fast_path_agrees_with_the_parser_on_generated_comparisons(kind, name, op, literal, spaces):
+    from flowspec.expressions import parse_template, simple_compare
+
+    a, b, c, d = spaces
+    text = f"${{{{{a}{kind}.{name}{b}{op}{c}{literal}{d}}}}}"
+    fast = simple_compare(text, ALL_KINDS)
+    slow = parse_template(text, ALL_KINDS)
+    if fast is not None:
+        assert len(slow) == 1 and _tree(fast) == _tree(slow[0]), text
