@@ -137,6 +137,15 @@ def from_notes(of: str, flow: str, notes: dict) -> RestartPlan:
     return plan
 
 
+def of_run(link: dict | None, flow: str):
+    """The restart plan a run was made with (kept with its run link), activated; a null context
+    for a run that restarts nothing. Whoever runs a recorded run calls this: an agent's child,
+    and the run inside a container, pod or Fargate task (`flowspec.inside`)."""
+    if not link or not link.get("restart_of"):
+        return contextlib.nullcontext()
+    return activate(from_notes(link["restart_of"], flow, link.get("notes") or {}))
+
+
 def store_gone(spec, settings: dict | None) -> str | None:
     """Why the old run's result store cannot be read (None: it can)."""
     if settings is not None and settings.get("type", "local") == "local" and settings.get("directory") \
