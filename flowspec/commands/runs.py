@@ -587,13 +587,13 @@ def main_restart(args) -> int:
     if unknown:
         raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'",
                          f"its tasks: {', '.join(list(spec.tasks)[:10])}")
-    old = {k: v for k, v in run.parameters.items() if k in spec.parameters}
+    flags = [parse_flag(text, spec.parameters) for text in args.param]
+    old, anew = restart.old_values(spec.parameters, run.parameters, {k for k, _ in flags}, run.id)
     try:
-        flags = [parse_flag(text, spec.parameters) for text in args.param]
         params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags)
     except ParamsError as exc:
         return report_invalid(exc.diagnostics, args.format, exc.problems)
-    changed = {k for k in params if k not in old or old[k] != params[k]}
+    changed = {k for k in params if k not in anew and (k not in old or old[k] != params[k])}
     settings = results.settings(spec)
     if (why := restart.store_gone(spec, settings)):
         raise FlowspecError(f"run {run.id} cannot be restarted: {why}",
@@ -622,6 +622,7 @@ def main_restart(args) -> int:
 def _restart_registered(args, run, states) -> int:
     """A restart of a registered flow's run: a new run for the agents, its plan kept with it."""
     from flowspec import restart, results
+    from flowspec.secrets import encrypt_params, is_encrypted
     from flowspec.errors import FlowspecError, UsageError
     from flowspec.params import ParamsError, parse_flag, resolve_parameters
     from flowspec.storage import load_flow
@@ -639,15 +640,23 @@ def _restart_registered(args, run, states) -> int:
         unknown = [t for t in args.from_tasks if t not in spec.tasks]
         if unknown:
             raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'")
-        old = {k: v for k, v in run.parameters.items() if k in spec.parameters}
+        flags = [parse_flag(text, spec.parameters) for text in args.param]
+        given = {k for k, _ in flags}
+        old, anew = restart.old_values(spec.parameters, run.parameters, given, run.id)
+        # A secret parameter's value is kept encrypted: it goes to the new run as it is, unless given again.
+        sealed = {k: v for k, v in old.items() if is_encrypted(v) and k not in given}
+        old = {k: v for k, v in old.items() if k not in sealed}
         try:
-            flags = [parse_flag(text, spec.parameters) for text in args.param]
-            params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags, env_defaults=False)
+            params = resolve_parameters({k: p for k, p in spec.parameters.items() if k not in sealed}, {}, None,
+                                        list(old.items()) + flags, env_defaults=False)
         except ParamsError as exc:
             from flowspec.commands.run import report_invalid
 
             return report_invalid(exc.diagnostics, args.format, exc.problems)
-        changed = {k for k in params if k not in old or old[k] != params[k]}
+        changed = {k for k in params if k not in anew and (k not in old or old[k] != params[k])}
+        changed -= {k for k in given if is_encrypted(run.parameters.get(k))}  # the same secret given again
+        secret = [k for k, p in spec.parameters.items() if p.secret and k in params]
+        params = encrypt_params(params, secret) | sealed
         settings = results.settings(spec)
         if (why := restart.store_gone(spec, settings)):
             raise FlowspecError(f"run {run.id} cannot be restarted: {why}", "run the flow anew with `flowspec run --name`")
