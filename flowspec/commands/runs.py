@@ -587,8 +587,10 @@ def main_restart(args) -> int:
     if unknown:
         raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'",
                          f"its tasks: {', '.join(list(spec.tasks)[:10])}")
+    from flowspec.secrets import decrypt_params
+
     flags = [parse_flag(text, spec.parameters) for text in args.param]
-    old, anew = restart.old_values(spec.parameters, run.parameters, {k for k, _ in flags}, run.id)
+    old, anew = restart.old_values(spec.parameters, decrypt_params(run.parameters), {k for k, _ in flags}, run.id)
     try:
         params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags)
     except ParamsError as exc:
@@ -645,7 +647,7 @@ def _restart_registered(args, run, states) -> int:
         old, anew = restart.old_values(spec.parameters, run.parameters, given, run.id)
         # A secret parameter's value is kept encrypted: it goes to the new run as it is, unless given again.
         sealed = {k: v for k, v in old.items() if is_encrypted(v) and k not in given}
-        old = {k: v for k, v in old.items() if k not in sealed}
+        old = {k: v for k, v in old.items() if not is_encrypted(v)}
         try:
             params = resolve_parameters({k: p for k, p in spec.parameters.items() if k not in sealed}, {}, None,
                                         list(old.items()) + flags, env_defaults=False)

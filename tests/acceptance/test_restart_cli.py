@@ -334,3 +334,38 @@ def test_a_restart_is_refused_when_its_spec_file_or_registered_version_is_gone(c
     deleted = cli("runs", "restart", run, env=env)
     assert deleted.rc == 1 and f"no flow run has id '{run}'" in deleted.stderr
     assert "Traceback" not in gone.output + broken.output + deleted.output
+
+
+def test_a_registered_runs_secret_parameter_reaches_its_restart_encrypted(cli, cli_start, tmp_path, env):
+    from cryptography.fernet import Fernet
+
+    (tmp_path / "steps.py").write_text(SECRET_STEPS.replace('os.environ.get("FAIL_USE")',
+                                                            f'os.path.exists({str(tmp_path / "fail")!r})'))
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(SECRET_FLOW.replace("directory: store", f"directory: {tmp_path / 'store'}"))
+    env = env | {"FLOWSPEC_BACKEND": "", "FLOWSPEC_SECRETS_KEY": Fernet.generate_key().decode(),
+                 "FLOWSPEC_SECRET_API": "tok-1"}
+    assert cli("register", spec, env=env).rc == 0
+    agent = cli_start("agent", "start", "--name", "a1", "--poll-interval", "0.1", env=env)
+    try:
+        (tmp_path / "fail").write_text("")
+        first = cli("run", "--name", "sec", "--param", "password=hunter2", "--watch", env=env, timeout=60)
+        assert first.rc == 1, first.output
+        assert seen(tmp_path) == ["login tok-1 hunter2", "use tok-1 hunter2"]
+        (tmp_path / "fail").unlink()
+        old = last_run(cli, env)
+        again = cli("runs", "restart", old, "--watch", env=env, timeout=60)
+        assert again.rc == 0, again.output
+        assert seen(tmp_path) == ["use tok-1 hunter2"]  # the kept encrypted value, the default resolved again
+        given = cli("runs", "restart", old, "--param", "password=hunter2", "--from", "login", "--watch", env=env,
+                    timeout=60)
+        assert given.rc == 0, given.output
+        assert seen(tmp_path) == ["login tok-1 hunter2", "use tok-1 hunter2"]
+        from flowspec.backend import open_backend
+
+        with open_backend(str(tmp_path / "home" / "flowspec.db")) as backend:
+            stored = [r.parameters for r in backend.list_runs()]
+        assert len(stored) == 3 and "hunter2" not in json.dumps(stored) and "tok-1" not in json.dumps(stored)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
