@@ -172,3 +172,24 @@ def test_cache_target_and_restarts_from_a_container_with_an_s3_store(s3_flows, m
     mapped, called, err = _run(s3_flows, "runs", "restart", third["run_id"])
     assert called == {"each2", "load"}, err[-3000:]
     assert mapped["state"] == "Success" and mapped["outputs"] == {"total": 30}
+
+
+def test_a_registered_flows_restart_runs_in_a_container_through_an_agent(s3_flows, moto):
+    spec = _flow(s3_flows, moto)
+    assert s3_flows.cli("register", str(spec)).returncode == 0
+    s3_flows.agent(env={**s3_flows.env, "FAIL_TASKS": "each3"})
+    first = s3_flows.cli("run", "--name", "kept", "--watch", timeout=180)
+    assert first.returncode == 1, first.stdout + first.stderr + s3_flows.agent_log()
+    old = first.stdout.splitlines()[0]
+    s3_flows.stop_agents()
+    s3_flows.agent()
+    again = s3_flows.cli("runs", "restart", old, "--watch", timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr + s3_flows.agent_log()
+    assert "2 run again (by an agent)" in again.stderr
+    new = again.stdout.splitlines()[0]
+    logs = s3_flows.cli("runs", "logs", new).stdout
+    called = {line.split("called ", 1)[1].split()[0] for line in logs.splitlines() if "called " in line}
+    assert called == {"each3", "load"}, logs
+    shown = json.loads(s3_flows.cli("runs", "show", new, "--format", "json").stdout)
+    assert shown["restart_of"] == old and shown["outputs"] == {"total": 30}
+    assert shown["restart"]["each"]["children"] == [0, 1] and shown["restart"]["scale"]["action"] == "reused"
