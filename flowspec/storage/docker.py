@@ -264,7 +264,7 @@ class Need:
 
 
 def image_needs(spec) -> list[Need]:
-    """What the flow's environment and executor import in the image, each package once."""
+    """What the flow's environment, executor and result store import in the image, each package once."""
     from flowspec.environments.platform import PLATFORM_TYPES
 
     env = spec.environment.type
@@ -276,8 +276,8 @@ def image_needs(spec) -> list[Need]:
                           ("results", results.type if results is not None else None)):
         for module, extra, fallback in IMAGE_NEEDS.get((section, kind), ()):
             if module not in out:
-                out[module] = Need(module, _extra_requirement(extra, fallback), f"the {kind} {section}",
-                                   (section, "type"))
+                who = f"the {kind} result store" if section == "results" else f"the {kind} {section}"
+                out[module] = Need(module, _extra_requirement(extra, fallback), who, (section, "type"))
     return list(out.values())
 
 
