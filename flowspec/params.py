@@ -96,11 +96,12 @@ class ParamsError(UsageError):
 
 
 def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: list[tuple[str, object]],
-                       environ=None, env_defaults: bool = True, skip=()) -> dict:
+                       environ=None, env_defaults: bool = True, skip=(), secrets: bool = True) -> dict:
     """Merge defaults < params file < --param flags; every problem reported at once. Defaults
     read `${{ env.NAME }}` from `environ` (default: this process's environment); without
     `env_defaults`, a default that reads the environment is left out (resolved where the run
-    runs). The defaults of parameters in `skip` are left out too (their problem said already)."""
+    runs). The defaults of parameters in `skip` are left out too (their problem said already).
+    Without `secrets` (`plan`), a default that reads a secret is not resolved: it is the mask."""
     problems: list[str] = []
     diags: list[Diagnostic] = []
     values: dict = {}
@@ -123,7 +124,8 @@ def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: lis
                                 f" (give it with --param {name}=VALUE or in --params-file)")
             elif name not in skip and (env_defaults or not reads_env(spec.default)):
                 try:
-                    values[name] = default_value(spec, environ)
+                    values[name] = default_value(spec, environ) if secrets or not reads_secrets(spec.default) \
+                        else "***"  # masking.MASK: what plan shows of a secret
                 except ValueError as exc:
                     problems.append(str(exc))
     if diags or problems:
