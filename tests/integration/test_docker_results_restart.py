@@ -1,9 +1,10 @@
 """Kept results, caching and restarts of a flow that runs in its own image: the docker environment
 on a real engine, the result store on S3 (the moto server on 127.0.0.1, reached from the container
 with host networking and dummy credentials). One flow, so one image, serves every case: a cache
-hit and a target across runs, a failure at the end and in a mapped child then `runs restart`,
-`--from` a middle task and a changed `--param`. Each task prints `called NAME` when it is called,
-which reaches the watcher's output: a task that is reused or Cached prints nothing."""
+hit and a target across runs; `runs restart` after a failure at the end, in the middle and in a
+mapped child, with `--from` a middle task and with a changed `--param`, of `run FILE` and of a
+registered flow through an agent. Each task prints `called NAME` when it is called, which
+reaches the run's output: a task that is reused or Cached prints nothing."""
 from __future__ import annotations
 
 import json
@@ -165,6 +166,13 @@ def test_cache_target_and_restarts_from_a_container_with_an_s3_store(s3_flows, m
     assert called == {"scale", "load"}, err[-3000:]
     assert changed["restart"]["scale"]["why"] == "parameter n changed"
     assert changed["outputs"] == {"total": 30 + 9 + 9}
+
+    # A failure in the middle: the failed task and what follows it.
+    fourth, called, err = _run(s3_flows, "run", str(spec), fail="scale", code=1)
+    assert _states(fourth)["scale"] == "Failed" and _states(fourth)["load"] == "TriggerFailed"
+    middle, called, err = _run(s3_flows, "runs", "restart", fourth["run_id"])
+    assert called == {"scale", "load"}, err[-3000:]
+    assert middle["state"] == "Success" and middle["outputs"] == {"total": 30}
 
     # A failure in a mapped child: the restart runs that child and what waits for it.
     third, called, err = _run(s3_flows, "run", str(spec), fail="each2", code=1)
