@@ -125,12 +125,18 @@ def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: lis
             elif name not in skip and (env_defaults or not reads_env(spec.default)):
                 try:
                     values[name] = default_value(spec, environ) if secrets or not reads_secrets(spec.default) \
-                        else "***"  # masking.MASK: what plan shows of a secret
+                        else _mask()
                 except ValueError as exc:
                     problems.append(str(exc))
     if diags or problems:
         raise ParamsError(diags, problems)
     return {name: values[name] for name in parameters if name in values}
+
+
+def _mask() -> str:
+    from flowspec.masking import MASK
+
+    return MASK
 
 
 # What a parameter default may reference: the environment and secrets (params and tasks parse,

@@ -531,7 +531,7 @@ def run_registered(args) -> int:
 
 def _parameters(flow, args) -> tuple[dict, list[str]]:
     """The run's parameter values, checked against the registered spec's declarations, and the
-    names of its `secret: true` parameters.
+    names of its secret parameters (`secret: true`, or a default that reads a secret).
 
     The registered spec was validated when it was registered: only its `parameters` are read
     here, without a schema check, so that creating a run stays quick.
@@ -540,6 +540,7 @@ def _parameters(flow, args) -> tuple[dict, list[str]]:
 
     from flowspec.commands._params import parameters
     from flowspec.loader import load_text
+    from flowspec.params import reads_secrets
     from flowspec.spec import ParameterSpec
 
     declared = (load_text(flow.spec_text, f"{flow.name} (registered version {flow.version})").data
@@ -548,7 +549,8 @@ def _parameters(flow, args) -> tuple[dict, list[str]]:
                                  required="default" not in p, enum=tuple(p["enum"]) if "enum" in p else None)
              for name, p in declared.items()}
     return (parameters(SimpleNamespace(parameters=specs), args),
-            [name for name, p in declared.items() if isinstance(p, dict) and p.get("secret") is True])
+            [name for name, p in declared.items()
+             if isinstance(p, dict) and (p.get("secret") is True or reads_secrets(p.get("default")))])
 
 
 def main_restart(args) -> int:
@@ -624,9 +626,9 @@ def main_restart(args) -> int:
 def _restart_registered(args, run, states) -> int:
     """A restart of a registered flow's run: a new run for the agents, its plan kept with it."""
     from flowspec import restart, results
-    from flowspec.secrets import encrypt_params, is_encrypted
     from flowspec.errors import FlowspecError, UsageError
     from flowspec.params import ParamsError, parse_flag, resolve_parameters
+    from flowspec.secrets import encrypt_params, is_encrypted
     from flowspec.storage import load_flow
 
     with open_from(args) as backend:

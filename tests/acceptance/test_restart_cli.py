@@ -361,11 +361,17 @@ def test_a_registered_runs_secret_parameter_reaches_its_restart_encrypted(cli, c
                     timeout=60)
         assert given.rc == 0, given.output
         assert seen(tmp_path) == ["login tok-1 hunter2", "use tok-1 hunter2"]
+        # a secret default given a value on the command line is kept encrypted too
+        other = cli("run", "--name", "sec", "--param", "password=hunter2", "--param", "token=tok-2", "--watch",
+                    env=env, timeout=60)
+        assert other.rc == 0, other.output
+        assert seen(tmp_path) == ["login tok-2 hunter2", "use tok-2 hunter2"]
         from flowspec.backend import open_backend
 
         with open_backend(str(tmp_path / "home" / "flowspec.db")) as backend:
             stored = [r.parameters for r in backend.list_runs()]
-        assert len(stored) == 3 and "hunter2" not in json.dumps(stored) and "tok-1" not in json.dumps(stored)
+        text = json.dumps(stored)
+        assert len(stored) == 4 and not any(value in text for value in ("hunter2", "tok-1", "tok-2"))
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.communicate(timeout=30)
