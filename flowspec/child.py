@@ -91,14 +91,9 @@ class ChildRun:
 
     def restart_plan(self, spec):
         """A restart's plan (`flowspec runs restart` of a registered flow's run), from its run's notes."""
-        import contextlib
-
         from flowspec import restart
 
-        link = self.call(self.backend.run_link, self.run_id)
-        if not link or not link.get("restart_of"):
-            return contextlib.nullcontext()
-        return restart.activate(restart.from_notes(link["restart_of"], spec.name, link.get("notes") or {}))
+        return restart.of_run(self.call(self.backend.run_link, self.run_id), spec.name)
 
     def not_started(self) -> int:
         """The run left Submitted before this process got to it: cancelled, or reaped."""

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from flowspec import references as refs
 from flowspec.diagnostics import Diagnostic
 from flowspec.loader import Document, LoadError, gc_paused, load_file
-from flowspec.params import type_error
+from flowspec.params import DEFAULT_KINDS, reads_secrets, type_error
 from flowspec.schema import check as schema_check
 from flowspec.schema import did_you_mean
 from flowspec.spec import (CacheSpec, DriverSpec, EnvironmentSpec, FlowSpec, HookSpec, LoopSpec, ParameterSpec,
@@ -267,7 +267,7 @@ def unset_env(spec: FlowSpec, environ=None, given=(), severity: str = "error", s
     out = []
 
     def check(path: tuple, value, provided=(), instead: str = "") -> None:
-        for sub, ref in refs.iter_refs(refs.compile_value(value)):
+        for sub, ref in refs.iter_refs(refs.compile_value(value, DEFAULT_KINDS)):
             if ref.kind == "env" and ref.fallback is None and ref.name not in environ and ref.name not in provided:
                 d = doc.diag(path + sub, f"environment variable {ref.name} is not set (read by {ref})",
                              f"set it ({ref.name}=...) before the command{instead}, or write"
@@ -420,23 +420,24 @@ class _Checker:
                            if declared == "string" and not isinstance(p["default"], str) else None)
 
     def default_reads_env(self, name: str, default) -> bool:
-        """Does a parameter's default hold `${{ env.NAME }}` references? Only env references are
-        allowed there (parameters and task results do not exist yet when defaults are resolved)."""
+        """Does a parameter's default hold `${{ env.NAME }}` or `${{ secrets.NAME }}` references?
+        Only those are allowed there (parameters and task results do not exist yet when defaults
+        are resolved); a secret is resolved where the run runs, and the parameter is secret."""
         if not isinstance(default, (str, list, dict)) or isinstance(default, str) and "${{" not in default:
             return False
         path = ("parameters", name, "default")
         try:
-            compiled = refs.compile_value(default)
+            compiled = refs.compile_value(default, DEFAULT_KINDS)
         except refs.ReferenceError_:
-            compiled = self._compile_each(path, default)
+            compiled = self._compile_each(path, default, DEFAULT_KINDS)
         reads = False
         for sub, ref in refs.iter_refs(compiled):
-            if ref.kind == "env":
+            if ref.kind in ("env", "secrets"):
                 reads = True
             else:
-                self.diags.append(self.ref_diag(path + sub, ref.offset, f"{ref}: only env references are allowed"
-                                                " in a parameter default", "give the value at run time with"
-                                                f" --param {name}=VALUE, or write ${{{{ env.NAME }}}}"))
+                self.diags.append(self.ref_diag(path + sub, ref.offset, f"{ref}: only env and secrets references"
+                                                " are allowed in a parameter default", "give the value at run time"
+                                                f" with --param {name}=VALUE, or write ${{{{ env.NAME }}}}"))
         return reads
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -1078,7 +1079,7 @@ class _Checker:
         params = {name: ParameterSpec(name=name, type=p.get("type"), default=p.get("default"),
                                       required="default" not in p, description=p.get("description", ""),
                                       enum=tuple(p["enum"]) if "enum" in p else None,
-                                      secret=p.get("secret") is True)
+                                      secret=p.get("secret") is True or reads_secrets(p.get("default")))
                   for name, p in self.params.items()}
         tasks = {name: self.build_task(name) for name in self._order or self.order()}
         env = d.get("environment", {})

@@ -189,10 +189,14 @@ def execute(backend, current, location: dict, recorder):
     # (dask-kubernetes: the run's Dask cluster); the others run the flow in this process.
     from flowspec.drivers import load_driver
 
+    # A restart (`flowspec runs restart`) reuses kept results by the plan kept with its run.
+    from flowspec import restart
+
     inside = getattr(load_driver("environment", spec.environment.type), "run_inside", None)
-    if inside is not None:
-        return inside(spec, params, (recorder,), current.id, callables)
-    return run_in_process(spec, params, (recorder,), current.id, callables, keep_results=False)
+    with restart.of_run(backend.run_link(current.id), spec.name):
+        if inside is not None:
+            return inside(spec, params, (recorder,), current.id, callables)
+        return run_in_process(spec, params, (recorder,), current.id, callables, keep_results=False)
 
 
 def not_running(backend, run_id: str, current) -> int:

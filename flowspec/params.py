@@ -96,11 +96,12 @@ class ParamsError(UsageError):
 
 
 def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: list[tuple[str, object]],
-                       environ=None, env_defaults: bool = True, skip=()) -> dict:
+                       environ=None, env_defaults: bool = True, skip=(), secrets: bool = True) -> dict:
     """Merge defaults < params file < --param flags; every problem reported at once. Defaults
     read `${{ env.NAME }}` from `environ` (default: this process's environment); without
     `env_defaults`, a default that reads the environment is left out (resolved where the run
-    runs). The defaults of parameters in `skip` are left out too (their problem said already)."""
+    runs). The defaults of parameters in `skip` are left out too (their problem said already).
+    Without `secrets` (`plan`), a default that reads a secret is not resolved: it is the mask."""
     problems: list[str] = []
     diags: list[Diagnostic] = []
     values: dict = {}
@@ -123,12 +124,24 @@ def resolve_parameters(parameters, file_values: dict, file_doc, flag_values: lis
                                 f" (give it with --param {name}=VALUE or in --params-file)")
             elif name not in skip and (env_defaults or not reads_env(spec.default)):
                 try:
-                    values[name] = default_value(spec, environ)
+                    values[name] = default_value(spec, environ) if secrets or not reads_secrets(spec.default) \
+                        else _mask()
                 except ValueError as exc:
                     problems.append(str(exc))
     if diags or problems:
         raise ParamsError(diags, problems)
     return {name: values[name] for name in parameters if name in values}
+
+
+def _mask() -> str:
+    from flowspec.masking import MASK
+
+    return MASK
+
+
+# What a parameter default may reference: the environment and secrets (params and tasks parse,
+# so that the compiler can say they are not allowed there).
+DEFAULT_KINDS = ("params", "tasks", "env", "secrets")
 
 
 def reads_env(default) -> bool:
@@ -138,9 +151,42 @@ def reads_env(default) -> bool:
     if not isinstance(default, (str, list, dict)) or isinstance(default, str) and "${{" not in default:
         return False
     try:
-        return refs.has_refs(refs.compile_value(default))
+        return refs.has_refs(refs.compile_value(default, DEFAULT_KINDS))
     except refs.ReferenceError_:
         return False
+
+
+def reads_secrets(default) -> bool:
+    """Does a parameter default hold `${{ secrets.NAME }}` references (then the parameter is secret)?"""
+    from flowspec import references as refs
+
+    if not isinstance(default, (str, list, dict)) or isinstance(default, str) and "${{" not in default:
+        return False
+    try:
+        return any(ref.kind == "secrets" for _, ref in refs.iter_refs(refs.compile_value(default, DEFAULT_KINDS)))
+    except refs.ReferenceError_:
+        return False
+
+
+def _default_lookup(spec, environ):
+    """env references from `environ`; secrets resolved here, where the run runs (and masked)."""
+    from flowspec import references as refs
+
+    env = refs.env_lookup(environ)
+
+    def lookup(ref):
+        if ref.kind != "secrets":
+            return env(ref)
+        from flowspec import masking, secrets
+
+        try:
+            value = secrets.resolve(ref.name, environ)
+        except secrets.SecretError as exc:
+            raise ValueError(f"parameter '{spec.name}': its default reads {ref}: {exc.message}"
+                             + (f" ({exc.hint})" if exc.hint else "")) from None
+        masking.add_runtime_values([value])
+        return value
+    return lookup
 
 
 def default_value(spec, environ=None):
@@ -155,14 +201,15 @@ def default_value(spec, environ=None):
     default = spec.default
     if not reads_env(default):
         return default
-    compiled = refs.compile_value(default)
+    compiled = refs.compile_value(default, DEFAULT_KINDS)
     environ = os.environ if environ is None else environ
-    unset = next((r for _, r in refs.iter_refs(compiled) if r.fallback is None and r.name not in environ), None)
+    unset = next((r for _, r in refs.iter_refs(compiled) if r.kind == "env" and r.fallback is None
+                  and r.name not in environ), None)
     if unset is not None:
         raise ValueError(f"parameter '{spec.name}': its default reads {unset}, and {unset.name} is not set"
                          f" (set it, give --param {spec.name}=VALUE, or write"
                          f" ${{{{ env.{unset.name} || 'fallback' }}}})")
-    value = refs.resolve(compiled, refs.env_lookup(environ))
+    value = refs.resolve(compiled, _default_lookup(spec, environ))
     if isinstance(compiled, refs.Ref) and spec.type not in (None, "string"):
         try:
             value = parse_flag(f"{spec.name}={value}", {})[1]

@@ -137,6 +137,43 @@ def from_notes(of: str, flow: str, notes: dict) -> RestartPlan:
     return plan
 
 
+def of_run(link: dict | None, flow: str):
+    """The restart plan a run was made with (kept with its run link), activated; a null context
+    for a run that restarts nothing. Whoever runs a recorded run calls this: an agent's child,
+    and the run inside a container, pod or Fargate task (`flowspec.inside`)."""
+    if not link or not link.get("restart_of"):
+        return contextlib.nullcontext()
+    return activate(from_notes(link["restart_of"], flow, link.get("notes") or {}))
+
+
+def old_values(parameters, old: dict, given: set[str], run_id: str) -> tuple[dict, set[str]]:
+    """The old run's parameter values a restart takes, and the secret ones it takes anew.
+
+    The backend never keeps a secret parameter's value (`secret: true`, or named like a
+    credential): it holds the mask, which is never a value. A secret given again (`--param`) is
+    taken as the old value given again; one whose default reads `${{ secrets.X }}` (or
+    `${{ env.X }}`) is resolved again where the run runs; any other must be given again, or the
+    restart is refused (a UsageError naming the parameter and the flag)."""
+    from flowspec.errors import UsageError
+    from flowspec.masking import MASK, is_secret
+    from flowspec.params import reads_env
+
+    kept, anew = {}, set()
+    for name, value in old.items():
+        p = parameters.get(name)
+        if p is None:
+            continue
+        if value != MASK or not (p.secret or is_secret(name)):
+            kept[name] = value
+        elif name in given or (not p.required and reads_env(p.default)):
+            anew.add(name)
+        else:
+            raise UsageError(f"run {run_id} cannot be restarted without the value of its secret parameter '{name}':"
+                             " the backend keeps *** in place of a secret, never the value",
+                             f"give it again: flowspec runs restart {run_id[:8]} --param {name}=VALUE")
+    return kept, anew
+
+
 def store_gone(spec, settings: dict | None) -> str | None:
     """Why the old run's result store cannot be read (None: it can)."""
     if settings is not None and settings.get("type", "local") == "local" and settings.get("directory") \

@@ -3,8 +3,9 @@ by `flowspec run FILE`, `flowspec run --name` and `flowspec plan`."""
 from __future__ import annotations
 
 
-def parameters(spec, args) -> dict:
-    """The run's values of `spec.parameters`: the file's, then the flags', checked and typed."""
+def parameters(spec, args, secrets: bool = True) -> dict:
+    """The run's values of `spec.parameters`: the file's, then the flags', checked and typed.
+    Without `secrets` (`plan`), a default that reads a secret is not resolved (see resolve_parameters)."""
     from flowspec.compile import unset_env
     from flowspec.errors import SpecError
     from flowspec.params import ParamsError, load_params_file, parse_flag, resolve_parameters
@@ -19,7 +20,7 @@ def parameters(spec, args) -> dict:
     unset = unset_env(spec, given={*file_values, *(name for name, _ in flags)}, storage=False)
     reported = {name for name in spec.parameters if any(d.path.startswith(f"parameters.{name}.") for d in unset)}
     try:
-        values = resolve_parameters(spec.parameters, file_values, file_doc, flags, skip=reported)
+        values = resolve_parameters(spec.parameters, file_values, file_doc, flags, skip=reported, secrets=secrets)
     except ParamsError as exc:
         raise ParamsError(exc.diagnostics + unset, exc.problems) if unset else exc from None
     if unset:

@@ -84,7 +84,7 @@ def parameters(spec, args) -> tuple[dict, dict]:
     from flowspec.commands.run import parameters as resolve
     from flowspec.params import parse_flag
 
-    values = resolve(spec, args)
+    values = resolve(spec, args, secrets=False)  # a secret is resolved only where the flow runs
     sources = dict.fromkeys(values, "default")
     if args.params_file:
         from flowspec.params import load_params_file

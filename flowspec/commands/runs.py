@@ -531,7 +531,7 @@ def run_registered(args) -> int:
 
 def _parameters(flow, args) -> tuple[dict, list[str]]:
     """The run's parameter values, checked against the registered spec's declarations, and the
-    names of its `secret: true` parameters.
+    names of its secret parameters (`secret: true`, or a default that reads a secret).
 
     The registered spec was validated when it was registered: only its `parameters` are read
     here, without a schema check, so that creating a run stays quick.
@@ -540,6 +540,7 @@ def _parameters(flow, args) -> tuple[dict, list[str]]:
 
     from flowspec.commands._params import parameters
     from flowspec.loader import load_text
+    from flowspec.params import reads_secrets
     from flowspec.spec import ParameterSpec
 
     declared = (load_text(flow.spec_text, f"{flow.name} (registered version {flow.version})").data
@@ -548,7 +549,8 @@ def _parameters(flow, args) -> tuple[dict, list[str]]:
                                  required="default" not in p, enum=tuple(p["enum"]) if "enum" in p else None)
              for name, p in declared.items()}
     return (parameters(SimpleNamespace(parameters=specs), args),
-            [name for name, p in declared.items() if isinstance(p, dict) and p.get("secret") is True])
+            [name for name, p in declared.items()
+             if isinstance(p, dict) and (p.get("secret") is True or reads_secrets(p.get("default")))])
 
 
 def main_restart(args) -> int:
@@ -587,13 +589,15 @@ def main_restart(args) -> int:
     if unknown:
         raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'",
                          f"its tasks: {', '.join(list(spec.tasks)[:10])}")
-    old = {k: v for k, v in run.parameters.items() if k in spec.parameters}
+    from flowspec.secrets import decrypt_params
+
+    flags = [parse_flag(text, spec.parameters) for text in args.param]
+    old, anew = restart.old_values(spec.parameters, decrypt_params(run.parameters), {k for k, _ in flags}, run.id)
     try:
-        flags = [parse_flag(text, spec.parameters) for text in args.param]
         params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags)
     except ParamsError as exc:
         return report_invalid(exc.diagnostics, args.format, exc.problems)
-    changed = {k for k in params if k not in old or old[k] != params[k]}
+    changed = {k for k in params if k not in anew and (k not in old or old[k] != params[k])}
     settings = results.settings(spec)
     if (why := restart.store_gone(spec, settings)):
         raise FlowspecError(f"run {run.id} cannot be restarted: {why}",
@@ -624,6 +628,7 @@ def _restart_registered(args, run, states) -> int:
     from flowspec import restart, results
     from flowspec.errors import FlowspecError, UsageError
     from flowspec.params import ParamsError, parse_flag, resolve_parameters
+    from flowspec.secrets import encrypt_params, is_encrypted
     from flowspec.storage import load_flow
 
     with open_from(args) as backend:
@@ -639,15 +644,23 @@ def _restart_registered(args, run, states) -> int:
         unknown = [t for t in args.from_tasks if t not in spec.tasks]
         if unknown:
             raise UsageError(f"--from {unknown[0]}: the flow {spec.name} has no task '{unknown[0]}'")
-        old = {k: v for k, v in run.parameters.items() if k in spec.parameters}
+        flags = [parse_flag(text, spec.parameters) for text in args.param]
+        given = {k for k, _ in flags}
+        old, anew = restart.old_values(spec.parameters, run.parameters, given, run.id)
+        # A secret parameter's value is kept encrypted: it goes to the new run as it is, unless given again.
+        sealed = {k: v for k, v in old.items() if is_encrypted(v) and k not in given}
+        old = {k: v for k, v in old.items() if not is_encrypted(v)}
         try:
-            flags = [parse_flag(text, spec.parameters) for text in args.param]
-            params = resolve_parameters(spec.parameters, {}, None, list(old.items()) + flags, env_defaults=False)
+            params = resolve_parameters({k: p for k, p in spec.parameters.items() if k not in sealed}, {}, None,
+                                        list(old.items()) + flags, env_defaults=False)
         except ParamsError as exc:
             from flowspec.commands.run import report_invalid
 
             return report_invalid(exc.diagnostics, args.format, exc.problems)
-        changed = {k for k in params if k not in old or old[k] != params[k]}
+        changed = {k for k in params if k not in anew and (k not in old or old[k] != params[k])}
+        changed -= {k for k in given if is_encrypted(run.parameters.get(k))}  # the same secret given again
+        secret = [k for k, p in spec.parameters.items() if p.secret and k in params]
+        params = encrypt_params(params, secret) | sealed
         settings = results.settings(spec)
         if (why := restart.store_gone(spec, settings)):
             raise FlowspecError(f"run {run.id} cannot be restarted: {why}", "run the flow anew with `flowspec run --name`")

@@ -390,6 +390,7 @@ def result_from_backend(spec, backend, run_id: str, params: dict):
         raise FlowspecError(f"run {run_id} is no longer in the backend", hint="see: flowspec runs list")
     result = RunResult(spec.name, run_id, params, tasks)
     result.state, result.message = run.state, run.message
+    result.outputs = backend.run_outputs(run_id)  # recorded inside, where the flow ran
     history = backend.run_history(run_id)
     result.start = history[0].time if history else run.created
     result.end = history[-1].time if history else run.updated

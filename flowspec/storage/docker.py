@@ -249,6 +249,7 @@ IMAGE_NEEDS: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {
     ("executor", "dask"): (("distributed", "dask", "dask[distributed]"),),
     ("environment", "dask-kubernetes"): (("distributed", "dask", "dask[distributed]"),  # its pod runs dask
                                          ("kubernetes", "k8s", "kubernetes")),  # it creates the worker pods
+    ("results", "s3"): (("boto3", "aws", "boto3"),),  # the run in the image reads and writes the store
 }
 
 
@@ -263,18 +264,20 @@ class Need:
 
 
 def image_needs(spec) -> list[Need]:
-    """What the flow's environment and executor import in the image, each package once."""
+    """What the flow's environment, executor and result store import in the image, each package once."""
     from flowspec.environments.platform import PLATFORM_TYPES
 
     env = spec.environment.type
     if env not in PLATFORM_TYPES:
         return []
     out: dict[str, Need] = {}
-    for section, kind in (("environment", env), ("executor", spec.executor.type)):
+    results = getattr(spec, "results", None)
+    for section, kind in (("environment", env), ("executor", spec.executor.type),
+                          ("results", results.type if results is not None else None)):
         for module, extra, fallback in IMAGE_NEEDS.get((section, kind), ()):
             if module not in out:
-                out[module] = Need(module, _extra_requirement(extra, fallback), f"the {kind} {section}",
-                                   (section, "type"))
+                who = f"the {kind} result store" if section == "results" else f"the {kind} {section}"
+                out[module] = Need(module, _extra_requirement(extra, fallback), who, (section, "type"))
     return list(out.values())
 
 

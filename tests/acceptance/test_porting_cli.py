@@ -135,8 +135,8 @@ def test_parameter_defaults_read_the_environment_at_run_time(cli, tmp_path, home
 def test_only_env_references_stand_in_a_parameter_default(cli, tmp_path):
     spec = _flow(tmp_path, DEFAULTS_ENV.replace("${{ env.FS16_WHERE }}", "${{ params.port }}"))
     result = cli("validate", spec)
-    assert result.rc == 1 and f"{spec}:6:14: error: parameters.where.default: ${{{{ params.port }}}}: only env" \
-                               " references are allowed in a parameter default" in result.stdout
+    assert result.rc == 1 and f"{spec}:6:14: error: parameters.where.default: ${{{{ params.port }}}}: only env and" \
+                               " secrets references are allowed in a parameter default" in result.stdout
 
 
 # -- plan ----------------------------------------------------------------------------------------

@@ -38,6 +38,20 @@ def total(xs, k=1):
     if os.environ.get("FAIL_TOTAL"):
         raise ValueError("total fails")
     return sum(xs) * k
+
+
+def double(x):
+    note("double")
+    if os.environ.get("FAIL_DOUBLE"):
+        raise ValueError("double fails")
+    return 2 * x
+
+
+def last(x):
+    note("last")
+    if os.environ.get("FAIL_END"):
+        raise ValueError("the last task fails")
+    return x + 1
 """
 
 FLOW = """\
@@ -65,6 +79,20 @@ def env(tmp_path: Path) -> dict:
 def spec(tmp_path: Path) -> Path:
     (tmp_path / "steps.py").write_text(STEPS)
     (tmp_path / "flow.yaml").write_text(FLOW)
+    return tmp_path / "flow.yaml"
+
+
+EXECUTORS = {"local": "", "local-dask": "executor: {type: local-dask, workers: 2}\n"}
+
+
+@pytest.fixture(params=sorted(EXECUTORS))
+def on_executor(request, tmp_path: Path) -> Path:
+    """The flow on each executor that runs here, with a task after `total` (a failure in the middle)."""
+    (tmp_path / "steps.py").write_text(STEPS)
+    more = ("  twice: {run: steps:double, with: {x: \"${{ tasks.total }}\"}}\n"
+            "  end: {run: steps:last, with: {x: \"${{ tasks.twice }}\"}}\noutputs:\n  end: ${{ tasks.end }}\n")
+    (tmp_path / "flow.yaml").write_text(FLOW.replace("outputs:\n  total: ${{ tasks.total }}\n", more)
+                                        + EXECUTORS[request.param])
     return tmp_path / "flow.yaml"
 
 
@@ -178,6 +206,172 @@ def test_a_registered_flows_run_is_restarted_by_an_agent(cli, cli_start, spec, e
         assert calls(tmp_path) == ["total"]
         data = show(cli, env, last_run(cli, env))
         assert data["restart_of"] == old and data["agent"] == "a1" and data["outputs"] == {"total": 14}
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
+
+
+def restarted(cli, env, old: str, *args: str, rc: int = 0) -> dict:
+    result = cli("runs", "restart", old, *args, env=env)
+    assert result.rc == rc, result.output
+    return show(cli, env, last_run(cli, env))
+
+
+def test_restarts_on_each_executor_after_failures_at_the_end_in_the_middle_and_in_a_mapped_child(
+        cli, on_executor, env):
+    spec, folder = on_executor, on_executor.parent
+    assert cli("run", spec, env=env).rc == 0  # a clean run, for --from and --param below
+    calls(folder)
+    clean = last_run(cli, env)
+    # at the end: only the last task runs again
+    data = restarted(cli, env, failed_run(cli, spec, env, FAIL_END="1"))
+    assert calls(folder) == ["last"] and data["outputs"] == {"end": 29}
+    assert {data["restart"][t]["action"] for t in ("nums", "sq", "total", "twice")} == {"reused"}
+    # in the middle: the failed task and what follows it
+    data = restarted(cli, env, failed_run(cli, spec, env, FAIL_DOUBLE="1"))
+    assert calls(folder) == ["double", "last"] and data["outputs"] == {"end": 29}
+    assert data["restart"]["twice"]["why"].startswith("it ended Failed")
+    assert data["restart"]["end"]["why"] == "upstream task twice runs again"
+    # in a mapped child: that child alone, and what follows it
+    data = restarted(cli, env, failed_run(cli, spec, env, FAIL_AT="1"))
+    assert calls(folder) == ["double", "last", "sq 1", "total"] and data["outputs"] == {"end": 29}
+    # --from a middle task, and a changed parameter: what follows it, what reads it
+    data = restarted(cli, env, clean, "--from", "total")
+    assert calls(folder) == ["double", "last", "total"] and data["restart"]["sq"]["action"] == "reused"
+    data = restarted(cli, env, clean, "--param", "k=2")
+    assert calls(folder) == ["double", "last", "total"] and data["outputs"] == {"end": 57}
+    assert data["restart"]["total"]["why"] == "parameter k changed"
+
+
+SECRET_STEPS = """\
+import os
+from pathlib import Path
+
+
+def login(token, password):
+    with Path(__file__).with_name("seen.txt").open("a") as f:
+        f.write(f"login {token} {password}\\n")
+    return "session"
+
+
+def use(session, token, password):
+    with Path(__file__).with_name("seen.txt").open("a") as f:
+        f.write(f"use {token} {password}\\n")
+    if os.environ.get("FAIL_USE"):
+        raise ValueError("use fails")
+    return session
+"""
+
+SECRET_FLOW = """\
+version: 1
+name: sec
+parameters:
+  token: {type: string, secret: true, default: "${{ secrets.API }}"}
+  password: {type: string, secret: true}
+results: {type: local, directory: store}
+tasks:
+  login: {run: steps:login, with: {token: "${{ params.token }}", password: "${{ params.password }}"}}
+  use:
+    run: steps:use
+    with: {session: "${{ tasks.login }}", token: "${{ params.token }}", password: "${{ params.password }}"}
+"""
+
+
+def seen(folder: Path) -> list[str]:
+    path = folder / "seen.txt"
+    lines = path.read_text().splitlines() if path.exists() else []
+    path.unlink(missing_ok=True)
+    return lines
+
+
+def test_a_restart_never_takes_the_mask_for_a_secret_parameters_value(cli, tmp_path, env):
+    (tmp_path / "steps.py").write_text(SECRET_STEPS)
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(SECRET_FLOW)
+    env = env | {"FLOWSPEC_SECRET_API": "tok-1"}
+    first = cli("run", spec, "--param", "password=hunter2", env=env | {"FAIL_USE": "1"})
+    assert first.rc == 1, first.output
+    assert seen(tmp_path) == ["login tok-1 hunter2", "use tok-1 hunter2"]
+    old = last_run(cli, env)
+    assert show(cli, env, old)["parameters"] == {"token": "***", "password": "***"}
+    # given on the command line: the value was never kept, so it must be given again
+    refused = cli("runs", "restart", old, env=env)
+    assert refused.rc == 2 and "secret parameter 'password'" in refused.stderr
+    assert "--param password=VALUE" in refused.stderr and "Traceback" not in refused.output
+    assert seen(tmp_path) == []
+    # given again: taken as the same value (what reads it is reused); the secret default is resolved again
+    again = cli("runs", "restart", old, "--param", "password=hunter2", env=env)
+    assert again.rc == 0, again.output
+    assert seen(tmp_path) == ["use tok-1 hunter2"]
+    assert show(cli, env, last_run(cli, env))["restart"]["login"]["action"] == "reused"
+    assert "hunter2" not in again.output and "tok-1" not in again.output
+    # --from the first task: every reader gets the real values, never ***
+    again = cli("runs", "restart", old, "--param", "password=hunter2", "--from", "login", env=env)
+    assert again.rc == 0, again.output
+    assert seen(tmp_path) == ["login tok-1 hunter2", "use tok-1 hunter2"]
+
+
+def test_a_restart_is_refused_when_its_spec_file_or_registered_version_is_gone(cli, spec, env, tmp_path):
+    old = failed_run(cli, spec, env, FAIL_TOTAL="1")
+    spec.rename(tmp_path / "moved.yaml")
+    gone = cli("runs", "restart", old, env=env)
+    assert gone.rc == 1 and f"its spec file {spec} is gone" in gone.stderr and "flowspec run FILE" in gone.stderr
+    (tmp_path / "moved.yaml").rename(spec)
+    env = env | {"FLOWSPEC_BACKEND": ""}
+    assert cli("register", spec, env=env).rc == 0
+    made = cli("run", "--name", "rs", env=env)
+    assert made.rc == 0, made.output
+    run = made.stdout.split()[0]
+    assert cli("runs", "cancel", run, env=env).rc == 0
+    # the storage of the version it ran is gone (a local storage file deleted)
+    stored = json.loads(cli("flows", "list", "--format", "json", env=env).stdout)[0]["storage"]
+    Path(stored["path"]).unlink()
+    broken = cli("runs", "restart", run, env=env)
+    assert broken.rc == 1 and "the storage of rs version 1 cannot be loaded" in broken.stderr
+    assert "register the flow again" in broken.stderr
+    # the version it ran is deleted (with its runs): the run is gone with it
+    assert cli("flows", "delete", "rs", "--version", "1", env=env).rc == 0
+    deleted = cli("runs", "restart", run, env=env)
+    assert deleted.rc == 1 and f"no flow run has id '{run}'" in deleted.stderr
+    assert "Traceback" not in gone.output + broken.output + deleted.output
+
+
+def test_a_registered_runs_secret_parameter_reaches_its_restart_encrypted(cli, cli_start, tmp_path, env):
+    from cryptography.fernet import Fernet
+
+    (tmp_path / "steps.py").write_text(SECRET_STEPS.replace('os.environ.get("FAIL_USE")',
+                                                            f'os.path.exists({str(tmp_path / "fail")!r})'))
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(SECRET_FLOW.replace("directory: store", f"directory: {tmp_path / 'store'}"))
+    env = env | {"FLOWSPEC_BACKEND": "", "FLOWSPEC_SECRETS_KEY": Fernet.generate_key().decode(),
+                 "FLOWSPEC_SECRET_API": "tok-1"}
+    assert cli("register", spec, env=env).rc == 0
+    agent = cli_start("agent", "start", "--name", "a1", "--poll-interval", "0.1", env=env)
+    try:
+        (tmp_path / "fail").write_text("")
+        first = cli("run", "--name", "sec", "--param", "password=hunter2", "--watch", env=env, timeout=60)
+        assert first.rc == 1, first.output
+        assert seen(tmp_path) == ["login tok-1 hunter2", "use tok-1 hunter2"]
+        (tmp_path / "fail").unlink()
+        old = last_run(cli, env)
+        again = cli("runs", "restart", old, "--watch", env=env, timeout=60)
+        assert again.rc == 0, again.output
+        assert seen(tmp_path) == ["use tok-1 hunter2"]  # the kept encrypted value, the default resolved again
+        given = cli("runs", "restart", old, "--param", "password=hunter2", "--from", "login", "--watch", env=env,
+                    timeout=60)
+        assert given.rc == 0, given.output
+        assert seen(tmp_path) == ["login tok-1 hunter2", "use tok-1 hunter2"]
+        # a secret default given a value on the command line is kept encrypted too
+        other = cli("run", "--name", "sec", "--param", "password=hunter2", "--param", "token=tok-2", "--watch",
+                    env=env, timeout=60)
+        assert other.rc == 0, other.output
+        assert seen(tmp_path) == ["login tok-2 hunter2", "use tok-2 hunter2"]
+        from flowspec.backend import open_backend
+
+        with open_backend(str(tmp_path / "home" / "flowspec.db")) as backend:
+            stored = [r.parameters for r in backend.list_runs()]
+        text = json.dumps(stored)
+        assert len(stored) == 4 and not any(value in text for value in ("hunter2", "tok-1", "tok-2"))
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.communicate(timeout=30)
