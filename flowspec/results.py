@@ -29,6 +29,7 @@ boto3 is imported only when an s3 store is used (flowspec/storage/s3.py's client
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -124,10 +125,18 @@ def _cloudpickled(value: Any, task: str) -> bytes:
                                 " `persist: false` on the task") from None
 
 
-def decode(blob: bytes, where: str) -> Any:
-    """The value stored in `blob` (read from `where`), its digest checked."""
-    import pickle
-
+def decode(blob: bytes, where) -> Any:
+    """The value stored in `blob` (read from `where`: text, or a function that makes it, called
+    only for a message), its digest checked."""
+    if callable(where):
+        header, _, payload = blob.partition(b"\n")
+        parts = header.split(b" ")
+        if len(parts) == 3 and parts[0] == MAGIC and parts[1] == hashlib.sha256(payload).hexdigest().encode():
+            try:
+                return pickle.loads(payload)
+            except Exception:  # noqa: BLE001 - said below, with where it was read from
+                pass
+        where = where()
     header, sep, payload = blob.partition(b"\n")
     parts = header.split(b" ")
     if not sep or len(parts) != 3 or parts[0] != MAGIC:
@@ -156,6 +165,7 @@ def created_at(blob_head: bytes) -> float | None:
 
 
 # -- names ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)  # flows, tasks and run ids come back for every task run
 def segment(text: str) -> str:
     """A flow, task or key name as one path segment: itself when it is plain, else a digest
     (a cache key written as `${{ ... }}` may evaluate to any text)."""
@@ -402,12 +412,12 @@ class ResultStore:
 
     def load(self, rel: str, max_age: float | None) -> Any:
         blob = self.read(rel)
-        where = self.location(rel)
         if max_age is not None:
             made = created_at(blob[:100])
             if made is not None and time.time() - made > max_age:
-                raise NotFound(f"{where}: expired (written {time.time() - made:.0f}s ago, kept {max_age:g}s)")
-        return decode(blob, where)
+                raise NotFound(f"{self.location(rel)}: expired (written {time.time() - made:.0f}s ago,"
+                               f" kept {max_age:g}s)")
+        return decode(blob, lambda: self.location(rel))
 
     def remove(self, rel: str) -> bool:
         """Remove one object (a kept result in a pack goes with its run: `delete_runs`)."""
@@ -430,16 +440,21 @@ class ResultStore:
     # a run's kept results
     def _kept_entry(self, run: str, name: str):
         listed = self._index.get(run)
-        if listed is None or (name not in listed[1] and time.monotonic() - listed[0] > 1.0):
-            listed = self._index[run] = (time.monotonic(), self._load_index(run))
+        if listed is None:
+            listed = self._index[run] = (time.monotonic(), {}, set())
+            self._load_index(run, listed[1], listed[2])
+        elif name not in listed[1] and time.monotonic() - listed[0] > 1.0:
+            # Packs written since (by another process): only new ones are read, so a restart that
+            # asks for 10 000 missing results lists the folder at most once a second
+            listed = self._index[run] = (time.monotonic(), listed[1], listed[2])
+            self._load_index(run, listed[1], listed[2])
         return listed[1].get(name)
 
-    def _load_index(self, run: str) -> dict:
-        """The merged index of a run's packs, later packs over earlier ones."""
-        index: dict = {}
+    def _load_index(self, run: str, index: dict, seen: set) -> None:
+        """Add the indexes of the run's packs not in `seen` to `index`, later packs over earlier ones."""
         folder = f"{KEPT}{run}/"
         for rel, size, _ in sorted(self.list_objects(folder, recursive=False)):
-            if not rel.endswith(".pack") or rel.rsplit("/", 1)[1].startswith("."):
+            if not rel.endswith(".pack") or rel.rsplit("/", 1)[1].startswith(".") or rel in seen:
                 continue
             where = self.location(rel)
             whole = self._whole_pack(rel, size)
@@ -447,7 +462,7 @@ class ResultStore:
             start, length, digest = pack_footer(tail, size, where)
             text = whole[start:start + length] if whole is not None else self.read_range(rel, start, length)
             index.update(pack_index(text, digest, rel, where))
-        return index
+            seen.add(rel)
 
     def _whole_pack(self, rel: str, size: int) -> bytes | None:
         data = self._packs.get(rel)

@@ -71,7 +71,7 @@ def main_prune(args) -> int:
         emit_json({"keep_results": args.keep_results or DEFAULT_KEEP, "keep_results_seconds": keep_s,
                    "cutoff": cutoff, **total, "stores": rows})
     else:
-        print(f"kept results written before {when(cutoff)} ({args.keep_results or DEFAULT_KEEP + ', the default'}):")
+        print(f"pruning what was written before {when(cutoff)} ({args.keep_results or DEFAULT_KEEP + ', the default'}):")
         for row in rows:
             what = row["error"] or (f"{row['results']} results freed ({row['objects']} files, {row['bytes']:,}"
                                     f" bytes), {row['kept']} kept")
