@@ -81,7 +81,7 @@ def test_expiry_and_prune(store, moto):
 RUN = "c" * 32
 
 
-def test_kept_results_of_a_run_go_up_as_one_pack_and_are_read_back(store, moto):
+def test_kept_results_of_a_run_go_up_as_one_pack_and_are_read_back(store, moto, monkeypatch):
     from flowspec.results import RunKey
 
     behind = ResultStore.from_spec({"type": "s3", "bucket": BUCKET, "prefix": "team/a/", "endpoint_url": moto.url},
@@ -93,6 +93,11 @@ def test_kept_results_of_a_run_go_up_as_one_pack_and_are_read_back(store, moto):
     assert len(keys) == 1 and keys[0].startswith(f"team/a/runs/{RUN}/") and keys[0].endswith("-50.pack")
     assert [store.get("etl", "many", RunKey(RUN, i)) for i in (0, 49)] == [{"i": 0}, {"i": 49}]
     assert not store.exists("etl", "many", RunKey(RUN, 50))
+    from flowspec import results
+
+    ranged = ResultStore.from_spec({"type": "s3", "bucket": BUCKET, "prefix": "team/a/", "endpoint_url": moto.url})
+    monkeypatch.setattr(results, "_SMALL_PACK", 0)  # read by byte ranges, as a large pack is
+    assert ranged.get("etl", "many", RunKey(RUN, 7)) == {"i": 7} and not ranged._packs
     report = store.delete_runs([RUN])
     assert (report.removed, report.objects) == (50, 1) and report.bytes > 0
     assert "Contents" not in moto.client("s3").list_objects_v2(Bucket=BUCKET)

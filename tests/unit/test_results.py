@@ -276,3 +276,14 @@ def test_threads_writing_the_same_and_different_keys(store):
     assert all(isinstance(store.get("etl", "t", f"k{i}"), int) for i in range(50))
     assert store.get("etl", "t3", "k199") == 199
     assert not [n for n in os.listdir(os.path.join(store.root, "flows/etl/t")) if n.endswith(".tmp")]
+
+
+def test_a_large_pack_is_read_by_ranges_not_whole(store, monkeypatch):
+    from flowspec import results
+    from flowspec.results import RunKey
+
+    monkeypatch.setattr(results, "_SMALL_PACK", 0)  # every pack counts as large
+    _kept_run(store.root)
+    fresh = LocalResultStore(store.root)
+    assert fresh.get("etl", "many", RunKey(RUN, 3)) == {"i": 3} and fresh.get("etl", "one", RunKey(RUN)) == "single"
+    assert not fresh._packs  # nothing was read whole
