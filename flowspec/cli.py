@@ -19,7 +19,7 @@ from flowspec.errors import FlowspecError
 # Order is the order of `flowspec --help`.
 COMMANDS = ("validate", "run", "plan", "graph", "fmt", "init", "schema",
             "build", "register", "flows", "runs", "agent", "agents", "concurrency_limit", "ui",
-            "kv", "secrets", "scheduler", "schedules")
+            "kv", "secrets", "scheduler", "schedules", "results")
 EXIT_INTERNAL = 70
 
 ENVIRONMENT = """\
@@ -71,6 +71,9 @@ EXAMPLES = {
     "runs cancel": ["flowspec runs cancel 3f2a"],
     "runs delete": ["flowspec runs delete 3f2a 9c1e --format json"],
     "flows delete": ["flowspec flows delete hello-flow --project tutorial --version 1"],
+    "results": ["flowspec results prune --keep-results 14d"],
+    "results prune": ["flowspec results prune                       # kept results older than 30 days",
+                      "flowspec results prune --keep-results 7d --format json"],
     "agent stop": ["flowspec agent stop build-7-4242"],
     "agent": ["flowspec agent start --label dev"],
     "agent start": ["flowspec agent start --label dev --max-runs 2",

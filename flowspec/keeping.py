@@ -7,9 +7,9 @@ Kept to `run_kept`, which runs where the task run runs (this process for `local`
   it, not called; otherwise its value is written there;
 - `cache`: its key (the default digest of code and arguments, or the template) has a stored,
   unexpired value → Cached from it; otherwise its value is stored under that key;
-- `persist`: its value is stored under the run's own key (`<run id>` or `<run id>-<index>`),
-  which a restart of the run reads (a Cached task run is not copied there: its cache key or
-  target finds it again).
+- `persist`: its value is kept with the run (`results.kept_path`: in the run's packs, see
+  flowspec/results.py), which a restart of the run reads (a Cached task run is not copied there:
+  its cache key or target finds it again).
 A stored value whose digest does not match fails the task run with a message naming both
 digests (it is not silently run again: a damaged store is something to look at). A value that
 cannot be pickled is logged as an error naming the task and type; the task keeps its state.
@@ -56,11 +56,17 @@ class KeepPlan:
         self._folder = None
 
     def folder(self) -> str:
-        """`flows/<flow>/<task>/` of this task in the store."""
-        if self._folder is None:
-            from flowspec.results import keyed_path
+        """`flows/<flow>/<task>/` of this task in the store (its cache keys)."""
+        from flowspec.results import keyed_path
 
-            self._folder = keyed_path(self.flow, self.task, "x")[:-len("x.pkl")]
+        return keyed_path(self.flow, self.task, "x")[:-len("x.pkl")]
+
+    def kept_folder(self) -> str:
+        """`runs/<run id>/<flow>/<task>/`: where this task's kept results are."""
+        if self._folder is None:
+            from flowspec.results import kept_path
+
+            self._folder = kept_path(self.run_id, self.flow, self.task, 0)[:-len("0.pkl")]
         return self._folder
 
     def store(self):
@@ -125,16 +131,16 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def run_key(run_id: str, index: int | None) -> str:
-    """The key of a run's kept result of one task run."""
-    return run_id if index is None else f"{run_id}-{index}"
+def run_key(run_id: str, index: int | None):
+    """The key of a run's kept result of one task run (kept under the run's own folder)."""
+    from flowspec.results import RunKey
+
+    return RunKey(run_id, index)
 
 
 def run_kept(kept: Kept, kwargs: dict, ctx, retries: int, retry_delay: float, timeout: float | None,
              notify=None, first_attempt: int = 1):
-    from flowspec import results
-    from flowspec.runner import FAILED, SUCCESS, Outcome, run_unit
-
+    results, runner = _modules()
     plan, start = kept.plan, time.time()
     try:
         store = plan.store()
@@ -148,20 +154,35 @@ def run_kept(kept: Kept, kwargs: dict, ctx, retries: int, retry_delay: float, ti
             # A mapped child's line is a debug one: the runner says once how many were Cached, and from where
             ctx.logger.log(20 if ctx.map_index is None else 10, "%s: result loaded from %s, not called", CACHED,
                            location)
-            return Outcome(CACHED, value, 0, start, time.time(), f"cached from {location}")
+            return runner.Outcome(CACHED, value, 0, start, time.time(), f"cached from {location}")
     except (results.ResultError, refs.ResolveError) as exc:
         text = str(exc)
-        ctx.logger.error("%s: %s", FAILED, text)
-        return Outcome(FAILED, None, 0, start, time.time(), text)
-    outcome = run_unit(kept.fn, kwargs, ctx, retries, retry_delay, timeout, notify, first_attempt)
-    if outcome.state == SUCCESS and rel:
+        ctx.logger.error("%s: %s", runner.FAILED, text)
+        return runner.Outcome(runner.FAILED, None, 0, start, time.time(), text)
+    outcome = runner.run_unit(kept.fn, kwargs, ctx, retries, retry_delay, timeout, notify, first_attempt)
+    if outcome.state == runner.SUCCESS and rel:
         keep(store, rel, outcome.result, ctx)
     return outcome
+
+
+_MODULES: list = []
+
+
+def _modules():
+    """flowspec.results and flowspec.runner, imported once (not per task run: an import statement
+    in a function costs a lookup each call)."""
+    if not _MODULES:
+        from flowspec import results, runner
+
+        _MODULES[:] = [results, runner]
+    return _MODULES
 
 
 def lookup_places(plan: KeepPlan, fn, kwargs: dict, index: int | None) -> tuple[list, list]:
     """(where a stored value would make the run Cached: (path, max age) pairs; where its value
     goes when it runs)."""
+    if plan.target is None and plan.cache is None:  # persist alone: the common case, kept short
+        return [], [f"{plan.kept_folder()}{'-' if index is None else index}.pkl"] if plan.persist else []
     from flowspec.results import keyed_path
 
     where, rel = [], []
@@ -173,38 +194,30 @@ def lookup_places(plan: KeepPlan, fn, kwargs: dict, index: int | None) -> tuple[
         path = keyed_path(plan.flow, plan.task, plan.cache_key(fn, kwargs))
         where.append((path, plan.cache.expires))
         rel.append(path)
-    if plan.persist:  # a run id is a plain segment: no need to check it per task run
-        rel.append(f"{plan.folder()}{plan.run_id if index is None else f'{plan.run_id}-{index}'}.pkl")
+    if plan.persist:  # flow, task and run id are plain segments: no need to check them per task run
+        rel.append(f"{plan.kept_folder()}{'-' if index is None else index}.pkl")
     return where, rel
 
 
 def keep(store, rels: list, value, ctx) -> None:
     """Write `value` to each of `rels`, pickled once. A failure is logged; the task keeps its state."""
-    from flowspec import results
-
+    results = _modules()[0]
     try:
         blob = results.encode(value, ctx.task_name if ctx.map_index is None else f"{ctx.task_name}[{ctx.map_index}]")
         for rel in rels:
-            store.write(rel, blob)
+            store.queue(rel, blob)
     except results.ResultError as exc:
         ctx.logger.error("%s", exc)
 
 
 def reuse(store, flow: str, task: str, old_key: str, new_key: str | None):
     """The value kept under `old_key` (a restart reusing it), kept under `new_key` too (None: not):
-    a hard link in a local store (no copy, no pickling), the same bytes written elsewhere."""
-    from flowspec.results import LocalResultStore, decode, keyed_path
+    the same bytes, not pickled again (into the new run's packs)."""
+    from flowspec.results import decode, keyed_path
 
     old = keyed_path(flow, task, old_key)
     blob = store.read(old)
     value = decode(blob, store.location(old))
     if new_key is not None:
-        new = keyed_path(flow, task, new_key)
-        if type(store) is LocalResultStore:
-            try:
-                os.link(store.location(old), store.location(new))
-                return value
-            except OSError:  # a file system without hard links; or a name taken: written anew
-                pass
-        store.write(new, blob)
+        store.write(keyed_path(flow, task, new_key), blob)
     return value

@@ -81,6 +81,7 @@ class Recorder:
         self._logs: list[tuple] = []
         self._tasks: list[str] = []
         self._names: list[tuple] = []  # (task, names) of tasks with a `run_name` (see add_run_names)
+        self._stores: list[dict] = []  # result stores the run opened (see result_store)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one flush at a time keeps rows in order
         self._stop = threading.Event()
@@ -106,6 +107,12 @@ class Recorder:
             return
         with self._lock:
             self._names.append((record.name, names))
+
+    def result_store(self, settings: dict) -> None:
+        """The run keeps results in this store: noted in the backend (`results prune` and the
+        deletion of runs look there)."""
+        with self._lock:
+            self._stores.append(settings)
 
     def flow_state(self, result: Any) -> None:
         """Create the run when it starts (with `create`), and record its flow's tasks (written
@@ -181,6 +188,7 @@ class Recorder:
                 states, logs, self._states, self._logs = self._states, self._logs, [], []
                 tasks, self._tasks = self._tasks, []
                 names, self._names = self._names, []
+                stores, self._stores = self._stores, []
             if self.secrets or runtime_values():
                 states, logs = self._masked(states, logs)
             try:
@@ -193,9 +201,13 @@ class Recorder:
                     self.backend.add_run_names(self.run_id, names)
                     names = []
                 self.backend.add_logs(self.run_id, logs)
+                while stores:
+                    self.backend.note_result_store(stores[0])
+                    stores.pop(0)
             except FlowspecError:
                 with self._lock:  # keep them for the next tick
                     self._states[:0], self._logs[:0], self._names[:0] = states, logs, names
+                    self._stores[:0] = stores
                     self._tasks = self._tasks or tasks
                 raise
 

@@ -540,8 +540,11 @@ class FlowRunner:
         """This process's store for the run: writes behind (a local store), flushed at the end."""
         from flowspec.results import ResultStore
 
-        keeping._STORES[self._store_token] = ResultStore.from_spec(self._store_settings, self._home,
-                                                                   write_behind=True)
+        store = keeping._STORES[self._store_token] = ResultStore.from_spec(self._store_settings, self._home,
+                                                                           write_behind=True)
+        for obs in self.observers:  # the recorder notes the store in the backend, for prune and deletions
+            if hasattr(obs, "result_store"):
+                obs.result_store(store.describe())
 
     def _close_store(self) -> None:
         store = keeping._STORES.pop(self._store_token, None)

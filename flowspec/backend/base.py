@@ -22,6 +22,7 @@ from flowspec.backend.flows import _FLOW_COLS, Flow, FlowStore, _flow
 from flowspec.backend.kv import KVStore
 from flowspec.backend.limits import ConcurrencyLimit, LimitStore
 from flowspec.backend.logs import _LOG_COLS, LogLine, LogStore
+from flowspec.backend.result_stores import ResultStoreRegistry
 from flowspec.backend.retention import ActiveRunsError, FlowDeletion, RetentionStore
 from flowspec.backend.runs import (
     ACTIVE_STATES, CANCELLED, CANCELLING, FAILED, FINAL_STATES, HEARTBEAT_TIMEOUT_S, LOST_GRACE_S, QUEUED, RUN_STATES,
@@ -34,7 +35,7 @@ from flowspec.backend.tasks import _TASK_COLS, TASK_FINAL_STATES, TaskRunState, 
 
 
 class Backend(FlowStore, RunStore, ClaimStore, TaskStore, LogStore, AgentStore, LimitStore, RetentionStore,
-              KVStore, SecretStore, ScheduleStore):
+              KVStore, SecretStore, ScheduleStore, ResultStoreRegistry):
     """Flows, flow runs, states, logs, agents and concurrency limits, in one SQL database.
 
     Subclasses supply the dialect: `types` for the schema, `_transaction`, `_serialize` and

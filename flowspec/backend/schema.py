@@ -104,5 +104,10 @@ MIGRATIONS: list[list[str]] = [
         " spec_checksum TEXT, restart_of TEXT, notes TEXT, parent_run TEXT, parent_task TEXT)",
         "CREATE INDEX run_links_by_parent ON run_links (parent_run)",
     ],
+    [
+        # The result stores runs kept results in (settings as JSON, flowspec.backend.result_stores):
+        # what `flowspec results prune` and the deletion of runs and flows look through.
+        "CREATE TABLE result_stores (store TEXT PRIMARY KEY, first_used {float} NOT NULL, last_used {float} NOT NULL)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

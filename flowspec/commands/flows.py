@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = actions.add_parser("delete", help="delete a flow's versions (or one) and their runs",
                            description="Delete a registered flow: every version (or only --version V) with all"
                                        " their runs, in one transaction. Refused while one of those runs has not"
-                                       " ended (cancel it first). The flow's storage (a file, an image) is left"
+                                       " ended (cancel it first). The runs' kept results (`persist`) are removed"
+                                       " from the result stores; the flow's storage (a file, an image) is left"
                                        " as it is. Exit 0 deleted, 1 unknown or refused, 2 usage.")
     p.add_argument("name", metavar="NAME", help="the flow's name")
     p.add_argument("--project", help="the flow's project (needed when several projects have a flow of that name)")
@@ -34,17 +35,22 @@ def _version(text: str) -> int:
 def main_delete(args) -> int:
     from flowspec.commands._backend import mark_lost
 
+    from flowspec.commands.results import free_kept, freed_text
+
     with open_from(args) as backend:
         mark_lost(backend, "flows delete")  # a run whose process is gone has ended: it may go
         gone = backend.delete_flow(args.name, args.project, args.version)
+        freed = free_kept(backend, gone.runs)  # the runs' kept results in the result stores go with them
     if args.format == "json":
         emit_json({"deleted": {"project": gone.project, "flow": gone.name, "versions": list(gone.versions),
-                               "runs": list(gone.runs)}})
+                               "runs": list(gone.runs)}, "freed": freed})
         return 0
     versions = ", ".join(map(str, gone.versions))
     runs = f" and {len(gone.runs)} run{'s' if len(gone.runs) != 1 else ''}" if gone.runs else ""
     print(f"flow '{gone.name}' (project {gone.project}): deleted version{'s' if len(gone.versions) > 1 else ''}"
           f" {versions}{runs}")
+    if freed["objects"]:
+        print(freed_text(freed))
     return 0
 
 

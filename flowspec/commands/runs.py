@@ -59,10 +59,11 @@ def register(sub) -> None:
                    help="only warnings and errors, one result line")
     add_common(p)
     p.set_defaults(func=main_restart)
-    p = actions.add_parser("delete", help="delete finished runs with their states, task states and logs",
+    p = actions.add_parser("delete", help="delete finished runs with their states, task states, logs and kept results",
                            description="Delete finished runs (Success, Failed, Cancelled) with everything recorded"
                                        " of them, in one transaction: all the runs named, or none when one is"
-                                       " unknown or has not ended (cancel it first). Exit 0 deleted, 1 unknown or"
+                                       " unknown or has not ended (cancel it first). Their kept results (`persist`)"
+                                       " are then removed from the result stores. Exit 0 deleted, 1 unknown or"
                                        " refused, 2 usage.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="a run id, or a unique prefix of it (repeatable)")
     add_common(p)
@@ -370,14 +371,19 @@ def _who_stops(run) -> str:
 
 
 def main_delete(args) -> int:
+    from flowspec.commands.results import free_kept, freed_text
+
     with open_from(args) as backend:
         mark_lost(backend, "runs delete")  # a run whose process is gone has ended: it may go
         ids = backend.delete_runs([find_run(backend, ref).id for ref in args.runs])
+        freed = free_kept(backend, ids)  # the runs' kept results in the result stores go with them
     if args.format == "json":
-        emit_json({"deleted": {"runs": ids}})
+        emit_json({"deleted": {"runs": ids}, "freed": freed})
     else:
         for run_id in ids:
             print(f"run {run_id}: deleted")
+        if freed["objects"]:
+            print(freed_text(freed))
     return 0
 
 

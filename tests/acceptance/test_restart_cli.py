@@ -4,6 +4,7 @@ changed --param or follows a --from task, and refuses when the spec or the store
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def test_from_reruns_a_task_and_what_follows_and_a_changed_param_its_readers(cli
 
 def test_a_missing_result_reruns_its_task_and_says_why(cli, spec, env):
     old = failed_run(cli, spec, env, FAIL_TOTAL="1")
-    (spec.parent / "store" / "flows" / "rs" / "nums" / f"{old}.pkl").unlink()
+    shutil.rmtree(spec.parent / "store" / "runs" / old)  # the run's kept results are gone
     result = cli("runs", "restart", old, env=env)
     assert result.rc == 0, result.output
     assert "nums: runs again: its result from run" in result.output and "is not in the result store" in result.output

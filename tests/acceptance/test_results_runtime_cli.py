@@ -90,15 +90,23 @@ def env(tmp_path: Path) -> dict:
     return {"FLOWSPEC_HOME": str(tmp_path / "home")}
 
 
+def kept(store: Path, run: str, task: str, index: int | None = None) -> bool:
+    """Whether `run` kept the result of `task` (`index`: of that mapped child) in the store."""
+    from flowspec.results import LocalResultStore, RunKey
+
+    return LocalResultStore(store).exists("kept", task, RunKey(run, index))
+
+
 def test_results_are_kept_per_run_and_a_second_run_is_cached(cli, tmp_path, env):
     spec = write(tmp_path)
     first = cli("run", spec, env=env)
     assert first.rc == 0, first.output
     assert sorted(calls(tmp_path)) == ["nums", "square 0", "square 1", "square 2", "total"]
     run1 = last_run(cli, env)
-    kept = tmp_path / "store" / "flows" / "kept"
-    assert (kept / "nums" / f"{run1}.pkl").is_file()  # persist: the default with `results`
-    assert {p.name for p in (kept / "sq").glob(f"{run1}-*.pkl")} == {f"{run1}-{i}.pkl" for i in range(3)}
+    store = tmp_path / "store"
+    assert kept(store, run1, "nums")  # persist: the default with `results`
+    assert [kept(store, run1, "sq", i) for i in range(4)] == [True, True, True, False]
+    assert [p.name.endswith("-5.pack") for p in (store / "runs" / run1).iterdir()] == [True]  # in one pack
     assert (tmp_path / "store" / "targets" / "totals" / "3.pkl").is_file()
 
     second = cli("run", spec, env=env)
@@ -147,7 +155,8 @@ def test_a_result_that_cannot_be_pickled_is_an_error_and_the_task_keeps_its_stat
 def test_persist_false_keeps_nothing_and_no_results_keeps_nothing(cli, tmp_path, env):
     spec = write(tmp_path, extra="  other: {run: steps:nums, with: {n: 1}, persist: false}\n")
     assert cli("run", spec, env=env).rc == 0
-    assert not (tmp_path / "store" / "flows" / "kept" / "other").exists()
+    assert kept(tmp_path / "store", last_run(cli, env), "nums")
+    assert not kept(tmp_path / "store", last_run(cli, env), "other")
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "steps.py").write_text(STEPS)
@@ -169,9 +178,8 @@ def test_cache_and_target_work_on_local_dask_and_across_executors(cli, tmp_path,
     assert calls(tmp_path) == ["nums"]
     run2 = last_run(cli, env)
     assert states(cli, env, run2) == {"nums": "Success", "sq": "Cached", "total": "Cached"}
-    kept = tmp_path / "store" / "flows" / "kept"
-    assert (kept / "nums" / f"{run2}.pkl").is_file()  # kept where it ran; a Cached run is not copied
-    assert not (kept / "sq" / f"{run2}-2.pkl").exists()
+    assert kept(tmp_path / "store", run2, "nums")  # kept where it ran; a Cached run is not copied
+    assert not kept(tmp_path / "store", run2, "sq", 2)
 
 
 def test_a_cache_key_template_and_expiry(cli, tmp_path, env):

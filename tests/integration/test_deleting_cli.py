@@ -94,7 +94,8 @@ def test_runs_delete_removes_finished_runs_with_their_records_and_refuses_active
     assert place.cli("runs", "delete").returncode == 2
 
     deleted = place.json("runs", "delete", first[:8], second, first)
-    assert deleted == {"deleted": {"runs": [first, second]}}
+    assert deleted == {"deleted": {"runs": [first, second]},
+                       "freed": {"results": 0, "objects": 0, "bytes": 0, "errors": []}}  # no kept results
     assert place.cli("runs", "show", first).returncode == 1
     assert [r["id"] for r in place.json("runs", "list")] == [waiting]
     assert not any(place.rows(table, [first, second]) for table in ("logs", "task_states", "run_states", "run_tasks"))
@@ -118,7 +119,8 @@ def test_flows_delete_removes_versions_and_their_runs_and_refuses_while_one_is_a
     assert [(f["name"], f["version"]) for f in place.json("flows", "list")] == [("greet", 2)]
 
     one = place.json("flows", "delete", "greet", "--version", "1")
-    assert one == {"deleted": {"project": "demo", "flow": "greet", "versions": [1], "runs": []}}
+    assert one == {"deleted": {"project": "demo", "flow": "greet", "versions": [1], "runs": []},
+                   "freed": {"results": 0, "objects": 0, "bytes": 0, "errors": []}}
     assert [(f["name"], f["version"]) for f in place.json("flows", "list")] == [("greet", 2)]
     gone = place.cli("flows", "delete", "greet", "--version", "1")
     assert gone.returncode == 1 and "no flow named 'greet' with version 1 is registered" in gone.stderr
@@ -238,7 +240,7 @@ def test_a_run_that_ends_early_ends_its_task_runs_and_lists_every_task(backend) 
     assert ("load", None) not in latest(fine) and latest(fine)[("transform", 2)][0] == "Pending"
 
 
-@pytest.mark.parametrize("page", ["runs delete", "flows delete", "agent stop"])
+@pytest.mark.parametrize("page", ["runs delete", "flows delete", "agent stop", "results prune"])
 def test_the_new_commands_have_help_with_examples_and_exit_codes(page: str, tmp_path: Path) -> None:
     done = Place(tmp_path, f"sqlite://{tmp_path / 'flowspec.db'}").cli(*page.split(), "--help")
     assert done.returncode == 0

@@ -108,7 +108,7 @@ def test_a_crash_mid_write_leaves_no_partial_result(store, tmp_path):
     leftovers = [n for n in os.listdir(os.path.join(store.root, "flows/etl/load")) if n.endswith(".tmp")]
     assert leftovers and all(n.startswith(".") for n in leftovers)  # hidden, and never read as a result
     report = store.prune(-1)  # everything is older than "one second in the future"
-    assert report.removed == 2 and report.bytes > 0
+    assert (report.removed, report.objects) == (1, 2) and report.bytes > 0  # the temporary file holds no result
 
 
 def test_prune_removes_only_old_results(store):
@@ -121,11 +121,88 @@ def test_prune_removes_only_old_results(store):
     assert store.exists("etl", "a", "k") and not store.exists("etl", "b", "k")
 
 
-def test_delete_run(store):
-    store.put("etl", "a", "k1", 1)
-    store.put("etl", "b", "k2", 2)
-    assert store.delete_run([("etl", "a", "k1"), ("etl", "b", "k2"), ("etl", "c", "none")]) == 2
-    assert not store.exists("etl", "a", "k1")
+RUN, OTHER = "a" * 32, "b" * 32
+
+
+def _kept_run(root, run=RUN, n=5):
+    """A run's kept results written as its own process writes them: behind, in packs."""
+    from flowspec.results import RunKey
+
+    s = ResultStore.from_spec({"type": "local", "directory": str(root)}, write_behind=True)
+    s.put("etl", "one", RunKey(run), "single")
+    for i in range(n):
+        s.put("etl", "many", RunKey(run, i), {"i": i})
+    s.close()
+
+
+def test_kept_results_of_a_run_are_packed_and_read_back(store):
+    _kept_run(store.root)
+    from flowspec.results import RunKey
+
+    packs = os.listdir(os.path.join(store.root, "runs", RUN))
+    assert len(packs) == 1 and packs[0].endswith("-6.pack")  # one pack, its count in its name
+    assert store.get("etl", "one", RunKey(RUN)) == "single"
+    assert [store.get("etl", "many", RunKey(RUN, i)) for i in range(5)] == [{"i": i} for i in range(5)]
+    assert store.exists("etl", "many", RunKey(RUN, 4)) and not store.exists("etl", "many", RunKey(RUN, 5))
+    assert not store.exists("etl", "many", RunKey(OTHER, 0))
+
+
+def test_a_changed_byte_in_a_pack_is_reported_with_both_digests(store):
+    _kept_run(store.root)
+    from flowspec.results import RunKey
+
+    folder = Path(store.root, "runs", RUN)
+    pack = next(folder.iterdir())
+    data = bytearray(pack.read_bytes())
+    data[len(b"FSP1 6\n") + 80] ^= 0xFF  # inside the first result's payload
+    pack.write_bytes(bytes(data))
+    fresh = LocalResultStore(store.root)
+    with pytest.raises(CorruptResult) as info:
+        fresh.get("etl", "one", RunKey(RUN))
+    assert "checksum mismatch" in str(info.value) and str(info.value).count("sha256") == 2
+    data[-10] ^= 0xFF  # the index's digest no longer matches the index
+    pack.write_bytes(bytes(data))
+    with pytest.raises(CorruptResult, match="checksum mismatch in its index"):
+        LocalResultStore(store.root).exists("etl", "many", RunKey(RUN, 0))
+    pack.write_bytes(bytes(data[:-40]))  # cut short
+    with pytest.raises(CorruptResult, match="not a whole flowspec pack"):
+        LocalResultStore(store.root).exists("etl", "many", RunKey(RUN, 0))
+
+
+def test_a_writer_killed_while_writing_a_pack_leaves_no_pack(store, tmp_path):
+    script = textwrap.dedent(f"""
+        import os
+        from flowspec.results import LocalResultStore, RunKey
+        real_write = os.write
+        def dying_write(fd, data):
+            real_write(fd, bytes(data[: len(data) // 2]))
+            os._exit(9)
+        s = LocalResultStore({store.root!r}, write_behind=True)
+        for i in range(1000):
+            s.put("etl", "many", RunKey({RUN!r}, i), i)
+        os.write = dying_write
+        s.flush()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.returncode == 9
+    from flowspec.results import RunKey
+
+    assert not store.exists("etl", "many", RunKey(RUN, 0))  # the pack is whole or absent
+    names = os.listdir(os.path.join(store.root, "runs", RUN))
+    assert names and all(n.startswith(".") and n.endswith(".tmp") for n in names)
+
+
+def test_delete_runs_and_prune_spare_active_runs(store):
+    _kept_run(store.root, RUN)
+    _kept_run(store.root, OTHER)
+    store.put("etl", "c", "cachekey", 1)
+    report = store.delete_runs([RUN, "c" * 32])
+    assert (report.removed, report.objects) == (6, 1) and report.bytes > 0
+    assert not os.path.exists(os.path.join(store.root, "runs", RUN))
+    assert store.prune(-1, active=[OTHER], keep_since=time.time() - 3600).removed == 0
+    report = store.prune(-1, active=[OTHER])
+    assert (report.removed, report.kept) == (1, 6)  # the cache key went, the active run stayed
+    assert store.prune(-1).removed == 6
 
 
 # -- cache keys -----------------------------------------------------------------------------
@@ -199,3 +276,14 @@ def test_threads_writing_the_same_and_different_keys(store):
     assert all(isinstance(store.get("etl", "t", f"k{i}"), int) for i in range(50))
     assert store.get("etl", "t3", "k199") == 199
     assert not [n for n in os.listdir(os.path.join(store.root, "flows/etl/t")) if n.endswith(".tmp")]
+
+
+def test_a_large_pack_is_read_by_ranges_not_whole(store, monkeypatch):
+    from flowspec import results
+    from flowspec.results import RunKey
+
+    monkeypatch.setattr(results, "_SMALL_PACK", 0)  # every pack counts as large
+    _kept_run(store.root)
+    fresh = LocalResultStore(store.root)
+    assert fresh.get("etl", "many", RunKey(RUN, 3)) == {"i": 3} and fresh.get("etl", "one", RunKey(RUN)) == "single"
+    assert not fresh._packs  # nothing was read whole
