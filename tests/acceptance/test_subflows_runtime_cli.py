@@ -227,17 +227,33 @@ def test_cancelling_the_parent_cancels_a_registered_child(cli, cli_start, spec, 
     assert by_flow == {"regparent": "Cancelled", "child": "Cancelled"}, by_flow
 
 
-def test_the_registered_child_of_a_parent_that_died_is_cancelled(cli, cli_start, spec, env):
-    env = env | {"FLOWSPEC_BACKEND": ""}
-    assert cli("register", spec.parent / "child.yaml", "--label", "nowhere", env=env).rc == 0  # no agent takes it
-    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz").replace("    labels: [prod]\n", "", 1))
-    proc = cli_start("run", spec.parent / "reg.yaml", "--heartbeat-timeout", "1", env=env)
+def _killed_parent_states(cli, cli_start, env, spec_file: Path, wait_for: str) -> dict:
+    """Start `spec_file` with a 1 s heartbeat timeout, SIGKILL it once a `wait_for` child run
+    exists, and give back each run's (state, message) once a reader has marked the parent lost."""
+    proc = cli_start("run", spec_file, "--heartbeat-timeout", "1", env=env)
     deadline = time.time() + 20
-    while time.time() < deadline and not any(r["flow"] == "child" for r in runs(cli, env)):
+    while time.time() < deadline and not any(r["flow"] == wait_for for r in runs(cli, env)):
         time.sleep(0.2)
     proc.kill()
     out, err = proc.communicate(timeout=30)
     time.sleep(1.5)
-    assert runs(cli, env), out + err
-    by_flow = {r["flow"]: r["state"] for r in runs(cli, env)}  # a reader marks the parent lost
-    assert by_flow == {"regparent": "Failed", "child": "Cancelled"}, by_flow
+    assert runs(cli, env), out + err  # a reader marks the parent lost
+    return {r["flow"]: (r["state"], r["message"]) for r in runs(cli, env)}
+
+
+def test_the_registered_child_of_a_parent_that_died_is_failed_as_lost(cli, cli_start, spec, env):
+    env = env | {"FLOWSPEC_BACKEND": ""}
+    assert cli("register", spec.parent / "child.yaml", "--label", "nowhere", env=env).rc == 0  # no agent takes it
+    (spec.parent / "reg.yaml").write_text(REG_PARENT.replace("REGION", "zz").replace("    labels: [prod]\n", "", 1))
+    states = _killed_parent_states(cli, cli_start, env, spec.parent / "reg.yaml", "child")
+    parent_id = next(r["id"] for r in runs(cli, env) if r["flow"] == "regparent")
+    assert {flow: state for flow, (state, _) in states.items()} == {"regparent": "Failed", "child": "Failed"}, states
+    assert states["child"][1].startswith(f"lost: its parent run {parent_id} is lost and nothing waits for this run")
+
+
+def test_a_file_child_of_a_parent_that_died_is_failed_as_lost_with_it(cli, cli_start, spec, env):
+    env = env | {"SLOW_REGION": "eu"}
+    states = _killed_parent_states(cli, cli_start, env, spec, "child")
+    parent_id = next(r["id"] for r in runs(cli, env) if r["flow"] == "parent")
+    assert {flow: state for flow, (state, _) in states.items()} == {"parent": "Failed", "child": "Failed"}, states
+    assert states["child"][1].startswith(f"lost with its parent run {parent_id}: no heartbeat for 1s")
