@@ -101,6 +101,7 @@ class RegisteredCall:
                             sub.name, flow.version)
             if not sub.wait:
                 return run.id
+            report_ancestor_block(backend, run.id, ctx.logger)
             try:
                 while (state := backend.get_run(run.id).state) not in FINAL:
                     time.sleep(POLL_S)
@@ -112,6 +113,24 @@ class RegisteredCall:
                 raise SubflowFailed(f"child flow run {run.id} ({sub.name}) ended {state}"
                                     + (f": {child.message}" if child.message else ""))
             return dict(backend.run_outputs(run.id) or {})
+
+
+def report_ancestor_block(backend, run_id: str, logger) -> None:
+    """A child that can start only in a slot its own ancestors hold (this run among them) would
+    wait for ever in silence: it is moved to Queued with that reason (as `runs show` gives it) and
+    this run's log says it. The task goes on waiting: raising the limit lets the child start, and
+    cancelling the parent, or its `timeout`, ends the wait."""
+    from flowspec.backend import QUEUED, WAITING_STATES
+
+    blocks = backend.ancestor_blocks(run_id)
+    if not blocks:
+        return
+    reason = "; ".join(map(str, blocks))
+    run = backend.get_run(run_id)
+    if run is not None and run.state in WAITING_STATES:
+        backend.set_run_state(run_id, QUEUED, reason, expected_from={run.state})
+    logger.warning("child flow run %s cannot start while this run waits for it (a deadlock): %s; this task waits"
+                   " until it can (or the run is cancelled or times out)", run_id, reason)
 
 
 def registered_parameters(flow, values: dict) -> dict:

@@ -257,3 +257,60 @@ def test_a_file_child_of_a_parent_that_died_is_failed_as_lost_with_it(cli, cli_s
     parent_id = next(r["id"] for r in runs(cli, env) if r["flow"] == "parent")
     assert {flow: state for flow, (state, _) in states.items()} == {"parent": "Failed", "child": "Failed"}, states
     assert states["child"][1].startswith(f"lost with its parent run {parent_id}: no heartbeat for 1s")
+
+
+DEADLOCK_PARENT = """\
+version: 1
+name: dparent
+environment: {type: local, labels: [prod]}
+tasks:
+  nightly:
+    flow: {name: child}
+    with: {region: zz}
+    labels: [prod]
+outputs:
+  nightly: ${{ tasks.nightly }}
+"""
+
+
+def _wait_for(cli, env, test, what: str, timeout: float = 30) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        listed = runs(cli, env)
+        if test(listed):
+            return listed
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout:g}s: {listed}")
+
+
+def test_a_registered_child_that_only_its_parents_slot_could_start_is_reported(cli, cli_start, spec, env):
+    env = env | {"FLOWSPEC_BACKEND": ""}
+    (spec.parent / "dparent.yaml").write_text(DEADLOCK_PARENT)
+    for path in ("child.yaml", "dparent.yaml"):
+        assert cli("register", spec.parent / path, env=env).rc == 0
+    assert cli("concurrency-limit", "set", "prod", "1", env=env).rc == 0
+    plan = cli("plan", spec.parent / "dparent.yaml", "--format", "json", env=env)
+    assert plan.rc == 0, plan.output
+    assert any("task 'nightly': its child run needs a slot of label 'prod'" in w
+               for w in json.loads(plan.stdout)["warnings"]), plan.stdout
+    proc = cli_start("agent", "start", "--name", "a1", "--label", "prod", "--poll-interval", "0.1", env=env)
+    try:
+        assert cli("run", "--name", "dparent", env=env).rc == 0
+        listed = _wait_for(cli, env, lambda rs: any(r["flow"] == "child" and r["state"] == "Queued" for r in rs),
+                           "the child run Queued")
+        child = next(r["id"] for r in listed if r["flow"] == "child")
+        parent = next(r["id"] for r in listed if r["flow"] == "dparent")
+        reason = show(cli, env, child)["waiting_reason"]
+        assert "label 'prod' is at its limit of 1 (held by runs " + parent in reason, reason
+        assert "all of them this run's own ancestors" in reason and "concurrency-limit set prod 2" in reason
+        assert "all of them this run's own ancestors" in cli("runs", "show", child, env=env).stdout
+        logs = cli("runs", "logs", parent, env=env).output
+        assert f"child flow run {child} cannot start while this run waits for it (a deadlock)" in logs, logs
+        time.sleep(1)  # the agent keeps polling: the child stays Queued, with the same reason
+        assert {r["flow"]: r["state"] for r in runs(cli, env)} == {"dparent": "Running", "child": "Queued"}
+        assert cli("concurrency-limit", "set", "prod", "2", env=env).rc == 0  # the way out the reason gives
+        _wait_for(cli, env, lambda rs: {r["flow"]: r["state"] for r in rs} == {"dparent": "Success", "child": "Success"},
+                  "both runs succeeded once the limit was raised", timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
