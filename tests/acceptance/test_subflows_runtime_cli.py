@@ -314,3 +314,75 @@ def test_a_registered_child_that_only_its_parents_slot_could_start_is_reported(c
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+CONCURRENT_CHILD = """\
+version: 1
+name: child
+parameters:
+  region: {type: string}
+environment: {type: local, env: {GREETING: "hello"}}
+tasks:
+  a: {run: steps:pause, with: {region: "${{ params.region }}"}}
+outputs:
+  value: ${{ tasks.a }}
+"""
+
+CONCURRENT_PARENT = """\
+version: 1
+name: parent
+executor: {type: local-dask, scheduler: SCHEDULER, workers: 4}
+tasks:
+  per_region:
+    flow: child.yaml
+    map: {region: [r0, r1, r2, r3]}
+outputs:
+  all: ${{ tasks.per_region }}
+"""
+
+PAUSE = """\
+import os
+import time
+
+
+def pause(region):
+    print(f"working on {region}")
+    time.sleep(float(os.environ.get("PAUSE_S", "1")))
+    return f"{region}:{os.environ.get('GREETING')}"
+"""
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_mapped_file_children_run_at_once_on_a_local_dask_parent(cli, tmp_path, env, scheduler):
+    (tmp_path / "steps.py").write_text(PAUSE)
+    (tmp_path / "child.yaml").write_text(CONCURRENT_CHILD)
+    (tmp_path / "flow.yaml").write_text(CONCURRENT_PARENT.replace("SCHEDULER", scheduler))
+    result = cli("run", tmp_path / "flow.yaml", env=env)
+    assert result.rc == 0, result.output
+    listed = runs(cli, env)
+    parent = next(r for r in listed if r["flow"] == "parent")
+    assert show(cli, env, parent["id"])["outputs"] == {"all": [{"value": f"r{i}:hello"} for i in range(4)]}
+    children = [r for r in listed if r["flow"] == "child"]
+    assert len(children) == 4
+    # each child sleeps 1 s: run one after another, the last would start after the first ended
+    assert max(c["created"] for c in children) < min(c["updated"] for c in children), children
+    for child in children:  # each child's log holds its own lines, not its siblings'
+        logs = cli("runs", "logs", child["id"], env=env).output
+        mine = child["parameters"]["region"]
+        assert f"working on {mine}" in logs and sum(f"working on r{i}" in logs for i in range(4)) == 1, logs
+    assert "GREETING" not in cli("run", tmp_path / "flow.yaml", env=env | {"PAUSE_S": "0"}).output
+
+
+def test_cancelling_a_parent_cancels_its_children_running_at_once(cli, cli_start, tmp_path, env):
+    (tmp_path / "steps.py").write_text(PAUSE)
+    (tmp_path / "child.yaml").write_text(CONCURRENT_CHILD.replace("type: local, env", "type: local, env").replace(
+        "tasks:\n", "executor: {type: local-dask, workers: 2}\ntasks:\n"))
+    (tmp_path / "flow.yaml").write_text(CONCURRENT_PARENT.replace("SCHEDULER", "threads"))
+    proc = cli_start("run", tmp_path / "flow.yaml", env=env | {"PAUSE_S": "30"})
+    _wait_for(cli, env, lambda rs: sum(r["flow"] == "child" and r["state"] == "Running" for r in rs) == 4,
+              "four children running")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    states = sorted((r["flow"], r["state"]) for r in runs(cli, env))
+    assert states == [("child", "Cancelled")] * 4 + [("parent", "Cancelled")], states
