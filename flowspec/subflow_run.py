@@ -34,10 +34,11 @@ def current_parent() -> tuple | None:
 class SubflowCall:
     """The callable of a `flow: FILE` task: its keyword arguments are the child's parameters."""
 
-    __slots__ = ("spec", "shared_env")
+    __slots__ = ("spec", "callables", "shared_env")
 
-    def __init__(self, child_spec) -> None:
+    def __init__(self, child_spec, callables: dict | None = None) -> None:
         self.spec = child_spec
+        self.callables = callables  # from a stored flow's payload; None: imported from the child's folder
         # Children on several threads at once set the same `environment.env`, and none restores
         # it (one restoring would take it from the others): `run_concurrently` restores it at the end.
         self.shared_env = False
@@ -49,6 +50,7 @@ class SubflowCall:
         from flowspec import runner
         from flowspec.compile import resolve_env
         from flowspec.environments.base import run_in_process
+        from flowspec.errors import SpecError
         from flowspec.params import ParamsError, resolve_parameters
         from flowspec.recorder import current_url, record_local_run, run_message
 
@@ -64,8 +66,11 @@ class SubflowCall:
         def execute(observers, run_id):
             if run_id is not None:
                 _LIVE[threading.get_ident()] = run_id
-            result = run_in_process(spec, params, observers, run_id, keep_results=False,
-                                    keep_env=self.shared_env)
+            try:
+                result = run_in_process(spec, params, observers, run_id, self.callables, keep_results=False,
+                                        keep_env=self.shared_env)
+            except SpecError as exc:  # its code cannot be imported: where, and what to do
+                raise SubflowFailed(self.unloadable(exc)) from None
             result.message = run_message(result)
             return result
 
@@ -81,6 +86,14 @@ class SubflowCall:
             raise SubflowFailed(f"child flow run {result.run_id} ({spec.name}) ended {result.state}"
                                 + (f": {result.message}" if result.message else ""))
         return dict(result.outputs or {})
+
+    def unloadable(self, exc) -> str:
+        """Why the child's code could not be imported, each problem at its place in the child spec."""
+        problems = "; ".join(d.text().splitlines()[0] for d in exc.diagnostics[:3])
+        more = f" (and {len(exc.diagnostics) - 3} more)" if len(exc.diagnostics) > 3 else ""
+        return (f"the code of child flow {self.spec.name} cannot be imported: {problems}{more}; fix the child spec or"
+                " its code (`flowspec validate --strict PARENT` checks it); a registered flow whose storage an older"
+                " flowspec built, without its children's code, needs `flowspec register` again")
 
 
 FINAL = ("Success", "Failed", "Cancelled", "TimedOut")

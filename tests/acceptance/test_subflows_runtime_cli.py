@@ -386,3 +386,74 @@ def test_cancelling_a_parent_cancels_its_children_running_at_once(cli, cli_start
     assert proc.returncode == 130, out + err
     states = sorted((r["flow"], r["state"]) for r in runs(cli, env))
     assert states == [("child", "Cancelled")] * 4 + [("parent", "Cancelled")], states
+
+
+def _folder_with_children(root: Path) -> Path:
+    """A parent spec with a child in a sub-folder and one beside the parent's folder, each with its
+    own `steps` module (the same module name as the parent's)."""
+    top, shared = root / "src" / "top", root / "src" / "shared"
+    (top / "regions").mkdir(parents=True)
+    shared.mkdir()
+    (top / "steps.py").write_text("def collect(parts):\n    return [p['value'] for p in parts]\n")
+    (top / "regions" / "steps.py").write_text("import helper\n\n\ndef load(region):\n    return helper.tag(region)\n")
+    (top / "regions" / "helper.py").write_text("def tag(region):\n    return 'loaded ' + region\n")
+    (shared / "steps.py").write_text("def stamp(text):\n    return text + '!'\n")
+    (top / "regions" / "flow.yaml").write_text(
+        "version: 1\nname: region\nparameters:\n  region: {type: string}\ntasks:\n"
+        "  a: {run: steps:load, with: {region: \"${{ params.region }}\"}}\n"
+        "  b: {flow: ../../shared/stamp.yaml, with: {text: \"${{ tasks.a }}\"}}\n"
+        "outputs:\n  value: ${{ tasks.b.text }}\n")
+    (shared / "stamp.yaml").write_text("version: 1\nname: stamp\nparameters:\n  text: {type: string}\ntasks:\n"
+                                       "  s: {run: steps:stamp, with: {text: \"${{ params.text }}\"}}\n"
+                                       "outputs:\n  text: ${{ tasks.s }}\n")
+    (top / "flow.yaml").write_text(
+        "version: 1\nname: top\nexecutor: {type: local-dask, workers: 2}\ntasks:\n"
+        "  per_region: {flow: regions, map: {region: [eu, us]}}\n"
+        "  all: {run: steps:collect, with: {parts: \"${{ tasks.per_region }}\"}}\noutputs:\n  all: ${{ tasks.all }}\n")
+    return top / "flow.yaml"
+
+
+def test_a_registered_flow_runs_its_file_children_without_the_registering_machines_files(cli, cli_start, tmp_path,
+                                                                                          env):
+    env = env | {"FLOWSPEC_BACKEND": ""}
+    spec_file = _folder_with_children(tmp_path)
+    registered = cli("register", spec_file, "--format", "json", env=env)
+    assert registered.rc == 0, registered.output
+    (tmp_path / "src").rename(tmp_path / "gone")  # the files are not where they were registered from
+    elsewhere = tmp_path / "agent-cwd"
+    elsewhere.mkdir()
+    proc = cli_start("agent", "start", "--name", "a1", "--poll-interval", "0.1", cwd=elsewhere, env=env)
+    try:
+        done = cli("run", "--name", "top", "--watch", cwd=elsewhere, env=env, timeout=60)
+        assert done.rc == 0, done.output
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    top = next(r for r in runs(cli, env) if r["flow"] == "top")
+    assert show(cli, env, top["id"])["outputs"] == {"all": ["loaded eu!", "loaded us!"]}
+    assert sorted(r["flow"] for r in runs(cli, env)) == ["region", "region", "stamp", "stamp", "top"]
+
+
+def test_a_change_in_a_child_spec_or_its_code_is_a_new_version(cli, tmp_path, env):
+    spec_file = _folder_with_children(tmp_path)
+
+    def version() -> int:
+        done = cli("register", spec_file, "--format", "json", env=env)
+        assert done.rc == 0, done.output
+        return json.loads(done.stdout)["version"]
+
+    assert version() == 1 and version() == 1
+    shared = tmp_path / "src" / "shared"
+    (shared / "steps.py").write_text("def stamp(text):\n    return text + '?'\n")
+    assert version() == 2
+    (shared / "stamp.yaml").write_text((shared / "stamp.yaml").read_text().replace("name: stamp", "name: stamp2"))
+    assert version() == 3
+
+
+def test_a_child_whose_code_does_not_import_fails_its_task_saying_where(cli, spec, env, tmp_path):
+    (tmp_path / "child.yaml").write_text(CHILD.replace("steps:load", "steps:nope"))
+    result = cli("run", spec, env=env)
+    assert result.rc == 1, result.output
+    assert (f"the code of child flow child cannot be imported: {tmp_path / 'child.yaml'}:8:12: error: tasks.a.run:"
+            " 'steps' has no attribute 'nope'") in result.output, result.output
+    assert "SpecError" not in result.output
