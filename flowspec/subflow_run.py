@@ -265,10 +265,13 @@ def _stop(pool: list) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
     stuck = [_LIVE[t.ident] for t in pool if t.is_alive() and t.ident in _LIVE]
     if stuck:
-        from flowspec.backend import ACTIVE_STATES, CANCELLED, open_backend
+        from flowspec.backend import ACTIVE_STATES, CANCELLED, NotFoundError, open_backend
         from flowspec.recorder import current_url
 
         with open_backend(current_url()) as backend:
             for run_id in stuck:
-                backend.set_run_state(run_id, CANCELLED, "cancelled with its parent run (its task was still running"
-                                      " and cannot be interrupted)", expected_from=set(ACTIVE_STATES))
+                try:
+                    backend.set_run_state(run_id, CANCELLED, "cancelled with its parent run (its task was still"
+                                          " running and cannot be interrupted)", expected_from=set(ACTIVE_STATES))
+                except NotFoundError:
+                    pass  # stopped before its run was recorded: nothing to cancel
