@@ -96,7 +96,8 @@ ONE = 'version: 1\nname: bench-one\ntasks:\n  only: {run: "benchtasks:noop"}\n'
 
 # Subflows: a one-task child spec, run alone, once as a parent's subflow, and mapped N times
 SUB_CHILD = ('version: 1\nname: bench-sub-child\nparameters:\n  x: {type: integer, default: 0}\n'
-             'tasks:\n  only: {run: "benchtasks:inc", with: {x: "${{ params.x }}"}}\noutputs:\n  y: ${{ tasks.only }}\n')
+             'tasks:\n  only: {run: "benchtasks:inc", with: {x: "${{ params.x }}"}}\n'
+             'outputs:\n  y: ${{ tasks.only }}\n')
 SUB_ONE = 'version: 1\nname: bench-sub-one\ntasks:\n  child: {flow: subchild.yaml}\n'
 SUB_MAPPED = ('version: 1\nname: bench-sub-mapped\nparameters:\n  n: {type: integer, default: 1000}\n'
               'executor: {type: local-dask, scheduler: threads, workers: 4}\ntasks:\n'
@@ -421,8 +422,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per row, the best is shown (default 3)")
     parser.add_argument("--only", default="w2,million,chain,features",
                         help="workloads, comma-separated (features: the w2named and chaincond rows, after w2 and chain;"
-                        " results: cache hits and persisting; subflows: a spec file subflow and 1 000 mapped ones; these two are not"
-                        " in the default set)")
+                        " results: cache hits and persisting; subflows: a spec file subflow and 1 000 mapped"
+                        " ones; these two are not in the default set)")
     parser.add_argument("--json", action="store_true", help="rows and checks as one JSON object on stdout")
     parser.add_argument("--checkout", metavar="DIR",
                         help="time `python -m flowspec` from the source tree DIR instead (e.g. an older commit's)")

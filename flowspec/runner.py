@@ -744,7 +744,8 @@ class FlowRunner:
         from flowspec.subflows import SUBFLOW_KEY
 
         sub = task.subflow  # a stored flow carries its file children's callables (flowspec.storage.base)
-        fn = RegisteredCall(sub) if sub.registered else SubflowCall(sub.spec, self.callables.get((SUBFLOW_KEY, sub.path)))
+        fn = (RegisteredCall(sub) if sub.registered
+              else SubflowCall(sub.spec, self.callables.get((SUBFLOW_KEY, sub.path))))
         rec.state = RUNNING
         notify = self.notify if task.on_retry is None else self._notify_retry
         options = (task.retries, task.retry_delay, task.timeout, notify)

@@ -259,7 +259,8 @@ def _stop(pool: list) -> None:
     runner._interrupted = True  # their runners take the KeyboardInterrupt for the real stop it is
     for thread in pool:
         if thread.is_alive() and thread.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                       ctypes.py_object(KeyboardInterrupt))
     deadline = time.monotonic() + STOP_GRACE_S
     for thread in pool:
         thread.join(max(0.0, deadline - time.monotonic()))

@@ -309,7 +309,8 @@ def test_a_registered_child_that_only_its_parents_slot_could_start_is_reported(c
         time.sleep(1)  # the agent keeps polling: the child stays Queued, with the same reason
         assert {r["flow"]: r["state"] for r in runs(cli, env)} == {"dparent": "Running", "child": "Queued"}
         assert cli("concurrency-limit", "set", "prod", "2", env=env).rc == 0  # the way out the reason gives
-        _wait_for(cli, env, lambda rs: {r["flow"]: r["state"] for r in rs} == {"dparent": "Success", "child": "Success"},
+        both = {"dparent": "Success", "child": "Success"}
+        _wait_for(cli, env, lambda rs: {r["flow"]: r["state"] for r in rs} == both,
                   "both runs succeeded once the limit was raised", timeout=60)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -204,7 +204,8 @@ def test_file_subflows_run_from_the_pinned_commit(tmp_path):
                        "deeper": {"flow": "../grand.yaml", "with": {"x": "${{ tasks.hi }}"}}},
              "outputs": {"y": "${{ tasks.deeper.z }}"}}
     grand = {"version": 1, "name": "grand", "parameters": {"x": {"type": "integer"}},
-             "tasks": {"g": {"run": "gtasks:plus", "with": {"x": "${{ params.x }}"}}}, "outputs": {"z": "${{ tasks.g }}"}}
+             "tasks": {"g": {"run": "gtasks:plus", "with": {"x": "${{ params.x }}"}}},
+             "outputs": {"z": "${{ tasks.g }}"}}
     repo.commit({"flow.yaml": json.dumps(top), "child/flow.yaml": json.dumps(child),
                  "child/tasks.py": "def double(x):\n    return 2 * x\n", "grand.yaml": json.dumps(grand),
                  "gtasks.py": "def plus(x):\n    return x + 100\n"}, "v1")
