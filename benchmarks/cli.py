@@ -22,6 +22,9 @@ one-task spec.
            and 100 000: each task run may add at most 3 us over the w2 row of the same N.
   chaincond the chain with an `if:` reading the previous task's result on each task, L = 5 000
            and 10 000: each task may add at most 3 us over the chain row of the same L.
+  subflows a one-task child spec run alone and as a parent's subflow (target: at most 20 ms
+           more), and 1 000 mapped subflow children on `local` and on `local-dask` with 4 threads
+           (target: under 60 s). Not in the default set: --only subflows.
   Every pair N, 2N: the time at most doubles (x 2.2).
 
 Per task, two figures: over the plain loop for the whole process, (wall - plain loop) / task
@@ -90,6 +93,16 @@ W2_CACHED = W2.replace("name: bench-w2", "name: bench-w2-cached\nresults: {type:
 W2_KEPT = W2.replace("name: bench-w2", "name: bench-w2-kept\nresults: {type: local, directory: store-kept}")
 
 ONE = 'version: 1\nname: bench-one\ntasks:\n  only: {run: "benchtasks:noop"}\n'
+
+# Subflows: a one-task child spec, run alone, once as a parent's subflow, and mapped N times
+SUB_CHILD = ('version: 1\nname: bench-sub-child\nparameters:\n  x: {type: integer, default: 0}\n'
+             'tasks:\n  only: {run: "benchtasks:inc", with: {x: "${{ params.x }}"}}\n'
+             'outputs:\n  y: ${{ tasks.only }}\n')
+SUB_ONE = 'version: 1\nname: bench-sub-one\ntasks:\n  child: {flow: subchild.yaml}\n'
+SUB_MAPPED = ('version: 1\nname: bench-sub-mapped\nparameters:\n  n: {type: integer, default: 1000}\n'
+              'executor: {type: local-dask, scheduler: threads, workers: 4}\ntasks:\n'
+              '  numbers: {run: "benchtasks:numbers", with: {n: "${{ params.n }}"}}\n'
+              '  children: {flow: subchild.yaml, map: {x: "${{ tasks.numbers }}"}}\n')
 
 W2_NAMED = W2.replace("name: bench-w2", "name: bench-w2-named").replace(
     '  inc: {run: "benchtasks:inc", map: {x: "${{ tasks.numbers }}"}}',
@@ -178,6 +191,11 @@ class Bench:
         self.write("one.yaml", ONE)
         self.write("w2cached.yaml", W2_CACHED)
         self.write("w2kept.yaml", W2_KEPT)
+        self.write("subchild.yaml", SUB_CHILD)
+        self.write("subone.yaml", SUB_ONE)
+        self.write("submapped.yaml", SUB_MAPPED)
+        self.write("submapped-local.yaml", SUB_MAPPED.replace("bench-sub-mapped", "bench-sub-mapped-local").replace(
+            "executor: {type: local-dask, scheduler: threads, workers: 4}\n", ""))
 
     def write(self, name: str, text: str) -> str:
         path = os.path.join(self.dir, name)
@@ -330,6 +348,23 @@ class Bench:
             self.check(f"w2 + {what} N={n:,}", f"<= {limit} us/task run over the plain run",
                        row["added_us"] <= limit, f"{row['added_us']:+.2f} us/task, cpu {cpu:+.2f}", cpu <= limit)
 
+    def subflows(self, n: int = 1_000) -> None:
+        """A subflow from a spec file over running that child alone (target: at most 20 ms), and
+        N mapped subflow children on `local-dask` (4 threads; target: under 60 s), with the same
+        on `local` (one after another) beside it."""
+        alone = self.time("sub-alone", "run the child spec alone", [*self.flowspec, "run", "subchild.yaml"], 1)
+        one = self.time("sub-one", "run a parent with it as a subflow", [*self.flowspec, "run", "subone.yaml"], 2)
+        added, cpu = (one[k] - alone[k] for k in ("wall", "cpu"))
+        self.check("subflow from a spec file", "<= 20 ms over the child alone", added <= 0.020,
+                   f"{added * 1e3:+.1f} ms, cpu {cpu * 1e3:+.1f}", cpu <= 0.020)
+        for key, spec, what in (("sub-mapped-local", "submapped-local.yaml", "local"),
+                                ("sub-mapped", "submapped.yaml", "local-dask, 4 threads")):
+            row = self.time(f"{key}-{n}", f"run {n:,} mapped subflow children, {what}",
+                            [*self.flowspec, "run", spec, "--param", f"n={n}"], 2 * n + 1, repeat=1)
+            if key == "sub-mapped":
+                self.check(f"{n:,} mapped subflow children (local-dask)", "< 60 s", row["wall"] < 60,
+                           f"{row['wall']:.1f} s, cpu {row['cpu']:.1f} s", row["cpu"] < 60)
+
     def added(self, row: dict, base: dict, tasks: int, what: str) -> None:
         row["added_us"], cpu = ((row[k] - base[k]) / tasks * 1e6 for k in ("wall", "cpu"))
         self.check(f"{what} ({row['output']})", "<= 3 us/task over the row without", row["added_us"] <= 3,
@@ -387,7 +422,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per row, the best is shown (default 3)")
     parser.add_argument("--only", default="w2,million,chain,features",
                         help="workloads, comma-separated (features: the w2named and chaincond rows, after w2 and chain;"
-                        " results: cache hits and persisting, not in the default set)")
+                        " results: cache hits and persisting; subflows: a spec file subflow and 1 000 mapped"
+                        " ones; these two are not in the default set)")
     parser.add_argument("--json", action="store_true", help="rows and checks as one JSON object on stdout")
     parser.add_argument("--checkout", metavar="DIR",
                         help="time `python -m flowspec` from the source tree DIR instead (e.g. an older commit's)")
@@ -417,6 +453,8 @@ def main() -> int:
             bench.features(sizes, tuple(int(n) for n in args.lengths.split(",")) if args.lengths else (5_000, 10_000))
         if "results" in chosen:
             bench.results()
+        if "subflows" in chosen:
+            bench.subflows()
     finally:
         shutil.rmtree(bench.dir, ignore_errors=True)
     if args.json:

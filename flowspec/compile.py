@@ -114,8 +114,26 @@ def compile_document(doc: Document, strict: bool = False, files: dict | None = N
         from flowspec.callables import add_import_path
 
         add_import_path(spec.base_dir)
-        diags = import_all(spec)[1]
+        diags = import_all(spec)[1] + import_children(spec)
     return (None if diags else spec), sorted(diags, key=Diagnostic.sort_key)
+
+
+def import_children(spec: FlowSpec, seen: set | None = None) -> list[Diagnostic]:
+    """`--strict` for the spec files of `flow: FILE` subflows, each once however many tasks or
+    parents name it, nested ones too: their callables imported from their own folders, each
+    problem at the child file's line and column."""
+    from flowspec.callables import add_import_path
+
+    seen = set() if seen is None else seen
+    out: list[Diagnostic] = []
+    for task in spec.tasks.values():
+        sub = task.subflow
+        if sub is None or sub.registered or sub.spec is None or sub.path in seen:
+            continue
+        seen.add(sub.path)
+        add_import_path(sub.spec.base_dir)
+        out += import_all(sub.spec)[1] + import_children(sub.spec, seen)
+    return out
 
 
 def import_all(spec: FlowSpec) -> tuple[dict, list[Diagnostic]]:

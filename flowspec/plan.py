@@ -52,8 +52,8 @@ def build_plan(spec, params: dict, sources: dict, backend_url: str | None = None
     }
     if spec.schedule:
         plan["schedule"] = _schedule(spec)
-    plan["backend"] = backend_view(backend_url, spec.environment.labels)
-    plan["warnings"] = warnings
+    plan["backend"] = backend_view(backend_url, spec.environment.labels, spec)
+    plan["warnings"] = warnings + [_deadlock_text(d) for d in plan["backend"].get("subflow_deadlocks", ())]
     return plan
 
 
@@ -330,8 +330,9 @@ def _platform_provided(spec) -> set[str]:
 
 
 # -- backend -------------------------------------------------------------------------------------
-def backend_view(url: str | None, labels) -> dict:
-    """Agents seen recently that could take this flow, and the concurrency limits on its labels."""
+def backend_view(url: str | None, labels, spec=None) -> dict:
+    """Agents seen recently that could take this flow, the concurrency limits on its labels, and
+    the registered subflows of `spec` that could start only in the slot this flow's run holds."""
     from flowspec.errors import FlowspecError
 
     try:
@@ -348,6 +349,7 @@ def backend_view(url: str | None, labels) -> dict:
         with open_backend(url) as backend:
             agents = backend.list_agents(seen_within_s=AGENT_SEEN_WINDOW_S)
             limits = backend.list_limits()
+            deadlocks = _subflow_deadlocks(backend, spec, labels, limits) if spec is not None else []
             shown_url = sqlite_path or backend.url  # backend.url hides a PostgreSQL password
     except FlowspecError as exc:
         return {"reachable": False, "url": url, "reason": exc.message}
@@ -357,7 +359,47 @@ def backend_view(url: str | None, labels) -> dict:
                    for a in agents],
         "limits": [{"label": lim.label, "limit": lim.limit, "in_use": lim.in_use}
                    for lim in limits if lim.label in labels],
+        "subflow_deadlocks": deadlocks,
     }
+
+
+def _subflow_deadlocks(backend, spec, labels, limits) -> list[dict]:
+    """Registered subflows waited for (in this spec or its spec file children, which run in its
+    process) whose child run would carry a label whose only slot this flow's run holds, when an
+    agent runs it (a local `flowspec run` holds no slot): the child could never start."""
+    full = {lim.label for lim in limits if lim.limit == 1} & set(labels)
+    out: list[dict] = []
+    if not full:
+        return out
+    for where, sub in _registered_waits(spec, "", set()):
+        child_labels = sub.labels
+        if not child_labels:  # the flow's own labels, as the child run gets them
+            flow = backend.get_flow(sub.name, sub.project, sub.version)
+            child_labels = flow.labels if flow is not None else ()
+        out += [{"task": where, "flow": sub.name, "project": sub.project, "label": label, "limit": 1}
+                for label in sorted(full & set(child_labels))]
+    return out
+
+
+def _registered_waits(spec, prefix: str, seen: set):
+    """(task path, SubflowSpec) of each registered subflow with `wait`, spec file children too."""
+    for task in spec.tasks.values():
+        sub = getattr(task, "subflow", None)
+        if sub is None:
+            continue
+        if sub.registered:
+            if sub.wait:
+                yield prefix + task.name, sub
+        elif sub.spec is not None and sub.path not in seen:
+            seen.add(sub.path)
+            yield from _registered_waits(sub.spec, f"{prefix}{task.name} > ", seen)
+
+
+def _deadlock_text(d: dict) -> str:
+    return (f"task '{d['task']}': its child run needs a slot of label '{d['label']}', whose limit of {d['limit']}"
+            f" this flow's own run holds while it waits for the child: run by an agent, the child could never"
+            f" start (it would be Queued with that reason); raise the limit (`flowspec concurrency-limit set"
+            f" {d['label']} 2`) or give the task other `labels`")
 
 
 def _sqlite_path(url: str) -> str | None:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from flowspec import context as ctxmod
 from flowspec.backend.outage import MAX_DELAY_S, Outage
 from flowspec.errors import BackendError, FlowspecError, SpecError
 from flowspec.masking import runtime_values
@@ -35,14 +36,22 @@ EXIT_CODES = {"Success": 0, "Failed": 1, "TimedOut": 1, "Cancelled": 130}
 _ACTIVE = {"Submitted", "Running", "Cancelling"}
 
 
-class _Capture(logging.Handler):
-    """A logging handler that hands each record to the recorder's buffer."""
+_RECORDING: set = set()  # the runs this process records now (a parent and its subflow children)
 
-    def __init__(self, sink: Callable[[tuple], None]) -> None:
+
+class _Capture(logging.Handler):
+    """A logging handler that hands each record to the recorder's buffer: the records of its own
+    run, not those of another run recorded in this process (subflow children run here, several at
+    once on threads), which each go to their own run's log."""
+
+    def __init__(self, sink: Callable[[tuple], None], run_id: str | None = None) -> None:
         super().__init__(logging.DEBUG)
-        self._sink = sink
+        self._sink, self._run_id = sink, run_id
 
     def emit(self, record: logging.LogRecord) -> None:
+        ctx = ctxmod._current.get()
+        if ctx is not None and ctx.run_id != self._run_id and ctx.run_id in _RECORDING:
+            return
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + logging.Formatter().formatException(record.exc_info)
@@ -87,7 +96,7 @@ class Recorder:
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by `_stop` too: one wait serves both
         self._thread = threading.Thread(target=self._loop, name="flowspec-recorder", daemon=True)
-        self._handler = _Capture(self._add_log)
+        self._handler = _Capture(self._add_log, run_id)
         self._last_beat = time.monotonic()
         self._cancel_seen = False
         self._retry_at = 0.0
@@ -143,6 +152,7 @@ class Recorder:
 
             run = self.outage.call(self.backend.get_run, self.run_id)
             self.secrets = secret_values(run.parameters) if run is not None else ()
+        _RECORDING.add(self.run_id)
         logging.getLogger("flowspec").addHandler(self._handler)
         self._thread.start()
         return self
@@ -158,6 +168,7 @@ class Recorder:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
         logging.getLogger("flowspec").removeHandler(self._handler)
+        _RECORDING.discard(self.run_id)
         try:
             self.outage.call(self.flush)
         except FlowspecError as exc:  # the final state matters more: still try to write it

@@ -167,10 +167,10 @@ class InterruptWatch:
 
     def __init__(self) -> None:
         global _interrupted
-        _interrupted = False
         self.previous: dict = {}
         if threading.current_thread() is not threading.main_thread():
-            return
+            return  # a subflow's child run on a thread: the stop it must see is its parent's
+        _interrupted = False
         for signum in self.SIGNALS:
             handler = signal.getsignal(signum)
             if callable(handler):
@@ -739,11 +739,16 @@ class FlowRunner:
                  CACHED, where)
 
     def _launch_subflow(self, task, rec: TaskRecord, kwargs: dict, lists: dict | None) -> None:
-        """A `flow: FILE` task: each child flow run runs here, on this thread (see subflow_run)."""
+        """A subflow task: each child flow run runs here, on this thread, or, mapped on an executor
+        with several workers, on as many threads of this process (see subflow_run)."""
         from flowspec.executors.local import Done
         from flowspec.subflow_run import RegisteredCall, SubflowCall
 
-        fn = RegisteredCall(task.subflow) if task.subflow.registered else SubflowCall(task.subflow.spec)
+        from flowspec.subflows import SUBFLOW_KEY
+
+        sub = task.subflow  # a stored flow carries its file children's callables (flowspec.storage.base)
+        fn = (RegisteredCall(sub) if sub.registered
+              else SubflowCall(sub.spec, self.callables.get((SUBFLOW_KEY, sub.path))))
         rec.state = RUNNING
         notify = self.notify if task.on_retry is None else self._notify_retry
         options = (task.retries, task.retry_delay, task.timeout, notify)
@@ -756,6 +761,12 @@ class FlowRunner:
         rec.children, rec.child_results, rec.open = [PENDING] * n, [None] * n, n
         if n == 0:
             return self._finish(rec, SUCCESS, None, result=[])
+        threads = 1 if self.executor.synchronous else getattr(self.executor, "workers", None) or 1
+        if threads > 1 and n > 1:  # the executor's parallelism, on threads of this process
+            from flowspec.subflow_run import run_concurrently
+
+            units = list(self._child_units(task, rec, fn, kwargs, lists))
+            return run_concurrently(fn, units, threads, lambda i, outcome: self._record(task.name, i, outcome))
         for i, args in self._child_units(task, rec, fn, kwargs, lists):
             self._record(task.name, i, Done(run_unit(*args)).result())
 

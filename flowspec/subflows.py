@@ -13,6 +13,10 @@ import os
 from collections.abc import Iterator
 
 _state: dict = {"chain": None, "done": None}
+# The key, in a flow's callables, of the callables of a `flow: FILE` child (with the child's path
+# after it): a stored flow carries its children's code, so that whoever runs it needs none of the
+# registering machine's files. No task is named so (a task name is an identifier).
+SUBFLOW_KEY = "<subflow>"
 
 
 @contextlib.contextmanager
@@ -68,3 +72,18 @@ def shown(path: str) -> str:
         return os.path.relpath(path, base)
     except ValueError:  # another drive
         return path
+
+
+def file_children(spec) -> list:
+    """The spec files of `spec`'s `flow: FILE` subflows, nested ones too, each once (compiled
+    FlowSpecs, depth first)."""
+    out, seen, todo = [], set(), [spec]
+    while todo:
+        for task in todo.pop().tasks.values():
+            sub = task.subflow
+            if sub is None or sub.registered or sub.spec is None or sub.path in seen:
+                continue
+            seen.add(sub.path)
+            out.append(sub.spec)
+            todo.append(sub.spec)
+    return out

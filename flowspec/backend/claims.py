@@ -13,22 +13,36 @@ from flowspec.backend.runs import QUEUED, SUBMITTED, WAITING_STATES, FlowRun
 
 @dataclass(frozen=True)
 class SlotBlock:
-    """A limited label of a run whose slots are all taken (or kept for older waiting runs)."""
+    """A limited label of a run whose slots are all taken (or kept for older waiting runs).
+
+    `ancestors`: the holders that are the run's own ancestors (subflow parents), when they alone
+    fill the limit: the run can start only after they end, and a parent waiting for it never
+    ends."""
 
     label: str
     limit: int
     holders: tuple[str, ...]
     kept_for: tuple[str, ...] = ()
+    ancestors: tuple[str, ...] = ()
 
     @property
     def gist(self) -> str:
-        return f"label '{self.label}' is at its limit of {self.limit}"
+        return f"label '{self.label}' is at its limit of {self.limit}" + self._deadlock()
+
+    def _deadlock(self) -> str:
+        if not self.ancestors:
+            return ""
+        return (f", all of them this run's own ancestors (the parent runs of its subflow task): it can start"
+                f" only after they end, and a parent that waits for it never ends; raise the limit to at least"
+                f" {len(self.ancestors) + 1} (`flowspec concurrency-limit set {self.label} {len(self.ancestors) + 1}`)"
+                f" or give the subflow task other `labels`")
 
     def __str__(self) -> str:
         parts = [f"held by runs {', '.join(self.holders)}"] if self.holders else []
         if self.kept_for:
             parts.append(f"kept for older waiting runs {', '.join(self.kept_for)}")
-        return self.gist + (f" ({'; '.join(parts)})" if parts else "")
+        head = f"label '{self.label}' is at its limit of {self.limit}"
+        return head + (f" ({'; '.join(parts)})" if parts else "") + self._deadlock()
 
 
 _HELD_BY = re.compile(r" \((held by|kept for) [^)]*\)")
@@ -36,15 +50,20 @@ _HELD_BY = re.compile(r" \((held by|kept for) [^)]*\)")
 
 def slot_blocks(
     labels: Iterable[str], limits: dict[str, int], holders: dict[str, list[str]],
-    kept: dict[str, list[str]] | None = None,
+    kept: dict[str, list[str]] | None = None, ancestors: Iterable[str] = (),
 ) -> list[SlotBlock]:
-    """The limited labels among `labels` that have no free slot (`kept`: slots set aside)."""
-    kept = kept or {}
-    return [
-        SlotBlock(label, limits[label], tuple(holders.get(label, ())), tuple(kept.get(label, ())))
-        for label in sorted(set(labels))
-        if label in limits and len(holders.get(label, ())) + len(kept.get(label, ())) >= limits[label]
-    ]
+    """The limited labels among `labels` that have no free slot (`kept`: slots set aside;
+    `ancestors`: the run's own ancestors, named when they alone fill a limit)."""
+    kept, ancestors = kept or {}, set(ancestors)
+    blocks = []
+    for label in sorted(set(labels)):
+        held = holders.get(label, ())
+        if label not in limits or len(held) + len(kept.get(label, ())) < limits[label]:
+            continue
+        own = tuple(h for h in held if h in ancestors)
+        blocks.append(SlotBlock(label, limits[label], tuple(held), tuple(kept.get(label, ())),
+                                own if own and len(own) >= limits[label] else ()))
+    return blocks
 
 
 def same_gist(message: str | None, blocks: list[SlotBlock]) -> bool:
@@ -101,7 +120,11 @@ class ClaimStore(Store):
                                  " AND (scheduled_start IS NULL OR scheduled_start <= ?)", *WAITING_STATES, time.time())
             limits, holders = self._slots(tx)
             chosen, blocked = plan_claim(waiting, agent_labels, limits, holders)
+            parents = self._parents(tx, [run.id for run, _ in blocked])
             for run, blocks in blocked:
+                if run.id in parents:  # a subflow's child: are the slots held by its own ancestors?
+                    ancestors = self._ancestors(tx, run.id, parents[run.id])
+                    blocks = slot_blocks(run.labels, limits, holders, _kept(blocks), ancestors)
                 self._queue(tx, run, blocks)
             if chosen is None:
                 return None
@@ -130,8 +153,47 @@ class ClaimStore(Store):
                 return None
             agents = self._agents(tx, AGENT_SEEN_WINDOW_S)
             limits, holders = self._slots(tx)
+            ancestors = self._ancestors(tx, run_id)
         run = runs[0]
-        blocks = [str(block) for block in slot_blocks(run.labels, limits, holders)]
+        blocks = [str(block) for block in slot_blocks(run.labels, limits, holders, (), ancestors)]
         if not blocks and run.state == QUEUED and run.message:
             blocks = [run.message]  # its slots are kept for older waiting runs: the claim said which
         return "; ".join(r for r in [agent_reason(run.labels, agents), *blocks] if r) or None
+
+    def ancestor_blocks(self, run_id: str) -> list[SlotBlock]:
+        """The limited labels of a waiting run whose every slot its own ancestors hold (a child
+        that can start only after the parents waiting for it end)."""
+        with self._transaction(write=False) as tx:
+            runs = self._runs(tx, "id = ?", run_id)
+            if not runs or runs[0].state not in WAITING_STATES:
+                return []
+            ancestors = self._ancestors(tx, run_id)
+            if not ancestors:
+                return []
+            limits, holders = self._slots(tx)
+        return [b for b in slot_blocks(runs[0].labels, limits, holders, (), ancestors) if b.ancestors]
+
+    def _parents(self, tx: Tx, run_ids: list[str]) -> dict[str, str]:
+        """The parent run of each of `run_ids` that has one (few do: subflow children)."""
+        parents: dict[str, str] = {}
+        for start in range(0, len(run_ids), 500):  # within every SQL engine's limit of parameters
+            chunk = run_ids[start:start + 500]
+            parents.update(tx.all(f"SELECT run_id, parent_run FROM run_links WHERE run_id IN ({_marks(chunk)})"
+                                  " AND parent_run IS NOT NULL", *chunk))
+        return parents
+
+    def _ancestors(self, tx: Tx, run_id: str, parent: str | None = None) -> list[str]:
+        """The chain of parent runs of `run_id`, nearest first (subflows nest a few deep)."""
+        chain: list[str] = []
+        if parent is None:
+            row = tx.one("SELECT parent_run FROM run_links WHERE run_id = ?", run_id)
+            parent = row[0] if row else None
+        while parent is not None and parent not in chain and parent != run_id:
+            chain.append(parent)
+            row = tx.one("SELECT parent_run FROM run_links WHERE run_id = ?", parent)
+            parent = row[0] if row else None
+        return chain
+
+
+def _kept(blocks: list[SlotBlock]) -> dict[str, list[str]]:
+    return {b.label: list(b.kept_for) for b in blocks if b.kept_for}

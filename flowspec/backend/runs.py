@@ -259,14 +259,26 @@ class RunStore(Store):
                 return None
             self._record(tx, run.id, final, message, now)
             self._finish_tasks(tx, run.id, final, f"lost: {message}")
-        self._cancel_children(run.id)
+        self._fail_children(run.id, message)
         return message
 
-    def _cancel_children(self, run_id: str) -> None:
-        """The child flow runs (subflows) of a lost run are cancelled: nothing waits for them."""
+    def _fail_children(self, run_id: str, message: str) -> None:
+        """The child flow runs (subflows) of a lost run are failed as lost: a waiting one would
+        start with nothing to wait for it, and one run in the parent's own process (a spec file
+        child: no agent) is gone with it. A registered child an agent already runs is a live
+        process of its own and runs to its end. Their own children follow, depth first."""
         child_runs = getattr(self, "child_runs", None)
-        for child, _ in child_runs(run_id) if child_runs is not None else ():
-            self.cancel_run(child)
+        for child_id, _ in child_runs(run_id) if child_runs is not None else ():
+            child = self.get_run(child_id)
+            if child is None or child.state in FINAL_STATES or (child.state in ACTIVE_STATES and child.agent):
+                continue
+            final = CANCELLED if child.state == CANCELLING else FAILED
+            why = (f"lost: its parent run {run_id} is lost and nothing waits for this run any more ({message})"
+                   if child.state in WAITING_STATES else f"lost with its parent run {run_id}: {message}")
+            with self._transaction() as tx:
+                moved = self._move(tx, child_id, final, why, {child.state}, {})
+            if moved:
+                self._fail_children(child_id, message)
 
     def mark_lost_runs(self, marked_by: str, timeout_s: float = HEARTBEAT_TIMEOUT_S, run_id: str | None = None,
                        spare: Iterable[str] = (), cap_s: float | None = None,

@@ -24,9 +24,10 @@ class Environment(ABC):
 
 
 def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, callables: dict | None = None,
-                   keep_results: bool = True):
+                   keep_results: bool = True, keep_env: bool = False):
     """Apply `environment.env`, import the callables (unless given, e.g. loaded from storage),
-    run on the spec's executor, restore env. See FlowRunner for `keep_results`."""
+    run on the spec's executor, restore env (unless `keep_env`: subflow children running at
+    once, whose caller restores it). See FlowRunner for `keep_results`."""
     from flowspec.drivers import load_driver
     from flowspec.runner import FlowRunner
 
@@ -54,7 +55,8 @@ def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, 
             raise  # names its spec key, when there is a document to point into
         raise SpecError([spec.document.diag(exc.spec_path, exc.message, exc.hint)]) from None
     finally:
-        restore_env(saved)
+        if not keep_env:
+            restore_env(saved)
 
 
 def apply_env(spec, services: dict | None = None) -> dict:

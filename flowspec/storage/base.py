@@ -76,15 +76,40 @@ def fingerprint(spec, modules: dict[str, ModuleType]) -> str:
         digest.update(f"\n--- {relpath}\n".encode())
         with open(modules[relpath].__file__, "rb") as fh:
             digest.update(fh.read())
+    from flowspec.subflows import file_children
+
+    for child in file_children(spec):  # a changed child spec is a changed flow
+        digest.update(f"\n--- spec {os.path.relpath(child.path, spec.base_dir)}\n{child.source}".encode())
     return digest.hexdigest()
 
 
 def import_flow(spec) -> tuple[dict, dict[str, ModuleType]]:
-    """Import the spec's callables (reporting problems at their positions) and its code modules."""
+    """Import the spec's callables (reporting problems at their positions) and its code modules,
+    its `flow: FILE` children's too (see `_import_children`)."""
     from flowspec.environments.base import import_callables
 
     callables = import_callables(spec)
-    return callables, code_modules(spec)
+    modules = code_modules(spec)
+    _import_children(spec, callables, modules, spec.base_dir)
+    return callables, modules
+
+
+def _import_children(spec, callables: dict, modules: dict, base: str) -> None:
+    """The callables of each `flow: FILE` child, under (SUBFLOW_KEY, its path) in its parent's
+    callables and with its own children's: a stored flow runs its children from the payload, not
+    from files that may be gone (an agent on another machine, a container). Their code modules
+    join `modules` (named from the top spec's folder): pickled by value and fingerprinted."""
+    from flowspec.environments.base import import_callables
+    from flowspec.subflows import SUBFLOW_KEY
+
+    for task in spec.tasks.values():
+        sub = task.subflow
+        if sub is None or sub.registered or sub.spec is None or (SUBFLOW_KEY, sub.path) in callables:
+            continue
+        child = callables[(SUBFLOW_KEY, sub.path)] = import_callables(sub.spec)
+        for rel, module in code_modules(sub.spec).items():
+            modules.setdefault(os.path.relpath(os.path.join(sub.spec.base_dir, rel), base), module)
+        _import_children(sub.spec, child, modules, base)
 
 
 def serialize(spec) -> tuple[bytes, str]:
@@ -92,7 +117,14 @@ def serialize(spec) -> tuple[bytes, str]:
     import cloudpickle
 
     callables, modules = import_flow(spec)
-    by_value = {m.__name__ for m in modules.values()}
+    by_value: dict[str, ModuleType] = {}
+    for module in modules.values():
+        by_value.setdefault(module.__name__, module)
+    # A module of a spec whose folder was left for a child's (flowspec.callables) is no longer in
+    # sys.modules: it is put back while pickling, for cloudpickle to take it by value.
+    borrowed = [name for name in by_value if name not in sys.modules]
+    for name in borrowed:
+        sys.modules[name] = by_value[name]
     for name in by_value:
         cloudpickle.register_pickle_by_value(sys.modules[name])
     try:
@@ -103,6 +135,9 @@ def serialize(spec) -> tuple[bytes, str]:
     finally:
         for name in by_value:
             cloudpickle.unregister_pickle_by_value(sys.modules[name])
+        for name in borrowed:
+            if sys.modules.get(name) is by_value[name]:
+                del sys.modules[name]
     return data, fingerprint(spec, modules)
 
 

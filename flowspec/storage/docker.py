@@ -446,7 +446,8 @@ class BuildPlan:
             if not rel.startswith(".."):  # code from outside the spec's folder travels in the payload only
                 self.files[f"{flow}/{rel}"] = Path(module.__file__)
         env = spec.environment
-        targets = [(f"tasks.{t.name}.run", t.run) for t in spec.tasks.values()]
+        # a subflow task calls no function: its child's code is in the payload, loaded by the check too
+        targets = [(f"tasks.{t.name}.run", t.run) for t in spec.tasks.values() if t.subflow is None]
         targets += [(f"environment.{k}", v) for k, v in (("on_start", env.on_start), ("on_exit", env.on_exit)) if v]
         manifest = {"python": self.python, "sha256": sha, "fingerprint": self.fp, "flow": spec.name,
                     "versions": {"flowspec": _version("flowspec"), "cloudpickle": _version("cloudpickle")},

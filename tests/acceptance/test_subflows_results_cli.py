@@ -229,3 +229,36 @@ def test_old_names_point_at_the_new_keys(cli, folder, env):
     assert "write `cache: {expires: DURATION}`" in result.output
     assert "write `persist: true|false`" in result.output
     assert "not in this release yet" not in result.output
+
+
+def test_strict_imports_the_callables_of_child_spec_files_at_their_own_lines(cli, tmp_path, env):
+    # each child in a folder of its own, with a module of the same name as the parent's
+    (tmp_path / "steps.py").write_text(TASKS)
+    (tmp_path / "flow.yaml").write_text("version: 1\nname: p\ntasks:\n  a: {run: steps:f}\n"
+                                        "  r1: {flow: one/child.yaml}\n  r2: {flow: one/child.yaml}\n"
+                                        "  r3: {flow: two}\n")
+    for sub, body in (("one", "def g(y):\n    return y\n"), ("two", "def h():\n    return 1\n"), ("three", "")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "steps.py").write_text(body)
+    (tmp_path / "one" / "child.yaml").write_text(
+        "version: 1\nname: one\ntasks:\n  a: {run: steps:g, with: {y: 1}}\n  b: {run: steps:nope}\n"
+        "  c: {run: steps:g, with: {z: 1}}\n")
+    (tmp_path / "two" / "flow.yaml").write_text("version: 1\nname: two\ntasks:\n  a: {run: steps:h}\n"
+                                                "  deeper: {flow: ../three/flow.yaml}\n")
+    (tmp_path / "three" / "flow.yaml").write_text("version: 1\nname: three\ntasks:\n  x: {run: gone:f}\n")
+    assert cli("validate", tmp_path / "flow.yaml", env=env).rc == 0  # without --strict no code is imported
+    result = cli("validate", "--strict", tmp_path / "flow.yaml", env=env)
+    assert result.rc == 1, result.output
+    assert "Traceback" not in result.output
+    errors = _errors(result)
+    one, three = tmp_path / "one" / "child.yaml", tmp_path / "three" / "flow.yaml"
+    assert errors == [  # the child named twice is imported and reported once
+        f"{one}:5:12: error: tasks.b.run: 'steps' has no attribute 'nope'",
+        f"{one}:6:12: error: tasks.c.run: steps:g: argument 'z' is not a parameter of it",
+        f"{one}:6:12: error: tasks.c.run: steps:g: missing required argument: y",
+        f"{three}:4:12: error: tasks.x.run: cannot import module 'gone': no module named 'gone'"], result.output
+    (tmp_path / "one" / "child.yaml").write_text("version: 1\nname: one\ntasks:\n  a: {run: steps:g, with: {y: 1}}\n")
+    (tmp_path / "three" / "flow.yaml").write_text("version: 1\nname: three\ntasks:\n  x: {run: steps:f}\n")
+    (tmp_path / "three" / "steps.py").write_text("def f():\n    return 3\n")
+    result = cli("validate", "--strict", tmp_path / "flow.yaml", env=env)
+    assert result.rc == 0, result.output

@@ -213,6 +213,30 @@ def test_local_environment_loads_the_flow_from_the_image(docker_flows):
     assert docker_flows.containers() == []
 
 
+def test_a_flow_with_file_subflows_runs_its_children_from_the_image(docker_flows):
+    # the children's specs and code are in the payload: the build check loads it, and the agent
+    # runs the children with the spec's folder gone
+    tasks = "  per:\n    flow: regions/flow.yaml\n    map: {name: [eu, us]}\n"
+    spec = docker_flows.write("with-children", tasks)
+    spec.write_text(spec.read_text().replace("environment:\n  type: docker\n", "environment:\n  type: local\n"))
+    (spec.parent / "regions").mkdir()
+    (spec.parent / "regions" / "tasks.py").write_text("def shout(name):\n    return name.upper()\n")
+    (spec.parent / "regions" / "flow.yaml").write_text(
+        "version: 1\nname: region\nparameters:\n  name: {type: string}\ntasks:\n"
+        "  s: {run: tasks:shout, with: {name: \"${{ params.name }}\"}}\noutputs:\n  loud: ${{ tasks.s }}\n")
+    registered = docker_flows.cli("register", str(spec))
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    shutil.rmtree(spec.parent)  # the code is in the image now, and nowhere else
+    docker_flows.agent()
+    proc = docker_flows.cli("run", "--name", "with-children", "--watch", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + docker_flows.agent_log()
+    listed = json.loads(docker_flows.cli("runs", "list", "--format", "json").stdout)
+    assert sorted(r["flow"] for r in listed) == ["region", "region", "with-children"]
+    top = next(r for r in listed if r["flow"] == "with-children")
+    shown = json.loads(docker_flows.cli("runs", "show", top["id"], "--format", "json").stdout)
+    assert [c["state"] for c in shown["children"]] == ["Success", "Success"]
+
+
 def test_docker_environment_options_are_checked_before_anything_runs(docker_flows):
     spec = docker_flows.write("options", HELLO, environment="  network_mode: 'host mode'\n  mem_limit: 2k\n"
                                                           "  volumes:\n    data: /srv\n    ./rel: srv\n")

@@ -190,6 +190,41 @@ def test_file_urls_tags_and_commit_ids(tmp_path):
         stop(agent)
 
 
+@pytest.mark.slow
+def test_file_subflows_run_from_the_pinned_commit(tmp_path):
+    """A flow whose `flow: FILE` children (one in a sub-folder, one beside it, each with a `tasks`
+    module of its own) are in the repository: registered from a checkout that is then removed, it
+    runs on an agent of another machine, every child from the fetched commit."""
+    repo = Repo(tmp_path, "subflows")
+    top = json.loads(spec(repo.file_url()))
+    top.update(tasks={"per": {"flow": "child", "map": {"x": [1, 2]}}},
+               outputs={"per": "${{ tasks.per }}"})
+    child = {"version": 1, "name": "child", "parameters": {"x": {"type": "integer"}},
+             "tasks": {"hi": {"run": "tasks:double", "with": {"x": "${{ params.x }}"}},
+                       "deeper": {"flow": "../grand.yaml", "with": {"x": "${{ tasks.hi }}"}}},
+             "outputs": {"y": "${{ tasks.deeper.z }}"}}
+    grand = {"version": 1, "name": "grand", "parameters": {"x": {"type": "integer"}},
+             "tasks": {"g": {"run": "gtasks:plus", "with": {"x": "${{ params.x }}"}}},
+             "outputs": {"z": "${{ tasks.g }}"}}
+    repo.commit({"flow.yaml": json.dumps(top), "child/flow.yaml": json.dumps(child),
+                 "child/tasks.py": "def double(x):\n    return 2 * x\n", "grand.yaml": json.dumps(grand),
+                 "gtasks.py": "def plus(x):\n    return x + 100\n"}, "v1")
+    repo.push()
+    admin, worker = Machine(tmp_path, "admin"), Machine(tmp_path, "worker")
+    assert admin.register(repo.work / "flow.yaml")["version"] == 1
+    shutil.rmtree(repo.work)
+    agent = worker.agent()
+    try:
+        done = worker.watch()
+        assert done.returncode == 0, done.stdout + done.stderr + worker.log.read_text()
+    finally:
+        stop(agent)
+    runs = json.loads(worker.ok("runs", "list", "--format", "json").stdout)
+    top_run = next(r for r in runs if r["flow"] == "gitflow")
+    shown = json.loads(worker.ok("runs", "show", top_run["id"], "--format", "json").stdout)
+    assert shown["outputs"] == {"per": [{"y": 102}, {"y": 104}]}
+
+
 def test_a_server_that_refuses_fetches_by_id_gets_a_full_fetch(tmp_path, git_server):
     """Protocol v0 and no uploadpack.allowAnySHA1InWant: a commit below the branch's tip is not
     sent by id, so the whole branch is fetched and the commit taken from it."""
