@@ -135,6 +135,18 @@ def latest_update(backend) -> float:
         return (tx.one("SELECT MAX(updated) FROM flow_runs") or (None,))[0] or 0.0
 
 
+def any_lost(backend, now: float) -> bool:
+    """Might an active run be lost (no heartbeat for its timeout)? One indexed read, where
+    Backend.mark_lost_runs reads every active run whole: the UI asks it only when this says so."""
+    from flowspec.backend.runs import ACTIVE_STATES, HEARTBEAT_TIMEOUT_S
+
+    states = sorted(ACTIVE_STATES)
+    with backend._transaction(write=False) as tx:
+        return tx.one(f"SELECT 1 FROM flow_runs WHERE state IN ({', '.join('?' for _ in states)})"
+                      " AND COALESCE(heartbeat, updated) < ? - CASE WHEN heartbeat_timeout > 0 THEN heartbeat_timeout"
+                      " ELSE ? END LIMIT 1", *states, now, HEARTBEAT_TIMEOUT_S) is not None
+
+
 # ------------------------------------------------------------------------------------ flows
 
 
@@ -191,6 +203,33 @@ def children_states(backend, run_id: str, task: str) -> list[tuple[int, str]]:
                       " ON t.id = l.id ORDER BY t.map_index", run_id, task)
 
 
+def first_times(backend, run_id: str) -> dict[str, float]:
+    """Per task, the time of its first recorded state (one pass over an index, then a row a task)."""
+    with backend._transaction(write=False) as tx:
+        return {task: float(at) for task, at in tx.all(
+            "SELECT task, time FROM task_states WHERE id IN (SELECT MIN(id) FROM task_states WHERE run_id = ?"
+            " GROUP BY task)", run_id)}
+
+
+def heat_codes(rows: list[tuple[int, str]]) -> dict:
+    """(map_index, state) rows, by index, as the heatmap takes them: a legend of states, one
+    character per child (its state's position in the legend) and the indexes unless 0..n-1."""
+    legend: dict[str, int] = {}
+    codes = "".join([chr(48 + legend.setdefault(state, len(legend))) for _, state in rows])
+    dense = all(index == k for k, (index, _) in enumerate(rows))
+    return {"states": list(legend), "codes": codes, "indexes": None if dense else [index for index, _ in rows]}
+
+
+def task_spans(summary: list, firsts: dict[str, float]) -> list[tuple[str, float, float, int]]:
+    """Per task of `summary` (Backend.task_summary), in its order: (task, first time, last time,
+    mapped children), from the sums the task table made: no second pass over the children."""
+    out = []
+    for task, own, groups in summary:
+        last = max([g[3] for g in groups] + ([own.time] if own is not None else []))
+        out.append((task, firsts.get(task, last), float(last), sum(g[1] for g in groups)))
+    return out
+
+
 def child_names(backend, run_id: str, task: str) -> list | str | None:
     """The names of `task`'s runs (its `run_name`): a list by map index (None: not named) for
     a mapped task, a string for an unmapped one, None when it has no `run_name`. One row read,
@@ -198,14 +237,6 @@ def child_names(backend, run_id: str, task: str) -> list | str | None:
     with backend._transaction(write=False) as tx:
         row = tx.one("SELECT names FROM task_run_names WHERE run_id = ? AND task = ? LIMIT 1", run_id, task)
     return None if row is None else json.loads(row[0])
-
-
-def task_spans(backend, run_id: str) -> list[tuple[str, float, float, int]]:
-    """Per task, in order of its first state: (task, first time, last time, mapped children)."""
-    with backend._transaction(write=False) as tx:
-        rows = tx.all("SELECT task, MIN(time), MAX(time), COUNT(DISTINCT map_index), MIN(id) AS first"
-                      " FROM task_states WHERE run_id = ? GROUP BY task ORDER BY first", run_id)
-    return [(r[0], float(r[1]), float(r[2]), int(r[3])) for r in rows]
 
 
 def child_spans(backend, run_id: str, task: str, after: int = -1, size: int = 200,

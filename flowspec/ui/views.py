@@ -72,7 +72,8 @@ def text_mask(run):
 class RunCache:
     """Values computed from a run's task states, kept until a new task state is recorded: a
     finished run of many children is summed once, and a live page's stream re-sums only
-    when something changed."""
+    when something changed. Requests that want the same value at once (a page's tasks,
+    timeline and heatmaps arrive together) wait for the one computing it."""
 
     def __init__(self, size: int = 64) -> None:
         import threading
@@ -80,26 +81,38 @@ class RunCache:
 
         self._lock, self._size = threading.Lock(), size
         self._items: OrderedDict = OrderedDict()
+        self._busy: dict = {}  # key → the lock held while it is computed
 
     def get(self, backend, run_id: str, kind: str, compute):
+        import threading
+
         from flowspec.ui.queries import last_task_state_id
 
         version = last_task_state_id(backend, run_id)
         key = (run_id, kind)
         with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and hit[0] == version:
-                self._items.move_to_end(key)
-                return hit[1]
-        value = compute()
-        with self._lock:
-            self._items[key] = (version, value)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            busy = self._busy.setdefault(key, threading.Lock())
+        with busy:
+            with self._lock:
+                hit = self._items.get(key)
+                if hit is not None and hit[0] >= version:
+                    self._items.move_to_end(key)
+                    return hit[1]
+            value = compute()
+            with self._lock:
+                self._items[key] = (version, value)
+                while len(self._items) > self._size:
+                    self._busy.pop(self._items.popitem(last=False)[0], None)
         return value
 
 
 CACHE = RunCache()
+
+
+def summary(backend, run_id: str) -> list:
+    """Backend.task_summary of the run, read once until a new task state comes (the task
+    table, the graph, the timeline and the live stream share it)."""
+    return CACHE.get(backend, run_id, "summary", lambda: backend.task_summary(run_id))
 
 
 def task_rows(backend, run) -> list[dict]:
@@ -114,7 +127,7 @@ def _task_rows(backend, run_id: str) -> list[dict]:
 
     rows = []
     names = backend.run_names(run_id)
-    for t in _summary(backend.task_summary(run_id)):
+    for t in _summary(summary(backend, run_id)):
         row = {"task": t.task, "map_index": t.map_index, "state": t.state, "attempt": t.attempt, "time": t.time,
                "message": t.message}
         if (t.task, t.map_index) in names:  # as `runs show --format json`
