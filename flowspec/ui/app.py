@@ -42,6 +42,7 @@ def create_app(backend, *, allow_actions: bool = False, token: str | None = None
         Route("/runs/{run_id}/traceback", run_routes.run_traceback),
         Route("/runs/{run_id}/children/{task}.json", run_routes.run_children),
         Route("/runs/{run_id}/tasks", run_routes.run_tasks),
+        Route("/runs/{run_id}/child-runs", run_routes.run_child_runs),
         Route("/runs/{run_id}/gantt", run_routes.run_gantt),
         Route("/runs/{run_id}/gantt/{task}", run_routes.run_gantt_children),
         *actions.routes(),

@@ -51,6 +51,7 @@ class RunFilter:
     flow_id: int | None = None
     since: float | None = None
     until: float | None = None
+    parent: str | None = None  # the child flow runs of this run (`runs list --parent`)
 
     def where(self) -> tuple[list[str], list[Any]]:
         where: list[str] = []
@@ -64,6 +65,9 @@ class RunFilter:
         if self.states:
             where.append(f"state IN ({', '.join('?' for _ in self.states)})")
             params += self.states
+        if self.parent is not None:  # through run_links_by_parent: a run's children, however many runs
+            where.append("id IN (SELECT run_id FROM run_links WHERE parent_run = ?)")
+            params.append(self.parent)
         if self.label is not None:
             # labels are stored as a JSON list: match the label's own JSON string, quotes included
             where.append("labels LIKE ? ESCAPE '\\'")
@@ -71,9 +75,10 @@ class RunFilter:
         return where, params
 
 
-def matches(flt: RunFilter, run: FlowRun) -> bool:
-    """Does `run` pass the filter? (For runs pushed live, read one at a time.)"""
-    checks = ((flt.flow, run.flow_name), (flt.agent, run.agent), (flt.flow_id, run.flow_id))
+def matches(flt: RunFilter, run: FlowRun, parent: str | None = None) -> bool:
+    """Does `run` (whose parent run is `parent`) pass the filter? (For runs pushed live, read
+    one at a time.)"""
+    checks = ((flt.flow, run.flow_name), (flt.agent, run.agent), (flt.flow_id, run.flow_id), (flt.parent, parent))
     return (all(want is None or want == have for want, have in checks)
             and (not flt.states or run.state in flt.states)
             and (flt.label is None or flt.label in run.labels)
@@ -145,6 +150,33 @@ def any_lost(backend, now: float) -> bool:
         return tx.one(f"SELECT 1 FROM flow_runs WHERE state IN ({', '.join('?' for _ in states)})"
                       " AND COALESCE(heartbeat, updated) < ? - CASE WHEN heartbeat_timeout > 0 THEN heartbeat_timeout"
                       " ELSE ? END LIMIT 1", *states, now, HEARTBEAT_TIMEOUT_S) is not None
+
+
+# ------------------------------------------------------------------------------ run links
+
+
+CHILD_PAGE = 50
+
+
+def child_runs_page(backend, run_id: str, after: int = 0, size: int = CHILD_PAGE) -> tuple[list[dict], int | None]:
+    """The child flow runs of a run (its subflow tasks'), in creation order, `size` of them
+    after the creation number `after` (keyset), and the number to ask after for the next page."""
+    with backend._transaction(write=False) as tx:
+        rows = tx.all("SELECT r.seq, r.id, l.parent_task, r.state, r.flow_name FROM run_links l JOIN flow_runs r"
+                      " ON r.id = l.run_id WHERE l.parent_run = ? AND r.seq > ? ORDER BY r.seq LIMIT ?",
+                      run_id, after, size + 1)
+    children = [{"run": r[1], "task": r[2], "state": r[3], "flow": r[4]} for r in rows[:size]]
+    return children, (int(rows[size - 1][0]) if len(rows) > size else None)
+
+
+def restarts_of(backend, run_id: str) -> list[dict]:
+    """The runs that restart this one (`flowspec runs restart`), oldest first; not their child
+    flow runs, which carry the same link. (run_links has no index by `restart_of`: this reads
+    its rows, one per run that has links.)"""
+    with backend._transaction(write=False) as tx:
+        rows = tx.all("SELECT r.id, r.state FROM run_links l JOIN flow_runs r ON r.id = l.run_id"
+                      " WHERE l.restart_of = ? AND l.parent_run IS NULL ORDER BY r.seq", run_id)
+    return [{"run": r[0], "state": r[1]} for r in rows]
 
 
 # ------------------------------------------------------------------------------------ flows

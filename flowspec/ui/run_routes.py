@@ -28,6 +28,8 @@ def run_page(request: Request) -> Response:
     if wants_json(request):
         return JSONResponse(views.run_detail(backend, run))
     detail = views.run_detail(backend, run, tasks=False)
+    if request.app.state.allow_actions:
+        detail["restart_from"] = views.restart_from(backend, run)
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     logs, more = queries.log_page(backend, run.id, queries.LogFilter(), before=2**62, size=LOG_PAGE)
     return fragment(request, "run.html", run=detail, flow=flow,
@@ -44,6 +46,13 @@ def run_tasks(request: Request) -> Response:
     graph = views.graph_of(flow, tasks, views.recorded_graph(backend, run.id, flow))
     return fragment(request, "_run_tasks.html", tasks=tasks, graph=graph, run={"id": run.id},
                     mapped=[t["task"] for t in tasks if t.get("children")])
+
+
+def run_child_runs(request: Request) -> Response:
+    """The next page of a run's child flow runs (rows after the creation number `after`)."""
+    backend, run = _backend(request), _get_run(request)
+    links = views.run_links(backend, run.id, _int(request.query_params.get("after"), "after", 0))
+    return fragment(request, "_child_rows.html", links=links, run={"id": run.id})
 
 
 def gantt_data(backend, run_id: str, tasks: list[dict] | None = None) -> dict:

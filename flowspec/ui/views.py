@@ -138,20 +138,47 @@ def _task_rows(backend, run_id: str) -> list[dict]:
     return rows
 
 
+def restart_from(backend, run) -> dict | None:
+    """For a finished run, what its restart form offers: its tasks (each a `--from` choice) and
+    the first that failed (chosen to begin with); None for a run that has not finished."""
+    from flowspec.ui.actions import FINAL
+
+    if run.state not in FINAL:
+        return None
+    tasks = task_rows(backend, run)
+    failed = next((t["task"] for t in tasks if t["state"] in ("Failed", "TimedOut", "TriggerFailed")), None)
+    return {"tasks": [t["task"] for t in tasks], "failed": failed}
+
+
 def history(backend, run) -> list[dict]:
     mask = text_mask(run)
     return [{"time": e.time, "state": e.state, "message": mask(e.message)} for e in backend.run_history(run.id)]
 
 
 def run_detail(backend, run, tasks: bool = True) -> dict:
-    """The JSON of `flowspec runs show RUN --format json` (`tasks` None when not asked for)."""
+    """The JSON of `flowspec runs show RUN --format json`; for the page (`tasks` False) without
+    its tasks (None: they come after the page) and with its links as `run_links` shows them
+    (children a page at a time)."""
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     return run_dict(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
         "waiting_reason": backend.waiting_reason(run.id), "outputs": backend.run_outputs(run.id),
-        **backend.run_link_json(run.id),
+        **(backend.run_link_json(run.id) if tasks else {"links": run_links(backend, run.id)}),
         "history": history(backend, run),
         "tasks": task_rows(backend, run) if tasks else None}
+
+
+def run_links(backend, run_id: str, after: int = 0) -> dict:
+    """A run's parent (run and task), the run it restarts and what that reused or ran again,
+    the runs that restart it, and a page of its child flow runs (`children_next`: the cursor of
+    the next page)."""
+    from flowspec.ui.queries import child_runs_page, restarts_of
+
+    link = backend.run_link(run_id) or {}
+    children, after = child_runs_page(backend, run_id, after)
+    return {"parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"),
+            "restart_of": link.get("restart_of"), "restart": link.get("notes"), "restarted_as": restarts_of(backend, run_id),
+            "children": children, "children_next": after}
 
 
 def log_dict(row: tuple, mask) -> dict:
