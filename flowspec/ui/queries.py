@@ -53,7 +53,9 @@ class RunFilter:
     until: float | None = None
     parent: str | None = None  # the child flow runs of this run (`runs list --parent`)
 
-    def where(self) -> tuple[list[str], list[Any]]:
+    def where(self, scan: bool = False) -> tuple[list[str], list[Any]]:
+        """The WHERE clauses and their parameters; `scan` (SQLite): walk the runs newest first and
+        test each for the parent, rather than gather the parent's children and sort them all."""
         where: list[str] = []
         params: list[Any] = []
         simple = (("flow_name = ?", self.flow), ("agent = ?", self.agent), ("flow_id = ?", self.flow_id),
@@ -66,7 +68,7 @@ class RunFilter:
             where.append(f"state IN ({', '.join('?' for _ in self.states)})")
             params += self.states
         if self.parent is not None:  # through run_links_by_parent: a run's children, however many runs
-            where.append("id IN (SELECT run_id FROM run_links WHERE parent_run = ?)")
+            where.append(f"{'+' if scan else ''}id IN (SELECT run_id FROM run_links WHERE parent_run = ?)")
             params.append(self.parent)
         if self.label is not None:
             # labels are stored as a JSON list: match the label's own JSON string, quotes included
@@ -109,18 +111,28 @@ def runs_page(backend, flt: RunFilter, after: str | None = None, size: int = 50)
     """Runs newest first (by created, then id), `size` of them after the cursor `after`."""
     cursor = decode_cursor(after) if after else None
     with backend._transaction(write=False) as tx:
+        scan = flt.parent is not None and not _is_postgres(backend) and _many_children(tx, flt.parent)
         if len(flt.states) > 1:
             # One indexed walk per state, merged: `state IN (...)` would sort every match
-            walks = [_page_rows(tx, replace(flt, states=(state,)), cursor, size + 1) for state in flt.states]
+            walks = [_page_rows(tx, replace(flt, states=(state,)), cursor, size + 1, scan) for state in flt.states]
             rows = list(heapq.merge(*walks, key=lambda r: (r[7], r[0]), reverse=True))[:size + 1]
         else:
-            rows = _page_rows(tx, flt, cursor, size + 1)
+            rows = _page_rows(tx, flt, cursor, size + 1, scan)
     runs = [to_run(row) for row in rows[:size]]
     return RunPage(runs, encode_cursor(runs[-1]) if len(rows) > size else None)
 
 
-def _page_rows(tx, flt: RunFilter, cursor: tuple[float, str] | None, limit: int) -> list[tuple]:
-    where, params = flt.where()
+MANY_CHILDREN = 1000  # past this many child runs, a page of them is found by walking the runs in order
+
+
+def _many_children(tx, parent: str) -> bool:
+    """Has `parent` more than MANY_CHILDREN child runs? (Counted in run_links_by_parent, up to that.)"""
+    return tx.one("SELECT COUNT(*) FROM (SELECT 1 FROM run_links WHERE parent_run = ? LIMIT ?) c",
+                  parent, MANY_CHILDREN + 1)[0] > MANY_CHILDREN
+
+
+def _page_rows(tx, flt: RunFilter, cursor: tuple[float, str] | None, limit: int, scan: bool = False) -> list[tuple]:
+    where, params = flt.where(scan)
     if cursor:
         where.append("(created < ? OR (created = ? AND id < ?))")
         params += [cursor[0], cursor[0], cursor[1]]
@@ -162,8 +174,13 @@ def child_runs_page(backend, run_id: str, after: int = 0, size: int = CHILD_PAGE
     """The child flow runs of a run (its subflow tasks'), in creation order, `size` of them
     after the creation number `after` (keyset), and the number to ask after for the next page."""
     with backend._transaction(write=False) as tx:
-        rows = tx.all("SELECT r.seq, r.id, l.parent_task, r.state, r.flow_name FROM run_links l JOIN flow_runs r"
-                      " ON r.id = l.run_id WHERE l.parent_run = ? AND r.seq > ? ORDER BY r.seq LIMIT ?",
+        # Few children: gathered by run_links_by_parent and sorted; many (a map of thousands of
+        # subflows): the runs walked in creation order from the page's start, each looked up
+        # (SQLite takes CROSS JOIN's order as given; PostgreSQL plans either by its statistics)
+        many = _many_children(tx, run_id)
+        rows = tx.all("SELECT r.seq, r.id, l.parent_task, r.state, r.flow_name FROM "
+                      + ("flow_runs r CROSS JOIN run_links l" if many else "run_links l CROSS JOIN flow_runs r")
+                      + " WHERE r.id = l.run_id AND l.parent_run = ? AND r.seq > ? ORDER BY r.seq LIMIT ?",
                       run_id, after, size + 1)
     children = [{"run": r[1], "task": r[2], "state": r[3], "flow": r[4]} for r in rows[:size]]
     return children, (int(rows[size - 1][0]) if len(rows) > size else None)
