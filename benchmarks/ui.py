@@ -1,7 +1,7 @@
 """How fast `flowspec ui` answers on a big backend.
 
-Builds a backend (SQLite, or with --backend a PostgreSQL database) of N runs (several flows, states, labels, agents) and one run of M
-mapped children with L log lines, starts `flowspec ui` on it, and reports the server time
+Builds a backend (SQLite, or with --backend a PostgreSQL database) of N runs (several flows,
+states, labels, agents) and one run of M mapped children with L log lines, starts `flowspec ui` on it, and reports the server time
 (its `Server-Timing` header) of: the runs list (first and 50th page, each filter), the run page
 of the big run and its heatmap data, a log search, the whole log's download (and the server's
 peak memory around it), the start time, and the CPU an idle run page's event stream costs.
@@ -195,7 +195,8 @@ def main() -> int:
     if big is None:
         big = build(db, args.runs, args.children, args.lines)
         (folder / "big-run").write_text(big)
-    print(f"backend: {'PostgreSQL' if args.backend else 'SQLite'}, {args.runs} runs, one of {args.children} children and {args.lines} log lines"
+    kind = "PostgreSQL" if args.backend else "SQLite"
+    print(f"backend: {kind}, {args.runs} runs, one of {args.children} children and {args.lines} log lines"
           f" ({time.perf_counter() - began:.1f} s to build" + ("" if args.backend else
                                                                 f"; {Path(db).stat().st_size / 1e6:.0f} MB") + ")")
     proc, url, first = start_ui(db, home)  # the first start (the backend's migrations, indexes included, ran in build)

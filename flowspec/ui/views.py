@@ -177,7 +177,8 @@ def run_links(backend, run_id: str, after: int = 0) -> dict:
     link = backend.run_link(run_id) or {}
     children, after = child_runs_page(backend, run_id, after)
     return {"parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"),
-            "restart_of": link.get("restart_of"), "restart": link.get("notes"), "restarted_as": restarts_of(backend, run_id),
+            "restart_of": link.get("restart_of"), "restart": link.get("notes"),
+            "restarted_as": restarts_of(backend, run_id),
             "children": children, "children_next": after}
 
 
