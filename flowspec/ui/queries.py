@@ -186,6 +186,17 @@ def child_runs_page(backend, run_id: str, after: int = 0, size: int = CHILD_PAGE
     return children, (int(rows[size - 1][0]) if len(rows) > size else None)
 
 
+def restart_choices(backend, run_id: str) -> tuple[list[str], str | None]:
+    """A finished run's tasks in the order they first ran (each a `--from` of its restart), and
+    the first that failed: two indexed reads, without summing its children."""
+    with backend._transaction(write=False) as tx:
+        tasks = [t for t, _ in tx.all("SELECT task, MIN(id) AS first FROM task_states WHERE run_id = ?"
+                                      " GROUP BY task ORDER BY first", run_id)]
+        failed = tx.one("SELECT task FROM task_states WHERE run_id = ? AND state IN ('Failed', 'TimedOut',"
+                        " 'TriggerFailed') ORDER BY id LIMIT 1", run_id)
+    return tasks, failed[0] if failed else None
+
+
 def restarts_of(backend, run_id: str) -> list[dict]:
     """The runs that restart this one (`flowspec runs restart`), oldest first; not their child
     flow runs, which carry the same link. (run_links has no index by `restart_of`: this reads

@@ -142,12 +142,12 @@ def restart_from(backend, run) -> dict | None:
     """For a finished run, what its restart form offers: its tasks (each a `--from` choice) and
     the first that failed (chosen to begin with); None for a run that has not finished."""
     from flowspec.ui.actions import FINAL
+    from flowspec.ui.queries import restart_choices
 
     if run.state not in FINAL:
         return None
-    tasks = task_rows(backend, run)
-    failed = next((t["task"] for t in tasks if t["state"] in ("Failed", "TimedOut", "TriggerFailed")), None)
-    return {"tasks": [t["task"] for t in tasks], "failed": failed}
+    tasks, failed = CACHE.get(backend, run.id, "restart", lambda: restart_choices(backend, run.id))
+    return {"tasks": tasks, "failed": failed}
 
 
 def history(backend, run) -> list[dict]:
