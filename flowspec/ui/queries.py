@@ -55,7 +55,7 @@ class RunFilter:
 
     def where(self, scan: bool = False) -> tuple[list[str], list[Any]]:
         """The WHERE clauses and their parameters; `scan` (SQLite): walk the runs newest first and
-        test each for the parent, rather than gather the parent's children and sort them all."""
+        look each up in run_links, rather than gather the parent's children and sort them all."""
         where: list[str] = []
         params: list[Any] = []
         simple = (("flow_name = ?", self.flow), ("agent = ?", self.agent), ("flow_id = ?", self.flow_id),
@@ -67,8 +67,9 @@ class RunFilter:
         if self.states:
             where.append(f"state IN ({', '.join('?' for _ in self.states)})")
             params += self.states
-        if self.parent is not None:  # through run_links_by_parent: a run's children, however many runs
-            where.append(f"{'+' if scan else ''}id IN (SELECT run_id FROM run_links WHERE parent_run = ?)")
+        if self.parent is not None:
+            where.append("EXISTS (SELECT 1 FROM run_links l WHERE l.run_id = flow_runs.id AND l.parent_run = ?)"
+                         if scan else "id IN (SELECT run_id FROM run_links WHERE parent_run = ?)")
             params.append(self.parent)
         if self.label is not None:
             # labels are stored as a JSON list: match the label's own JSON string, quotes included
