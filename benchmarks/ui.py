@@ -235,6 +235,7 @@ def main() -> int:
             report[f"runs list, {name}, page 1 (ms)"] = timed(f"{url}/runs?{query}")
             report[f"runs list, {name}, page 50 (ms)"] = page_50(f"{url}/runs?{query}")
         report[f"run page of a run of {args.child_runs} child runs (ms)"] = timed(f"{url}/runs/{parent}")
+        report["its JSON twin, every child run listed (ms)"] = timed(f"{url}/runs/{parent}.json")
         report["run page of the big run, first view (ms)"] = get(f"{url}/runs/{big}")[0]
         report["run page of the big run, again (ms)"] = timed(f"{url}/runs/{big}")
         # what the page asks for next, in the order a browser does: the first is not cached yet

@@ -187,6 +187,18 @@ def child_runs_page(backend, run_id: str, after: int = 0, size: int = CHILD_PAGE
     return children, (int(rows[size - 1][0]) if len(rows) > size else None)
 
 
+def link_json(backend, run_id: str) -> dict:
+    """Backend.run_link_json (what `runs show --format json` says of a run's links), with its
+    child runs' states read in one join rather than a read per child (20 000 children: 2 s)."""
+    link = backend.run_link(run_id) or {}
+    with backend._transaction(write=False) as tx:
+        rows = tx.all("SELECT l.run_id, l.parent_task, r.state FROM run_links l JOIN flow_runs r ON r.id = l.run_id"
+                      " WHERE l.parent_run = ? ORDER BY r.seq", run_id)
+    return {"spec_path": link.get("spec_path"), "restart_of": link.get("restart_of"), "restart": link.get("notes"),
+            "parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"),
+            "children": [{"run": r[0], "task": r[1], "state": r[2]} for r in rows]}
+
+
 def restart_choices(backend, run_id: str) -> tuple[list[str], str | None]:
     """A finished run's tasks in the order they first ran (each a `--from` of its restart), and
     the first that failed: two indexed reads, without summing its children."""

@@ -159,11 +159,13 @@ def run_detail(backend, run, tasks: bool = True) -> dict:
     """The JSON of `flowspec runs show RUN --format json`; for the page (`tasks` False) without
     its tasks (None: they come after the page) and with its links as `run_links` shows them
     (children a page at a time)."""
+    from flowspec.ui.queries import link_json
+
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     return run_dict(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
         "waiting_reason": backend.waiting_reason(run.id), "outputs": backend.run_outputs(run.id),
-        **(backend.run_link_json(run.id) if tasks else {"links": run_links(backend, run.id)}),
+        **(link_json(backend, run.id) if tasks else {"links": run_links(backend, run.id)}),
         "history": history(backend, run),
         "tasks": task_rows(backend, run) if tasks else None}
 
