@@ -32,9 +32,10 @@ def run_page(request: Request) -> Response:
         detail["restart_from"] = views.restart_from(backend, run)
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     logs, more = queries.log_page(backend, run.id, queries.LogFilter(), before=2**62, size=LOG_PAGE)
+    last_task = queries.last_task_state_id(backend, run.id)
     return fragment(request, "run.html", run=detail, flow=flow,
                     logs=[views.log_dict(r, views.text_mask(run)) for r in logs], logs_more=more, direction="back",
-                    levels=LEVELS, last_task=queries.last_task_state_id(backend, run.id),
+                    levels=LEVELS, last_task=last_task,
                     last_log=logs[-1][0] if logs else 0, log_filter=queries.LogFilter(), final=run.state in FINAL)
 
 
