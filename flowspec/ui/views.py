@@ -147,6 +147,11 @@ def restart_from(backend, run) -> dict | None:
     if run.state not in FINAL:
         return None
     tasks, failed = CACHE.get(backend, run.id, "restart", lambda: restart_choices(backend, run.id))
+    if not tasks:  # it ended before any task ran (cancelled while it waited): its flow's tasks
+        flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+        spec = _compiled(flow.id, flow.spec_text) if flow is not None and flow.spec_text else None
+        recorded = recorded_graph(backend, run.id, flow)
+        tasks = list(spec.tasks) if spec is not None else (recorded[0] if recorded else [])
     return {"tasks": tasks, "failed": failed}
 
 
