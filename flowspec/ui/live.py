@@ -131,7 +131,7 @@ def run_events(request: Request) -> StreamingResponse:
 
     def _state(run) -> list[str]:
         out = []
-        reason = backend.waiting_reason(run_id) if run.state in ("Scheduled", "Queued") else None
+        reason = views.waiting_reason(backend, run) if run.state in ("Scheduled", "Queued") else None
         if run.updated != cursor.updated or reason != cursor.reason:
             cursor.updated, cursor.reason = run.updated, reason
             detail = views.run_dict(run) | {"waiting_reason": reason}

@@ -18,7 +18,7 @@ from typing import Any
 from flowspec.backend import FlowRun
 
 RUN_COLS = ("id, flow_id, flow_name, state, labels, parameters, agent, created, updated, heartbeat, exit_code,"
-            " message, runner, heartbeat_timeout")
+            " message, runner, heartbeat_timeout, scheduled_start")  # FlowRun's fields, in its order
 LOG_COLS = "id, run_id, time, level, task, message"
 
 

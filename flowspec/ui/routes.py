@@ -103,7 +103,7 @@ def runs_list(request: Request) -> Response:
         raise HTTPException(400, f"after={after}: not a page cursor; follow the 'next' link") from None
     base = [(k, v) for k, v in request.query_params.multi_items() if k not in ("after", "token")]
     next_url = f"{request.url.path}?{urlencode(base + [('after', result.next_cursor)])}" if result.next_cursor else None
-    runs = [views.run_dict(r) for r in result.runs]
+    runs = [views.listed(_backend(request), r) for r in result.runs]
     headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else None
     if request.headers.get("hx-request") and after:
         return fragment(request, "_run_rows.html", runs=runs, next_url=next_url)

@@ -169,10 +169,24 @@ def run_detail(backend, run, tasks: bool = True) -> dict:
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     return run_dict(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
-        "waiting_reason": backend.waiting_reason(run.id), "outputs": backend.run_outputs(run.id),
+        "waiting_reason": waiting_reason(backend, run), "outputs": backend.run_outputs(run.id),
         **(link_json(backend, run.id) if tasks else {"links": run_links(backend, run.id)}),
         "history": history(backend, run),
         "tasks": task_rows(backend, run) if tasks else None}
+
+
+def waiting_reason(backend, run) -> str | None:
+    """Why the run waits, as `runs show` says it: a Late run's says since when."""
+    from flowspec.commands.runs import is_late, late_reason
+
+    return late_reason(backend, run) if is_late(run) else backend.waiting_reason(run.id)
+
+
+def listed(backend, run) -> dict:
+    """A run as `runs list --format json` lists it: a Late run with its `late_reason`."""
+    from flowspec.commands.runs import is_late, late_reason
+
+    return run_dict(run) | ({"late_reason": late_reason(backend, run)} if is_late(run) else {})
 
 
 def run_links(backend, run_id: str, after: int = 0) -> dict:

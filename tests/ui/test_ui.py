@@ -638,3 +638,30 @@ def test_restart_from_the_run_page(family, watched, shots):
     page.wait_for_selector("#parent-run")
     assert page.get_attribute("#parent-run a", "href") == f"/runs/{parent}"
     assert "per_region[2]" in page.inner_text("#parent-run")
+
+
+@server
+def test_a_late_run_says_so_as_the_cli_does(tmp_path):
+    """A scheduled run past its time is Late, with the reason, in the list and on its page."""
+    import sqlite3
+
+    from flowspec.backend import open_backend
+
+    db = str(tmp_path / "late.db")
+    with open_backend(db) as backend:
+        run = backend.create_flow_run(None, {}, ["nightly"], flow_name="late-flow")
+    with sqlite3.connect(db) as conn:  # as `flowspec scheduler` made it, its time a minute ago
+        conn.execute("UPDATE flow_runs SET scheduled_start = ? WHERE id = ?", (time.time() - 60, run.id))
+    conn.close()
+    env = {"FLOWSPEC_HOME": str(tmp_path)}
+    ui = start_ui(db, tmp_path)
+    try:
+        listed = json.loads(run_cli("runs", "list", "--backend", db, "--format", "json", env=env).stdout)
+        assert listed[0]["state"] == "Late" and "late_reason" in listed[0]
+        assert json.loads(fetch(ui.url + "/runs.json")[1]) == listed
+        shown = json.loads(run_cli("runs", "show", run.id, "--backend", db, "--format", "json", env=env).stdout)
+        mine = json.loads(fetch(f"{ui.url}/runs/{run.id}.json")[1])
+        assert mine == shown and mine["waiting_reason"].startswith("due at ")
+        assert "due at " in fetch(f"{ui.url}/runs/{run.id}")[1]
+    finally:
+        ui.stop()
