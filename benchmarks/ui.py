@@ -1,8 +1,9 @@
 """How fast `flowspec ui` answers on a big backend.
 
-Builds a SQLite backend of N runs (several flows, states, labels, agents) and one run of M
-mapped children with L log lines, starts `flowspec ui` on it, and reports the server time
-(its `Server-Timing` header) of: the runs list (first and 50th page, each filter), the run page
+Builds a backend (SQLite, or with --backend a PostgreSQL database) of N runs (several flows,
+states, labels, agents) and one run of M mapped children with L log lines, starts `flowspec ui` on it, and reports the server time
+(its `Server-Timing` header) of: the runs list (first and 50th page, each filter, the children
+of a run of many child flow runs among them), the run page
 of the big run and its heatmap data, a log search, the whole log's download (and the server's
 peak memory around it), the start time, and the CPU an idle run page's event stream costs.
 With --browser (Playwright and Debian's chromium), also the heatmap's paint time and the
@@ -10,6 +11,7 @@ longest task while the page loads.
 
     python benchmarks/ui.py                                   # scaled down: a few seconds
     python benchmarks/ui.py --runs 100000 --children 100000 --lines 1000000
+    python benchmarks/ui.py --backend postgresql://flowspec@127.0.0.1:5432/bench   # an empty database
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # The issue's targets, at 100 000 runs and a run of 100 000 children with 1 000 000 log lines.
-TARGETS = {"runs list": 150, "run page of the big run": 300, "log search": 1000, "heatmap paint": 250,
+TARGETS = {"runs list": 150, "run page of the big run": 300, "run page of a run of": 300, "log search": 1000, "heatmap paint": 250,
            "longest task": 200, "idle run page stream": 1, "start to first answer": 0.5}
 STATES = ("Success", "Success", "Success", "Failed", "Cancelled", "Running", "Scheduled", "Queued")
 FLOWS = ("etl", "train", "report", "ingest", "score")
@@ -39,12 +41,12 @@ LABELS = (["gpu"], ["cpu"], ["gpu", "big"], [], ["eu"])
 AGENTS = ("agent-a", "agent-b", "agent-c", None)
 
 
-def build(path: Path, runs: int, children: int, lines: int) -> str:
+def build(url: str, runs: int, children: int, lines: int) -> str:
     """The backend, filled in bulk through the backend's own transactions; returns the big run's id."""
     from flowspec.backend import open_backend
 
     rng = random.Random(7)
-    backend = open_backend(str(path))
+    backend = open_backend(url)
     now = time.time() - runs
     rows = []
     for n in range(runs):
@@ -79,7 +81,22 @@ def build(path: Path, runs: int, children: int, lines: int) -> str:
     return big.id
 
 
-def start_ui(db: Path, home: Path) -> tuple[subprocess.Popen, str, float]:
+def link_children(url: str, count: int) -> str:
+    """Make every 5th run a child flow run of the oldest one (as a map of subflows would, spread
+    over the runs made since), once; returns the parent's id."""
+    from flowspec.backend import open_backend
+
+    with open_backend(url) as backend, backend._transaction() as tx:
+        found = tx.one("SELECT parent_run FROM run_links WHERE parent_task LIKE 'fanout[%' LIMIT 1")
+        if found:
+            return found[0]
+        ids = [row[0] for row in tx.all("SELECT id FROM flow_runs ORDER BY seq LIMIT ?", count * 5 + 1)]
+        tx.many("INSERT INTO run_links (run_id, parent_run, parent_task) VALUES (?, ?, ?)",
+                [(run_id, ids[0], f"fanout[{k}]") for k, run_id in enumerate(ids[5::5][:count])])
+        return ids[0]
+
+
+def start_ui(db: str, home: Path) -> tuple[subprocess.Popen, str, float]:
     """`flowspec ui` on the backend, and the seconds from its start to its first answer."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "FLOWSPEC_HOME": str(home)}
     began = time.perf_counter()
@@ -126,17 +143,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def idle_stream_cpu(url: str, db: Path, run_id: str, pid: int, seconds: float) -> float:
+def idle_stream_cpu(url: str, db: str, run_id: str, pid: int, seconds: float) -> float:
     """Percent of a core the server spends while one run page's event stream stays open (on
     a run that does not change: the stream resumes where the page left off)."""
     import socket
-    import sqlite3
     from urllib.parse import urlsplit
 
-    with sqlite3.connect(db) as conn:
-        log = conn.execute("SELECT MAX(id) FROM logs WHERE run_id = ?", (run_id,)).fetchone()[0]
-        task = conn.execute("SELECT MAX(id) FROM task_states WHERE run_id = ?", (run_id,)).fetchone()[0]
-        updated = conn.execute("SELECT updated FROM flow_runs WHERE id = ?", (run_id,)).fetchone()[0]
+    from flowspec.backend import open_backend
+
+    with open_backend(db) as backend, backend._transaction(write=False) as tx:
+        log = tx.one("SELECT MAX(id) FROM logs WHERE run_id = ?", run_id)[0]
+        task = tx.one("SELECT MAX(id) FROM task_states WHERE run_id = ?", run_id)[0]
+        updated = tx.one("SELECT updated FROM flow_runs WHERE id = ?", run_id)[0]
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port))
     sock.sendall(f"GET /runs/{run_id}/events?kinds=state,tasks,log&resume={log}-{task}-{updated!r} HTTP/1.1\r\n"
@@ -178,21 +196,27 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5_000)
     parser.add_argument("--children", type=int, default=5_000)
     parser.add_argument("--lines", type=int, default=50_000)
+    parser.add_argument("--child-runs", type=int, default=20_000, help="child flow runs of one run (default 20000)")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--browser", action="store_true", help="also measure in Debian's chromium")
     parser.add_argument("--keep", metavar="DIR", help="build in DIR and keep it (reused if it exists)")
+    parser.add_argument("--backend", metavar="URL", help="a PostgreSQL database to build in (empty, or built by an"
+                        " earlier run with the same --keep DIR) instead of a SQLite file")
     args = parser.parse_args()
     folder = Path(args.keep or tempfile.mkdtemp(prefix="flowspec-ui-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    db, home = folder / "flowspec.db", folder / "home"
+    db, home = args.backend or str(folder / "flowspec.db"), folder / "home"
     home.mkdir(exist_ok=True)
     began = time.perf_counter()
     big = (folder / "big-run").read_text() if (folder / "big-run").exists() else None
     if big is None:
         big = build(db, args.runs, args.children, args.lines)
         (folder / "big-run").write_text(big)
-    print(f"backend: {args.runs} runs, one of {args.children} children and {args.lines} log lines"
-          f" ({time.perf_counter() - began:.1f} s to build; {db.stat().st_size / 1e6:.0f} MB)")
+    kind = "PostgreSQL" if args.backend else "SQLite"
+    print(f"backend: {kind}, {args.runs} runs, one of {args.children} children and {args.lines} log lines"
+          f" ({time.perf_counter() - began:.1f} s to build" + ("" if args.backend else
+                                                                f"; {Path(db).stat().st_size / 1e6:.0f} MB") + ")")
+    parent = link_children(db, args.child_runs)
     proc, url, first = start_ui(db, home)  # the first start (the backend's migrations, indexes included, ran in build)
     proc.terminate()
     proc.communicate(timeout=10)
@@ -206,9 +230,12 @@ def main() -> int:
     try:
         for name, query in [("no filter", ""), ("flow", "flow=train"), ("state", "state=Failed"),
                             ("two states", "state=Queued&state=Running"), ("label", "label=big"),
-                            ("agent", "agent=agent-b"), ("time", "since=0&until=%f" % (time.time() - args.runs / 2))]:
+                            ("agent", "agent=agent-b"), ("time", "since=0&until=%f" % (time.time() - args.runs / 2)),
+                            ("parent", f"parent={parent}")]:
             report[f"runs list, {name}, page 1 (ms)"] = timed(f"{url}/runs?{query}")
             report[f"runs list, {name}, page 50 (ms)"] = page_50(f"{url}/runs?{query}")
+        report[f"run page of a run of {args.child_runs} child runs (ms)"] = timed(f"{url}/runs/{parent}")
+        report["its JSON twin, every child run listed (ms)"] = timed(f"{url}/runs/{parent}.json")
         report["run page of the big run, first view (ms)"] = get(f"{url}/runs/{big}")[0]
         report["run page of the big run, again (ms)"] = timed(f"{url}/runs/{big}")
         # what the page asks for next, in the order a browser does: the first is not cached yet

@@ -21,7 +21,7 @@ def register(sub) -> None:
                    help="address to listen on (default 127.0.0.1; any other one needs --token)")
     p.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787; 0: any free port)")
     p.add_argument("--backend", metavar="URL", default=None, help=BACKEND_HELP)
-    p.add_argument("--allow-actions", action="store_true", help="allow cancelling runs from the UI")
+    p.add_argument("--allow-actions", action="store_true", help="allow cancelling and restarting runs from the UI")
     p.add_argument("--token", metavar="T", default=None,
                    help="a secret every request must carry (open /?token=T once, or send"
                         " 'Authorization: Bearer T'); default $FLOWSPEC_UI_TOKEN")

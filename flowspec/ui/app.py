@@ -24,6 +24,7 @@ TOKEN_COOKIE = "flowspec_ui_token"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
        " object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 LOST_CHECK_S = 10.0
+WARM_AFTER_S = 2.0
 
 
 def create_app(backend, *, allow_actions: bool = False, token: str | None = None) -> Starlette:
@@ -41,6 +42,7 @@ def create_app(backend, *, allow_actions: bool = False, token: str | None = None
         Route("/runs/{run_id}/traceback", run_routes.run_traceback),
         Route("/runs/{run_id}/children/{task}.json", run_routes.run_children),
         Route("/runs/{run_id}/tasks", run_routes.run_tasks),
+        Route("/runs/{run_id}/child-runs", run_routes.run_child_runs),
         Route("/runs/{run_id}/gantt", run_routes.run_gantt),
         Route("/runs/{run_id}/gantt/{task}", run_routes.run_gantt_children),
         *actions.routes(),
@@ -121,10 +123,23 @@ def _watch_lost_runs(backend) -> None:
     who = f"`flowspec ui` (pid {os.getpid()} on {socket.gethostname()})"
 
     def loop() -> None:
+        from flowspec.ui.queries import any_lost
+
         stop = threading.Event()
+        stop.wait(WARM_AFTER_S)  # the server's own start first: it answers sooner
+        _warm()
         while not stop.wait(LOST_CHECK_S):
             try:
-                backend.mark_lost_runs(who)
+                if any_lost(backend, time.time()):
+                    backend.mark_lost_runs(who)
             except Exception:  # a database down for a while, a read-only file: the UI still reads
                 continue
     threading.Thread(target=loop, name="flowspec-ui-lost-runs", daemon=True).start()
+
+
+def _warm() -> None:
+    """Import what a run's first page needs (the runner's states, the compiler) off the request
+    path, once the server is up: its first view does not pay for them."""
+    import flowspec.commands.runs  # noqa: F401
+    import flowspec.compile  # noqa: F401
+    import flowspec.runner  # noqa: F401

@@ -59,7 +59,8 @@ def runs_events(request: Request) -> StreamingResponse:
         for run in queries.runs_updated_since(backend, since):
             since = max(since, run.updated)
             row = render(request, "_run_row.html", r=views.run_dict(run), live=True)
-            fresh = run.created > newest and queries.matches(flt, run)
+            fresh = run.created > newest and queries.matches(
+                flt, run, (backend.run_link(run.id) or {}).get("parent_run") if flt.parent else None)
             out.append(sse("new-run" if fresh else f"run-{run.id}", row, repr(since)))
         return out, since
 
@@ -130,10 +131,12 @@ def run_events(request: Request) -> StreamingResponse:
 
     def _state(run) -> list[str]:
         out = []
-        reason = backend.waiting_reason(run_id) if run.state in ("Scheduled", "Queued") else None
+        reason = views.waiting_reason(backend, run) if run.state in ("Scheduled", "Queued") else None
         if run.updated != cursor.updated or reason != cursor.reason:
             cursor.updated, cursor.reason = run.updated, reason
             detail = views.run_dict(run) | {"waiting_reason": reason}
+            if request.app.state.allow_actions:
+                detail["restart_from"] = views.restart_from(backend, run)
             out.append(sse("state", render(request, "_run_head.html", run=detail), str(cursor)))
             out.append(sse("history", render(request, "_history.html", history=views.history(backend, run)),
                            str(cursor)))
@@ -157,6 +160,9 @@ def run_events(request: Request) -> StreamingResponse:
                 out.append(sse("graph", render(request, "_graph.html", graph=graph, run={"id": run_id}), str(cursor)))
             gantt = render(request, "_gantt.html", gantt=gantt_data(backend, run_id, tasks), run={"id": run_id})
             out.append(sse("gantt", gantt, str(cursor)))
+            # a subflow task's child runs come and change state with its task states
+            links = render(request, "_run_links.html", run={"id": run_id, "links": views.run_links(backend, run_id)})
+            out.append(sse("links", links, str(cursor)))
         return out
 
     def _logs(run) -> list[str]:

@@ -72,7 +72,23 @@ def run_filter(request: Request) -> queries.RunFilter:
     return queries.RunFilter(flow=q.get("flow") or None, states=tuple(by_case[s.lower()] for s in states),
                              label=q.get("label") or None, agent=q.get("agent") or None,
                              flow_id=int(flow_id) if flow_id else None,
-                             since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"))
+                             since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+                             parent=_parent(request, q.get("parent") or None))
+
+
+def _parent(request: Request, ref: str | None) -> str | None:
+    """`parent=RUN`: a run id or a unique prefix of it, as `runs list --parent RUN` takes it."""
+    from flowspec.commands._backend import find_run
+    from flowspec.errors import FlowspecError, UsageError
+
+    if ref is None:
+        return None
+    try:
+        return find_run(_backend(request), ref).id
+    except UsageError as exc:
+        raise HTTPException(400, f"parent={ref}: {exc.message}") from None
+    except FlowspecError as exc:
+        raise HTTPException(404, f"parent={ref}: {exc.message}") from None
 
 
 def runs_list(request: Request) -> Response:
@@ -87,7 +103,7 @@ def runs_list(request: Request) -> Response:
         raise HTTPException(400, f"after={after}: not a page cursor; follow the 'next' link") from None
     base = [(k, v) for k, v in request.query_params.multi_items() if k not in ("after", "token")]
     next_url = f"{request.url.path}?{urlencode(base + [('after', result.next_cursor)])}" if result.next_cursor else None
-    runs = [views.run_dict(r) for r in result.runs]
+    runs = [views.listed(_backend(request), r) for r in result.runs]
     headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else None
     if request.headers.get("hx-request") and after:
         return fragment(request, "_run_rows.html", runs=runs, next_url=next_url)

@@ -28,11 +28,14 @@ def run_page(request: Request) -> Response:
     if wants_json(request):
         return JSONResponse(views.run_detail(backend, run))
     detail = views.run_detail(backend, run, tasks=False)
+    if request.app.state.allow_actions:
+        detail["restart_from"] = views.restart_from(backend, run)
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     logs, more = queries.log_page(backend, run.id, queries.LogFilter(), before=2**62, size=LOG_PAGE)
+    last_task = queries.last_task_state_id(backend, run.id)
     return fragment(request, "run.html", run=detail, flow=flow,
                     logs=[views.log_dict(r, views.text_mask(run)) for r in logs], logs_more=more, direction="back",
-                    levels=LEVELS, last_task=queries.last_task_state_id(backend, run.id),
+                    levels=LEVELS, last_task=last_task,
                     last_log=logs[-1][0] if logs else 0, log_filter=queries.LogFilter(), final=run.state in FINAL)
 
 
@@ -46,9 +49,17 @@ def run_tasks(request: Request) -> Response:
                     mapped=[t["task"] for t in tasks if t.get("children")])
 
 
+def run_child_runs(request: Request) -> Response:
+    """The next page of a run's child flow runs (rows after the creation number `after`)."""
+    backend, run = _backend(request), _get_run(request)
+    links = views.run_links(backend, run.id, _int(request.query_params.get("after"), "after", 0))
+    return fragment(request, "_child_rows.html", links=links, run={"id": run.id})
+
+
 def gantt_data(backend, run_id: str, tasks: list[dict] | None = None) -> dict:
     """The timeline's rows; with the run's task rows (views.task_rows), each coloured by its task's state."""
-    spans = views.CACHE.get(backend, run_id, "spans", lambda: queries.task_spans(backend, run_id))
+    firsts = views.CACHE.get(backend, run_id, "firsts", lambda: queries.first_times(backend, run_id))
+    spans = queries.task_spans(views.summary(backend, run_id), firsts)
     states = {t["task"]: t["state"] for t in tasks or ()}
     if not spans:
         return {"rows": [], "start": 0, "span": 0}
@@ -99,19 +110,17 @@ def run_children(request: Request) -> Response:
     child's name (`names`). `?name=TEXT` keeps the children whose name holds TEXT."""
     backend, run = _backend(request), _get_run(request)
     task = request.path_params["task"]
-    rows = views.CACHE.get(backend, run.id, f"children {task}",
-                           lambda: queries.children_states(backend, run.id, task))
+    heat = views.CACHE.get(backend, run.id, f"children {task}",
+                           lambda: queries.heat_codes(queries.children_states(backend, run.id, task)))
     named = views.CACHE.get(backend, run.id, f"names {task}", lambda: queries.child_names(backend, run.id, task))
-    names = [named[i] if 0 <= i < len(named) else None for i, _ in rows] if isinstance(named, list) else None
+    indexes = heat["indexes"] or range(len(heat["codes"]))
+    names = [named[i] if 0 <= i < len(named) else None for i in indexes] if isinstance(named, list) else None
     wanted = (request.query_params.get("name") or "").lower()
     if wanted:
         keep = [k for k, n in enumerate(names or ()) if n is not None and wanted in n.lower()]
-        rows, names = [rows[k] for k in keep], [names[k] for k in keep]
-    legend: dict[str, int] = {}
-    codes = "".join(chr(48 + legend.setdefault(state, len(legend))) for _, state in rows)
-    dense = all(index == k for k, (index, _) in enumerate(rows))
-    return JSONResponse({"task": task, "states": list(legend), "codes": codes,
-                         "indexes": None if dense else [index for index, _ in rows], "names": names})
+        rows = [(indexes[k], heat["states"][ord(heat["codes"][k]) - 48]) for k in keep]
+        heat, names = queries.heat_codes(rows), [names[k] for k in keep]
+    return JSONResponse({"task": task, **heat, "names": names})
 
 
 def log_filter(request: Request) -> queries.LogFilter:

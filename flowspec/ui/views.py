@@ -72,7 +72,8 @@ def text_mask(run):
 class RunCache:
     """Values computed from a run's task states, kept until a new task state is recorded: a
     finished run of many children is summed once, and a live page's stream re-sums only
-    when something changed."""
+    when something changed. Requests that want the same value at once (a page's tasks,
+    timeline and heatmaps arrive together) wait for the one computing it."""
 
     def __init__(self, size: int = 64) -> None:
         import threading
@@ -80,26 +81,38 @@ class RunCache:
 
         self._lock, self._size = threading.Lock(), size
         self._items: OrderedDict = OrderedDict()
+        self._busy: dict = {}  # key → the lock held while it is computed
 
     def get(self, backend, run_id: str, kind: str, compute):
+        import threading
+
         from flowspec.ui.queries import last_task_state_id
 
         version = last_task_state_id(backend, run_id)
         key = (run_id, kind)
         with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and hit[0] == version:
-                self._items.move_to_end(key)
-                return hit[1]
-        value = compute()
-        with self._lock:
-            self._items[key] = (version, value)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            busy = self._busy.setdefault(key, threading.Lock())
+        with busy:
+            with self._lock:
+                hit = self._items.get(key)
+                if hit is not None and hit[0] >= version:
+                    self._items.move_to_end(key)
+                    return hit[1]
+            value = compute()
+            with self._lock:
+                self._items[key] = (version, value)
+                while len(self._items) > self._size:
+                    self._busy.pop(self._items.popitem(last=False)[0], None)
         return value
 
 
 CACHE = RunCache()
+
+
+def summary(backend, run_id: str) -> list:
+    """Backend.task_summary of the run, read once until a new task state comes (the task
+    table, the graph, the timeline and the live stream share it)."""
+    return CACHE.get(backend, run_id, "summary", lambda: backend.task_summary(run_id))
 
 
 def task_rows(backend, run) -> list[dict]:
@@ -114,7 +127,7 @@ def _task_rows(backend, run_id: str) -> list[dict]:
 
     rows = []
     names = backend.run_names(run_id)
-    for t in _summary(backend.task_summary(run_id)):
+    for t in _summary(summary(backend, run_id)):
         row = {"task": t.task, "map_index": t.map_index, "state": t.state, "attempt": t.attempt, "time": t.time,
                "message": t.message}
         if (t.task, t.map_index) in names:  # as `runs show --format json`
@@ -125,20 +138,69 @@ def _task_rows(backend, run_id: str) -> list[dict]:
     return rows
 
 
+def restart_from(backend, run) -> dict | None:
+    """For a finished run, what its restart form offers: its tasks (each a `--from` choice) and
+    the first that failed (chosen to begin with); None for a run that has not finished."""
+    from flowspec.ui.actions import FINAL
+    from flowspec.ui.queries import restart_choices
+
+    if run.state not in FINAL:
+        return None
+    tasks, failed = CACHE.get(backend, run.id, "restart", lambda: restart_choices(backend, run.id))
+    if not tasks:  # it ended before any task ran (cancelled while it waited): its flow's tasks
+        flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
+        spec = _compiled(flow.id, flow.spec_text) if flow is not None and flow.spec_text else None
+        recorded = recorded_graph(backend, run.id, flow)
+        tasks = list(spec.tasks) if spec is not None else (recorded[0] if recorded else [])
+    return {"tasks": tasks, "failed": failed}
+
+
 def history(backend, run) -> list[dict]:
     mask = text_mask(run)
     return [{"time": e.time, "state": e.state, "message": mask(e.message)} for e in backend.run_history(run.id)]
 
 
 def run_detail(backend, run, tasks: bool = True) -> dict:
-    """The JSON of `flowspec runs show RUN --format json` (`tasks` None when not asked for)."""
+    """The JSON of `flowspec runs show RUN --format json`; for the page (`tasks` False) without
+    its tasks (None: they come after the page) and with its links as `run_links` shows them
+    (children a page at a time)."""
+    from flowspec.ui.queries import link_json
+
     flow = backend.get_flow_by_id(run.flow_id) if run.flow_id is not None else None
     return run_dict(run) | {
         "flow_version": flow.version if flow else None, "project": flow.project if flow else None,
-        "waiting_reason": backend.waiting_reason(run.id), "outputs": backend.run_outputs(run.id),
-        **backend.run_link_json(run.id),
+        "waiting_reason": waiting_reason(backend, run), "outputs": backend.run_outputs(run.id),
+        **(link_json(backend, run.id) if tasks else {"links": run_links(backend, run.id)}),
         "history": history(backend, run),
         "tasks": task_rows(backend, run) if tasks else None}
+
+
+def waiting_reason(backend, run) -> str | None:
+    """Why the run waits, as `runs show` says it: a Late run's says since when."""
+    from flowspec.commands.runs import is_late, late_reason
+
+    return late_reason(backend, run) if is_late(run) else backend.waiting_reason(run.id)
+
+
+def listed(backend, run) -> dict:
+    """A run as `runs list --format json` lists it: a Late run with its `late_reason`."""
+    from flowspec.commands.runs import is_late, late_reason
+
+    return run_dict(run) | ({"late_reason": late_reason(backend, run)} if is_late(run) else {})
+
+
+def run_links(backend, run_id: str, after: int = 0) -> dict:
+    """A run's parent (run and task), the run it restarts and what that reused or ran again,
+    the runs that restart it, and a page of its child flow runs (`children_next`: the cursor of
+    the next page)."""
+    from flowspec.ui.queries import child_runs_page, restarts_of
+
+    link = backend.run_link(run_id) or {}
+    children, after = child_runs_page(backend, run_id, after)
+    return {"parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"),
+            "restart_of": link.get("restart_of"), "restart": link.get("notes"),
+            "restarted_as": restarts_of(backend, run_id),
+            "children": children, "children_next": after}
 
 
 def log_dict(row: tuple, mask) -> dict:

@@ -545,3 +545,123 @@ def _wait_for_run(db, flow: str, newer_than: str | None = None, timeout: float =
             return row[0]
         time.sleep(0.1)
     raise AssertionError(f"no run of {flow} appeared in {timeout} s")
+
+
+# ------------------------------------------------------------------ parent, child and restarted runs
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """A failed `flowspec run FILE` of a flow with a child flow run per region (one fails), and
+    a `flowspec ui --allow-actions` over it."""
+    root = tmp_path_factory.mktemp("ui-family")
+    home, db = root / "home", str(root / "family.db")
+    home.mkdir()
+    env = {"FLOWSPEC_HOME": str(home)}
+    shutil.copytree(FLOWS / "family", root / "family")
+    done = run_cli("run", root / "family" / "flow.yaml", "--backend", db, env=env, timeout=60)
+    assert done.rc == 1, done.output  # region ap fails
+    parent = json.loads(run_cli("runs", "list", "--backend", db, "--flow", "family", "--format", "json",
+                                env=env).stdout)[0]["id"]
+    ui = start_ui(db, home, "--allow-actions")
+    yield {"root": root, "home": home, "db": db, "env": env, "parent": parent, "ui": ui}
+    ui.stop()
+
+
+@server
+def test_parent_and_child_runs_match_the_cli(family):
+    ui, env, db, parent = family["ui"], family["env"], family["db"], family["parent"]
+    listed = json.loads(run_cli("runs", "list", "--parent", parent[:8], "--backend", db, "--format", "json",
+                                env=env).stdout)
+    assert len(listed) == 3
+    for ref in (parent, parent[:8]):  # an id or a unique prefix, as --parent takes it
+        assert json.loads(fetch(f"{ui.url}/runs.json?parent={ref}")[1]) == listed
+    failed = json.loads(fetch(f"{ui.url}/runs.json?parent={parent}&state=Failed")[1])
+    assert [r["id"] for r in failed] == [r["id"] for r in listed if r["state"] == "Failed"]
+    status, body, _ = fetch(f"{ui.url}/runs.json?parent=ffffffffffff")
+    assert status == 404 and "parent=ffffffffffff" in json.loads(body)["error"]
+    for run_id in (parent, listed[0]["id"]):  # the parent lists its children, a child names its parent
+        shown = json.loads(run_cli("runs", "show", run_id, "--backend", db, "--format", "json", env=env).stdout)
+        assert json.loads(fetch(f"{ui.url}/runs/{run_id}.json")[1]) == shown
+    assert [c["task"] for c in shown["children"]] == [] and shown["parent_run"] == parent
+    page = fetch(f"{ui.url}/runs/{parent}")[1]
+    assert page.count('<tr id="child-') == 3 and f'href="/runs?parent={parent}"' in page
+    assert f'id="parent-run">Child flow run of run <a class="mono" href="/runs/{parent}">' in \
+        fetch(f"{ui.url}/runs/{listed[0]['id']}")[1]
+    rows = fetch(f"{ui.url}/runs/{parent}/child-runs?after=0")[1]  # the "more" link's fragment
+    assert rows.count('<tr id="child-') == 3 and "more-children" not in rows
+    listing = fetch(f"{ui.url}/runs?parent={parent}")[1]
+    assert 'id="parent-filter"' in listing and listing.count('<tr id="run-') == 3
+
+
+@server
+def test_a_restart_needs_the_flag_and_a_finished_run(ui, world, family):
+    status, body, _ = fetch(f"{ui.url}/runs/{world['failed']}/restart", method="POST", data=b"csrf=x",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 403 and "--allow-actions" in body
+    assert "to restart this run from here" in fetch(f"{ui.url}/runs/{world['failed']}")[1]
+    # with the flag: a run still waiting is refused with the command's own words
+    waiting = run_cli("run", "--name", "hostile-flow", "--backend", world["db"], env=world["env"]).stdout.split()[-1]
+    other = start_ui(world["db"], world["home"], "--allow-actions")
+    try:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', fetch(f"{other.url}/runs/{waiting}")[1]).group(1)
+        status, body, _ = fetch(f"{other.url}/runs/{waiting}/restart", method="POST", data=f"csrf={csrf}".encode(),
+                                headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"})
+        assert status == 409 and "has not finished" in json.loads(body)["error"], body
+        assert 'id="restart-run"' not in fetch(f"{other.url}/runs/{waiting}")[1]  # not offered either
+    finally:
+        other.stop()
+        run_cli("runs", "cancel", waiting, "--backend", world["db"], env=world["env"])
+
+
+@browser
+def test_restart_from_the_run_page(family, watched, shots):
+    page, ui, parent = watched, family["ui"], family["parent"]
+    page.goto(f"{ui.url}/runs/{parent}")
+    assert page.locator("#restart-from").input_value() == "per_region"  # the failed task, chosen to begin with
+    page.select_option("#restart-from", "")  # what did not succeed, and what follows it
+    (family["root"] / "family" / "fixed").write_text("")  # the broken region is fixed: the restart succeeds
+    page.click("#restart-run")
+    page.wait_for_selector("#restart-of")
+    new = page.url.rsplit("/", 1)[1]
+    assert new != parent and page.get_attribute("#restart-of a", "href") == f"/runs/{parent}"
+    assert page.get_attribute("#restart-notes tr[data-task=prepare]", "data-action") == "reused"
+    assert page.get_attribute("#restart-notes tr[data-task=per_region]", "data-action") == "runs again"
+    page.wait_for_selector("#run-state:has-text('Success')", timeout=30_000)
+    page.wait_for_selector("table.tasks span.state.cached", timeout=10_000)  # prepare: Cached from the old run
+    page.wait_for_selector("#child-runs tr[data-state=Success]", timeout=10_000)
+    assert page.locator("#child-runs tbody tr").count() == 3
+    shots(page, "run-restart")
+    page.click("#restart-of a")
+    page.wait_for_selector(f"#restarted-as a[href='/runs/{new}']")
+    page.click("#child-runs tbody tr[data-state=Failed] a")
+    page.wait_for_selector("#parent-run")
+    assert page.get_attribute("#parent-run a", "href") == f"/runs/{parent}"
+    assert "per_region[2]" in page.inner_text("#parent-run")
+
+
+@server
+def test_a_late_run_says_so_as_the_cli_does(tmp_path):
+    """A scheduled run past its time is Late, with the reason, in the list and on its page."""
+    import sqlite3
+
+    from flowspec.backend import open_backend
+
+    db = str(tmp_path / "late.db")
+    with open_backend(db) as backend:
+        run = backend.create_flow_run(None, {}, ["nightly"], flow_name="late-flow")
+    with sqlite3.connect(db) as conn:  # as `flowspec scheduler` made it, its time a minute ago
+        conn.execute("UPDATE flow_runs SET scheduled_start = ? WHERE id = ?", (time.time() - 60, run.id))
+    conn.close()
+    env = {"FLOWSPEC_HOME": str(tmp_path)}
+    ui = start_ui(db, tmp_path)
+    try:
+        listed = json.loads(run_cli("runs", "list", "--backend", db, "--format", "json", env=env).stdout)
+        assert listed[0]["state"] == "Late" and "late_reason" in listed[0]
+        assert json.loads(fetch(ui.url + "/runs.json")[1]) == listed
+        shown = json.loads(run_cli("runs", "show", run.id, "--backend", db, "--format", "json", env=env).stdout)
+        mine = json.loads(fetch(f"{ui.url}/runs/{run.id}.json")[1])
+        assert mine == shown and mine["waiting_reason"].startswith("due at ")
+        assert "due at " in fetch(f"{ui.url}/runs/{run.id}")[1]
+    finally:
+        ui.stop()

@@ -74,3 +74,23 @@ def test_a_database_that_is_down_gives_503_then_the_ui_goes_on(pg_world):
     finally:
         server.start()
     assert fetch(ui.url + "/runs.json")[0] == 200
+
+
+def test_parent_and_child_runs_match_the_cli_on_postgres(pg_world, tmp_path):
+    import shutil
+
+    from tests.ui.conftest import FLOWS
+
+    world, ui, _ = pg_world
+    shutil.copytree(FLOWS / "family", tmp_path / "family")
+    assert run_cli("run", tmp_path / "family" / "flow.yaml", "--backend", world["db"], env=world["env"],
+                   timeout=60).rc == 1
+    parent = json.loads(run_cli("runs", "list", "--flow", "family", "--backend", world["db"], "--format", "json",
+                                env=world["env"]).stdout)[0]["id"]
+    listed = json.loads(run_cli("runs", "list", "--parent", parent, "--backend", world["db"], "--format", "json",
+                                env=world["env"]).stdout)
+    assert len(listed) == 3 and json.loads(fetch(f"{ui.url}/runs.json?parent={parent}")[1]) == listed
+    shown = json.loads(run_cli("runs", "show", parent, "--backend", world["db"], "--format", "json",
+                               env=world["env"]).stdout)
+    assert json.loads(fetch(f"{ui.url}/runs/{parent}.json")[1]) == shown and len(shown["children"]) == 3
+    assert fetch(f"{ui.url}/runs/{parent}")[1].count('<tr id="child-') == 3
