@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
+from itertools import chain
 from dataclasses import dataclass
 
 from flowspec.backend.core import NotFoundError, Store, Tx
@@ -137,16 +138,16 @@ class ScheduleStore(Store):
             due, nxt = planned[key, start]
             labels = json.dumps(sorted(set(clock.labels))) if clock.labels is not None else flow_labels
             params, clock_name = json.dumps(dict(clock.parameters)), clock_id(project, name, key)
-            runs += [(run_id, flow_id, name, SCHEDULED, labels, params, now, now, t, clock_name)
-                     for run_id, t in zip(_run_ids(len(due)), due)]
+            runs += [(flow_id, name, SCHEDULED, labels, params, now, now, t, clock_name) for t in due]
             moves.append((nxt, flow_id, position))
+        runs = [(run_id, *run) for run_id, run in zip(_run_ids(len(runs)), runs)]
         created = 0
         for begin in range(0, len(runs), INSERT_ROWS):
             # A run another scheduler made first is ignored; RETURNING names the ones made here.
             chunk = runs[begin:begin + INSERT_ROWS]
             made = tx.all("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, created, updated,"
                           f" scheduled_start, clock) VALUES {_rows(chunk)} ON CONFLICT DO NOTHING RETURNING id",
-                          *(value for run in chunk for value in run))
+                          *chain.from_iterable(chunk))
             if made:
                 tx.run(f"INSERT INTO run_states (run_id, time, state, message) VALUES {_rows(made, 4)}",
                        *(v for (run_id,) in made for v in (run_id, now, SCHEDULED, "created by the flow's schedule")))
@@ -157,7 +158,7 @@ class ScheduleStore(Store):
             tx.run(f"WITH m (next_time, flow_id, position) AS (VALUES {_rows(chunk)}) UPDATE clocks"
                    " SET next_time = m.next_time FROM m WHERE clocks.flow_id = m.flow_id"
                    " AND clocks.position = m.position AND clocks.next_time < m.next_time",
-                   *(value for move in chunk for value in move))
+                   *chain.from_iterable(chunk))
         return created
 
     def schedules(self) -> list[ScheduleRow]:
