@@ -11,6 +11,7 @@ then ignored.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from flowspec.backend.runs import SCHEDULED
 
 PASS_BATCH = 1000  # clocks per transaction: bounded transactions whatever the number of clocks
 MAX_RUNS_PER_CLOCK = 1000  # per pass: a catchup after a long stop advances in steps
-INSERT_ROWS = 500  # rows per multi-row statement: 5 000 parameters, within SQLite's and PostgreSQL's limits
+INSERT_ROWS = 500  # rows per multi-row statement: 2 500 parameters, within SQLite's and PostgreSQL's limits
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,11 @@ def _run_ids(n: int) -> list[str]:
             for i in range(0, 32 * n, 32)]
 
 
-def _rows(rows: list, width: int | None = None) -> str:
-    """The placeholders of a multi-row VALUES list."""
-    one = "(" + ", ".join("?" * (width or len(rows[0]))) + ")"
-    return ", ".join(one for _ in rows)
+def _number(value: float) -> str:
+    """A finite number as an SQL literal (repr round-trips a float exactly)."""
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    return repr(float(value))
 
 
 def clock_id(project: str, flow_name: str, clock_key: str) -> str:
@@ -138,27 +140,35 @@ class ScheduleStore(Store):
             due, nxt = planned[key, start]
             labels = json.dumps(sorted(set(clock.labels))) if clock.labels is not None else flow_labels
             params, clock_name = json.dumps(dict(clock.parameters)), clock_id(project, name, key)
-            runs += [(flow_id, name, SCHEDULED, labels, params, now, now, t, clock_name) for t in due]
+            runs += [(flow_id, name, labels, params, t, clock_name) for t in due]
             moves.append((nxt, flow_id, position))
-        runs = [(run_id, *run) for run_id, run in zip(_run_ids(len(runs)), runs)]
+        # Numbers go into the statements as literals, text as parameters: a driver's work grows
+        # with the parameters (psycopg parses every placeholder of a long statement each time).
+        stamp, ids = _number(now), _run_ids(len(runs))
+        values = [(f"(?, {int(flow_id)}, ?, '{SCHEDULED}', ?, ?, {stamp}, {stamp}, {_number(t)}, ?)",
+                   (run_id, name, labels, params, clock_name))
+                  for run_id, (flow_id, name, labels, params, t, clock_name) in zip(ids, runs)]
         created = 0
-        for begin in range(0, len(runs), INSERT_ROWS):
+        for begin in range(0, len(values), INSERT_ROWS):
             # A run another scheduler made first is ignored; RETURNING names the ones made here.
-            chunk = runs[begin:begin + INSERT_ROWS]
+            chunk = values[begin:begin + INSERT_ROWS]
             made = tx.all("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, created, updated,"
-                          f" scheduled_start, clock) VALUES {_rows(chunk)} ON CONFLICT DO NOTHING RETURNING id",
-                          *chain.from_iterable(chunk))
+                          f" scheduled_start, clock) VALUES {', '.join(row for row, _ in chunk)}"
+                          " ON CONFLICT DO NOTHING RETURNING id", *chain.from_iterable(texts for _, texts in chunk))
             if made:
-                tx.run(f"INSERT INTO run_states (run_id, time, state, message) VALUES {_rows(made, 4)}",
-                       *(v for (run_id,) in made for v in (run_id, now, SCHEDULED, "created by the flow's schedule")))
+                state = f"(?, {stamp}, '{SCHEDULED}', 'created by the flow''s schedule')"
+                tx.run(f"INSERT INTO run_states (run_id, time, state, message) VALUES {', '.join([state] * len(made))}",
+                       *(run_id for (run_id,) in made))
             created += len(made)
-        for begin in range(0, len(moves), INSERT_ROWS):
-            # Never backwards: another scheduler may have planned further meanwhile.
-            chunk = moves[begin:begin + INSERT_ROWS]
-            tx.run(f"WITH m (next_time, flow_id, position) AS (VALUES {_rows(chunk)}) UPDATE clocks"
+        for begin in range(0, len(moves), PASS_BATCH):
+            # Never backwards: another scheduler may have planned further meanwhile. (The next time
+            # stays a parameter: it may be infinite, which SQL has no literal for.)
+            chunk = moves[begin:begin + PASS_BATCH]
+            rows = ", ".join(f"(?, {int(flow_id)}, {int(position)})" for _, flow_id, position in chunk)
+            tx.run(f"WITH m (next_time, flow_id, position) AS (VALUES {rows}) UPDATE clocks"
                    " SET next_time = m.next_time FROM m WHERE clocks.flow_id = m.flow_id"
                    " AND clocks.position = m.position AND clocks.next_time < m.next_time",
-                   *chain.from_iterable(chunk))
+                   *(nxt for nxt, _, _ in chunk))
         return created
 
     def schedules(self) -> list[ScheduleRow]:
