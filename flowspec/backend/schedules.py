@@ -132,14 +132,16 @@ class ScheduleStore(Store):
         runs, moves = [], []
         planned: dict = {}  # clocks that fire alike and are planned from the same time: computed once
         for flow_id, position, project, name, key, definition, catchup, next_time, flow_labels in batch:
-            clock = Clock.from_json(json.loads(definition))
+            data = json.loads(definition)
+            clock = Clock.from_json(data)
             # Without catchup, times already past are skipped: a stopped scheduler loses them.
             start = next_time if catchup else max(next_time, now)
             if (key, start) not in planned:
                 planned[key, start] = planner.times(clock, start, until)
             due, nxt = planned[key, start]
             labels = json.dumps(sorted(set(clock.labels))) if clock.labels is not None else flow_labels
-            params, clock_name = json.dumps(dict(clock.parameters)), clock_id(project, name, key)
+            params = json.dumps(data["parameters"]) if data.get("parameters") else "{}"
+            clock_name = clock_id(project, name, key)
             runs += [(flow_id, name, labels, params, t, clock_name) for t in due]
             moves.append((nxt, flow_id, position))
         # Numbers go into the statements as literals, text as parameters: a driver's work grows
