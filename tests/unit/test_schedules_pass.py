@@ -34,7 +34,7 @@ def test_shared_planning_gives_the_times_of_each_clock(now: str, horizon: float)
     at = _at(now)
     zones = ["UTC", "America/Chicago", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kolkata",
              "Pacific/Chatham", "America/St_Johns", "Pacific/Kiritimati", "Etc/GMT+12"]
-    zones += random.Random(now).sample(sorted(z for z in available_timezones() if "/" in z), 25)
+    zones += random.Random(now).sample(sorted(z for z in available_timezones() if "/" in z), 8)
     planner = Planner(at, 50)
     starts = [at, at - 5400.0, at + 0.5, at - 86400.0 * 3]  # the last is planned the slow way
     for tz in zones:
