@@ -148,7 +148,7 @@ def part_pass(args, postgres: Postgres | None) -> list[str]:
                          f" {done['cpu_seconds']:.3f} s | {whole:.2f} s |")
             print(lines[-1], flush=True)
     verdict = "PASS" if worst < 1.0 else "MISS"
-    lines.append(f"target: a pass over 10 000 clocks under 1 s: {verdict} (worst {worst:.3f} s)")
+    lines.append(f"target: a pass over 10 000 clocks under 1 s: {verdict} (worst {worst:.3f} s over {args.clocks} clocks)")
     return ["| backend | pass | runs created | pass time | its CPU time (scheduler) | `flowspec scheduler --once` process |",
             "| --- | --- | --- | --- | --- | --- |", *lines]
 
