@@ -145,7 +145,7 @@ def _check_clock(path: tuple, clock: dict, error) -> None:
     else:
         try:
             seconds = parse_duration(clock["interval"])
-        except (TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError):  # no match, not text, not a number
             seconds = None  # the JSON Schema reports a malformed duration
         if seconds is not None and not (math.isfinite(seconds) and seconds >= 1):
             error(path + ("interval",), "an interval must be at least 1s")

@@ -18,6 +18,7 @@ schedule:
   - {cron: "* * * * *", interval: 1m}
   - interval: 1h
     timezone: Europe/Berlin
+  - interval: 1d
 catchup: maybe
 tasks:
   t: {run: "m:g"}
@@ -52,7 +53,8 @@ def test_schedule_mistakes_are_each_at_their_place(cli, tmp_path: Path) -> None:
                   "9:15: error: schedule[1].interval: an interval must be at least 1s",
                   "10:5: error: schedule[2]: a clock has exactly one of `cron` and `interval`",
                   "12:15: error: schedule[3].timezone: an interval is absolute time",
-                  "13:10: error: catchup: expected boolean"):
+                  "13:15: error: schedule[4].interval: '1d': expected a duration such as 500ms, 5s, 2m or 1h",
+                  "14:10: error: catchup: expected boolean"):
         assert f"{at}:{where}" in done.stdout, done.stdout
 
 

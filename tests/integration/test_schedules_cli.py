@@ -92,6 +92,56 @@ def test_zone_transitions_follow_the_wall_clock(tmp_path, backend_url, tz, start
     assert again["created"] == 0
 
 
+@pytest.mark.parametrize("tz, clock, registered, later, missed", [
+    # spring forward: 02:30 of 8 March does not exist; it is caught up once, at 03:00 CDT
+    ("America/Chicago", "30 2 * * *", "2026-03-06T12:00:00-06:00", "2026-03-10T12:00:00-05:00",
+     ["2026-03-07T02:30:00-06:00", "2026-03-08T03:00:00-05:00", "2026-03-09T02:30:00-05:00",
+      "2026-03-10T02:30:00-05:00"]),
+    # fall back: 02:00 and 02:30 of 25 October happen twice; each is caught up once
+    ("Europe/Berlin", "*/30 2 * * *", "2026-10-24T12:00:00+02:00", "2026-10-26T12:00:00+01:00",
+     ["2026-10-25T02:00:00+02:00", "2026-10-25T02:30:00+02:00", "2026-10-26T02:00:00+01:00",
+      "2026-10-26T02:30:00+01:00"]),
+    # Lord Howe's half-hour change: 02:15 of 4 October does not exist (02:00 -> 02:30)
+    ("Australia/Lord_Howe", "15 2 * * *", "2026-10-02T12:00:00+10:30", "2026-10-05T12:00:00+11:00",
+     ["2026-10-03T02:15:00+10:30", "2026-10-04T02:30:00+11:00", "2026-10-05T02:15:00+11:00"]),
+])
+@pytest.mark.parametrize("catchup", [True, False])
+def test_catchup_both_ways_across_a_zone_change(tmp_path, backend_url, tz, clock, registered, later, missed, catchup):
+    """No scheduler ran from `registered` to `later`: with catchup each missed time runs once
+    (the wall clock's rules apply to them too); without, they are skipped and the clock goes on."""
+    _register(tmp_path, _env(tmp_path, backend_url, registered),
+              _spec(f'  - cron: "{clock}"\n    timezone: {tz}\n', catchup=catchup))
+    env = _env(tmp_path, backend_url, later)
+    done = json.loads(_ok(env, "scheduler", "--once", "--horizon", "1h", "--format", "json"))
+    assert _local(_scheduled(env), tz) == (missed if catchup else [])
+    assert done["created"] == (len(missed) if catchup else 0)
+    _ok(env, "scheduler", "--once", "--horizon", "24h")  # the clock goes on from now either way
+    upcoming = [t for t in _local(_scheduled(env), tz) if t not in missed]
+    assert len(upcoming) == (1 if clock.startswith(("30", "15")) else 2), upcoming
+    assert datetime.fromisoformat(upcoming[0]).timestamp() > datetime.fromisoformat(later).timestamp()
+
+
+@pytest.mark.parametrize("tz, start, anchor, interval, horizon, expected", [
+    # an interval is absolute time: a day after 09:00 CST is 10:00 CDT
+    ("America/Chicago", "2026-03-07T00:00:00-06:00", "2026-03-07T09:00:00", "24h", "71h",
+     ["2026-03-07T09:00:00-06:00", "2026-03-08T10:00:00-05:00", "2026-03-09T10:00:00-05:00"]),
+    # twelve hours after 20:00 CEST is 07:00 CET
+    ("Europe/Berlin", "2026-10-24T00:00:00+02:00", "2026-10-24T08:00:00", "12h", "47h",
+     ["2026-10-24T08:00:00+02:00", "2026-10-24T20:00:00+02:00", "2026-10-25T07:00:00+01:00",
+      "2026-10-25T19:00:00+01:00"]),
+    # a day after 02:15 at +10:30 is 02:45 at +11:00
+    ("Australia/Lord_Howe", "2026-10-03T00:00:00+10:30", "2026-10-03T02:15:00", "24h", "71h",
+     ["2026-10-03T02:15:00+10:30", "2026-10-04T02:45:00+11:00", "2026-10-05T02:45:00+11:00"]),
+])
+def test_intervals_are_absolute_across_zone_changes(tmp_path, backend_url, tz, start, anchor, interval, horizon,
+                                                    expected):
+    env = _env(tmp_path, backend_url, start)
+    _register(tmp_path, env, _spec(f'  - interval: {interval}\n    start: "{anchor}"\n    timezone: {tz}\n'))
+    _ok(env, "scheduler", "--once", "--horizon", horizon)
+    assert _local(_scheduled(env), tz) == expected
+    assert json.loads(_ok(env, "scheduler", "--once", "--horizon", horizon, "--format", "json"))["created"] == 0
+
+
 def test_several_schedulers_at_once_make_each_run_once(tmp_path, backend_url):
     env = _env(tmp_path, backend_url, "2026-03-07T00:00:00Z")
     for i in range(5):
@@ -229,3 +279,55 @@ def test_deleting_a_scheduled_flow_takes_its_planned_runs(tmp_path, backend_url)
     _ok(env, "flows", "delete", "clocked")
     assert _scheduled(env) == [] and json.loads(_ok(env, "schedules", "list", "--format", "json")) == []
     assert json.loads(_ok(env, "scheduler", "--once", "--format", "json"))["created"] == 0
+
+
+@pytest.mark.slow
+def test_schedulers_and_agents_through_a_kill_and_a_database_restart(tmp_path, postgres_server):
+    """Two schedulers and two agents in real time on PostgreSQL; the database restarts under them
+    and one scheduler is killed with SIGKILL: every flow, clock and time in the window has one run,
+    run once by one agent, never before its time, and it succeeds."""
+    import signal
+
+    env = _env(tmp_path, postgres_server.url)
+    names = [f"f{i}" for i in range(3)]
+    for name in names:
+        _register(tmp_path, env, _spec("  - interval: 3s\n", name=name), name=f"{name}.yaml")
+
+    def start(*args):
+        return subprocess.Popen([sys.executable, "-m", "flowspec", *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    schedulers = [start("scheduler", "--horizon", "10s", "--interval", "0.5") for _ in range(2)]
+    agents = [start("agent", "start", "--name", f"a{k}", "--poll-interval", "0.5", "--max-runs", "4") for k in range(2)]
+    try:
+        deadline = time.time() + 60
+        while not _scheduled(env) and time.time() < deadline:  # a first pass made (times before it are skipped)
+            time.sleep(0.5)
+        window = (time.time(), time.time() + 18)
+        time.sleep(4)
+        postgres_server.restart()
+        time.sleep(5)
+        schedulers[0].send_signal(signal.SIGKILL)
+        time.sleep(max(0.0, window[1] - time.time()))
+        schedulers[1].terminate()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            runs = [r for r in _scheduled(env) if window[0] < r["scheduled_start"] <= window[1]]
+            if runs and all(r["state"] in ("Success", "Failed", "Cancelled") for r in runs):
+                break
+            time.sleep(1)
+    finally:
+        for proc in schedulers + agents:
+            if proc.poll() is None:
+                proc.terminate()
+        errors = "\n".join(proc.communicate(timeout=60)[1][-2000:] for proc in schedulers + agents)
+    expected = {(name, t) for name in names for t in range(int(window[0] // 3) * 3, int(window[1]) + 1, 3)
+                if window[0] < t <= window[1]}
+    made = [(r["flow"], r["scheduled_start"]) for r in runs]
+    assert len(made) == len(set(made)), "a flow, clock and time has two runs"
+    assert set(made) == {(name, float(t)) for name, t in expected}, errors
+    assert all(r["state"] == "Success" for r in runs), [(r["flow"], r["state"], r["message"]) for r in runs]
+    for run in runs:
+        history = json.loads(_ok(env, "runs", "show", run["id"], "--format", "json"))["history"]
+        submitted = [e["time"] for e in history if e["state"] == "Submitted"]
+        assert len(submitted) == 1 and submitted[0] >= run["scheduled_start"], (run["id"], history)
