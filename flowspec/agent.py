@@ -1,6 +1,7 @@
 """The agent: claims the flow runs its labels allow and runs each in a child process.
 
-One loop, woken every poll interval or as soon as a child exits:
+One loop, woken every poll interval, as soon as a child exits, or when the next Scheduled run
+falls due (so a run on a clock starts at its time, not up to a poll interval later):
 1. reap children that exited; a child that died without a final state fails its run with its
    exit code and the last lines of its output;
 2. heartbeat the agent (so `flowspec run --name` knows who is listening);
@@ -49,6 +50,7 @@ from flowspec.recorder import HEARTBEAT_INTERVAL_S
 AGENT_BEAT_S = 10.0  # well inside the one-minute window in which an agent counts as seen
 CANCEL_CHECK_S = 1.0
 CANCEL_GRACE_S = 10.0
+WAKE_AFTER_DUE_S = 0.01  # past a Scheduled run's time, so that the claim finds it due
 TAIL_LINES, TAIL_BYTES = 20, 4096
 
 log = logging.getLogger("flowspec.agent")
@@ -98,6 +100,7 @@ class Agent:
         self.outage = Outage(backend.url, config.outage_tolerance,
                              lambda level, text: self._log.log(logging.getLevelName(level.upper()), "%s", text))
         self._judge_from = 0.0  # monotonic time from which this agent may judge other runs lost
+        self._next_start: float | None = None  # when the next Scheduled run falls due (epoch seconds)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -121,9 +124,17 @@ class Agent:
                 if self.outage.ongoing:
                     self.outage.ok()
                     self._judge_from = time.monotonic() + cfg.heartbeat_timeout
-                self._wake.wait(cfg.poll_interval)
+                self._wake.wait(self._until_next_poll())
         finally:
             self.shutdown()
+
+    def _until_next_poll(self) -> float:
+        """The poll interval, or less when a Scheduled run falls due before it: a run on a clock
+        then starts at its time, not up to a poll interval later."""
+        wait = self.config.poll_interval
+        if self._next_start is not None:
+            wait = min(wait, max(0.0, self._next_start - time.time()) + WAKE_AFTER_DUE_S)
+        return wait
 
     def stop(self, *_: object) -> None:
         self._stopping.set()
@@ -171,9 +182,11 @@ class Agent:
 
     # -- starting runs -----------------------------------------------------------------------
     def claim(self) -> None:
+        self._next_start = None
         while len(self.children) < self.config.max_runs and not self._stopping.is_set():
             run = self.backend.claim_run(self.config.name, self.config.labels, self.config.heartbeat_timeout)
             if run is None:
+                self._next_start = self.backend.next_scheduled_start()
                 return
             self.spawn(run)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from flowspec.backend.agents import AGENT_SEEN_WINDOW_S, agent_reason
 from flowspec.backend.core import NotFoundError, Store, Tx, _marks, labels_match
-from flowspec.backend.runs import QUEUED, SUBMITTED, WAITING_STATES, FlowRun
+from flowspec.backend.runs import QUEUED, SCHEDULED, SUBMITTED, WAITING_STATES, FlowRun
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,14 @@ class ClaimStore(Store):
             if not self._move(tx, chosen.id, SUBMITTED, None, WAITING_STATES, extra):
                 return None  # cancelled meanwhile; the agent simply polls again
             return self._runs(tx, "id = ?", chosen.id)[0]
+
+    def next_scheduled_start(self) -> float | None:
+        """When the next Scheduled run not yet due becomes due (any labels: an agent woken for
+        another's run only polls once more), or None. Agents wait for it rather than for their poll."""
+        with self._transaction(write=False) as tx:
+            row = tx.one("SELECT MIN(scheduled_start) FROM flow_runs WHERE state = ? AND scheduled_start > ?",
+                         SCHEDULED, time.time())
+        return row[0] if row is not None and row[0] is not None else None
 
     def _queue(self, tx: Tx, run: FlowRun, blocks: list[SlotBlock]) -> None:
         message = "; ".join(map(str, blocks))
