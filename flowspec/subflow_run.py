@@ -53,6 +53,7 @@ class SubflowCall:
         from flowspec.errors import SpecError
         from flowspec.params import ParamsError, resolve_parameters
         from flowspec.recorder import current_url, record_local_run, run_message
+        from flowspec.restart import no_plan
 
         ctx = ctxmod.current()
         label = ctx.task_name if ctx.map_index is None else f"{ctx.task_name}[{ctx.map_index}]"
@@ -76,7 +77,8 @@ class SubflowCall:
 
         token = _PARENT.set((ctx.run_id, label))
         try:
-            result = record_local_run(spec, params, execute, current_url())
+            with no_plan():  # a child of a restart is a new run (its subflow task runs again), no restart
+                result = record_local_run(spec, params, execute, current_url())
         finally:
             _PARENT.reset(token)
             _LIVE.pop(threading.get_ident(), None)
