@@ -82,7 +82,7 @@ class SubflowCall:
         finally:
             _PARENT.reset(token)
             _LIVE.pop(threading.get_ident(), None)
-        if result.state == runner.CANCELLED and runner._interrupted:
+        if result.state == runner.CANCELLED and runner.stop_requested():
             raise KeyboardInterrupt  # the stop was the parent's too: it cancels the parent run
         if result.state != runner.SUCCESS:
             raise SubflowFailed(f"child flow run {result.run_id} ({spec.name}) ended {result.state}"
@@ -253,7 +253,6 @@ def run_concurrently(fn, units: list, threads: int, record) -> None:
 def _stop(pool: list) -> None:
     """Interrupt each running child's thread as a Ctrl-C does the main thread, and wait for them
     (at most STOP_GRACE_S); the runs of those still running then are recorded Cancelled here."""
-    import ctypes
     import time
 
     from flowspec import runner
@@ -261,8 +260,7 @@ def _stop(pool: list) -> None:
     runner._interrupted = True  # their runners take the KeyboardInterrupt for the real stop it is
     for thread in pool:
         if thread.is_alive() and thread.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                                       ctypes.py_object(KeyboardInterrupt))
+            runner.interrupt_thread(thread.ident)
     deadline = time.monotonic() + STOP_GRACE_S
     for thread in pool:
         thread.join(max(0.0, deadline - time.monotonic()))
