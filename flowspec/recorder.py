@@ -315,15 +315,17 @@ def current_url() -> str | None:
 
 def create_local(backend, spec, params: dict, run_id: str, runner: str, heartbeat_timeout: float | None) -> None:
     """The backend's row of a local run, with where its spec is (for `runs restart`) and, for a
-    restart, what it restarts."""
+    restart, what it restarts: never for a subflow's child run, which is a new run (its parent
+    task runs again in a restart)."""
     from flowspec import restart
 
     backend.create_flow_run(None, params, (), "Running", flow_name=spec.name, run_id=run_id, runner=runner,
                             heartbeat_timeout=heartbeat_timeout)
     from flowspec.subflow_run import current_parent
 
-    plan = restart.active()
-    parent = current_parent() or (None, None)
+    parent = current_parent()
+    plan = restart.active() if parent is None else None
+    parent = parent or (None, None)
     backend.set_run_link(run_id, spec.path, spec.checksum, plan and plan.of, plan and plan.notes, *parent)
 
 

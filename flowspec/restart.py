@@ -11,13 +11,16 @@ reuses its children that did and runs the others. A task that was Cached in the 
 was kept again under that restart's own id, so every run's kept results are under its id.
 
 The runner reads the plan of the restart being run through `active()`: a restart is one run
-per process, set up by the command with `activate`. `notes` (task → {action, why, from}) are
-kept with the new run and shown by `runs show`.
+per process, set up by the command with `activate`. Only that run is a restart: the child flow
+runs of its subflow tasks (which always run again) are new runs, made with no plan
+(`no_plan`). `notes` (task → {action, why, from}) are kept with the new run and shown by
+`runs show`.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+from contextvars import ContextVar
 
 from flowspec import references as refs
 
@@ -33,20 +36,27 @@ class RestartPlan:
         self.notes: dict = {}  # task → {"action": "reused" | "runs again", "why": str, "from": run id}
 
 
-_ACTIVE: list = []
+# A ContextVar: the child flow runs of a mapped subflow run on threads that copy the parent's
+# context, and each clears it for its own run (`no_plan`) without clearing it for the others.
+_ACTIVE: ContextVar[RestartPlan | None] = ContextVar("flowspec_restart_plan", default=None)
 
 
 def active() -> RestartPlan | None:
-    return _ACTIVE[-1] if _ACTIVE else None
+    return _ACTIVE.get()
 
 
 @contextlib.contextmanager
-def activate(plan: RestartPlan):
-    _ACTIVE.append(plan)
+def activate(plan: RestartPlan | None):
+    token = _ACTIVE.set(plan)
     try:
         yield plan
     finally:
-        _ACTIVE.remove(plan)
+        _ACTIVE.reset(token)
+
+
+def no_plan():
+    """While a child flow run of a subflow runs: it restarts nothing, whatever its parent does."""
+    return activate(None)
 
 
 def param_refs(task) -> set[str]:

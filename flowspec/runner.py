@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import logging
+import math
 import os
 import signal
 import threading
@@ -84,7 +85,7 @@ def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: flo
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             # A task's sys.exit() or `raise KeyboardInterrupt` fails the task, not the flow run:
             # only a real interrupt (Ctrl-C, SIGTERM) of this process cancels the run.
-            if isinstance(exc, KeyboardInterrupt) and _interrupted:
+            if isinstance(exc, KeyboardInterrupt) and stop_requested():
                 raise
             state, message = FAILED, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             detail = "\n" + user_traceback(exc)
@@ -103,12 +104,17 @@ def run_unit(fn, kwargs, ctx: ctxmod.TaskContext, retries: int, retry_delay: flo
             time.sleep(retry_delay)
 
 
+JOIN_SLICE_S = 0.1  # how often a thread waiting for a task run on another thread can be interrupted
+
+
 def call_with_timeout(fn, kwargs, timeout: float):
     """Call fn(**kwargs), raising TaskTimeout at the deadline.
 
     On the main thread a SIGALRM timer interrupts the task itself, so a timed-out attempt really
     stops. Elsewhere (a thread of a pool) Python cannot stop a thread: the attempt is marked
-    TimedOut on time and its thread is left to finish in the background. A callable with its
+    TimedOut on time and its thread is left to finish in the background; the calling thread
+    waits in short slices, so that a stop that interrupts it (a flow timeout of a child flow run
+    on a thread, `timeout` inf: see FlowRunner._untimed) is taken at once. A callable with its
     own `call_with_timeout` (a task sent to a child process) enforces the deadline itself."""
     own = getattr(fn, "call_with_timeout", None)
     if own is not None:
@@ -135,9 +141,12 @@ def call_with_timeout(fn, kwargs, timeout: float):
 
     worker = threading.Thread(target=target, daemon=True, name="flowspec-timeout")
     worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise TaskTimeout()
+    deadline = time.monotonic() + timeout
+    while worker.is_alive():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TaskTimeout()
+        worker.join(min(left, JOIN_SLICE_S))  # a KeyboardInterrupt sent to this thread lands between slices
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -155,6 +164,22 @@ def user_traceback(exc: BaseException) -> str:
 
 
 _interrupted = False  # a stop signal reached this process during a run (see InterruptWatch)
+_STOPPING: dict = {}  # thread ident → flow timeouts that interrupted the run on that thread (see FlowTimeout)
+_TIMED: dict = {}  # thread ident (not the main thread's) → flow timeouts armed for the runs on that thread
+
+
+def stop_requested() -> bool:
+    """Whether a KeyboardInterrupt here is a real stop (a signal, the cancel of a parent run, the
+    timeout of the flow run on this thread), not a task's own `raise KeyboardInterrupt`."""
+    return _interrupted or threading.get_ident() in _STOPPING
+
+
+def interrupt_thread(ident: int) -> None:
+    """Raise KeyboardInterrupt in thread `ident` as a Ctrl-C does on the main thread: when it next
+    runs Python code (not inside a blocking call, which Python cannot interrupt on a thread)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
 
 
 class InterruptWatch:
@@ -395,44 +420,86 @@ def run_summary_message(result) -> str | None:
 
 
 class FlowTimeout:
-    """A flow's `timeout`: at the deadline, the run's main thread is interrupted as by Ctrl-C
-    (a signal, so that a task asleep or waiting is woken), and the runner, seeing `_timed_out`,
-    ends the run TimedOut. Only where signals can be had (the main thread); elsewhere a warning."""
+    """A flow's `timeout`: at the deadline, the thread running the flow run is interrupted as by
+    Ctrl-C, and the runner, seeing `_timed_out`, ends the run TimedOut.
+
+    On the main thread by a signal, so that a task asleep or waiting is woken. A child flow run on
+    another thread (the mapped subflow children of a `local-dask` parent) has its thread
+    interrupted as the cancel of its parent does it (flowspec.subflow_run): at once when it waits
+    for its executor, and, on a `local` executor, its task runs are made on threads of their own
+    (FlowRunner._untimed) that it waits for in slices, and that finish in the background, as a
+    timed-out task on a pool thread does. `stop_requested()` is true on that thread meanwhile, so
+    that the run's tasks and nested child runs take the interrupt for the stop it is."""
 
     SIGNAL = getattr(signal, "SIGUSR2", None)
 
     def __init__(self, runner: "FlowRunner", seconds: float) -> None:
-        self.runner, self.lock, self.live = runner, threading.Lock(), True
-        self.previous = None
-        if self.SIGNAL is None or threading.current_thread() is not threading.main_thread():
-            log.warning("the flow timeout of %gs is not enforced here (not the main thread)", seconds)
-            self.live, self.timer = False, None
-            return
-        self.main = threading.main_thread().ident
-        self.previous = signal.signal(self.SIGNAL, self._on_signal)
-        self.timer = threading.Timer(seconds, self._expire)
+        self.runner, self.lock, self.armed, self.fired = runner, threading.Lock(), True, False
+        self.thread, self.previous, self.closed = threading.get_ident(), None, False
+        self.on_main = self.SIGNAL is not None and threading.current_thread() is threading.main_thread()
+        if self.on_main:
+            self.previous = signal.signal(self.SIGNAL, self._on_signal)
+        else:
+            _count(_TIMED, self.thread, 1)
+        self.timer = threading.Timer(seconds, self._expire if self.on_main else self._expire_thread)
         self.timer.daemon = True
         self.timer.start()
 
     def _expire(self) -> None:
         with self.lock:
-            if self.live:
+            if self.armed:
                 self.runner._timed_out = True
-                signal.pthread_kill(self.main, self.SIGNAL)
+                signal.pthread_kill(self.thread, self.SIGNAL)
+
+    def _expire_thread(self) -> None:
+        with self.lock:
+            if self.armed:
+                self.runner._timed_out = self.fired = True
+                _count(_STOPPING, self.thread, 1)
+                interrupt_thread(self.thread)
 
     def _on_signal(self, signum, frame) -> None:
         global _interrupted
-        if self.runner._timed_out and self.live:
+        if self.runner._timed_out and self.armed:
             _interrupted = True  # a task's KeyboardInterrupt handling lets it through (see run_unit)
             raise KeyboardInterrupt
 
+    def disarm(self) -> None:
+        """The run's work is done (the last statement of the part a timeout interrupts): no
+        interrupt from here on. One sent to its thread just before is raised here, where the
+        runner takes it (Python raises it at its next bytecode, not at a time of our choosing)."""
+        with self.lock:
+            self.armed = False
+        if self.fired:
+            for _ in range(1_000_000):  # the interrupt lands in this loop, at once
+                pass
+            raise KeyboardInterrupt  # (it was raised and taken elsewhere: the deadline passed all the same)
+
     def close(self) -> None:
         with self.lock:
-            was_live, self.live = self.live, False
-        if self.timer is not None:
-            self.timer.cancel()
-        if was_live and self.previous is not None:
+            self.armed = False
+            if self.closed:
+                return
+            self.closed = True
+            if self.fired:
+                _count(_STOPPING, self.thread, -1)
+        self.timer.cancel()
+        if not self.on_main:
+            _count(_TIMED, self.thread, -1)
+        elif self.previous is not None:  # None: not set from Python, nothing to put back
             signal.signal(self.SIGNAL, self.previous)
+
+
+_COUNTS_LOCK = threading.Lock()  # _TIMED and _STOPPING change on a run's thread and on its timer's
+
+
+def _count(counts: dict, key, step: int) -> None:
+    with _COUNTS_LOCK:
+        left = counts.get(key, 0) + step
+        if left > 0:
+            counts[key] = left
+        else:
+            counts.pop(key, None)
 
 
 class MapError(Exception):
@@ -503,6 +570,12 @@ class FlowRunner:
                 if takes:
                     self._consumes[name] = takes
         self._timed_out = False
+        # The timeout of a run on a thread other than the main one (a child flow run of a mapped
+        # subflow) interrupts that thread (FlowTimeout), which Python cannot do inside a blocking
+        # call: the task runs a `local` executor would make on it are made on threads of their own
+        # (call_with_timeout without a deadline), which it waits for in slices. None: as they are.
+        self._untimed = math.inf if self.executor.synchronous and threading.current_thread() is not \
+            threading.main_thread() and (spec.timeout or threading.get_ident() in _TIMED) else None
         self._namers: dict = {}  # task → make_namer(its run_name)
         self._hook_args: dict = {}  # flow hook → its `with`, resolved before the results go
         self._plans: dict = {}  # task → its keeping.KeepPlan (persist, cache, target)
@@ -572,8 +645,8 @@ class FlowRunner:
         # again; unfrozen at the end, so that nothing stays out of reach of the collector.
         gc.freeze()
         signals = InterruptWatch()
-        deadline = FlowTimeout(self, self.spec.timeout) if self.spec.timeout else None
         task_output.install()  # the tasks' print() becomes log lines of their task runs
+        deadline = FlowTimeout(self, self.spec.timeout) if self.spec.timeout else None
         try:
             if self._call_hook("on_start"):
                 try:
@@ -594,6 +667,8 @@ class FlowRunner:
                 result.state = FAILED
                 self._not_run("not run: the on_start hook failed")
                 result.message += "; no task ran"
+            if deadline is not None:
+                deadline.disarm()
         except KeyboardInterrupt:
             timed_out = self._timed_out
             self._cancel_all("the flow run timed out" if timed_out else "the flow run was cancelled")
@@ -726,8 +801,9 @@ class FlowRunner:
             name = None if task.run_name is None else self._run_name(task, kwargs)
             rec.run_names = name
             ctx = self.base_ctx.for_task(task.name, None, 0, name)
+            timeout = task.timeout if task.timeout is not None else self._untimed
             future = self.executor.submit(run_unit, fn, kwargs, ctx, task.retries, task.retry_delay,
-                                          task.timeout, self.notify if task.on_retry is None else self._notify_retry)
+                                          timeout, self.notify if task.on_retry is None else self._notify_retry)
             return self._collect(task.name, None, future)
         self._launch_children(task, rec, fn, kwargs, lists)
 
@@ -849,7 +925,8 @@ class FlowRunner:
         columns = [lists[k] for k in names]
         for_task, name = self.base_ctx.for_task, task.name
         notify = self.notify if task.on_retry is None else self._notify_retry
-        options = (task.retries, task.retry_delay, task.timeout, notify)
+        timeout = task.timeout if task.timeout is not None or task.subflow is not None else self._untimed
+        options = (task.retries, task.retry_delay, timeout, notify)
         one = names[0] if len(names) == 1 else None
         named = task.run_name is not None
         if named:

@@ -53,6 +53,7 @@ class SubflowCall:
         from flowspec.errors import SpecError
         from flowspec.params import ParamsError, resolve_parameters
         from flowspec.recorder import current_url, record_local_run, run_message
+        from flowspec.restart import no_plan
 
         ctx = ctxmod.current()
         label = ctx.task_name if ctx.map_index is None else f"{ctx.task_name}[{ctx.map_index}]"
@@ -76,11 +77,12 @@ class SubflowCall:
 
         token = _PARENT.set((ctx.run_id, label))
         try:
-            result = record_local_run(spec, params, execute, current_url())
+            with no_plan():  # a child of a restart is a new run (its subflow task runs again), no restart
+                result = record_local_run(spec, params, execute, current_url())
         finally:
             _PARENT.reset(token)
             _LIVE.pop(threading.get_ident(), None)
-        if result.state == runner.CANCELLED and runner._interrupted:
+        if result.state == runner.CANCELLED and runner.stop_requested():
             raise KeyboardInterrupt  # the stop was the parent's too: it cancels the parent run
         if result.state != runner.SUCCESS:
             raise SubflowFailed(f"child flow run {result.run_id} ({spec.name}) ended {result.state}"
@@ -251,7 +253,6 @@ def run_concurrently(fn, units: list, threads: int, record) -> None:
 def _stop(pool: list) -> None:
     """Interrupt each running child's thread as a Ctrl-C does the main thread, and wait for them
     (at most STOP_GRACE_S); the runs of those still running then are recorded Cancelled here."""
-    import ctypes
     import time
 
     from flowspec import runner
@@ -259,8 +260,7 @@ def _stop(pool: list) -> None:
     runner._interrupted = True  # their runners take the KeyboardInterrupt for the real stop it is
     for thread in pool:
         if thread.is_alive() and thread.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                                       ctypes.py_object(KeyboardInterrupt))
+            runner.interrupt_thread(thread.ident)
     deadline = time.monotonic() + STOP_GRACE_S
     for thread in pool:
         thread.join(max(0.0, deadline - time.monotonic()))

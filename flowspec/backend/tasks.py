@@ -93,24 +93,20 @@ class TaskStore(Store):
 
     def run_link(self, run_id: str) -> dict | None:
         """{spec_path, spec_checksum, restart_of, notes} of a run, or None."""
-        import json
-
         with self._transaction(write=False) as tx:
-            row = tx.one("SELECT spec_path, spec_checksum, restart_of, notes, parent_run, parent_task FROM run_links"
-                         " WHERE run_id = ?", run_id)
-        if row is None:
-            return None
-        return {"spec_path": row[0], "spec_checksum": row[1], "restart_of": row[2],
-                "notes": None if row[3] is None else json.loads(row[3]), "parent_run": row[4], "parent_task": row[5]}
+            return _link(tx, run_id)
 
     def run_link_json(self, run_id: str) -> dict:
         """What `runs show --format json` says of a run's links: its spec, what it restarts and
-        why each task was reused or ran again, its parent and its child flow runs."""
-        link = self.run_link(run_id) or {}
-        children = [{"run": c, "task": t, "state": getattr(self.get_run(c), "state", None)}
-                    for c, t in self.child_runs(run_id)]
+        why each task was reused or ran again, its parent and its child flow runs, whose states
+        come in one join (a read per child took seconds for 20 000 children)."""
+        with self._transaction(write=False) as tx:
+            link = _link(tx, run_id) or {}
+            rows = tx.all("SELECT l.run_id, l.parent_task, r.state FROM run_links l JOIN flow_runs r"
+                          " ON r.id = l.run_id WHERE l.parent_run = ? ORDER BY r.seq", run_id)
         return {"spec_path": link.get("spec_path"), "restart_of": link.get("restart_of"), "restart": link.get("notes"),
-                "parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"), "children": children}
+                "parent_run": link.get("parent_run"), "parent_task": link.get("parent_task"),
+                "children": [{"run": c, "task": t, "state": state} for c, t, state in rows]}
 
     def child_runs(self, run_id: str) -> list[tuple[str, str]]:
         """(child run id, parent task) of the child flow runs of a run, in creation order."""
@@ -243,3 +239,15 @@ class TaskStore(Store):
         for task, state, n, attempts, at in children:
             groups.setdefault(task, []).append((state, int(n), int(attempts), float(at)))
         return [(task, states.get(task), groups.get(task, [])) for task in order]
+
+
+def _link(tx: Tx, run_id: str) -> dict | None:
+    """A run's row of run_links (see TaskStore.run_link), or None."""
+    import json
+
+    row = tx.one("SELECT spec_path, spec_checksum, restart_of, notes, parent_run, parent_task FROM run_links"
+                 " WHERE run_id = ?", run_id)
+    if row is None:
+        return None
+    return {"spec_path": row[0], "spec_checksum": row[1], "restart_of": row[2],
+            "notes": None if row[3] is None else json.loads(row[3]), "parent_run": row[4], "parent_task": row[5]}

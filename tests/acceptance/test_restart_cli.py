@@ -376,3 +376,51 @@ def test_a_registered_runs_secret_parameter_reaches_its_restart_encrypted(cli, c
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.communicate(timeout=30)
+
+
+SUB_CHILD = """\
+version: 1
+name: sub
+parameters:
+  x: {type: integer}
+tasks:
+  sq: {run: steps:sq, with: {x: "${{ params.x }}"}}
+outputs:
+  sq: ${{ tasks.sq }}
+"""
+
+SUB_PARENT = """\
+version: 1
+name: top
+results: {type: local, directory: store}
+EXECUTOR
+tasks:
+  nums: {run: steps:nums, with: {n: 2}}
+  per_x: {flow: child.yaml, map: {x: "${{ tasks.nums }}"}}
+  end: {run: steps:last, with: {x: 1}, after: [per_x]}
+"""
+
+
+def top_run(cli, env) -> str:
+    return json.loads(cli("runs", "list", "--format", "json", "--flow", "top", env=env).stdout)[0]["id"]
+
+
+@pytest.mark.parametrize("executor", sorted(EXECUTORS))
+def test_the_child_runs_of_a_restarts_subflow_task_are_new_runs_not_restarts(cli, tmp_path, env, executor):
+    (tmp_path / "steps.py").write_text(STEPS)
+    (tmp_path / "child.yaml").write_text(SUB_CHILD)
+    (tmp_path / "flow.yaml").write_text(SUB_PARENT.replace("EXECUTOR\n", EXECUTORS[executor]))
+    assert cli("run", tmp_path / "flow.yaml", env=env | {"FAIL_END": "1"}).rc == 1
+    old = top_run(cli, env)
+    result = cli("runs", "restart", old, env=env)
+    assert result.rc == 0, result.output
+    assert "per_x: runs again: a subflow task runs again" in result.output
+    new = top_run(cli, env)
+    data = show(cli, env, new)
+    assert data["restart_of"] == old
+    assert sorted(c["task"] for c in data["children"]) == ["per_x[0]", "per_x[1]"]
+    for child in data["children"]:
+        shown = show(cli, env, child["run"])
+        assert (shown["parent_run"], shown["restart_of"], shown["restart"]) == (new, None, None), shown
+        assert shown["state"] == "Success" and [t["state"] for t in shown["tasks"]] == ["Success"]
+        assert "restart of run" not in cli("runs", "show", child["run"], env=env).stdout

@@ -458,3 +458,66 @@ def test_a_child_whose_code_does_not_import_fails_its_task_saying_where(cli, spe
     assert (f"the code of child flow child cannot be imported: {tmp_path / 'child.yaml'}:8:12: error: tasks.a.run:"
             " 'steps' has no attribute 'nope'") in result.output, result.output
     assert "SpecError" not in result.output
+
+
+NAP = """\
+import os
+import time
+
+
+def nap(region):
+    time.sleep(20 if region in os.environ.get("SLOW", "").split(",") else 0)
+    return region
+"""
+
+TIMED_CHILD = """\
+version: 1
+name: child
+parameters:
+  region: {type: string}
+timeout: 1
+EXECUTOR
+tasks:
+  a: {run: steps:nap, with: {region: "${{ params.region }}"}}
+outputs:
+  value: ${{ tasks.a }}
+"""
+
+
+def _timed_children(cli, spec_file: Path, env: dict) -> tuple[dict, dict, str]:
+    """Run `spec_file` with the children r1 and r3 slow: what `runs list --parent` and `runs show`
+    say of each child (by region), the parent's per_region task, and the run's output."""
+    result = cli("run", spec_file, env=env | {"SLOW": "r1,r3"})
+    assert result.rc == 1, result.output
+    parent = runs(cli, env, "--flow", "parent")[0]
+    assert parent["updated"] - parent["created"] < 15, parent  # not the 20 s the slow tasks sleep
+    children = {}
+    for child in runs(cli, env, "--parent", parent["id"]):
+        data = show(cli, env, child["id"])
+        children[child["parameters"]["region"]] = (
+            child["state"], child["message"], data["state"], data["message"], data["exit_code"],
+            [(t["task"], t["state"], t["message"]) for t in data["tasks"]])
+    task = next(t for t in show(cli, env, parent["id"])["tasks"] if t["task"] == "per_region")
+    return children, {k: task[k] for k in ("state", "children")}, result.output
+
+
+@pytest.mark.parametrize("child_executor", ["", "executor: {type: local-dask, workers: 2}\n"],
+                         ids=["local-child", "local-dask-child"])
+def test_a_child_on_a_thread_times_out_as_one_on_the_runners_thread(cli, tmp_path, env, child_executor):
+    (tmp_path / "steps.py").write_text(NAP)
+    (tmp_path / "child.yaml").write_text(TIMED_CHILD.replace("EXECUTOR\n", child_executor))
+    concurrent = CONCURRENT_PARENT.replace("SCHEDULER", "threads")
+    (tmp_path / "threads.yaml").write_text(concurrent)
+    (tmp_path / "one-by-one.yaml").write_text(concurrent.replace("executor: {type: local-dask, scheduler: threads,"
+                                                                 " workers: 4}\n", ""))
+    on_threads = _timed_children(cli, tmp_path / "threads.yaml", env)
+    one_by_one = _timed_children(cli, tmp_path / "one-by-one.yaml", {"FLOWSPEC_HOME": str(tmp_path / "home2")})
+    children, task, output = on_threads
+    timed_out = ("TimedOut", "the flow run exceeded its timeout of 1s", "TimedOut",
+                 "the flow run exceeded its timeout of 1s", 1, [("a", "Cancelled", "the flow run timed out")])
+    assert children["r1"] == children["r3"] == timed_out, children
+    assert children["r0"][0] == children["r2"][0] == "Success", children
+    assert task == {"state": "Failed", "children": {"Failed": 2, "Success": 2}}, task
+    assert "ended TimedOut: the flow run exceeded its timeout of 1s" in output
+    assert "not enforced" not in output
+    assert on_threads[:2] == one_by_one[:2]

@@ -582,3 +582,61 @@ def test_four_agent_processes_never_exceed_the_limit(backend: Backend, backend_u
     for run_id in run_ids:
         assert states(backend, run_id).count(SUBMITTED) == 1
         assert backend.get_run(run_id).state == SUCCESS
+
+
+# ----------------------------------------------------------------------------- child flow runs
+CHILDREN_STEPS = "def nums(n):\n    return list(range(n))\n\n\ndef ident(x):\n    return x\n"
+CHILDREN_CHILD = ("version: 1\nname: kid\nparameters:\n  x: {type: integer}\ntasks:\n"
+                  "  a: {run: steps:ident, with: {x: \"${{ params.x }}\"}}\n")
+CHILDREN_PARENT = ("version: 1\nname: mum\nparameters:\n  n: {type: integer}\ntasks:\n"
+                   "  nums: {run: steps:nums, with: {n: \"${{ params.n }}\"}}\n"
+                   "  kids: {flow: kid.yaml, map: {x: \"${{ tasks.nums }}\"}}\n")
+
+
+def _flowspec(url: str, *args: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "flowspec", *args, "--backend", url], cwd=cwd, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _transactions(admin, name: str) -> int:
+    """The transactions the server counted in database `name`, once no client is connected to it
+    (a client's counts are written when its connection ends, before it leaves pg_stat_activity)."""
+    deadline = time.monotonic() + 30
+    while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type ="
+                        " 'client backend'", (name,)).fetchone()[0]:
+        assert time.monotonic() < deadline, "a client stayed connected"
+        time.sleep(0.05)
+    return admin.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                         (name,)).fetchone()[0]
+
+
+def test_runs_show_of_a_parent_reads_its_child_runs_at_once_whatever_their_number(postgres_url: str,
+                                                                                 tmp_path: Path) -> None:
+    import uuid
+
+    import psycopg
+
+    (tmp_path / "steps.py").write_text(CHILDREN_STEPS)
+    (tmp_path / "kid.yaml").write_text(CHILDREN_CHILD)
+    (tmp_path / "mum.yaml").write_text(CHILDREN_PARENT)
+    name = f"test_{uuid.uuid4().hex}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:  # in database `postgres`: not counted in `name`
+        admin.execute(f"CREATE DATABASE {name}")
+        url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+        try:
+            shown, reads = {}, {}
+            for n in (1, 40):
+                _flowspec(url, "run", "mum.yaml", "--param", f"n={n}", cwd=tmp_path)
+                parent = next(r["id"] for r in json.loads(_flowspec(url, "runs", "list", "--format", "json",
+                                                                    "--flow", "mum", cwd=tmp_path)))
+                before = _transactions(admin, name)
+                shown[n] = json.loads(_flowspec(url, "runs", "show", parent, "--format", "json", cwd=tmp_path))
+                reads[n] = _transactions(admin, name) - before
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    children = shown[40]["children"]
+    assert [c["task"] for c in children] == [f"kids[{i}]" for i in range(40)]
+    assert {c["state"] for c in children} == {"Success"} and set(children[0]) == {"run", "task", "state"}
+    assert reads[40] == reads[1], reads  # not one more read per child
