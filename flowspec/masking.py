@@ -9,6 +9,7 @@ lines) shows MASK in place of each such value.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -22,14 +23,27 @@ _runtime_lock = threading.Lock()
 
 
 def add_runtime_values(groups: Iterable[Iterable[str] | str]) -> None:
-    """Mask these texts (a secret's value, a secret parameter's values) from now on in this process."""
+    """Mask these texts (a secret's value, a secret parameter's values) from now on in this process,
+    each as written and as JSON, repr() and URL encoding write it."""
     global _runtime
-    new = {text for group in groups for text in ([group] if isinstance(group, str) else group)}
+    new = {form for group in groups for text in ([group] if isinstance(group, str) else group)
+           for form in encodings(text)}
     new.discard("")
     new.discard(MASK)
     with _runtime_lock:
         if not new <= set(_runtime):
             _runtime = tuple(sorted(set(_runtime) | new, key=len, reverse=True))
+
+
+def encodings(text: str) -> set[str]:
+    """`text` and the forms it takes inside a JSON document (`--format json`, `json.dumps` in a
+    task), a repr() (a list or dict printed by a task, a traceback's locals) and a URL (a
+    password in a connection string): the same value, so masked too."""
+    from urllib.parse import quote
+
+    forms = {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1], repr(text)[1:-1],
+             quote(text, safe="")}
+    return {form for form in forms if form}
 
 
 def runtime_values() -> tuple[str, ...]:
@@ -77,7 +91,7 @@ def secret_values(params: Mapping[str, Any], names: Iterable[str] = ()) -> tuple
     names = set(names)
     for name, value in params.items():
         if name in names or is_secret(name):
-            found.update(_texts(value))
+            found.update(form for text in _texts(value) for form in encodings(text))
     found.discard("")
     found.discard(MASK)
     return tuple(sorted(found, key=len, reverse=True))
@@ -92,6 +106,32 @@ def _texts(value: Any) -> Iterable[str]:
             yield from _texts(item)
     elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
         yield str(value)
+
+
+def mask_argv(argv: list[str]) -> list[str]:
+    """A command line for a crash report: every `--param NAME=VALUE` value reads MASK (the crash
+    may come before the spec says which parameters are secret), and the runtime values too."""
+    out, after_param = [], False
+    for arg in argv:
+        if after_param and "=" in arg:
+            arg = arg.split("=", 1)[0] + "=" + MASK
+        elif arg.startswith("--param="):
+            arg = "--param=" + arg[len("--param="):].split("=", 1)[0] + "=" + MASK
+        after_param = arg == "--param"
+        out.append(mask_text(arg, ()))
+    return out
+
+
+def mask_value(value: Any, values: tuple[str, ...] = ()) -> Any:
+    """A JSON-like value (a flow run's outputs) with `values` and the runtime values masked in
+    each string (keys included)."""
+    if isinstance(value, str):
+        return mask_text(value, values)
+    if isinstance(value, Mapping):
+        return {mask_text(k, values) if isinstance(k, str) else k: mask_value(v, values) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_value(v, values) for v in value]
+    return value
 
 
 def mask_text(text: str | None, values: tuple[str, ...]) -> str | None:

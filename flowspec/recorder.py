@@ -156,6 +156,10 @@ class Recorder:
         except FlowspecError as exc:  # the final state matters more: still try to write it
             self._warn("its last log lines and task states were not recorded", exc)
         if outputs:
+            if self.secrets or runtime_values():  # `runs show` and the UI show them: a secret reads MASK
+                from flowspec.masking import mask_value
+
+                outputs = mask_value(outputs, self.secrets or ())
             try:
                 self.outage.call(self.backend.set_run_outputs, self.run_id, outputs)
             except FlowspecError as exc:

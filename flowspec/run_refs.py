@@ -61,6 +61,7 @@ def resolve_services(spec, params: dict) -> dict:
     # them): their values read MASK on the terminal too, not only in the backend
     masking.add_runtime_values(masking.texts_of(params.get(p.name)) for p in spec.parameters.values()
                                if getattr(p, "secret", False) or masking.is_secret(p.name))
+    _mask_output()
     wanted: dict = {}
     for path, ref in service_refs(spec):
         wanted.setdefault((ref.kind, ref.name), path)
@@ -79,7 +80,16 @@ def resolve_services(spec, params: dict) -> dict:
             backend.close()
     if diags:
         raise SpecError(diags)
+    _mask_output()
     return values
+
+
+def _mask_output() -> None:
+    """Once a secret is resolved, what this process prints outside tasks (hooks) is masked too."""
+    from flowspec import masking, task_output
+
+    if masking.runtime_values():
+        task_output.mask_streams()
 
 
 def _backend():
