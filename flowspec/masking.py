@@ -59,12 +59,13 @@ class MaskFilter(logging.Filter):
     """A handler filter: the record's message (and traceback) with the runtime secrets masked."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _runtime:
+        runtime = _runtime
+        if runtime:
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
                 record.exc_info, record.exc_text = None, None
-            record.msg, record.args = mask_text(text, ()), None
+            record.msg, record.args = scrub(text, runtime), None
         return True
 
 
@@ -136,10 +137,18 @@ def mask_value(value: Any, values: tuple[str, ...] = ()) -> Any:
 
 def mask_text(text: str | None, values: tuple[str, ...]) -> str | None:
     """`text` with every occurrence of each of `values` (and of the runtime values) replaced by MASK."""
+    if not text:
+        return text
     if _runtime:
-        values = tuple(values) + _runtime
-    if text and values:
-        for value in values:
-            if value in text:
-                text = text.replace(value, MASK)
+        values = (*values, *_runtime) if values else _runtime
+    return scrub(text, values)
+
+
+def scrub(text: str, values: tuple[str, ...]) -> str:
+    """`text` with each of `values` (as given: the runtime values are the caller's to add)
+    replaced by MASK; a line that holds none is returned as it is, after one substring test per
+    value (per log line, this is what masking costs)."""
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
     return text

@@ -25,7 +25,7 @@ from typing import Any
 
 from flowspec.backend.outage import MAX_DELAY_S, Outage
 from flowspec.errors import BackendError, FlowspecError, SpecError
-from flowspec.masking import runtime_values
+from flowspec.masking import runtime_values, scrub
 
 FLUSH_INTERVAL_S = 0.2
 FLUSH_ROWS = 2000  # task states that wake the thread before its interval: a fast run writes as it goes
@@ -210,9 +210,9 @@ class Recorder:
 
     def _masked(self, states: list[tuple], logs: list[tuple]) -> tuple[list[tuple], list[tuple]]:
         """The buffered rows with credentials masked in task messages and log lines."""
-        mask = self._mask
-        return ([row if row[5] is None else (*row[:5], mask(row[5])) for row in states],
-                [(*line[:3], mask(line[3])) for line in logs])
+        values = (*(self.secrets or ()), *runtime_values())  # once per batch, not per line
+        return ([row if not row[5] else (*row[:5], scrub(row[5], values)) for row in states],
+                [(*line[:3], scrub(line[3], values)) for line in logs])
 
     def _loop(self) -> None:
         while True:
