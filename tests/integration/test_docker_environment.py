@@ -297,7 +297,7 @@ def test_secrets_resolve_inside_the_container_and_are_masked(docker_flows):
     spec = docker_flows.write(
         "secret-env", "  hello:\n    run: tasks:hello\n    with: {name: \"${{ secrets.DOCKER_TOKEN }}\"}\n"
                       "  show:\n    run: tasks:show_env\n    with: {names: [SECRET_URL]}\n",
-        environment="  env:\n    SECRET_URL: \"db://u:${{ secrets.DOCKER_TOKEN }}@db\"\n")
+        environment="  keep_container: true\n  env:\n    SECRET_URL: \"db://u:${{ secrets.DOCKER_TOKEN }}@db\"\n")
     assert docker_flows.cli("register", str(spec)).returncode == 0
     docker_flows.agent(env={**docker_flows.env, "FLOWSPEC_SECRET_DOCKER_TOKEN": planted})
     run_id = run_id_of(docker_flows.cli("run", "--name", "secret-env"))
@@ -309,3 +309,14 @@ def test_secrets_resolve_inside_the_container_and_are_masked(docker_flows):
     shown = docker_flows.cli("runs", "logs", run_id).stdout + docker_flows.agent_logs()
     assert planted not in logs + shown
     assert planted.encode() not in (docker_flows.root / "backend.db").read_bytes()
+    # The container's configuration: environment.env is resolved inside, never passed resolved.
+    # The Docker Engine has no secret store outside swarm mode: the agent's provider variable is
+    # the one way in, and the only place the value is.
+    (container,) = docker_flows.containers(run_id)
+    config = container.attrs["Config"]
+    env = dict(entry.split("=", 1) for entry in config["Env"])
+    assert "SECRET_URL" not in env
+    assert [name for name, value in env.items() if planted in value] in ([], ["FLOWSPEC_SECRET_DOCKER_TOKEN"])
+    del config["Env"]
+    assert planted not in json.dumps(config) + json.dumps(container.attrs["HostConfig"])
+    container.remove()
