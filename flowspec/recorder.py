@@ -350,11 +350,17 @@ def _record(backend, spec, params: dict, execute, heartbeat_timeout, interrupted
         beat = min(HEARTBEAT_INTERVAL_S, heartbeat_timeout / 5) if heartbeat_timeout else HEARTBEAT_INTERVAL_S
         # The backend keeps credentials only where the run reads them back: a flow that runs from
         # an image (docker, Kubernetes, Fargate) gets its parameters there, as a registered flow's
-        # run does in its agent's child; a flow run in this process has them at hand, and they
-        # are stored masked. What is shown and logged is masked either way.
+        # run does in its agent's child, `secret: true` ones encrypted as for an agent's run; a
+        # flow run in this process has them at hand, and they are stored masked. What is shown
+        # and logged is masked either way.
         in_process = spec.environment.type in ("local", "remote")
         secret_names = [p.name for p in spec.parameters.values() if getattr(p, "secret", False)]
-        stored = mask_params(params, secret_names) if in_process else params
+        if in_process:
+            stored = mask_params(params, secret_names)
+        else:  # read back inside the container (flowspec.inside), which decrypts: refused without the key
+            from flowspec.secrets import encrypt_params
+
+            stored = encrypt_params(params, secret_names)
         # A run of a spec that is not registered keeps its task graph with its tasks: the
         # backend has no spec to draw it from
         recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self,
