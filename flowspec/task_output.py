@@ -14,6 +14,10 @@ logger would drop (`flowspec run -q` drops INFO: a print is then shown as it is)
 logged once its newline comes (print() writes its text and its newline in two calls), when the
 same thread starts another task's line, or when the task attempt ends.
 
+Once a secret is resolved in the process (flowspec.run_refs), `mask_streams` puts a
+MaskedOutput beneath: what is written outside a task (a hook's print) is masked too, a whole
+line at a time.
+
 Only Python-level writes are seen: output of subprocesses or C code that writes to the file
 descriptors directly goes to the process's stdout and stderr as before.
 """
@@ -159,8 +163,8 @@ class MaskedOutput:
             self.write(line)
 
     def flush(self) -> None:
-        """Write this thread's unfinished line as it is (print(..., end="", flush=True)), and
-        at exit (the interpreter flushes the standard streams) every thread's."""
+        """Write every unfinished line as it is, masked (print(..., end="", flush=True); the
+        interpreter flushes the standard streams at exit)."""
         rests = [self.held.pop(k, "") for k in list(self.held)]
         for rest in rests:
             if rest:
