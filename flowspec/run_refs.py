@@ -68,16 +68,15 @@ def resolve_services(spec, params: dict) -> dict:
     if not wanted:
         return {}
     values, diags = {}, []
-    backend = _backend() if wanted else None
+    backend = _Lazy()  # opened only when read: secrets from the environment need no backend
     try:
         for (kind, name), path in wanted.items():
             try:
-                values[(kind, name)] = _secret(name, backend) if kind == "secrets" else _kv(name, backend)
+                values[(kind, name)] = _secret(name, backend) if kind == "secrets" else _kv(name, backend())
             except LookupError as exc:
                 diags.append(_diag(spec, path, str(exc.args[0]), exc.args[1] if len(exc.args) > 1 else None))
     finally:
-        if backend is not None:
-            backend.close()
+        backend.close()
     if diags:
         raise SpecError(diags)
     _mask_output()
@@ -92,14 +91,28 @@ def _mask_output() -> None:
         task_output.mask_streams()
 
 
-def _backend():
-    from flowspec.backend import open_backend
-    from flowspec.errors import FlowspecError
+class _Lazy:
+    """The backend, opened at the first call (None when it cannot be: env-provided secrets still
+    resolve; the KV and the store say why they cannot)."""
 
-    try:
-        return open_backend()
-    except FlowspecError:
-        return None  # env-provided secrets still resolve; the KV and the store say why they cannot
+    def __init__(self) -> None:
+        self.opened, self.backend = False, None
+
+    def __call__(self):
+        if not self.opened:
+            from flowspec.backend import open_backend
+            from flowspec.errors import FlowspecError
+
+            self.opened = True
+            try:
+                self.backend = open_backend()
+            except FlowspecError:
+                pass
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
 
 
 def _kv(key: str, backend):
