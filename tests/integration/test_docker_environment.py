@@ -353,7 +353,8 @@ def test_a_secret_parameter_of_run_file_reaches_the_container_encrypted(docker_f
         for wheel in folder.glob("*.whl"):
             (wheels / wheel.name).symlink_to(wheel.resolve())
     planted = "d0cker-PARAM-pw"
-    spec = docker_flows.write("secret-param", '  hello:\n    run: tasks:hello\n    with: {name: "${{ params.password }}"}\n',
+    spec = docker_flows.write("secret-param",
+                              '  hello:\n    run: tasks:hello\n    with: {name: "${{ params.password }}"}\n',
                               storage=f"  base_image: {docker_flows.base}\n  python_dependencies: [cryptography]\n")
     spec.write_text(spec.read_text().replace(
         "tasks:\n", "parameters:\n  password: {type: string, secret: true}\ntasks:\n", 1))
