@@ -61,11 +61,16 @@ class MaskFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         runtime = _runtime
         if runtime:
-            text = record.getMessage()
+            # Inlined (no getMessage, no scrub call for a line without arguments): this runs
+            # for every log line of a run that resolved a secret.
+            text = record.msg if not record.args and type(record.msg) is str else record.getMessage()
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
                 record.exc_info, record.exc_text = None, None
-            record.msg, record.args = scrub(text, runtime), None
+            for value in runtime:
+                if value in text:
+                    text = text.replace(value, MASK)
+            record.msg, record.args = text, None
         return True
 
 
@@ -142,6 +147,15 @@ def mask_text(text: str | None, values: tuple[str, ...]) -> str | None:
     if _runtime:
         values = (*values, *_runtime) if values else _runtime
     return scrub(text, values)
+
+
+def scrub_batch(texts: list[str], values: tuple[str, ...]) -> bool:
+    """Whether any of `texts` may hold one of `values`: one substring test per value over the
+    batch joined, so that a batch without a secret (the common case) costs no test per line."""
+    if not values or not texts:
+        return False
+    joined = "\n".join(texts)
+    return any(value in joined for value in values)
 
 
 def scrub(text: str, values: tuple[str, ...]) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from flowspec.backend.outage import MAX_DELAY_S, Outage
 from flowspec.errors import BackendError, FlowspecError, SpecError
-from flowspec.masking import runtime_values, scrub
+from flowspec.masking import runtime_values, scrub, scrub_batch
 
 FLUSH_INTERVAL_S = 0.2
 FLUSH_ROWS = 2000  # task states that wake the thread before its interval: a fast run writes as it goes
@@ -211,8 +211,11 @@ class Recorder:
     def _masked(self, states: list[tuple], logs: list[tuple]) -> tuple[list[tuple], list[tuple]]:
         """The buffered rows with credentials masked in task messages and log lines."""
         values = (*(self.secrets or ()), *runtime_values())  # once per batch, not per line
-        return ([row if not row[5] else (*row[:5], scrub(row[5], values)) for row in states],
-                [(*line[:3], scrub(line[3], values)) for line in logs])
+        if scrub_batch([row[5] for row in states if row[5]], values):
+            states = [row if not row[5] else (*row[:5], scrub(row[5], values)) for row in states]
+        if scrub_batch([line[3] for line in logs], values):
+            logs = [(*line[:3], scrub(line[3], values)) for line in logs]
+        return states, logs
 
     def _loop(self) -> None:
         while True:
