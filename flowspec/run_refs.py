@@ -141,6 +141,13 @@ class _Missing:
     pass
 
 
+def run_start_notes(services: dict) -> tuple:
+    """The observers a run with these kv and secrets values needs: a RunStartNote when it read
+    a KV key, else none (an observer is called twice per task run: a run that only resolved
+    secrets pays nothing for it)."""
+    return (RunStartNote(services),) if any(kind == "kv" for kind, _ in services) else ()
+
+
 class RunStartNote:
     """A runner observer that logs the KV values a run read, once the run has started (and so is
     recorded): they stay in its history (`flowspec runs logs`)."""
