@@ -25,6 +25,9 @@ one-task spec.
   subflows a one-task child spec run alone and as a parent's subflow (target: at most 20 ms
            more), and 1 000 mapped subflow children on `local` and on `local-dask` with 4 threads
            (target: under 60 s). Not in the default set: --only subflows.
+  secrets  W2 whose mapped task prints a line, with and without `${{ secrets.BENCH_TOKEN }}` in
+           environment.env (FLOWSPEC_SECRET_BENCH_TOKEN), N = 10 000 and 100 000: resolving and
+           masking may add at most 2 us per log line.
   Every pair N, 2N: the time at most doubles (x 2.2).
 
 Per task, two figures: over the plain loop for the whole process, (wall - plain loop) / task
@@ -73,6 +76,11 @@ def total(values):
 
 def noop():
     return None
+
+
+def inc_said(x):
+    print("item", x, "done")
+    return x + 1
 '''
 
 W2 = '''\
@@ -108,6 +116,13 @@ W2_NAMED = W2.replace("name: bench-w2", "name: bench-w2-named").replace(
     '  inc: {run: "benchtasks:inc", map: {x: "${{ tasks.numbers }}"}}',
     '  inc: {run: "benchtasks:inc", map: {x: "${{ tasks.numbers }}"}, run_name: "item-${{ args.x }}",'
     ' if: "${{ params.n > 0 }}"}')
+
+# The mapped task prints a line (a log line of its task run); with a secret resolved in the flow's
+# environment, each such line is masked on the terminal and in the backend.
+W2_SAID = W2.replace("name: bench-w2", "name: bench-w2-said").replace('"benchtasks:inc"', '"benchtasks:inc_said"')
+W2_SECRET = W2_SAID.replace("name: bench-w2-said", "name: bench-w2-secret") + \
+    'environment:\n  env: {BENCH_DSN: "db://u:${{ secrets.BENCH_TOKEN }}@db"}\n'
+BENCH_TOKEN = "bench-s3cret-T0ken"  # given as FLOWSPEC_SECRET_BENCH_TOKEN
 
 PLAIN_W2 = ("import sys; from benchtasks import numbers, inc, total; "
             "total([inc(x) for x in numbers(int(sys.argv[1]))])")
@@ -196,6 +211,8 @@ class Bench:
         self.write("submapped.yaml", SUB_MAPPED)
         self.write("submapped-local.yaml", SUB_MAPPED.replace("bench-sub-mapped", "bench-sub-mapped-local").replace(
             "executor: {type: local-dask, scheduler: threads, workers: 4}\n", ""))
+        self.write("w2said.yaml", W2_SAID)
+        self.write("w2secret.yaml", W2_SECRET)
 
     def write(self, name: str, text: str) -> str:
         path = os.path.join(self.dir, name)
@@ -209,7 +226,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if k not in drop}
         path = self.dir if self.args.checkout is None else \
             os.pathsep.join((os.path.abspath(self.args.checkout), self.dir))
-        env.update(FLOWSPEC_HOME=home, TERM="xterm", PYTHONPATH=path)
+        env.update(FLOWSPEC_HOME=home, TERM="xterm", PYTHONPATH=path, FLOWSPEC_SECRET_BENCH_TOKEN=BENCH_TOKEN)
         return env
 
     def time(self, key: str, label: str, argv: list[str], tasks: int, terminal: bool = False,
@@ -364,6 +381,18 @@ class Bench:
             if key == "sub-mapped":
                 self.check(f"{n:,} mapped subflow children (local-dask)", "< 60 s", row["wall"] < 60,
                            f"{row['wall']:.1f} s, cpu {row['cpu']:.1f} s", row["cpu"] < 60)
+    def secrets(self, sizes: tuple[int, ...]) -> None:
+        """The mapped task prints a line; with a secret in the flow's environment, each line is
+        masked: what resolving and masking add per log line over the same row without."""
+        for n in sizes:
+            for terminal in (False, True):
+                base = self.time(f"w2said-{n}", f"run w2 + a print per task, N={n:,}",
+                                 [*self.flowspec, "run", "w2said.yaml", "--param", f"n={n}"], n + 2, terminal)
+                row = self.time(f"w2secret-{n}", f"the same + a secret in environment.env, N={n:,}",
+                                [*self.flowspec, "run", "w2secret.yaml", "--param", f"n={n}"], n + 2, terminal)
+                row["added_us"], cpu = ((row[k] - base[k]) / n * 1e6 for k in ("wall", "cpu"))
+                self.check(f"w2 + secret N={n:,} ({row['output']})", "<= 2 us/log line over the row without",
+                           row["added_us"] <= 2, f"{row['added_us']:+.2f} us/line, cpu {cpu:+.2f}", cpu <= 2)
 
     def added(self, row: dict, base: dict, tasks: int, what: str) -> None:
         row["added_us"], cpu = ((row[k] - base[k]) / tasks * 1e6 for k in ("wall", "cpu"))
@@ -423,7 +452,8 @@ def main() -> int:
     parser.add_argument("--only", default="w2,million,chain,features",
                         help="workloads, comma-separated (features: the w2named and chaincond rows, after w2 and chain;"
                         " results: cache hits and persisting; subflows: a spec file subflow and 1 000 mapped"
-                        " ones; these two are not in the default set)")
+                        " ones; secrets: a print per task with and without a secret resolved; these three are"
+                        " not in the default set)")
     parser.add_argument("--json", action="store_true", help="rows and checks as one JSON object on stdout")
     parser.add_argument("--checkout", metavar="DIR",
                         help="time `python -m flowspec` from the source tree DIR instead (e.g. an older commit's)")
@@ -455,6 +485,8 @@ def main() -> int:
             bench.results()
         if "subflows" in chosen:
             bench.subflows()
+        if "secrets" in chosen:
+            bench.secrets(tuple(int(n) for n in args.sizes.split(",")) if args.sizes else (10_000, 100_000))
     finally:
         shutil.rmtree(bench.dir, ignore_errors=True)
     if args.json:

@@ -243,12 +243,12 @@ def crash_report() -> int:
     import time
     import traceback
 
-    from flowspec.masking import mask_text
+    from flowspec.masking import mask_argv, mask_text
 
     text = mask_text(traceback.format_exc(), ())  # a resolved secret never reaches the report
     fd, path = tempfile.mkstemp(prefix=f"flowspec-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"flowspec {__version__}\nargv: {sys.argv}\n\n{text}")
+        fh.write(f"flowspec {__version__}\nargv: {mask_argv(sys.argv)}\n\n{text}")
     last = text.strip().splitlines()[-1]
     print(f"flowspec {__version__}: internal error: {last}\n"
           f"  this is a bug in flowspec, not in your flow; the full report is in {path}\n"

@@ -9,6 +9,7 @@ lines) shows MASK in place of each such value.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -22,14 +23,27 @@ _runtime_lock = threading.Lock()
 
 
 def add_runtime_values(groups: Iterable[Iterable[str] | str]) -> None:
-    """Mask these texts (a secret's value, a secret parameter's values) from now on in this process."""
+    """Mask these texts (a secret's value, a secret parameter's values) from now on in this process,
+    each as written and as JSON, repr() and URL encoding write it."""
     global _runtime
-    new = {text for group in groups for text in ([group] if isinstance(group, str) else group)}
+    new = {form for group in groups for text in ([group] if isinstance(group, str) else group)
+           for form in encodings(text)}
     new.discard("")
     new.discard(MASK)
     with _runtime_lock:
         if not new <= set(_runtime):
             _runtime = tuple(sorted(set(_runtime) | new, key=len, reverse=True))
+
+
+def encodings(text: str) -> set[str]:
+    """`text` and the forms it takes inside a JSON document (`--format json`, `json.dumps` in a
+    task), a repr() (a list or dict printed by a task, a traceback's locals) and a URL (a
+    password in a connection string): the same value, so masked too."""
+    from urllib.parse import quote
+
+    forms = {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1], repr(text)[1:-1],
+             quote(text, safe="")}
+    return {form for form in forms if form}
 
 
 def runtime_values() -> tuple[str, ...]:
@@ -45,12 +59,18 @@ class MaskFilter(logging.Filter):
     """A handler filter: the record's message (and traceback) with the runtime secrets masked."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _runtime:
-            text = record.getMessage()
+        runtime = _runtime
+        if runtime:
+            # Inlined (no getMessage, no scrub call for a line without arguments): this runs
+            # for every log line of a run that resolved a secret.
+            text = record.msg if not record.args and type(record.msg) is str else record.getMessage()
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
                 record.exc_info, record.exc_text = None, None
-            record.msg, record.args = mask_text(text, ()), None
+            for value in runtime:
+                if value in text:
+                    text = text.replace(value, MASK)
+            record.msg, record.args = text, None
         return True
 
 
@@ -77,7 +97,7 @@ def secret_values(params: Mapping[str, Any], names: Iterable[str] = ()) -> tuple
     names = set(names)
     for name, value in params.items():
         if name in names or is_secret(name):
-            found.update(_texts(value))
+            found.update(form for text in _texts(value) for form in encodings(text))
     found.discard("")
     found.discard(MASK)
     return tuple(sorted(found, key=len, reverse=True))
@@ -94,12 +114,55 @@ def _texts(value: Any) -> Iterable[str]:
         yield str(value)
 
 
+def mask_argv(argv: list[str]) -> list[str]:
+    """A command line for a crash report: every `--param NAME=VALUE` value reads MASK (the crash
+    may come before the spec says which parameters are secret), and the runtime values too."""
+    out, after_param = [], False
+    for arg in argv:
+        if after_param and "=" in arg:
+            arg = arg.split("=", 1)[0] + "=" + MASK
+        elif arg.startswith("--param="):
+            arg = "--param=" + arg[len("--param="):].split("=", 1)[0] + "=" + MASK
+        after_param = arg == "--param"
+        out.append(mask_text(arg, ()))
+    return out
+
+
+def mask_value(value: Any, values: tuple[str, ...] = ()) -> Any:
+    """A JSON-like value (a flow run's outputs) with `values` and the runtime values masked in
+    each string (keys included)."""
+    if isinstance(value, str):
+        return mask_text(value, values)
+    if isinstance(value, Mapping):
+        return {mask_text(k, values) if isinstance(k, str) else k: mask_value(v, values) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_value(v, values) for v in value]
+    return value
+
+
 def mask_text(text: str | None, values: tuple[str, ...]) -> str | None:
     """`text` with every occurrence of each of `values` (and of the runtime values) replaced by MASK."""
+    if not text:
+        return text
     if _runtime:
-        values = tuple(values) + _runtime
-    if text and values:
-        for value in values:
-            if value in text:
-                text = text.replace(value, MASK)
+        values = (*values, *_runtime) if values else _runtime
+    return scrub(text, values)
+
+
+def scrub_batch(texts: list[str], values: tuple[str, ...]) -> bool:
+    """Whether any of `texts` may hold one of `values`: one substring test per value over the
+    batch joined, so that a batch without a secret (the common case) costs no test per line."""
+    if not values or not texts:
+        return False
+    joined = "\n".join(texts)
+    return any(value in joined for value in values)
+
+
+def scrub(text: str, values: tuple[str, ...]) -> str:
+    """`text` with each of `values` (as given: the runtime values are the caller's to add)
+    replaced by MASK; a line that holds none is returned as it is, after one substring test per
+    value (per log line, this is what masking costs)."""
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
     return text

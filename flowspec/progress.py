@@ -300,6 +300,8 @@ class Progress:
             self._stop.set()
             thread.join()
             logs.set_status_line(None)
+            for stream in (sys.stdout, sys.stderr):  # a masked stream (flowspec.task_output) may hold a line
+                stream.flush()
             if self.live:
                 wrapped, sys.stdout, sys.stderr = (sys.stdout, sys.stderr), *saved
                 for stream in wrapped:
@@ -384,7 +386,7 @@ class _AboveStatus:
     def _emit(self, text: str) -> None:
         progress = self._progress
         progress.clear()
-        self._stream.write(text)
+        self._stream.write(mask_text(text, ()))  # whole lines: a secret printed in pieces reads MASK too
         self._stream.flush()
         progress.held = 0 if text.endswith("\n") else 1
         progress.draw()

@@ -26,7 +26,7 @@ from typing import Any
 from flowspec import context as ctxmod
 from flowspec.backend.outage import MAX_DELAY_S, Outage
 from flowspec.errors import BackendError, FlowspecError, SpecError
-from flowspec.masking import runtime_values
+from flowspec.masking import runtime_values, scrub, scrub_batch
 
 FLUSH_INTERVAL_S = 0.2
 FLUSH_ROWS = 2000  # task states that wake the thread before its interval: a fast run writes as it goes
@@ -174,6 +174,10 @@ class Recorder:
         except FlowspecError as exc:  # the final state matters more: still try to write it
             self._warn("its last log lines and task states were not recorded", exc)
         if outputs:
+            if self.secrets or runtime_values():  # `runs show` and the UI show them: a secret reads MASK
+                from flowspec.masking import mask_value
+
+                outputs = mask_value(outputs, self.secrets or ())
             try:
                 self.outage.call(self.backend.set_run_outputs, self.run_id, outputs)
             except FlowspecError as exc:
@@ -229,9 +233,12 @@ class Recorder:
 
     def _masked(self, states: list[tuple], logs: list[tuple]) -> tuple[list[tuple], list[tuple]]:
         """The buffered rows with credentials masked in task messages and log lines."""
-        mask = self._mask
-        return ([row if row[5] is None else (*row[:5], mask(row[5])) for row in states],
-                [(*line[:3], mask(line[3])) for line in logs])
+        values = (*(self.secrets or ()), *runtime_values())  # once per batch, not per line
+        if scrub_batch([row[5] for row in states if row[5]], values):
+            states = [row if not row[5] else (*row[:5], scrub(row[5], values)) for row in states]
+        if scrub_batch([line[3] for line in logs], values):
+            logs = [(*line[:3], scrub(line[3], values)) for line in logs]
+        return states, logs
 
     def _loop(self) -> None:
         while True:
@@ -371,11 +378,17 @@ def _record(backend, spec, params: dict, execute, heartbeat_timeout, interrupted
         beat = min(HEARTBEAT_INTERVAL_S, heartbeat_timeout / 5) if heartbeat_timeout else HEARTBEAT_INTERVAL_S
         # The backend keeps credentials only where the run reads them back: a flow that runs from
         # an image (docker, Kubernetes, Fargate) gets its parameters there, as a registered flow's
-        # run does in its agent's child; a flow run in this process has them at hand, and they
-        # are stored masked. What is shown and logged is masked either way.
+        # run does in its agent's child, `secret: true` ones encrypted as for an agent's run; a
+        # flow run in this process has them at hand, and they are stored masked. What is shown
+        # and logged is masked either way.
         in_process = spec.environment.type in ("local", "remote")
         secret_names = [p.name for p in spec.parameters.values() if getattr(p, "secret", False)]
-        stored = mask_params(params, secret_names) if in_process else params
+        if in_process:
+            stored = mask_params(params, secret_names)
+        else:  # read back inside the container (flowspec.inside), which decrypts: refused without the key
+            from flowspec.secrets import encrypt_params
+
+            stored = encrypt_params(params, secret_names)
         # A run of a spec that is not registered keeps its task graph with its tasks: the
         # backend has no spec to draw it from
         recorder = Recorder(backend, run_id, heartbeat_s=beat, on_cancel=interrupt_self,

@@ -61,35 +61,58 @@ def resolve_services(spec, params: dict) -> dict:
     # them): their values read MASK on the terminal too, not only in the backend
     masking.add_runtime_values(masking.texts_of(params.get(p.name)) for p in spec.parameters.values()
                                if getattr(p, "secret", False) or masking.is_secret(p.name))
+    _mask_output()
     wanted: dict = {}
     for path, ref in service_refs(spec):
         wanted.setdefault((ref.kind, ref.name), path)
     if not wanted:
         return {}
     values, diags = {}, []
-    backend = _backend() if wanted else None
+    backend = _Lazy()  # opened only when read: secrets from the environment need no backend
     try:
         for (kind, name), path in wanted.items():
             try:
-                values[(kind, name)] = _secret(name, backend) if kind == "secrets" else _kv(name, backend)
+                values[(kind, name)] = _secret(name, backend) if kind == "secrets" else _kv(name, backend())
             except LookupError as exc:
                 diags.append(_diag(spec, path, str(exc.args[0]), exc.args[1] if len(exc.args) > 1 else None))
     finally:
-        if backend is not None:
-            backend.close()
+        backend.close()
     if diags:
         raise SpecError(diags)
+    _mask_output()
     return values
 
 
-def _backend():
-    from flowspec.backend import open_backend
-    from flowspec.errors import FlowspecError
+def _mask_output() -> None:
+    """Once a secret is resolved, what this process prints outside tasks (hooks) is masked too."""
+    from flowspec import masking, task_output
 
-    try:
-        return open_backend()
-    except FlowspecError:
-        return None  # env-provided secrets still resolve; the KV and the store say why they cannot
+    if masking.runtime_values():
+        task_output.mask_streams()
+
+
+class _Lazy:
+    """The backend, opened at the first call (None when it cannot be: env-provided secrets still
+    resolve; the KV and the store say why they cannot)."""
+
+    def __init__(self) -> None:
+        self.opened, self.backend = False, None
+
+    def __call__(self):
+        if not self.opened:
+            from flowspec.backend import open_backend
+            from flowspec.errors import FlowspecError
+
+            self.opened = True
+            try:
+                self.backend = open_backend()
+            except FlowspecError:
+                pass
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
 
 
 def _kv(key: str, backend):
@@ -116,6 +139,13 @@ def _secret(name: str, backend) -> str:
 
 class _Missing:
     pass
+
+
+def run_start_notes(services: dict) -> tuple:
+    """The observers a run with these kv and secrets values needs: a RunStartNote when it read
+    a KV key, else none (an observer is called twice per task run: a run that only resolved
+    secrets pays nothing for it)."""
+    return (RunStartNote(services),) if any(kind == "kv" for kind, _ in services) else ()
 
 
 class RunStartNote:

@@ -42,7 +42,8 @@ def check_name(name: str) -> str:
 def resolve(name: str, environ=None, backend=None) -> str:
     """The value of the secret `name`; a SecretError naming where it was looked for.
 
-    `backend`: the open backend whose store to read (default: the one at $FLOWSPEC_BACKEND)."""
+    `backend`: the open backend whose store to read, or a callable that opens it when the store
+    is read, returning None when it cannot (default: the one at $FLOWSPEC_BACKEND)."""
     environ = os.environ if environ is None else environ
     check_name(name)
     value = environ.get(env_name(name))
@@ -61,6 +62,8 @@ def resolve(name: str, environ=None, backend=None) -> str:
 def _from_store(name: str, environ, backend) -> tuple[str | None, str]:
     from flowspec.backend import backend_url, open_backend, redact_url
 
+    if callable(backend):
+        backend = backend()
     url = backend.url if backend is not None else backend_url(environ.get("FLOWSPEC_BACKEND") or None)
     where = f"the backend's secret store ({redact_url(url)})"
     try:

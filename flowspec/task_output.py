@@ -14,6 +14,10 @@ logger would drop (`flowspec run -q` drops INFO: a print is then shown as it is)
 logged once its newline comes (print() writes its text and its newline in two calls), when the
 same thread starts another task's line, or when the task attempt ends.
 
+Once a secret is resolved in the process (flowspec.run_refs), `mask_streams` puts a
+MaskedOutput beneath: what is written outside a task (a hook's print) is masked too, a whole
+line at a time.
+
 Only Python-level writes are seen: output of subprocesses or C code that writes to the file
 descriptors directly goes to the process's stdout and stderr as before.
 """
@@ -24,6 +28,7 @@ import sys
 import threading
 
 from flowspec import context as ctxmod
+from flowspec import masking
 
 MAX_LINE = 1 << 16  # a line longer than this (no newline: a progress bar) is logged in pieces
 
@@ -129,6 +134,58 @@ def uninstall() -> None:
             sys.stdout = sys.stdout.stream
         if isinstance(sys.stderr, TaskOutput):
             sys.stderr = sys.stderr.stream
+
+
+class MaskedOutput:
+    """Stands in for sys.stdout or sys.stderr once secrets are resolved in this process: what is
+    written outside a task (a hook's print, the runner's own output) goes out a whole line at a
+    time with every resolved secret masked, so that a secret printed in pieces is masked too.
+    A task's lines are log lines, masked where they are written."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.held: dict[int, str] = {}  # thread ident -> the start of a line not ended yet
+
+    def write(self, text: str) -> int:
+        me = threading.get_ident()
+        pending = self.held.pop(me, "") + text if self.held else text
+        cut = pending.rfind("\n") + 1
+        if len(pending) - cut >= MAX_LINE:
+            cut = len(pending)
+        if cut < len(pending):
+            self.held[me] = pending[cut:]
+        if cut:
+            self.stream.write(masking.mask_text(pending[:cut], ()))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Write every unfinished line as it is, masked (print(..., end="", flush=True); the
+        interpreter flushes the standard streams at exit)."""
+        rests = [self.held.pop(k, "") for k in list(self.held)]
+        for rest in rests:
+            if rest:
+                self.stream.write(masking.mask_text(rest, ()))
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def mask_streams() -> None:
+    """From now on, mask resolved secrets in what this process writes to stdout and stderr
+    (beneath a task output capture, when one is installed)."""
+    with _lock:
+        for name in ("stdout", "stderr"):
+            holder = getattr(sys, name)
+            if isinstance(holder, TaskOutput):
+                if not isinstance(holder.stream, MaskedOutput):
+                    holder.stream = MaskedOutput(holder.stream)
+            elif holder is not None and not isinstance(holder, MaskedOutput):
+                setattr(sys, name, MaskedOutput(holder))
 
 
 def original(stream):

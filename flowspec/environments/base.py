@@ -44,9 +44,9 @@ def run_in_process(spec, params: dict, observers=(), run_id: str | None = None, 
             from flowspec.serialize import register_by_value
 
             register_by_value(spec.base_dir)
-        from flowspec.run_refs import RunStartNote
+        from flowspec.run_refs import run_start_notes
 
-        observers = (*observers, RunStartNote(services)) if services else observers
+        observers = (*observers, *run_start_notes(services))
         runner = FlowRunner(spec, params, executor, callables, observers, run_id, keep_results)
         runner.services = services
         return runner.run()

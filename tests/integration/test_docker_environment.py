@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -297,7 +298,7 @@ def test_secrets_resolve_inside_the_container_and_are_masked(docker_flows):
     spec = docker_flows.write(
         "secret-env", "  hello:\n    run: tasks:hello\n    with: {name: \"${{ secrets.DOCKER_TOKEN }}\"}\n"
                       "  show:\n    run: tasks:show_env\n    with: {names: [SECRET_URL]}\n",
-        environment="  env:\n    SECRET_URL: \"db://u:${{ secrets.DOCKER_TOKEN }}@db\"\n")
+        environment="  keep_container: true\n  env:\n    SECRET_URL: \"db://u:${{ secrets.DOCKER_TOKEN }}@db\"\n")
     assert docker_flows.cli("register", str(spec)).returncode == 0
     docker_flows.agent(env={**docker_flows.env, "FLOWSPEC_SECRET_DOCKER_TOKEN": planted})
     run_id = run_id_of(docker_flows.cli("run", "--name", "secret-env"))
@@ -308,4 +309,64 @@ def test_secrets_resolve_inside_the_container_and_are_masked(docker_flows):
     assert "hello *** from the container" in logs and '"SECRET_URL": "db://u:***@db"' in logs
     shown = docker_flows.cli("runs", "logs", run_id).stdout + docker_flows.agent_logs()
     assert planted not in logs + shown
+    assert planted.encode() not in (docker_flows.root / "backend.db").read_bytes()
+    # The container's configuration: environment.env is resolved inside, never passed resolved.
+    # The Docker Engine has no secret store outside swarm mode: the agent's provider variable is
+    # the one way in, and the only place the value is.
+    (container,) = docker_flows.containers(run_id)
+    config = container.attrs["Config"]
+    env = dict(entry.split("=", 1) for entry in config["Env"])
+    assert "SECRET_URL" not in env
+    assert [name for name, value in env.items() if planted in value] in ([], ["FLOWSPEC_SECRET_DOCKER_TOKEN"])
+    del config["Env"]
+    assert planted not in json.dumps(config) + json.dumps(container.attrs["HostConfig"])
+    container.remove()
+
+
+@pytest.fixture(scope="session")
+def secrets_wheels() -> Path:
+    """A cached folder of the wheels of flowspec's `secrets` extra, for offline installs in images."""
+    from engine_fixtures import IMAGE_PYTHON, cache_dir
+
+    folder = cache_dir() / f"wheels-secrets-py{IMAGE_PYTHON}"
+    if (folder / ".complete").is_file():
+        return folder
+    folder.mkdir(exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                           "--only-binary=:all:", "--python-version", IMAGE_PYTHON, "--dest", str(folder),
+                           "cryptography>=41"], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot download the `secrets` extra's wheels (needs PyPI): {proc.stderr[-2000:]}")
+    (folder / ".complete").write_text("cryptography>=41\n")
+    return folder
+
+
+def test_a_secret_parameter_of_run_file_reaches_the_container_encrypted(docker_flows, secrets_wheels, tmp_path):
+    """`flowspec run FILE` of a docker flow stores a `secret: true` parameter encrypted, as for an
+    agent's run (refused without FLOWSPEC_SECRETS_KEY), and the container decrypts it (with the
+    `secrets` extra in its image)."""
+    from cryptography.fernet import Fernet
+
+    wheels = tmp_path / "wheels"  # the session's wheelhouse and the extra's wheels
+    wheels.mkdir()
+    for folder in (Path(docker_flows.env["FLOWSPEC_WHEELHOUSE"]), secrets_wheels):
+        for wheel in folder.glob("*.whl"):
+            (wheels / wheel.name).symlink_to(wheel.resolve())
+    planted = "d0cker-PARAM-pw"
+    spec = docker_flows.write("secret-param",
+                              '  hello:\n    run: tasks:hello\n    with: {name: "${{ params.password }}"}\n',
+                              storage=f"  base_image: {docker_flows.base}\n  python_dependencies: [cryptography]\n")
+    spec.write_text(spec.read_text().replace(
+        "tasks:\n", "parameters:\n  password: {type: string, secret: true}\ntasks:\n", 1))
+    env = {**docker_flows.env, "FLOWSPEC_WHEELHOUSE": str(wheels)}
+    refused = docker_flows.cli("run", str(spec), "--param", f"password={planted}", env=env)
+    assert refused.returncode == 2 and "FLOWSPEC_SECRETS_KEY" in refused.stderr, refused.stderr
+    env["FLOWSPEC_SECRETS_KEY"] = Fernet.generate_key().decode()
+    done = docker_flows.cli("run", str(spec), "--param", f"password={planted}", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "hello *** from the container" in done.stderr and "printed by hello for ***" in done.stderr
+    shown = "".join(docker_flows.cli(*args, env=env).stdout for args in (("runs", "list", "--format", "json"),))
+    run_id = json.loads(shown)[-1]["id"]
+    shown += docker_flows.cli("runs", "show", run_id, env=env).stdout + docker_flows.cli("runs", "logs", run_id).stdout
+    assert planted not in done.stdout + done.stderr + shown
     assert planted.encode() not in (docker_flows.root / "backend.db").read_bytes()

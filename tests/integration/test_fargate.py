@@ -711,3 +711,33 @@ def test_environment_secrets_go_to_the_task_definition_as_secrets_never_as_value
     again = environment_of(tmp_path / "b", data)
     again.setup()
     assert again.decision["action"] == "reuse"
+
+
+@pytest.mark.slow
+def test_a_run_with_environment_secrets_gives_the_task_no_secret_value(cluster):
+    """Secrets Manager holds the value; the agent's machine has it too (FLOWSPEC_SECRET_API_TOKEN)
+    and environment.env reads it: the task definition names the secret (`secrets`, valueFrom),
+    and neither it, the run's overrides, the agent's output nor the backend holds the value."""
+    planted = "fargate-PLANTED-token"
+    arn = cluster.moto.client("secretsmanager").create_secret(Name="api-token", SecretString=planted)["ARN"]
+    data = spec_data("fg-secret", env={"DSN": "db://u:${{ secrets.API_TOKEN }}@db"}, network=cluster.network)
+    data["environment"]["secrets"] = {"API_TOKEN": arn}
+    cluster.register(data)
+    cluster.env["FLOWSPEC_SECRET_API_TOKEN"] = planted
+    cluster.hold_tasks()
+    cluster.agent()
+    run_id = cluster.start_run("fg-secret")
+    task = cluster.task_of(run_id)
+    [override] = task["overrides"]["containerOverrides"]
+    names = {e["name"] for e in override.get("environment", [])}
+    assert "DSN" not in names and "FLOWSPEC_SECRET_API_TOKEN" not in names  # resolved inside, from `secrets`
+    definition = cluster.ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+    [flow] = [c for c in definition["containerDefinitions"] if c["name"] == "flow"]
+    assert flow["secrets"] == [{"name": "FLOWSPEC_SECRET_API_TOKEN", "valueFrom": arn}]
+    assert all(e["name"] != "DSN" for e in flow.get("environment", []))
+    cluster.backend.set_run_state(run_id, "Success", None, expected_from={"Running"}, exit_code=0)
+    cluster.release_tasks()
+    cluster.final(run_id)
+    shown = cluster.cli("runs", "show", run_id, "--format", "json").stdout + cluster.cli("runs", "logs", run_id).stdout
+    everything = json.dumps([task, definition], default=str) + shown + cluster.output() + backend_dump(cluster.url)
+    assert planted not in everything

@@ -341,8 +341,11 @@ SECRET_TASKS = '''
 from flowspec import context
 
 def use(token: str):
+    import os
+
     print("token", token, flush=True)
     context.logger.info("using %s", token)
+    print("dsn", os.environ["DSN"], flush=True)
 '''
 
 
@@ -351,18 +354,23 @@ def test_environment_secrets_reach_the_pod_through_a_secret_key_ref(kube_flows):
     kube_flows.cluster.kubectl("create", "secret", "generic", "app-secrets", f"--from-literal=token={planted}",
                                "-n", kube_flows.namespace)
     env = (f"  type: kubernetes-job\n  namespace: {kube_flows.namespace}\n  labels: [sec]\n"
-           "  delete_finished_jobs: false\n  secrets: {API_TOKEN: app-secrets/token}\n")
+           "  delete_finished_jobs: false\n  secrets: {API_TOKEN: app-secrets/token}\n"
+           "  env: {DSN: 'db://u:${{ secrets.API_TOKEN }}@db'}\n")
+    agent_side = "agent-SIDE-token"  # the agent's machine has a value too: it stays there
     path = kube_flows.write("secretive", "  use:\n    run: tasks:use\n    with: {token: '${{ secrets.API_TOKEN }}'}\n",
                             env, SECRET_TASKS)
     kube_flows.register(path)
-    kube_flows.agent("--label", "sec", "--name", "sec-agent")
+    kube_flows.agent("--label", "sec", "--name", "sec-agent",
+                     env={**kube_flows.env, "FLOWSPEC_SECRET_API_TOKEN": agent_side})
     run_id = kube_flows.start_run("secretive", "--label", "sec")
     run = kube_flows.wait_run(run_id, timeout=180)
     assert run.state == "Success", run.message
-    logs = kube_flows.wait_logs(run_id, "using ***")
-    assert "token ***" in logs and "using ***" in logs and planted not in logs
+    logs = kube_flows.wait_logs(run_id, "dsn db://u:***@db")
+    assert "token ***" in logs and "using ***" in logs and "dsn db://u:***@db" in logs and planted not in logs
     jobs = kube_flows.cluster.get_json("jobs", "-n", kube_flows.namespace, "-l", f"flowspec.io/run-id={run_id}")
     container = jobs["items"][0]["spec"]["template"]["spec"]["containers"][0]
     (entry,) = [e for e in container["env"] if e["name"] == "FLOWSPEC_SECRET_API_TOKEN"]
     assert entry["valueFrom"] == {"secretKeyRef": {"name": "app-secrets", "key": "token"}}
-    assert planted not in json.dumps(jobs)
+    assert all(e["name"] != "DSN" for e in container["env"])  # resolved in the pod, not in the Job
+    assert planted not in json.dumps(jobs) and agent_side not in json.dumps(jobs)
+    assert agent_side not in kube_flows.agent_logs() + kube_flows.logs(run_id)
