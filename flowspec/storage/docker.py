@@ -278,7 +278,22 @@ def image_needs(spec) -> list[Need]:
             if module not in out:
                 who = f"the {kind} result store" if section == "results" else f"the {kind} {section}"
                 out[module] = Need(module, _extra_requirement(extra, fallback), who, (section, "type"))
+    if (where := _secret_param(spec)) is not None and "cryptography" not in out:
+        out["cryptography"] = Need("cryptography", _extra_requirement("secrets", "cryptography"),
+                                   "a secret parameter", where)
     return list(out.values())
+
+
+def _secret_param(spec) -> tuple | None:
+    """The spec path of a `secret: true` parameter that a run gets from its caller: its value
+    reaches the image encrypted and is decrypted there. (One whose default reads a secret is
+    resolved there; `${{ secrets.X }}` needs the store's key only when no variable gives it.)"""
+    from flowspec.params import reads_secrets
+
+    for name, param in spec.parameters.items():
+        if param.secret and not reads_secrets(param.default):
+            return ("parameters", name)
+    return None
 
 
 def _extra_requirement(extra: str, fallback: str) -> str:

@@ -343,8 +343,8 @@ def secrets_wheels() -> Path:
 
 def test_a_secret_parameter_of_run_file_reaches_the_container_encrypted(docker_flows, secrets_wheels, tmp_path):
     """`flowspec run FILE` of a docker flow stores a `secret: true` parameter encrypted, as for an
-    agent's run (refused without FLOWSPEC_SECRETS_KEY), and the container decrypts it (with the
-    `secrets` extra in its image)."""
+    agent's run (refused without FLOWSPEC_SECRETS_KEY), and the container decrypts it: the image
+    gets the `secrets` extra's cryptography unasked."""
     from cryptography.fernet import Fernet
 
     wheels = tmp_path / "wheels"  # the session's wheelhouse and the extra's wheels
@@ -355,7 +355,7 @@ def test_a_secret_parameter_of_run_file_reaches_the_container_encrypted(docker_f
     planted = "d0cker-PARAM-pw"
     spec = docker_flows.write("secret-param",
                               '  hello:\n    run: tasks:hello\n    with: {name: "${{ params.password }}"}\n',
-                              storage=f"  base_image: {docker_flows.base}\n  python_dependencies: [cryptography]\n")
+                              storage=f"  base_image: {docker_flows.base}\n")
     spec.write_text(spec.read_text().replace(
         "tasks:\n", "parameters:\n  password: {type: string, secret: true}\ntasks:\n", 1))
     env = {**docker_flows.env, "FLOWSPEC_WHEELHOUSE": str(wheels)}
