@@ -204,10 +204,22 @@ def keep(store, rels: list, value, ctx) -> None:
     results = _modules()[0]
     try:
         blob = results.encode(value, ctx.task_name if ctx.map_index is None else f"{ctx.task_name}[{ctx.map_index}]")
+        if _holds_secret(blob):
+            ctx.logger.warning("its result is not kept: it holds the value of a secret, which flowspec never"
+                               " writes anywhere; a restart or a cache lookup runs the task again")
+            return
         for rel in rels:
             store.queue(rel, blob)
     except results.ResultError as exc:
         ctx.logger.error("%s", exc)
+
+
+def _holds_secret(blob: bytes) -> bool:
+    """Does the pickled value hold a secret resolved in this process (as pickle writes a string:
+    its UTF-8 bytes)? Nothing to look for, and no cost, when no secret was resolved."""
+    from flowspec.masking import runtime_values
+
+    return any(text.encode() in blob for text in runtime_values())
 
 
 def reuse(store, flow: str, task: str, old_key: str, new_key: str | None):

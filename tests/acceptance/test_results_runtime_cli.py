@@ -191,3 +191,24 @@ def test_a_cache_key_template_and_expiry(cli, tmp_path, env):
     calls(tmp_path)
     assert cli("run", spec, env=env).rc == 0
     assert calls(tmp_path) == ["nums"]
+
+
+@pytest.mark.parametrize("executor", ["", "executor: {type: local-dask, scheduler: processes, workers: 2}\n"],
+                         ids=["local", "local-dask-processes"])
+def test_a_result_holding_a_secret_is_not_kept_and_reruns(cli, tmp_path, env, executor):
+    """flowspec writes a secret nowhere: a result whose bytes hold one is not put in the store (a
+    warning says so), the task keeps its state, and the next run calls it again."""
+    planted = "kept-s3cr3t-\u00e9"
+    (tmp_path / "leaky.py").write_text("def leak(token):\n    return {'dsn': 'db://u:' + token + '@db'}\n")
+    spec = write(tmp_path, executor, extra='  leak: {run: leaky:leak, with: {token: "${{ secrets.DB_TOKEN }}"}, cache: true}\n')
+    run_env = {**env, "FLOWSPEC_SECRET_DB_TOKEN": planted}
+    for _ in range(2):
+        result = cli("run", spec, env=run_env)
+        assert result.rc == 0, result.output
+        assert "its result is not kept: it holds the value of a secret" in result.output
+        assert states(cli, env, last_run(cli, env))["leak"] == "Success"
+    assert not kept(tmp_path / "store", last_run(cli, env), "leak")
+    assert kept(tmp_path / "store", last_run(cli, env), "nums")
+    for path in (tmp_path / "store").rglob("*"):
+        if path.is_file():
+            assert planted.encode() not in path.read_bytes(), path
