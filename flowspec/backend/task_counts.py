@@ -17,7 +17,7 @@ never change their counts again, which makes each batch's change a question abou
 """
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
@@ -124,7 +124,7 @@ class Tally:
         known = self._runs.pop(run_id, None)
         if known is None and mark == 0 and len(rows) == _count_after(tx, run_id, 0):
             known = _Known(0)  # the run's first rows, all ours
-        for state in {r[2] for r in rows} - self._codes.keys():
+        for state in set(map(_STATE, rows)) - self._codes.keys():
             if len(self._states) > 255:
                 known = None  # a byte per child no longer tells every state apart
                 break
@@ -138,8 +138,12 @@ class Tally:
                          run_id, task)[0]
             for g in groups:
                 g.latest_id = own if g.task == task and g.latest_id == -1 else g.latest_id
-        for task in {g.task for g in groups if g.first_id == -1}:  # first seen: its rows are all in the batch
-            first = tx.one("SELECT MIN(id) FROM task_states WHERE run_id = ? AND task = ?", run_id, task)[0]
+        tasks = None
+        for task in {g.task for g in groups if g.first_id == -1}:  # first seen in this batch
+            # the run's rows after the mark are the batch's, in its order
+            tasks = tasks or list(map(_TASK, rows))
+            first = tx.one("SELECT id FROM task_states WHERE run_id = ? AND id > ? ORDER BY id LIMIT 1 OFFSET ?",
+                           run_id, mark, tasks.index(task))[0]
             for g in groups:
                 g.first_id = first if g.task == task else g.first_id
         top = tx.one("SELECT MAX(id) FROM task_states WHERE run_id = ?", run_id)[0]
@@ -167,7 +171,8 @@ class Tally:
             by_task = [(task, list(found)) for task, found in groupby(sorted(rows, key=_TASK), _TASK)]  # stable
         for task, found in by_task:
             new_task = task not in known.codes and task not in known.own
-            if None in map(_INDEX, found):
+            indexes = list(map(_INDEX, found))
+            if None in indexes:
                 for _, _, state, attempt, at, _ in (r for r in found if r[1] is None):
                     before = known.own.get(task)
                     known.own[task] = (state, attempt)
@@ -178,19 +183,19 @@ class Tally:
                     g.n, g.attempts, g.latest_id = g.n + 1, g.attempts + attempt, -1
                     g.last_time = at if g.last_time is None or at > g.last_time else g.last_time
                 found = [r for r in found if r[1] is not None]
+                indexes = list(map(_INDEX, found))
             if found:
-                self._children(known, task, found, group)
+                self._children(known, task, found, indexes, group)
             for g in out.values():
                 if g.task == task and new_task:
                     g.first_id = -1
         return list(out.values())
 
-    def _children(self, known: _Known, task: str, found: list[tuple], group) -> None:
+    def _children(self, known: _Known, task: str, found: list[tuple], indexes: list[int], group) -> None:
         """Count a task's mapped children in the batch: each one's latest row in, what it had
         before out. The interpreter's own loops (map, Counter) do it, a child at a time only
         where attempts other than 1 are involved: this runs beside the tasks, holding the
         interpreter's lock."""
-        indexes = list(map(_INDEX, found))
         codes = known.codes.get(task)
         if codes is None:
             codes = known.codes[task] = bytearray()
@@ -208,15 +213,17 @@ class Tally:
         for index, code in zip(indexes, news):
             codes[index] = code
         finals = news if unique is indexes else pick(codes)
-        states = self._states
-        for code, n in Counter(olds).items():
-            if code:
+        states, olds_text, finals_text = self._states, bytes(olds), bytes(finals)
+        counted = []
+        for code in range(1, len(states)):  # a few states: a count over bytes each
+            n_old, n_new = olds_text.count(code), finals_text.count(code)
+            if n_old:
                 g = group(task, 1, states[code])
-                g.n, g.attempts = g.n - n, g.attempts - n
-        counted = Counter(finals)
-        for code, n in counted.items():
-            g = group(task, 1, states[code])
-            g.n, g.attempts = g.n + n, g.attempts + n
+                g.n, g.attempts = g.n - n_old, g.attempts - n_old
+            if n_new:
+                g = group(task, 1, states[code])
+                g.n, g.attempts = g.n + n_new, g.attempts + n_new
+                counted.append(code)
         # The batch's latest time for each state it moved children into: no earlier than any
         # of them entered it, and no later than the children's latest row
         at = max(map(_TIME, found))
