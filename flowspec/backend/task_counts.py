@@ -1,8 +1,8 @@
 """A run's task runs counted by state, kept beside its task states (the `task_counts` table).
 
 Per (run, task, kind, state), `kind` 1 for the mapped children of a task and 0 for the task's own
-runs: how many are in that state now (their latest row), their attempts summed, the latest time
-one entered it, the id of the latest row counted into it, and the id of the task's first row. A
+runs: how many are in that state now (their latest row), their attempts summed, when one last
+entered it (see Group), the id of the latest row counted into it, and the id of the task's first row. A
 run's task table then reads a few rows per task, not the latest of 200 000 rows of a map of
 100 000 children (flowspec.backend.tasks.TaskStore.task_summary).
 
@@ -66,7 +66,10 @@ class Group:
     state: str
     n: int
     attempts: int
-    last_time: float | None  # the latest time one entered this state (a child that left keeps it)
+    # No earlier than any task run now in this state entered it, no later than the latest row of
+    # the task's children (a batch's latest time, for each state the batch moved children into):
+    # the greatest over a task's states is its children's latest time.
+    last_time: float | None
     first_id: int | None  # the task's first row is the least over its groups
     latest_id: int | None  # the latest row counted into this group: the task's own row, when kind 0 and n 1
 
@@ -193,9 +196,9 @@ class Tally:
 
     def _children(self, known: _Known, task: str, found: list[tuple], indexes: list[int], group) -> None:
         """Count a task's mapped children in the batch: each one's latest row in, what it had
-        before out. The interpreter's own loops (map, Counter) do it, a child at a time only
-        where attempts other than 1 are involved: this runs beside the tasks, holding the
-        interpreter's lock."""
+        before out. The interpreter's own loops (map, itemgetter, bytes.count) do most of it, a
+        Python loop only sets each child's state (and reads attempts when some are not 1): this
+        runs beside the tasks, holding the interpreter's lock."""
         codes = known.codes.get(task)
         if codes is None:
             codes = known.codes[task] = bytearray()
