@@ -237,28 +237,29 @@ class TaskStore(Store):
         """A run's tasks without a row per mapped child, from its counts (a few rows per task,
         however many children): per task, in the order tasks were first recorded, `(task, its own
         latest state or None, [(state, children, attempts, last time)] over the latest state of
-        each of its mapped children)`, by state. A state's last time is the latest time a child
-        entered it: the greatest over a task's states is the time of its children's latest row."""
+        each of its mapped children)`, by state. The greatest last time over a task's states is
+        the time of its children's latest row (task_counts.Group.last_time)."""
         with self._transaction(write=False) as tx:
             groups = task_counts.groups(tx, run_id)
             own = [g.latest_id for g in groups if g.kind == 0 and g.n > 0]
             rows = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE id IN ({_marks(own)})", *own) if own else []
-        firsts: dict[str, int] = {}
         children: dict[str, list[tuple[str, int, int, float]]] = {}
         for g in sorted(groups, key=lambda g: g.state):
-            if g.first_id is not None:
-                firsts[g.task] = min(firsts.get(g.task, g.first_id), g.first_id)
             if g.kind == 1 and g.n > 0:
                 children.setdefault(g.task, []).append((g.state, g.n, g.attempts, float(g.last_time or 0.0)))
         states = {row[1]: TaskRunState(*row) for row in rows}
-        return [(task, states.get(task), children.get(task, [])) for task in sorted(firsts, key=firsts.__getitem__)]
+        return [(task, states.get(task), children.get(task, [])) for task, _ in _firsts(groups)]
 
     def task_firsts(self, run_id: str) -> list[tuple[str, int]]:
         """(task, the id of its first recorded state) of a run's tasks, in that order."""
         with self._transaction(write=False) as tx:
-            groups = task_counts.groups(tx, run_id)
-        firsts: dict[str, int] = {}
-        for g in groups:
-            if g.first_id is not None:
-                firsts[g.task] = min(firsts.get(g.task, g.first_id), g.first_id)
-        return sorted(firsts.items(), key=lambda item: item[1])
+            return _firsts(task_counts.groups(tx, run_id))
+
+
+def _firsts(groups: list[task_counts.Group]) -> list[tuple[str, int]]:
+    """(task, the id of its first row), in that order: the least over the task's groups."""
+    firsts: dict[str, int] = {}
+    for g in groups:
+        if g.first_id is not None:
+            firsts[g.task] = min(firsts.get(g.task, g.first_id), g.first_id)
+    return sorted(firsts.items(), key=lambda item: item[1])
