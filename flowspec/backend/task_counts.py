@@ -91,9 +91,13 @@ def count_since(tx: Tx, run_id: str, mark: int) -> int:
     return _store(tx, run_id, groups, max(g.latest_id for g in groups if g.latest_id is not None))
 
 
-def _store(tx: Tx, run_id: str, groups: list[Group], mark: int) -> int:
+def _store(tx: Tx, run_id: str, groups: list[Group], mark: int | None) -> int:
+    """Add `groups` to the counts and move the mark to `mark` (None: the run's last row)."""
     tx.many(_UPSERT, [(run_id, g.task, g.kind, g.state, g.n, g.attempts, g.last_time, g.first_id, g.latest_id)
                       for g in groups])
+    if mark is None:  # one statement the fewer: each gives the interpreter's lock back and forth
+        return int(tx.one("UPDATE task_count_marks SET counted = (SELECT MAX(id) FROM task_states WHERE run_id = ?)"
+                          " WHERE run_id = ? RETURNING counted", run_id, run_id)[0])
     tx.run("UPDATE task_count_marks SET counted = ? WHERE run_id = ?", mark, run_id)
     return mark
 
@@ -149,8 +153,7 @@ class Tally:
                            run_id, mark, tasks.index(task))[0]
             for g in groups:
                 g.first_id = first if g.task == task else g.first_id
-        top = tx.one("SELECT MAX(id) FROM task_states WHERE run_id = ?", run_id)[0]
-        known.mark = _store(tx, run_id, groups, top)
+        known.mark = _store(tx, run_id, groups, None)
         self._runs[run_id] = known
         while len(self._runs) > self.RUNS:
             self._runs.popitem(last=False)
