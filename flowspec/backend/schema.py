@@ -109,5 +109,21 @@ MIGRATIONS: list[list[str]] = [
         # what `flowspec results prune` and the deletion of runs and flows look through.
         "CREATE TABLE result_stores (store TEXT PRIMARY KEY, first_used {float} NOT NULL, last_used {float} NOT NULL)",
     ],
+    [
+        # A run's task runs counted by state (flowspec.backend.task_counts), kept by every writer of
+        # task states in its own transaction; and the counts of the runs recorded before, summed
+        # as a batch is (each task run's latest row, by MAX(id)).
+        "CREATE TABLE task_counts (run_id TEXT NOT NULL REFERENCES flow_runs (id), task TEXT NOT NULL,"
+        " kind INTEGER NOT NULL, state TEXT NOT NULL, n {bigint} NOT NULL, attempts {bigint} NOT NULL,"
+        " last_time {float}, first_id {bigint}, latest_id {bigint}, PRIMARY KEY (run_id, task, kind, state))",
+        "CREATE TABLE task_count_marks (run_id TEXT PRIMARY KEY REFERENCES flow_runs (id), counted {bigint} NOT NULL)",
+        "INSERT INTO task_counts (run_id, task, kind, state, n, attempts, last_time, first_id, latest_id)"
+        " SELECT t.run_id, t.task, CASE WHEN t.map_index IS NULL THEN 0 ELSE 1 END, t.state, COUNT(*), SUM(t.attempt),"
+        " MAX(t.time), MIN(k.first_id), MAX(t.id)"
+        " FROM (SELECT MAX(id) AS id, MIN(id) AS first_id FROM task_states GROUP BY run_id, task, map_index) k"
+        " JOIN task_states t ON t.id = k.id"
+        " GROUP BY t.run_id, t.task, CASE WHEN t.map_index IS NULL THEN 0 ELSE 1 END, t.state",
+        "INSERT INTO task_count_marks (run_id, counted) SELECT run_id, MAX(id) FROM task_states GROUP BY run_id",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -69,19 +69,14 @@ class SQLiteBackend(Backend):
             finally:
                 cursor.close()
 
-    def add_task_states(self, run_id: str, rows) -> int:
-        """As Backend.add_task_states, in one statement over the rows as one JSON text: SQLite
-        then inserts the whole batch without the interpreter's lock, which the recorder's thread
-        would otherwise take back for every row from the thread running the tasks."""
-        rows = list(rows)
-        if rows:
-            text = json.dumps(rows, ensure_ascii=False)
-            with self._transaction() as tx:
-                tx.run(f"INSERT INTO task_states ({_TASK_COLS}) SELECT ?, json_extract(value, '$[0]'),"
-                       " json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
-                       " json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each(?) ORDER BY key",
-                       run_id, text)
-        return len(rows)
+    def _insert_task_states(self, tx: Tx, run_id: str, rows: list[tuple]) -> None:
+        """As Backend's, in one statement over the rows as one JSON text: SQLite then inserts the
+        whole batch without the interpreter's lock, which the recorder's thread would otherwise
+        take back for every row from the thread running the tasks."""
+        tx.run(f"INSERT INTO task_states ({_TASK_COLS}) SELECT ?, json_extract(value, '$[0]'),"
+               " json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+               " json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each(?) ORDER BY key",
+               run_id, json.dumps(rows, ensure_ascii=False))
 
     def _serialize(self, tx: Tx, name: str) -> None:
         pass  # BEGIN IMMEDIATE already lets one writer in at a time

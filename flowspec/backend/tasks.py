@@ -5,6 +5,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from flowspec.backend import task_counts
 from flowspec.backend.core import Store, Tx, _marks
 
 
@@ -31,7 +32,9 @@ TASK_FINAL_STATES = ("Success", "Cached", "Failed", "TimedOut", "TriggerFailed",
 class TaskStore(Store):
     """Task states: appended in batches, read back latest-first or as they come."""
 
-    run_tables = ("task_states", "run_tasks", "task_run_names", "run_outputs", "run_links")  # rows of one flow run (see RunStore.run_tables)
+    # rows of one flow run (see RunStore.run_tables)
+    run_tables = ("task_states", "task_counts", "task_count_marks", "run_tasks", "task_run_names", "run_outputs",
+                  "run_links")
 
     def add_run_names(self, run_id: str, rows: Iterable[tuple[str, str | list]]) -> int:
         """Record `(task, names)`: the names of a task's runs (its `run_name`), a string for an
@@ -152,6 +155,7 @@ class TaskStore(Store):
         final = "Cancelled" if run_state == "Cancelled" else "Failed"
         about = f"the flow run ended {run_state}" + (f" ({why})" if why else "")
         now = time.time()
+        mark = task_counts.lock(tx, run_id)
         tx.run(f"INSERT INTO task_states ({_TASK_COLS}) SELECT t.run_id, t.task, t.map_index, ?, t.attempt, ?, ?"
                " FROM task_states t JOIN (SELECT MAX(id) AS last FROM task_states WHERE run_id = ?"
                " GROUP BY task, map_index) g ON t.id = g.last"
@@ -161,6 +165,7 @@ class TaskStore(Store):
                " FROM run_tasks r LEFT JOIN (SELECT DISTINCT task FROM task_states WHERE run_id = ?) s"
                " ON s.task = r.task WHERE r.run_id = ? AND s.task IS NULL ORDER BY r.position",
                now, f"not run: {about}", run_id, run_id)
+        task_counts.count_since(tx, run_id, mark)
 
     def add_task_state(
         self,
@@ -177,12 +182,19 @@ class TaskStore(Store):
     def add_task_states(
         self, run_id: str, rows: Iterable[tuple[str, int | None, str, int, float, str | None]]
     ) -> int:
-        """Append `(task, map_index, state, attempt, time, message)` rows in one transaction."""
-        rows = [(run_id, *row) for row in rows]
+        """Append `(task, map_index, state, attempt, time, message)` rows in one transaction, and
+        count them (flowspec.backend.task_counts) in it."""
+        rows = list(rows)
         if rows:
+            tally = self.__dict__.get("_tally") or self.__dict__.setdefault("_tally", task_counts.Tally())
             with self._transaction() as tx:
-                tx.many(f"INSERT INTO task_states ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                mark = task_counts.lock(tx, run_id)
+                self._insert_task_states(tx, run_id, rows)
+                tally.count(tx, run_id, mark, rows)
         return len(rows)
+
+    def _insert_task_states(self, tx: Tx, run_id: str, rows: list[tuple]) -> None:
+        tx.many(f"INSERT INTO task_states ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", [(run_id, *r) for r in rows])
 
     def task_states(self, run_id: str, *, history: bool = False) -> list[TaskRunState]:
         """The latest state of each (task, map_index), or with `history` every state recorded."""
@@ -218,27 +230,35 @@ class TaskStore(Store):
         return [TaskRunState(*row[1:]) for row in rows], (rows[-1][0] if rows else after_id)
 
     def task_summary(self, run_id: str) -> list[tuple[str, TaskRunState | None, list[tuple[str, int, int, float]]]]:
-        """A run's tasks without a row per mapped child, counted in the database (a map of a
-        million children stays a few grouped queries): per task, in the order tasks were first
-        recorded, `(task, its own latest state or None, [(state, children, attempts, last
-        time)] over the latest state of each of its mapped children)`."""
+        """A run's tasks without a row per mapped child, from its counts (a few rows per task,
+        however many children): per task, in the order tasks were first recorded, `(task, its own
+        latest state or None, [(state, children, attempts, last time)] over the latest state of
+        each of its mapped children)`, by state. The greatest last time over a task's states is
+        the time of its children's latest row (task_counts.Group.last_time)."""
         with self._transaction(write=False) as tx:
-            # One pass for each task's first row and its own latest row, one for the children.
-            tasks = tx.all("SELECT task, MIN(id) AS first, MAX(CASE WHEN map_index IS NULL THEN id END)"
-                           " FROM task_states WHERE run_id = ? GROUP BY task ORDER BY first", run_id)
-            order, latest = [t[0] for t in tasks], [t[2] for t in tasks if t[2] is not None]
-            own = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE id IN ({_marks(latest)})",
-                         *latest) if latest else []
-            children = tx.all(
-                "SELECT t.task, t.state, COUNT(*), SUM(t.attempt), MAX(t.time) FROM task_states t JOIN"
-                " (SELECT MAX(id) AS id FROM task_states WHERE run_id = ? AND map_index IS NOT NULL"
-                " GROUP BY task, map_index) latest ON t.id = latest.id GROUP BY t.task, t.state ORDER BY t.state",
-                run_id)
-        states = {row[1]: TaskRunState(*row) for row in own}
-        groups: dict[str, list[tuple[str, int, int, float]]] = {}
-        for task, state, n, attempts, at in children:
-            groups.setdefault(task, []).append((state, int(n), int(attempts), float(at)))
-        return [(task, states.get(task), groups.get(task, [])) for task in order]
+            groups = task_counts.groups(tx, run_id)
+            own = [g.latest_id for g in groups if g.kind == 0 and g.n > 0]
+            rows = tx.all(f"SELECT {_TASK_COLS} FROM task_states WHERE id IN ({_marks(own)})", *own) if own else []
+        children: dict[str, list[tuple[str, int, int, float]]] = {}
+        for g in sorted(groups, key=lambda g: g.state):
+            if g.kind == 1 and g.n > 0:
+                children.setdefault(g.task, []).append((g.state, g.n, g.attempts, float(g.last_time or 0.0)))
+        states = {row[1]: TaskRunState(*row) for row in rows}
+        return [(task, states.get(task), children.get(task, [])) for task, _ in _firsts(groups)]
+
+    def task_firsts(self, run_id: str) -> list[tuple[str, int]]:
+        """(task, the id of its first recorded state) of a run's tasks, in that order."""
+        with self._transaction(write=False) as tx:
+            return _firsts(task_counts.groups(tx, run_id))
+
+
+def _firsts(groups: list[task_counts.Group]) -> list[tuple[str, int]]:
+    """(task, the id of its first row), in that order: the least over the task's groups."""
+    firsts: dict[str, int] = {}
+    for g in groups:
+        if g.first_id is not None:
+            firsts[g.task] = min(firsts.get(g.task, g.first_id), g.first_id)
+    return sorted(firsts.items(), key=lambda item: item[1])
 
 
 def _link(tx: Tx, run_id: str) -> dict | None:

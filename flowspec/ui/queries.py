@@ -201,10 +201,9 @@ def link_json(backend, run_id: str) -> dict:
 
 def restart_choices(backend, run_id: str) -> tuple[list[str], str | None]:
     """A finished run's tasks in the order they first ran (each a `--from` of its restart), and
-    the first that failed: two indexed reads, without summing its children."""
+    the first that failed: from the run's counts and one indexed read, without summing its children."""
+    tasks = [task for task, _ in backend.task_firsts(run_id)]
     with backend._transaction(write=False) as tx:
-        tasks = [t for t, _ in tx.all("SELECT task, MIN(id) AS first FROM task_states WHERE run_id = ?"
-                                      " GROUP BY task ORDER BY first", run_id)]
         failed = tx.one("SELECT task FROM task_states WHERE run_id = ? AND state IN ('Failed', 'TimedOut',"
                         " 'TriggerFailed') ORDER BY id LIMIT 1", run_id)
     return tasks, failed[0] if failed else None
@@ -277,11 +276,14 @@ def children_states(backend, run_id: str, task: str) -> list[tuple[int, str]]:
 
 
 def first_times(backend, run_id: str) -> dict[str, float]:
-    """Per task, the time of its first recorded state (one pass over an index, then a row a task)."""
+    """Per task, the time of its first recorded state (its id kept with the run's counts, then a
+    row a task)."""
+    ids = [first for _, first in backend.task_firsts(run_id)]
+    if not ids:
+        return {}
     with backend._transaction(write=False) as tx:
         return {task: float(at) for task, at in tx.all(
-            "SELECT task, time FROM task_states WHERE id IN (SELECT MIN(id) FROM task_states WHERE run_id = ?"
-            " GROUP BY task)", run_id)}
+            f"SELECT task, time FROM task_states WHERE id IN ({', '.join('?' for _ in ids)})", *ids)}
 
 
 def heat_codes(rows: list[tuple[int, str]]) -> dict:
