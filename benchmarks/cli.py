@@ -25,6 +25,8 @@ one-task spec.
   subflows a one-task child spec run alone and as a parent's subflow (target: at most 20 ms
            more), and 1 000 mapped subflow children on `local` and on `local-dask` with 4 threads
            (target: under 60 s). Not in the default set: --only subflows.
+  restart  a chain of 10 000 tasks keeping their results, its last task failing, then `flowspec
+           runs restart RUN`: under 3 s. Not in the default set: --only restart.
   secrets  W2 whose mapped task prints a line, with and without `${{ secrets.BENCH_TOKEN }}` in
            environment.env (FLOWSPEC_SECRET_BENCH_TOKEN), N = 10 000 and 100 000: resolving and
            masking may add at most 2 us per log line.
@@ -49,6 +51,7 @@ import os
 import platform
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import termios
@@ -80,6 +83,14 @@ def noop():
 
 def inc_said(x):
     print("item", x, "done")
+    return x + 1
+
+
+def inc_unless(x):
+    import os
+
+    if os.environ.get("BENCH_FAIL"):
+        raise RuntimeError("asked to fail (BENCH_FAIL)")
     return x + 1
 '''
 
@@ -381,6 +392,39 @@ class Bench:
             if key == "sub-mapped":
                 self.check(f"{n:,} mapped subflow children (local-dask)", "< 60 s", row["wall"] < 60,
                            f"{row['wall']:.1f} s, cpu {row['cpu']:.1f} s", row["cpu"] < 60)
+    def restart(self, length: int = 10_000) -> None:
+        """A chain of `length` tasks keeping their results whose last task fails, then `flowspec runs
+        restart RUN` as users type it (target: under 3 s): the last task runs again, the others
+        are Cached from the store. Each round in a FLOWSPEC_HOME of its own; the restart is timed."""
+        spec = chain(length).replace(f"name: bench-chain-{length}",
+                                     f"name: bench-restart-{length}\nresults: {{type: local, directory: store-restart}}")
+        spec = spec.replace(f'  t{length - 1}: {{run: "benchtasks:inc"', f'  t{length - 1}: {{run: "benchtasks:inc_unless"', 1)
+        name = os.path.basename(self.write(f"restart-{length}.yaml", spec))
+        runs = []
+        for _ in range(self.args.repeat):
+            home = tempfile.mkdtemp(dir=self.dir, prefix="home-")
+            env = self.env(home)
+            try:
+                failed = spawn([*self.flowspec, "run", name], {**env, "BENCH_FAIL": "1"}, self.dir, False)
+                listed = subprocess.run([*self.flowspec, "runs", "list", "--format", "json"], env=env, cwd=self.dir,
+                                        capture_output=True, text=True)
+                run_id = json.loads(listed.stdout)[0]["id"] if failed["exit"] == 1 and listed.returncode == 0 else None
+                if run_id is None:
+                    print(f"  the failing run of {name} exited with {failed['exit']}", file=sys.stderr, flush=True)
+                    return
+                runs.append(spawn([*self.flowspec, "runs", "restart", run_id], env, self.dir, False))
+            finally:
+                shutil.rmtree(home, ignore_errors=True)
+        ok = [r for r in runs if r["exit"] == 0] or [dict(runs[0], wall=float("inf"), cpu=float("inf"))]
+        best = min(ok, key=lambda r: r["wall"])
+        row = dict(best, key=f"restart-{length}", label=f"runs restart of a chain failed at its end, L={length:,}",
+                   output="pipe", tasks=length, runs=len(runs), rss_mb=max(r["rss_mb"] for r in runs))
+        self.rows.append(row)
+        print(f"  {row['label']:<44} pipe {row['wall']:8.3f} s  cpu {row['cpu']:6.2f} s  {row['rss_mb']:6.0f} MB",
+              file=sys.stderr, flush=True)
+        self.check(f"restart of a {length:,}-task chain failed at its last task", "< 3 s", row["wall"] < 3,
+                   f"{row['wall']:.2f} s, cpu {row['cpu']:.2f} s", row["cpu"] < 3)
+
     def secrets(self, sizes: tuple[int, ...]) -> None:
         """The mapped task prints a line; with a secret in the flow's environment, each line is
         masked: what resolving and masking add per log line over the same row without."""
@@ -452,8 +496,8 @@ def main() -> int:
     parser.add_argument("--only", default="w2,million,chain,features",
                         help="workloads, comma-separated (features: the w2named and chaincond rows, after w2 and chain;"
                         " results: cache hits and persisting; subflows: a spec file subflow and 1 000 mapped"
-                        " ones; secrets: a print per task with and without a secret resolved; these three are"
-                        " not in the default set)")
+                        " ones; secrets: a print per task with and without a secret resolved; restart: a"
+                        " 10 000-task chain failed at its end, restarted; these four are not in the default set)")
     parser.add_argument("--json", action="store_true", help="rows and checks as one JSON object on stdout")
     parser.add_argument("--checkout", metavar="DIR",
                         help="time `python -m flowspec` from the source tree DIR instead (e.g. an older commit's)")
@@ -485,6 +529,8 @@ def main() -> int:
             bench.results()
         if "subflows" in chosen:
             bench.subflows()
+        if "restart" in chosen:
+            bench.restart()
         if "secrets" in chosen:
             bench.secrets(tuple(int(n) for n in args.sizes.split(",")) if args.sizes else (10_000, 100_000))
     finally:

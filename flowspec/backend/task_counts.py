@@ -140,19 +140,24 @@ class Tally:
         if known is None or known.mark != mark:
             return count_since(tx, run_id, mark)  # not ours alone: asked of the database, from now on
         groups = self._apply(known, rows)
-        for task in {g.task for g in groups if g.latest_id == -1}:  # its own row is the latest one
-            own = tx.one("SELECT MAX(id) FROM task_states WHERE run_id = ? AND task = ? AND map_index IS NULL",
-                         run_id, task)[0]
+        if any(g.latest_id == -1 or g.first_id == -1 for g in groups):
+            # The run's rows after the mark are the batch's, in its order: their ids, read once,
+            # give each task's first row (a task first seen here) and its own latest row.
+            ids = [row[0] for row in tx.all("SELECT id FROM task_states WHERE run_id = ? AND id > ? ORDER BY id",
+                                            run_id, mark)]
+            if len(ids) != len(rows):  # someone else's rows after all: the database counts, from now on
+                return count_since(tx, run_id, mark)
+            firsts: dict[str, int] = {}
+            owns: dict[str, int] = {}
+            for row, row_id in zip(rows, ids):
+                firsts.setdefault(row[0], row_id)
+                if row[1] is None:
+                    owns[row[0]] = row_id
             for g in groups:
-                g.latest_id = own if g.task == task and g.latest_id == -1 else g.latest_id
-        tasks = None
-        for task in {g.task for g in groups if g.first_id == -1}:  # first seen in this batch
-            # the run's rows after the mark are the batch's, in its order
-            tasks = tasks or list(map(_TASK, rows))
-            first = tx.one("SELECT id FROM task_states WHERE run_id = ? AND id > ? ORDER BY id LIMIT 1 OFFSET ?",
-                           run_id, mark, tasks.index(task))[0]
-            for g in groups:
-                g.first_id = first if g.task == task else g.first_id
+                if g.latest_id == -1:
+                    g.latest_id = owns[g.task]
+                if g.first_id == -1:
+                    g.first_id = firsts[g.task]
         known.mark = _store(tx, run_id, groups, None)
         self._runs[run_id] = known
         while len(self._runs) > self.RUNS:
@@ -175,8 +180,10 @@ class Tally:
             by_task = [(rows[0][0], rows)]
         else:
             by_task = [(task, list(found)) for task, found in groupby(sorted(rows, key=_TASK), _TASK)]  # stable
+        new_tasks = set()
         for task, found in by_task:
-            new_task = task not in known.codes and task not in known.own
+            if task not in known.codes and task not in known.own:
+                new_tasks.add(task)
             indexes = list(map(_INDEX, found))
             if None in indexes:
                 for _, _, state, attempt, at, _ in (r for r in found if r[1] is None):
@@ -192,9 +199,9 @@ class Tally:
                 indexes = list(map(_INDEX, found))
             if found:
                 self._children(known, task, found, indexes, group)
-            for g in out.values():
-                if g.task == task and new_task:
-                    g.first_id = -1
+        for g in out.values():
+            if g.task in new_tasks:
+                g.first_id = -1
         return list(out.values())
 
     def _children(self, known: _Known, task: str, found: list[tuple], indexes: list[int], group) -> None:
