@@ -419,6 +419,11 @@ class DockerFlows(CliFlows):
         client = docker.DockerClient(base_url=self.env["DOCKER_HOST"])
         try:
             label = f"flowspec.run-id={run_id}" if run_id else "flowspec.run-id"
+            for _ in range(20):
+                try:
+                    return client.containers.list(all=True, filters={"label": label})
+                except docker.errors.NotFound:  # one went between the list and its inspection: list again
+                    time.sleep(0.1)
             return client.containers.list(all=True, filters={"label": label})
         finally:
             client.close()
