@@ -25,6 +25,18 @@ def subcommands(sub, name: str, help_text: str):
     return actions
 
 
+def read_file_option(path: str) -> str:
+    """The text of the file a `--file F` option names; a UsageError naming the flag when it cannot
+    be read."""
+    from flowspec.errors import UsageError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"--file {path}: cannot be read: {exc.strerror}") from None
+
+
 def open_from(args):
     from flowspec.backend import open_backend
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from flowspec.commands._backend import add_common, emit_json, open_from, subcommands, table, when
+from flowspec.commands._backend import add_common, emit_json, open_from, read_file_option, subcommands, table, when
 
 
 def register(sub) -> None:
@@ -38,11 +38,7 @@ def _text(args) -> str:
         raise UsageError("give the value as VALUE, `-` for standard input, or --file F (exactly one)",
                          hint="flowspec kv set watermark '\"2026-01-01\"'")
     if args.file is not None:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                return f.read()
-        except OSError as exc:
-            raise UsageError(f"--file {args.file}: cannot be read: {exc.strerror}") from None
+        return read_file_option(args.file)
     return sys.stdin.read() if args.value == "-" else args.value
 
 

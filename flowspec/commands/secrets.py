@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from flowspec.commands._backend import add_common, emit_json, open_from, subcommands, table, when
+from flowspec.commands._backend import add_common, emit_json, open_from, read_file_option, subcommands, table, when
 
 
 def register(sub) -> None:
@@ -31,11 +31,7 @@ def _value(args) -> str:
     from flowspec.errors import UsageError
 
     if args.file is not None:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise UsageError(f"--file {args.file}: cannot be read: {exc.strerror}") from None
+        text = read_file_option(args.file)
     else:
         if sys.stdin.isatty():
             print(f"value of secret {args.name} (end with Ctrl-D):", file=sys.stderr)

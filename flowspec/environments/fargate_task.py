@@ -19,13 +19,13 @@ from flowspec.environments.platform import (
     AGENT_ENV_NAMES, FINAL, OWN_VARIABLES, FlowRunJob, Outcome, PlatformEnvironment, image_command,
     registered_location)
 from flowspec.errors import FlowspecError, SpecError
+from flowspec.masking import MASK
 
 log = logging.getLogger("flowspec.fargate")
 
 FAMILY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 DIGEST_TAG = "flowspec-definition-sha256"  # on each revision flowspec registers: what it was made from
 FLOW_CONTAINER = "flow"
-MASK = "***"
 NOT_COMPARED = ("tags",)  # kept by ECS beside the definition, not in it
 
 
