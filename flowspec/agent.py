@@ -9,8 +9,8 @@ falls due (so a run on a clock starts at its time, not up to a poll interval lat
    (the child itself notices Cancelling through its heartbeat and stops gracefully first);
 4. mark lost runs (no heartbeat for their heartbeat timeout) Failed, whoever ran them, freeing
    slots (commands that read runs do the same, see Backend.mark_lost_runs);
-5. claim runs (the backend applies the label rule and the concurrency limits) while fewer
-   than `max_runs` children are running, and start a child for each.
+5. claim runs (the backend applies the label rule and the concurrency limits), as many as
+   there are fewer than `max_runs` children running, in one claim, and start a child for each.
 
 Heartbeats: each child heartbeats its own run every `run_heartbeat_s`; a child whose agent died
 ends its run and exits. So a run goes stale only when its process is gone without a word
@@ -182,13 +182,16 @@ class Agent:
 
     # -- starting runs -----------------------------------------------------------------------
     def claim(self) -> None:
+        """Claim as many runs as there are free places, in one claim (runs that fall due at one
+        instant start together), then start them; again while every place asked for was filled."""
         self._next_start = None
-        while len(self.children) < self.config.max_runs and not self._stopping.is_set():
-            run = self.backend.claim_run(self.config.name, self.config.labels, self.config.heartbeat_timeout)
-            if run is None:
+        while (free := self.config.max_runs - len(self.children)) > 0 and not self._stopping.is_set():
+            runs = self.backend.claim_runs(self.config.name, self.config.labels, self.config.heartbeat_timeout, free)
+            for run in runs:
+                self.spawn(run)
+            if len(runs) < free:
                 self._next_start = self.backend.next_scheduled_start()
                 return
-            self.spawn(run)
 
     def spawn(self, run: FlowRun) -> None:
         """Hand the run to the warm child (or to a new one), then warm the next."""

@@ -77,29 +77,50 @@ def plan_claim(
     limits: dict[str, int],
     holders: dict[str, list[str]],
 ) -> tuple[FlowRun | None, list[tuple[FlowRun, list[SlotBlock]]]]:
-    """Choose the run an agent takes now, and the runs it found blocked by full limits.
+    """Choose the run an agent takes now, and the runs it found blocked by full limits
+    (`plan_claims` for one run)."""
+    chosen, blocked = plan_claims(candidates, agent_labels, limits, holders, 1)
+    return (chosen[0] if chosen else None), blocked
 
-    `candidates` must be oldest first. The first run the agent may take that has a free slot
-    in every limited label wins. A run blocked on a full label stops every later run needing
-    that label too (it is just as full), and it keeps a slot of each of its other limited
-    labels for itself, so that later runs cannot take those one by one while it waits: a
-    freed slot always goes to the oldest waiting run, and no run starves. Runs that need
-    only labels with room to spare may go ahead.
+
+def plan_claims(
+    candidates: Iterable[FlowRun],
+    agent_labels: Iterable[str],
+    limits: dict[str, int],
+    holders: dict[str, list[str]],
+    count: int,
+) -> tuple[list[FlowRun], list[tuple[FlowRun, list[SlotBlock]]]]:
+    """Choose up to `count` runs an agent takes now, and the runs it found blocked by full limits
+    before it had them all.
+
+    `candidates` must be oldest first. A run the agent may take that has a free slot in every
+    limited label is chosen, and holds those slots for the runs after it. A run blocked on a full
+    label stops every later run needing that label too (it is just as full), and it keeps a slot
+    of each of its other limited labels for itself, so that later runs cannot take those one by
+    one while it waits: a freed slot always goes to the oldest waiting run, and no run starves.
+    Runs that need only labels with room to spare may go ahead. Choosing `count` runs at once
+    chooses what `count` claims one after another would (`holders` is updated as it goes).
     """
     agent_labels = set(agent_labels)
     kept: dict[str, list[str]] = {}
+    chosen: list[FlowRun] = []
     blocked: list[tuple[FlowRun, list[SlotBlock]]] = []
     for run in candidates:
+        if len(chosen) >= count:
+            break
         if not labels_match(run.labels, agent_labels):
             continue
         blocks = slot_blocks(run.labels, limits, holders, kept)
         if not blocks:
-            return run, blocked
+            chosen.append(run)
+            for label in set(run.labels) & limits.keys():
+                holders.setdefault(label, []).append(run.id)
+            continue
         blocked.append((run, blocks))
         full = {block.label for block in blocks}
         for label in (set(run.labels) & limits.keys()) - full:
             kept.setdefault(label, []).append(run.id)
-    return None, blocked
+    return chosen, blocked
 
 
 class ClaimStore(Store):
@@ -107,9 +128,17 @@ class ClaimStore(Store):
 
     def claim_run(self, agent_name: str, agent_labels: Iterable[str],
                   heartbeat_timeout: float | None = None) -> FlowRun | None:
-        """Take the oldest waiting run this agent may run and that has free slots.
+        """Take the oldest waiting run this agent may run and that has free slots (see `claim_runs`)."""
+        runs = self.claim_runs(agent_name, agent_labels, heartbeat_timeout, 1)
+        return runs[0] if runs else None
 
-        The run moves to Submitted (agent set, heartbeat now). Runs found blocked by a full
+    def claim_runs(self, agent_name: str, agent_labels: Iterable[str], heartbeat_timeout: float | None = None,
+                   count: int = 1) -> list[FlowRun]:
+        """Take the oldest `count` waiting runs this agent may run and that have free slots, in
+        one transaction: runs falling due at one instant (a clock's) start together, not one
+        claim after another.
+
+        The runs move to Submitted (agent set, heartbeat now). Runs found blocked by a full
         limit move to Queued with a message naming the label, its limit and the holders.
         """
         with self._transaction() as tx:
@@ -119,20 +148,21 @@ class ClaimStore(Store):
             waiting = self._runs(tx, f"state IN ({_marks(WAITING_STATES)})"
                                  " AND (scheduled_start IS NULL OR scheduled_start <= ?)", *WAITING_STATES, time.time())
             limits, holders = self._slots(tx)
-            chosen, blocked = plan_claim(waiting, agent_labels, limits, holders)
+            chosen, blocked = plan_claims(waiting, agent_labels, limits, holders, count)
             parents = self._parents(tx, [run.id for run, _ in blocked])
             for run, blocks in blocked:
                 if run.id in parents:  # a subflow's child: are the slots held by its own ancestors?
                     ancestors = self._ancestors(tx, run.id, parents[run.id])
-                    blocks = slot_blocks(run.labels, limits, holders, _kept(blocks), ancestors)
+                    seen = {block.label: list(block.holders) for block in blocks}  # with the runs chosen before it
+                    blocks = slot_blocks(run.labels, limits, seen, _kept(blocks), ancestors)
                 self._queue(tx, run, blocks)
-            if chosen is None:
-                return None
             extra = {"agent": agent_name, "heartbeat": time.time(), "runner": f"agent {agent_name}",
                      "heartbeat_timeout": heartbeat_timeout}
-            if not self._move(tx, chosen.id, SUBMITTED, None, WAITING_STATES, extra):
-                return None  # cancelled meanwhile; the agent simply polls again
-            return self._runs(tx, "id = ?", chosen.id)[0]
+            # A run cancelled meanwhile is not taken; the agent simply polls again.
+            taken = [run.id for run in chosen if self._move(tx, run.id, SUBMITTED, None, WAITING_STATES, extra)]
+            if not taken:
+                return []
+            return self._runs(tx, f"id IN ({_marks(taken)})", *taken)
 
     def next_scheduled_start(self) -> float | None:
         """When the next Scheduled run not yet due becomes due (any labels: an agent woken for

@@ -155,6 +155,24 @@ def test_a_freed_slot_goes_to_the_oldest_queued_run(backend: Backend) -> None:
     assert backend.get_run(later).state == QUEUED
 
 
+def test_one_claim_takes_several_runs_as_claims_one_after_another_would(backend: Backend) -> None:
+    backend.set_limit("dev", 2)
+    dev = [new_run(backend, "dev") for _ in range(3)]
+    prod = [new_run(backend, "prod") for _ in range(2)]
+    gpu = new_run(backend, "gpu")  # not this agent's
+    claimed = backend.claim_runs("a", ["dev", "prod"], 30.0, 10)
+    assert [run.id for run in claimed] == [dev[0], dev[1], *prod]
+    assert {(run.state, run.agent, run.heartbeat_timeout) for run in claimed} == {(SUBMITTED, "a", 30.0)}
+    queued = backend.get_run(dev[2])  # the runs chosen before it in the same claim hold the slots
+    assert (queued.state, queued.message) == (QUEUED, f"label 'dev' is at its limit of 2 (held by runs {dev[0]}, {dev[1]})")
+    assert backend.claim_runs("a", ["dev", "prod"], None, 10) == []
+    assert backend.get_run(gpu).state == SCHEDULED
+    more = [new_run(backend, "prod") for _ in range(3)]
+    assert [run.id for run in backend.claim_runs("a", ["prod"], None, 2)] == more[:2]  # at most `count`
+    finish(backend, dev[0])
+    assert [run.id for run in backend.claim_runs("a", ["dev", "prod"], None, 10)] == [dev[2], more[2]]
+
+
 def test_labels_without_a_limit_never_constrain(backend: Backend) -> None:
     backend.set_limit("dev", 1)
     backend.set_limit("unused", 0)
