@@ -50,6 +50,11 @@ class Tx:
         self._cur = cursor
         self._translate = translate or (lambda sql: sql)
 
+    @property
+    def cursor(self) -> Any:
+        """The DB-API cursor, for what a dialect does beyond SQL text (PostgreSQL's COPY)."""
+        return self._cur
+
     def run(self, sql: str, *params: Any) -> int:
         self._cur.execute(self._translate(sql), params)
         return self._cur.rowcount

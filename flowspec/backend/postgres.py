@@ -5,7 +5,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flowspec.backend.base import Backend, Tx
+from flowspec.backend.base import SCHEDULED, Backend, Tx
 from flowspec.errors import BackendError, require
 
 CONNECT_TIMEOUT_S = 10
@@ -60,6 +60,43 @@ class PostgresBackend(Backend):
 
     def _up_for(self, tx: Tx) -> float | None:
         return float(tx.one("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0])
+
+    def _insert_scheduled_runs(self, tx: Tx, runs: list[tuple], now: float) -> int:
+        """As ScheduleStore's, with the runs copied into a temporary table (COPY: no statement to
+        parse, no parameter per value) and moved from there into flow_runs in one statement. A
+        scheduler pass over 10 000 clocks spent a third of its time in the driver parsing the
+        placeholders of multi-row INSERTs."""
+        from flowspec.backend.schedules import _number, _run_ids
+
+        cursor = tx.cursor
+        # Kept for the connection's life, emptied at every commit.
+        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS scheduled_runs_in (ord INTEGER, id TEXT, flow_id BIGINT,"
+                       " flow_name TEXT, labels TEXT, parameters TEXT, scheduled_start DOUBLE PRECISION, clock TEXT)"
+                       " ON COMMIT DELETE ROWS")
+        with cursor.copy("COPY scheduled_runs_in FROM STDIN") as copy:
+            for ord_, (run_id, row) in enumerate(zip(_run_ids(len(runs)), runs)):
+                copy.write_row((ord_, run_id, *row))
+        stamp = _number(now)
+        # A run another scheduler made first is skipped.
+        cursor.execute(
+            "INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, created, updated,"
+            f" scheduled_start, clock) SELECT id, flow_id, flow_name, '{SCHEDULED}', labels, parameters, {stamp},"
+            f" {stamp}, scheduled_start, clock FROM scheduled_runs_in ORDER BY ord ON CONFLICT DO NOTHING")
+        created = cursor.rowcount
+        cursor.execute("DELETE FROM scheduled_runs_in")  # a next batch in the same transaction starts empty
+        return created
+
+    def _move_clocks(self, tx: Tx, moves: list[tuple[float, int, int]]) -> None:
+        """As ScheduleStore's, with the clocks as three arrays: three parameters for the driver
+        to pass, not one per clock."""
+        if moves:
+            times, flow_ids, positions = (list(column) for column in zip(*moves))
+            # The range of flow ids keeps the join to those clocks: the planner would hash the
+            # whole table (every part of a pass would read every clock: quadratic in clocks).
+            tx.run("UPDATE clocks SET next_time = m.next_time FROM unnest(?::float8[], ?::bigint[], ?::integer[])"
+                   " AS m (next_time, flow_id, position) WHERE clocks.flow_id = m.flow_id"
+                   " AND clocks.position = m.position AND clocks.next_time < m.next_time"
+                   f" AND clocks.flow_id BETWEEN {int(min(flow_ids))} AND {int(max(flow_ids))}", times, flow_ids, positions)
 
     def _serialize(self, tx: Tx, name: str) -> None:
         # Released at commit or rollback, and by the server if the client dies mid-transaction.

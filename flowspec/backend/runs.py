@@ -46,6 +46,9 @@ class FlowRun:
     scheduled_start: float | None = None  # a run a schedule made: when it is to start
 
 
+CREATED_BY_SCHEDULE = "created by the flow's schedule"  # the first entry of a run a clock made
+
+
 @dataclass(frozen=True)
 class StateEvent:
     """One entry of a flow run's state history."""
@@ -184,12 +187,16 @@ class RunStore(Store):
             return self._move(tx, run_id, state, message, expected_from, extra)
 
     def run_history(self, run_id: str) -> list[StateEvent]:
+        """The run's states, oldest first. A run a clock made has its first entry in its own row
+        (Scheduled, when it was created): a scheduler pass writes one row per run, not two."""
         with self._transaction(write=False) as tx:
             rows = tx.all(
                 "SELECT run_id, time, state, message FROM run_states WHERE run_id = ? ORDER BY id",
                 run_id,
             )
-        return [StateEvent(*row) for row in rows]
+            made = tx.one("SELECT created FROM flow_runs WHERE id = ? AND clock IS NOT NULL", run_id)
+        first = [StateEvent(run_id, made[0], SCHEDULED, CREATED_BY_SCHEDULE)] if made else []
+        return first + [StateEvent(*row) for row in rows]
 
     def cancel_run(self, run_id: str) -> str:
         """Cancel a run; returns its state afterwards.

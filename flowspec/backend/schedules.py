@@ -118,15 +118,27 @@ class ScheduleStore(Store):
                     "SELECT c.flow_id, c.position, c.project, c.flow_name, c.clock_key, c.definition, c.catchup,"
                     " c.next_time, f.labels FROM clocks c JOIN flows f ON f.id = c.flow_id"
                     " WHERE c.next_time <= ? AND (c.flow_id > ? OR (c.flow_id = ? AND c.position > ?))"
+                    # Bounds the indexes can start from: each page reads its own rows, not every
+                    # row before it again (a pass would be quadratic in clocks).
+                    " AND c.flow_id >= ? AND f.id >= ?"
                     " AND NOT EXISTS (SELECT 1 FROM schedule_pauses p WHERE p.project = c.project"
                     " AND p.flow_name = c.flow_name) ORDER BY c.flow_id, c.position LIMIT ?",
-                    until, after_key[0], after_key[0], after_key[1], PASS_BATCH)
+                    until, after_key[0], after_key[0], after_key[1], after_key[0], after_key[0], PASS_BATCH)
                 if not batch:
                     return created
                 created += self._plan(tx, batch, now, until, planner)
                 after_key = (batch[-1][0], batch[-1][1])
 
     def _plan(self, tx: Tx, batch: list[tuple], now: float, until: float, planner) -> int:
+        """Plan a batch of clocks and write their runs and next times."""
+        runs, moves = self._plan_batch(batch, now, until, planner)
+        created = self._insert_scheduled_runs(tx, runs, now) if runs else 0
+        self._move_clocks(tx, moves)
+        return created
+
+    def _plan_batch(self, batch: list[tuple], now: float, until: float, planner) -> tuple[list[tuple], list[tuple]]:
+        """The runs (flow id, flow name, labels, parameters, time, clock) of clocks' rows up to
+        `until`, and each clock's next time after them (next time, flow id, position)."""
         from flowspec.schedules import Clock
 
         runs, moves = [], []
@@ -144,6 +156,13 @@ class ScheduleStore(Store):
             clock_name = clock_id(project, name, key)
             runs += [(flow_id, name, labels, params, t, clock_name) for t in due]
             moves.append((nxt, flow_id, position))
+        return runs, moves
+
+    def _insert_scheduled_runs(self, tx: Tx, runs: list[tuple], now: float) -> int:
+        """Insert Scheduled runs (flow id, flow name, labels, parameters, time, clock), skipping
+        those another scheduler made first; returns how many were made here. Their first history
+        entry is their row itself (`RunStore.run_history`): a pass writes one row per run, not two.
+        (PostgreSQL's backend copies them in instead.)"""
         # Numbers go into the statements as literals, text as parameters: a driver's work grows
         # with the parameters (psycopg parses every placeholder of a long statement each time).
         stamp, ids = _number(now), _run_ids(len(runs))
@@ -152,26 +171,24 @@ class ScheduleStore(Store):
                   for run_id, (flow_id, name, labels, params, t, clock_name) in zip(ids, runs)]
         created = 0
         for begin in range(0, len(values), INSERT_ROWS):
-            # A run another scheduler made first is ignored; RETURNING names the ones made here.
+            # A run another scheduler made first is ignored.
             chunk = values[begin:begin + INSERT_ROWS]
-            made = tx.all("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, created, updated,"
-                          f" scheduled_start, clock) VALUES {', '.join(row for row, _ in chunk)}"
-                          " ON CONFLICT DO NOTHING RETURNING id", *chain.from_iterable(texts for _, texts in chunk))
-            if made:
-                state = f"(?, {stamp}, '{SCHEDULED}', 'created by the flow''s schedule')"
-                tx.run(f"INSERT INTO run_states (run_id, time, state, message) VALUES {', '.join([state] * len(made))}",
-                       *(run_id for (run_id,) in made))
-            created += len(made)
+            created += tx.run("INSERT INTO flow_runs (id, flow_id, flow_name, state, labels, parameters, created,"
+                              f" updated, scheduled_start, clock) VALUES {', '.join(row for row, _ in chunk)}"
+                              " ON CONFLICT DO NOTHING", *chain.from_iterable(texts for _, texts in chunk))
+        return created
+
+    def _move_clocks(self, tx: Tx, moves: list[tuple[float, int, int]]) -> None:
+        """Set each clock's (next time, flow id, position) next time, never backwards: another
+        scheduler may have planned further meanwhile."""
         for begin in range(0, len(moves), PASS_BATCH):
-            # Never backwards: another scheduler may have planned further meanwhile. (The next time
-            # stays a parameter: it may be infinite, which SQL has no literal for.)
+            # The next time stays a parameter: it may be infinite, which SQL has no literal for.
             chunk = moves[begin:begin + PASS_BATCH]
             rows = ", ".join(f"(?, {int(flow_id)}, {int(position)})" for _, flow_id, position in chunk)
             tx.run(f"WITH m (next_time, flow_id, position) AS (VALUES {rows}) UPDATE clocks"
                    " SET next_time = m.next_time FROM m WHERE clocks.flow_id = m.flow_id"
                    " AND clocks.position = m.position AND clocks.next_time < m.next_time",
                    *(nxt for nxt, _, _ in chunk))
-        return created
 
     def schedules(self) -> list[ScheduleRow]:
         with self._transaction(write=False) as tx:

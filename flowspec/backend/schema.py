@@ -125,5 +125,14 @@ MIGRATIONS: list[list[str]] = [
         " GROUP BY t.run_id, t.task, CASE WHEN t.map_index IS NULL THEN 0 ELSE 1 END, t.state",
         "INSERT INTO task_count_marks (run_id, counted) SELECT run_id, MAX(id) FROM task_states GROUP BY run_id",
     ],
+    [
+        # A run a clock made has its first history entry in its own row (RunStore.run_history):
+        # a scheduler pass writes one row per run, not two. Runs that no agent took are indexed
+        # by agent no more (every Scheduled run a pass makes paid for that entry).
+        "DELETE FROM run_states WHERE state = 'Scheduled' AND message = 'created by the flow''s schedule'"
+        " AND run_id IN (SELECT id FROM flow_runs WHERE clock IS NOT NULL)",
+        "DROP INDEX IF EXISTS ui_flow_runs_by_agent",
+        "CREATE INDEX ui_flow_runs_by_agent ON flow_runs (agent, created, id) WHERE agent IS NOT NULL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

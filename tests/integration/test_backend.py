@@ -658,3 +658,33 @@ def test_runs_show_of_a_parent_reads_its_child_runs_at_once_whatever_their_numbe
     assert [c["task"] for c in children] == [f"kids[{i}]" for i in range(40)]
     assert {c["state"] for c in children} == {"Success"} and set(children[0]) == {"run", "task", "state"}
     assert reads[40] == reads[1], reads  # not one more read per child
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+def test_a_clock_runs_first_history_entry_is_its_own_row_also_in_a_database_of_before(backend_url: str) -> None:
+    from flowspec.backend.runs import CREATED_BY_SCHEDULE
+    from flowspec.schedules import Clock
+
+    now = time.time() - 100  # a pass made a while ago: its first run is due
+    with open_backend(backend_url) as backend:
+        flow, _ = backend.register_flow("p", "clocked", [], {"type": "local"}, "c1", "", {})
+        backend.record_clocks(flow.id, [Clock(interval=60.0, start=0.0)], False, now)
+        assert backend.scheduler_pass(now, 150.0) >= 2
+        *_, first = backend.list_runs(states=[SCHEDULED])  # newest first: the earliest is last
+        entry = (SCHEDULED, first.created, CREATED_BY_SCHEDULE)
+        assert [(e.state, e.time, e.message) for e in backend.run_history(first.id)] == [entry]
+        claimed = backend.claim_run("a", [])
+        assert claimed.id == first.id and claimed.state == SUBMITTED
+        assert [e.state for e in backend.run_history(first.id)] == [SCHEDULED, SUBMITTED]
+        with backend._transaction() as tx:  # as the schema before kept it: the entry as a row of its own
+            tx.run("DELETE FROM run_states WHERE run_id = ?", first.id)
+            for at, state, message in ((first.created, SCHEDULED, CREATED_BY_SCHEDULE), (time.time(), SUBMITTED, None)):
+                tx.run("INSERT INTO run_states (run_id, time, state, message) VALUES (?, ?, ?, ?)", first.id, at,
+                       state, message)
+            tx.run("UPDATE schema_version SET version = ?", SCHEMA_VERSION - 1)
+    with open_backend(backend_url) as backend:
+        assert backend.schema_version() == SCHEMA_VERSION
+        assert [(e.state, e.time, e.message) for e in backend.run_history(first.id)][:1] == [entry]
+        assert [e.state for e in backend.run_history(first.id)] == [SCHEDULED, SUBMITTED]

@@ -233,8 +233,12 @@ def test_late_runs_say_why_and_an_agent_starts_a_run_at_its_time(tmp_path, backe
     for run in _scheduled(env):
         history = json.loads(_ok(env, "runs", "show", run["id"], "--format", "json"))["history"]
         submitted = [e["time"] for e in history if e["state"] == "Submitted"]
+        # The first entry, kept in the run's own row, once, when the scheduler made it.
+        assert [e["message"] for e in history if e["state"] == "Scheduled"] == ["created by the flow's schedule"]
+        assert history[0]["state"] == "Scheduled" and history[0]["time"] == pytest.approx(run["created"])
         if run["id"] == first["id"]:  # at its time, within a poll interval (and a process start)
             assert run["scheduled_start"] <= submitted[0] < run["scheduled_start"] + 2.0
+            assert [e["state"] for e in history] == ["Scheduled", "Submitted", "Running", "Success"]
         assert all(t >= run["scheduled_start"] for t in submitted), "a run started before its time"
 
 
