@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import is_, itemgetter
 
 from flowspec.backend.core import Tx
 
@@ -139,35 +139,50 @@ class Tally:
             self._states.append(state)
         if known is None or known.mark != mark:
             return count_since(tx, run_id, mark)  # not ours alone: asked of the database, from now on
-        groups = self._apply(known, rows)
-        if any(g.latest_id == -1 or g.first_id == -1 for g in groups):
-            # The run's rows after the mark are the batch's, in its order: their ids, read once,
-            # give each task's first row (a task first seen here) and its own latest row.
-            ids = [row[0] for row in tx.all("SELECT id FROM task_states WHERE run_id = ? AND id > ? ORDER BY id",
-                                            run_id, mark)]
-            if len(ids) != len(rows):  # someone else's rows after all: the database counts, from now on
+        tasks = set(map(_TASK, rows))
+        new_tasks = {task for task in tasks if task not in known.codes and task not in known.own}
+        own = [row for row in rows if row[1] is None]
+        groups = self._own(known, own) if own else []
+        if len(own) < len(rows):
+            children = [row for row in rows if row[1] is not None] if own else rows
+            groups += self._mapped(known, children, single=len(tasks) == 1)
+        top = None
+        if new_tasks or any(g.latest_id == -1 for g in groups):
+            ids = _batch_ids(tx, run_id, mark, len(rows))
+            if ids is None:  # someone else's rows after all: the database counts, from now on
                 return count_since(tx, run_id, mark)
-            firsts: dict[str, int] = {}
-            owns: dict[str, int] = {}
-            for row, row_id in zip(rows, ids):
-                firsts.setdefault(row[0], row_id)
-                if row[1] is None:
-                    owns[row[0]] = row_id
-            for g in groups:
-                if g.latest_id == -1:
-                    g.latest_id = owns[g.task]
-                if g.first_id == -1:
-                    g.first_id = firsts[g.task]
-        known.mark = _store(tx, run_id, groups, None)
+            _fill_ids(groups, new_tasks, rows, ids)
+            top = ids[-1]
+        known.mark = _store(tx, run_id, groups, top)
         self._runs[run_id] = known
         while len(self._runs) > self.RUNS:
             self._runs.popitem(last=False)
         return known.mark
 
-    def _apply(self, known: _Known, rows: list[tuple]) -> list[Group]:
-        """The batch's change per (task, kind, state): the latest row of each task run in the
-        batch counted in, the one it had before counted out. A task first seen gets first_id -1,
-        and a task's own row counted in latest_id -1 (their ids are the caller's to look up)."""
+    def _own(self, known: _Known, rows: list[tuple]) -> list[Group]:
+        """The batch's change to its tasks' own runs (`rows`: the batch's own rows): per task, its
+        latest own row counted in and the one it had before out, a group each; none for the states
+        it passed through within the batch. Those net to nothing (n and attempts 0, no task run in
+        them: readers skip them, and only first_id is read of a group without task runs, which the
+        task's current group carries). A state the task is back in keeps its group however it
+        nets: its latest_id must move to the task's new row."""
+        latest = {row[0]: row for row in rows}  # each task's last own row
+        out = []
+        for task, (_, _, state, attempt, at, _) in latest.items():
+            before = known.own.get(task)
+            known.own[task] = (state, attempt)
+            if before is None:
+                out.append(Group(task, 0, state, 1, attempt, at, None, -1))
+            elif before[0] == state:
+                out.append(Group(task, 0, state, 0, attempt - before[1], at, None, -1))
+            else:
+                out.append(Group(task, 0, before[0], -1, -before[1], None, None, None))
+                out.append(Group(task, 0, state, 1, attempt, at, None, -1))
+        return out
+
+    def _mapped(self, known: _Known, rows: list[tuple], single: bool) -> list[Group]:
+        """The batch's change to the mapped children of its tasks (`rows`: theirs alone; `single`:
+        all of one task, the usual batch)."""
         out: dict[tuple[str, int, str], Group] = {}
 
         def group(task: str, kind: int, state: str) -> Group:
@@ -176,32 +191,14 @@ class Tally:
                 g = out[task, kind, state] = Group(task, kind, state, 0, 0, None, None, None)
             return g
 
-        if len(set(map(_TASK, rows))) == 1:  # the usual batch: one task's children
-            by_task = [(rows[0][0], rows)]
+        if single:
+            by_task = {rows[0][0]: rows}
         else:
-            by_task = [(task, list(found)) for task, found in groupby(sorted(rows, key=_TASK), _TASK)]  # stable
-        new_tasks = set()
-        for task, found in by_task:
-            if task not in known.codes and task not in known.own:
-                new_tasks.add(task)
-            indexes = list(map(_INDEX, found))
-            if None in indexes:
-                for _, _, state, attempt, at, _ in (r for r in found if r[1] is None):
-                    before = known.own.get(task)
-                    known.own[task] = (state, attempt)
-                    if before is not None:
-                        g = group(task, 0, before[0])
-                        g.n, g.attempts = g.n - 1, g.attempts - before[1]
-                    g = group(task, 0, state)
-                    g.n, g.attempts, g.latest_id = g.n + 1, g.attempts + attempt, -1
-                    g.last_time = at if g.last_time is None or at > g.last_time else g.last_time
-                found = [r for r in found if r[1] is not None]
-                indexes = list(map(_INDEX, found))
-            if found:
-                self._children(known, task, found, indexes, group)
-        for g in out.values():
-            if g.task in new_tasks:
-                g.first_id = -1
+            by_task = {}
+            for row in rows:
+                by_task.setdefault(row[0], []).append(row)
+        for task, found in by_task.items():
+            self._children(known, task, found, list(map(_INDEX, found)), group)
         return list(out.values())
 
     def _children(self, known: _Known, task: str, found: list[tuple], indexes: list[int], group) -> None:
@@ -259,6 +256,37 @@ class Tally:
 
 _TASK, _INDEX, _STATE = itemgetter(0), itemgetter(1), itemgetter(2)
 _ATTEMPT, _TIME = itemgetter(3), itemgetter(4)
+
+
+def _batch_ids(tx: Tx, run_id: str, mark: int, n: int) -> range | list[int] | None:
+    """The ids of the run's rows after `mark`, which are the batch's `n` rows in its order; None
+    when they are not n (someone else's rows). One aggregate row when the ids follow each other
+    (SQLite: the writer holds the file; PostgreSQL: no other writer took a number between),
+    else each id read."""
+    count, low, high = tx.one("SELECT COUNT(*), MIN(id), MAX(id) FROM task_states WHERE run_id = ? AND id > ?",
+                              run_id, mark)
+    if count != n:
+        return None
+    if high - low + 1 == n:
+        return range(low, high + 1)
+    return [row[0] for row in tx.all("SELECT id FROM task_states WHERE run_id = ? AND id > ? ORDER BY id",
+                                     run_id, mark)]
+
+
+def _fill_ids(groups: list[Group], new_tasks: set[str], rows: list[tuple], ids: range | list[int]) -> None:
+    """Give a new task's groups its first row's id, and each task's own group counted in its
+    latest own row's id: found by their places in the batch (dicts built from pairs in C)."""
+    tasks, places = list(map(_TASK, rows)), range(len(rows))
+    if new_tasks:
+        firsts = dict(zip(reversed(tasks), reversed(places)))  # the first place wins
+    if any(g.latest_id == -1 for g in groups):
+        mine = list(map(is_, map(_INDEX, rows), repeat(None)))  # a task's own row
+        owns = dict(zip(compress(tasks, mine), compress(places, mine)))  # the last place wins
+    for g in groups:
+        if g.latest_id == -1:
+            g.latest_id = ids[owns[g.task]]
+        if g.task in new_tasks:
+            g.first_id = ids[firsts[g.task]]
 
 
 def _count_after(tx: Tx, run_id: str, mark: int) -> int:
