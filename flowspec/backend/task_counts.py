@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import is_, itemgetter
+from operator import is_, itemgetter, not_
 
 from flowspec.backend.core import Tx
 
@@ -141,17 +141,21 @@ class Tally:
             return count_since(tx, run_id, mark)  # not ours alone: asked of the database, from now on
         tasks = set(map(_TASK, rows))
         new_tasks = {task for task in tasks if task not in known.codes and task not in known.own}
-        own = [row for row in rows if row[1] is None]
-        groups = self._own(known, own) if own else []
-        if len(own) < len(rows):
-            children = [row for row in rows if row[1] is not None] if own else rows
-            groups += self._mapped(known, children, single=len(tasks) == 1)
+        indexes = list(map(_INDEX, rows))
+        if None in indexes:  # a task's own rows (a few), apart from its children's
+            mine = list(map(is_, indexes, repeat(None)))
+            groups = self._own(known, list(compress(rows, mine)))
+            if False in mine:
+                theirs = list(map(not_, mine))
+                groups += self._mapped(known, list(compress(rows, theirs)), list(compress(indexes, theirs)))
+        else:
+            groups = self._mapped(known, rows, indexes, single=len(tasks) == 1)
         top = None
         if new_tasks or any(g.latest_id == -1 for g in groups):
             ids = _batch_ids(tx, run_id, mark, len(rows))
             if ids is None:  # someone else's rows after all: the database counts, from now on
                 return count_since(tx, run_id, mark)
-            _fill_ids(groups, new_tasks, rows, ids)
+            _fill_ids(groups, new_tasks, rows, indexes, ids)
             top = ids[-1]
         known.mark = _store(tx, run_id, groups, top)
         self._runs[run_id] = known
@@ -180,9 +184,9 @@ class Tally:
                 out.append(Group(task, 0, state, 1, attempt, at, None, -1))
         return out
 
-    def _mapped(self, known: _Known, rows: list[tuple], single: bool) -> list[Group]:
-        """The batch's change to the mapped children of its tasks (`rows`: theirs alone; `single`:
-        all of one task, the usual batch)."""
+    def _mapped(self, known: _Known, rows: list[tuple], indexes: list[int], single: bool = False) -> list[Group]:
+        """The batch's change to the mapped children of its tasks (`rows`: theirs alone, `indexes`
+        their map indexes; `single`: all of one task, known to be)."""
         out: dict[tuple[str, int, str], Group] = {}
 
         def group(task: str, kind: int, state: str) -> Group:
@@ -191,14 +195,16 @@ class Tally:
                 g = out[task, kind, state] = Group(task, kind, state, 0, 0, None, None, None)
             return g
 
-        if single:
-            by_task = {rows[0][0]: rows}
+        if not rows:
+            return []
+        if single or (rows[0][0] == rows[-1][0] and len(set(map(_TASK, rows))) == 1):  # the usual batch
+            self._children(known, rows[0][0], rows, indexes, group)
         else:
-            by_task = {}
+            by_task: dict[str, list[tuple]] = {}
             for row in rows:
                 by_task.setdefault(row[0], []).append(row)
-        for task, found in by_task.items():
-            self._children(known, task, found, list(map(_INDEX, found)), group)
+            for task, found in by_task.items():
+                self._children(known, task, found, list(map(_INDEX, found)), group)
         return list(out.values())
 
     def _children(self, known: _Known, task: str, found: list[tuple], indexes: list[int], group) -> None:
@@ -273,14 +279,15 @@ def _batch_ids(tx: Tx, run_id: str, mark: int, n: int) -> range | list[int] | No
                                      run_id, mark)]
 
 
-def _fill_ids(groups: list[Group], new_tasks: set[str], rows: list[tuple], ids: range | list[int]) -> None:
+def _fill_ids(groups: list[Group], new_tasks: set[str], rows: list[tuple], indexes: list[int | None],
+              ids: range | list[int]) -> None:
     """Give a new task's groups its first row's id, and each task's own group counted in its
     latest own row's id: found by their places in the batch (dicts built from pairs in C)."""
     tasks, places = list(map(_TASK, rows)), range(len(rows))
     if new_tasks:
         firsts = dict(zip(reversed(tasks), reversed(places)))  # the first place wins
     if any(g.latest_id == -1 for g in groups):
-        mine = list(map(is_, map(_INDEX, rows), repeat(None)))  # a task's own row
+        mine = list(map(is_, indexes, repeat(None)))  # a task's own row
         owns = dict(zip(compress(tasks, mine), compress(places, mine)))  # the last place wins
     for g in groups:
         if g.latest_id == -1:
