@@ -57,7 +57,7 @@ _UPSERT = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Group:
     """The task runs of one task and kind in one state (their latest rows)."""
 
@@ -93,8 +93,13 @@ def count_since(tx: Tx, run_id: str, mark: int) -> int:
 
 def _store(tx: Tx, run_id: str, groups: list[Group], mark: int | None) -> int:
     """Add `groups` to the counts and move the mark to `mark` (None: the run's last row)."""
-    tx.many(_UPSERT, [(run_id, g.task, g.kind, g.state, g.n, g.attempts, g.last_time, g.first_id, g.latest_id)
-                      for g in groups])
+    return _upsert(tx, run_id, [(run_id, g.task, g.kind, g.state, g.n, g.attempts, g.last_time, g.first_id,
+                                 g.latest_id) for g in groups], mark)
+
+
+def _upsert(tx: Tx, run_id: str, rows: list[tuple], mark: int | None) -> int:
+    """Add `rows` (run_id and a Group's fields) to the counts and move the mark as `_store` does."""
+    tx.many(_UPSERT, rows)
     if mark is None:  # one statement the fewer: each gives the interpreter's lock back and forth
         return int(tx.one("UPDATE task_count_marks SET counted = (SELECT MAX(id) FROM task_states WHERE run_id = ?)"
                           " WHERE run_id = ? RETURNING counted", run_id, run_id)[0])
@@ -142,51 +147,56 @@ class Tally:
         tasks = set(map(_TASK, rows))
         new_tasks = {task for task in tasks if task not in known.codes and task not in known.own}
         indexes = list(map(_INDEX, rows))
-        if None in indexes:  # a task's own rows (a few), apart from its children's
-            mine = list(map(is_, indexes, repeat(None)))
-            groups = self._own(known, list(compress(rows, mine)))
-            if False in mine:
-                theirs = list(map(not_, mine))
-                groups += self._mapped(known, list(compress(rows, theirs)), list(compress(indexes, theirs)))
-        else:
-            groups = self._mapped(known, rows, indexes, single=len(tasks) == 1)
-        top = None
-        if new_tasks or any(g.latest_id == -1 for g in groups):
+        mine = list(map(is_, indexes, repeat(None))) if None in indexes else None  # a task's own rows
+        ids: range | list[int] | None = None
+        if new_tasks or mine:
+            # A task's first row (a task first seen here) and its own latest row: by their places
+            # in the batch, whose ids these are
             ids = _batch_ids(tx, run_id, mark, len(rows))
             if ids is None:  # someone else's rows after all: the database counts, from now on
                 return count_since(tx, run_id, mark)
-            _fill_ids(groups, new_tasks, rows, indexes, ids)
-            top = ids[-1]
-        known.mark = _store(tx, run_id, groups, top)
+        firsts = _firsts(rows, ids, new_tasks) if new_tasks else {}
+        upserts = []
+        if mine:
+            latest_ids = dict(zip(compress(map(_TASK, rows), mine), compress(ids, mine)))  # the last one wins
+            upserts += self._own(known, run_id, list(compress(rows, mine)), latest_ids, firsts)
+        if mine is None or False in mine:
+            children = rows if mine is None else list(compress(rows, map(not_, mine)))
+            for g in self._mapped(known, children, indexes if mine is None else None, single=len(tasks) == 1):
+                upserts.append((run_id, g.task, 1, g.state, g.n, g.attempts, g.last_time, firsts.get(g.task), None))
+        known.mark = _upsert(tx, run_id, upserts, None if ids is None else ids[-1])
         self._runs[run_id] = known
         while len(self._runs) > self.RUNS:
             self._runs.popitem(last=False)
         return known.mark
 
-    def _own(self, known: _Known, rows: list[tuple]) -> list[Group]:
-        """The batch's change to its tasks' own runs (`rows`: the batch's own rows): per task, its
-        latest own row counted in and the one it had before out, a group each; none for the states
-        it passed through within the batch. Those net to nothing (n and attempts 0, no task run in
-        them: readers skip them, and only first_id is read of a group without task runs, which the
-        task's current group carries). A state the task is back in keeps its group however it
-        nets: its latest_id must move to the task's new row."""
+    @staticmethod
+    def _own(known: _Known, run_id: str, rows: list[tuple], latest_ids: dict[str, int],
+             firsts: dict[str, int]) -> list[tuple]:
+        """The batch's change to its tasks' own runs (`rows`: the batch's own rows), as rows to
+        upsert: per task, its latest own row counted in and the one it had before out, a group
+        each; none for the states it passed through within the batch. Those net to nothing (n
+        and attempts 0, no task run in them: readers skip them, and only first_id is read of a
+        group without task runs, which the task's current group carries). A state the task is
+        back in keeps its group however it nets: its latest_id must move to the task's new row."""
         latest = {row[0]: row for row in rows}  # each task's last own row
         out = []
+        own, first = known.own, firsts.get
         for task, (_, _, state, attempt, at, _) in latest.items():
-            before = known.own.get(task)
-            known.own[task] = (state, attempt)
+            before = own.get(task)
+            own[task] = (state, attempt)
             if before is None:
-                out.append(Group(task, 0, state, 1, attempt, at, None, -1))
+                out.append((run_id, task, 0, state, 1, attempt, at, first(task), latest_ids[task]))
             elif before[0] == state:
-                out.append(Group(task, 0, state, 0, attempt - before[1], at, None, -1))
+                out.append((run_id, task, 0, state, 0, attempt - before[1], at, None, latest_ids[task]))
             else:
-                out.append(Group(task, 0, before[0], -1, -before[1], None, None, None))
-                out.append(Group(task, 0, state, 1, attempt, at, None, -1))
+                out.append((run_id, task, 0, before[0], -1, -before[1], None, None, None))
+                out.append((run_id, task, 0, state, 1, attempt, at, None, latest_ids[task]))
         return out
 
-    def _mapped(self, known: _Known, rows: list[tuple], indexes: list[int], single: bool = False) -> list[Group]:
+    def _mapped(self, known: _Known, rows: list[tuple], indexes: list[int] | None, single: bool) -> list[Group]:
         """The batch's change to the mapped children of its tasks (`rows`: theirs alone, `indexes`
-        their map indexes; `single`: all of one task, known to be)."""
+        their map indexes if at hand; `single`: all of one task, known to be)."""
         out: dict[tuple[str, int, str], Group] = {}
 
         def group(task: str, kind: int, state: str) -> Group:
@@ -198,7 +208,7 @@ class Tally:
         if not rows:
             return []
         if single or (rows[0][0] == rows[-1][0] and len(set(map(_TASK, rows))) == 1):  # the usual batch
-            self._children(known, rows[0][0], rows, indexes, group)
+            self._children(known, rows[0][0], rows, list(map(_INDEX, rows)) if indexes is None else indexes, group)
         else:
             by_task: dict[str, list[tuple]] = {}
             for row in rows:
@@ -279,21 +289,10 @@ def _batch_ids(tx: Tx, run_id: str, mark: int, n: int) -> range | list[int] | No
                                      run_id, mark)]
 
 
-def _fill_ids(groups: list[Group], new_tasks: set[str], rows: list[tuple], indexes: list[int | None],
-              ids: range | list[int]) -> None:
-    """Give a new task's groups its first row's id, and each task's own group counted in its
-    latest own row's id: found by their places in the batch (dicts built from pairs in C)."""
-    tasks, places = list(map(_TASK, rows)), range(len(rows))
-    if new_tasks:
-        firsts = dict(zip(reversed(tasks), reversed(places)))  # the first place wins
-    if any(g.latest_id == -1 for g in groups):
-        mine = list(map(is_, indexes, repeat(None)))  # a task's own row
-        owns = dict(zip(compress(tasks, mine), compress(places, mine)))  # the last place wins
-    for g in groups:
-        if g.latest_id == -1:
-            g.latest_id = ids[owns[g.task]]
-        if g.task in new_tasks:
-            g.first_id = ids[firsts[g.task]]
+def _firsts(rows: list[tuple], ids: range | list[int], tasks: set[str]) -> dict[str, int]:
+    """The id of the first row in the batch of each of `tasks` (a dict built from pairs in C)."""
+    first = dict(zip(reversed(list(map(_TASK, rows))), reversed(ids)))  # the first one wins
+    return {task: first[task] for task in tasks}
 
 
 def _count_after(tx: Tx, run_id: str, mark: int) -> int:
