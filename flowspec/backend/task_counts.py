@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
+from functools import lru_cache
+from itertools import chain, compress, repeat
+from operator import is_, itemgetter, not_
 
 from flowspec.backend.core import Tx
 
@@ -46,7 +47,7 @@ _DELTA = (
 
 _UPSERT = (
     "INSERT INTO task_counts (run_id, task, kind, state, n, attempts, last_time, first_id, latest_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, task, kind, state) DO UPDATE SET"
+    " VALUES {values} ON CONFLICT (run_id, task, kind, state) DO UPDATE SET"
     " n = task_counts.n + excluded.n, attempts = task_counts.attempts + excluded.attempts,"
     " last_time = CASE WHEN excluded.last_time > task_counts.last_time OR task_counts.last_time IS NULL"
     " THEN excluded.last_time ELSE task_counts.last_time END,"
@@ -57,7 +58,15 @@ _UPSERT = (
 )
 
 
-@dataclass
+_CHUNK = 100  # rows per upsert: 900 parameters, under any SQLite's limit (999 before 3.32)
+
+
+@lru_cache(maxsize=None)
+def _upsert_sql(rows: int) -> str:
+    return _UPSERT.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows))
+
+
+@dataclass(slots=True)
 class Group:
     """The task runs of one task and kind in one state (their latest rows)."""
 
@@ -93,8 +102,17 @@ def count_since(tx: Tx, run_id: str, mark: int) -> int:
 
 def _store(tx: Tx, run_id: str, groups: list[Group], mark: int | None) -> int:
     """Add `groups` to the counts and move the mark to `mark` (None: the run's last row)."""
-    tx.many(_UPSERT, [(run_id, g.task, g.kind, g.state, g.n, g.attempts, g.last_time, g.first_id, g.latest_id)
-                      for g in groups])
+    return _upsert(tx, run_id, [(run_id, g.task, g.kind, g.state, g.n, g.attempts, g.last_time, g.first_id,
+                                 g.latest_id) for g in groups], mark)
+
+
+def _upsert(tx: Tx, run_id: str, rows: list[tuple], mark: int | None) -> int:
+    """Add `rows` (run_id and a Group's fields, no two of one group) to the counts and move the
+    mark as `_store` does. A statement per _CHUNK rows: a chain of 10 000 tasks upserts a row
+    each, and a statement a row costs a third more."""
+    for start in range(0, len(rows), _CHUNK):
+        part = rows[start:start + _CHUNK]
+        tx.run(_upsert_sql(len(part)), *chain.from_iterable(part))
     if mark is None:  # one statement the fewer: each gives the interpreter's lock back and forth
         return int(tx.one("UPDATE task_count_marks SET counted = (SELECT MAX(id) FROM task_states WHERE run_id = ?)"
                           " WHERE run_id = ? RETURNING counted", run_id, run_id)[0])
@@ -139,35 +157,59 @@ class Tally:
             self._states.append(state)
         if known is None or known.mark != mark:
             return count_since(tx, run_id, mark)  # not ours alone: asked of the database, from now on
-        groups = self._apply(known, rows)
-        if any(g.latest_id == -1 or g.first_id == -1 for g in groups):
-            # The run's rows after the mark are the batch's, in its order: their ids, read once,
-            # give each task's first row (a task first seen here) and its own latest row.
-            ids = [row[0] for row in tx.all("SELECT id FROM task_states WHERE run_id = ? AND id > ? ORDER BY id",
-                                            run_id, mark)]
-            if len(ids) != len(rows):  # someone else's rows after all: the database counts, from now on
+        tasks = set(map(_TASK, rows))
+        new_tasks = {task for task in tasks if task not in known.codes and task not in known.own}
+        indexes = list(map(_INDEX, rows))
+        mine = list(map(is_, indexes, repeat(None))) if None in indexes else None  # a task's own rows
+        ids: range | list[int] | None = None
+        if new_tasks or mine:
+            # A task's first row (a task first seen here) and its own latest row: by their places
+            # in the batch, whose ids these are
+            ids = _batch_ids(tx, run_id, mark, len(rows))
+            if ids is None:  # someone else's rows after all: the database counts, from now on
                 return count_since(tx, run_id, mark)
-            firsts: dict[str, int] = {}
-            owns: dict[str, int] = {}
-            for row, row_id in zip(rows, ids):
-                firsts.setdefault(row[0], row_id)
-                if row[1] is None:
-                    owns[row[0]] = row_id
-            for g in groups:
-                if g.latest_id == -1:
-                    g.latest_id = owns[g.task]
-                if g.first_id == -1:
-                    g.first_id = firsts[g.task]
-        known.mark = _store(tx, run_id, groups, None)
+        firsts = _firsts(rows, ids, new_tasks) if new_tasks else {}
+        upserts = []
+        if mine:
+            latest_ids = dict(zip(compress(map(_TASK, rows), mine), compress(ids, mine)))  # the last one wins
+            upserts += self._own(known, run_id, list(compress(rows, mine)), latest_ids, firsts)
+        if mine is None or False in mine:
+            children = rows if mine is None else list(compress(rows, map(not_, mine)))
+            for g in self._mapped(known, children, indexes if mine is None else None, single=len(tasks) == 1):
+                upserts.append((run_id, g.task, 1, g.state, g.n, g.attempts, g.last_time, firsts.get(g.task), None))
+        known.mark = _upsert(tx, run_id, upserts, None if ids is None else ids[-1])
         self._runs[run_id] = known
         while len(self._runs) > self.RUNS:
             self._runs.popitem(last=False)
         return known.mark
 
-    def _apply(self, known: _Known, rows: list[tuple]) -> list[Group]:
-        """The batch's change per (task, kind, state): the latest row of each task run in the
-        batch counted in, the one it had before counted out. A task first seen gets first_id -1,
-        and a task's own row counted in latest_id -1 (their ids are the caller's to look up)."""
+    @staticmethod
+    def _own(known: _Known, run_id: str, rows: list[tuple], latest_ids: dict[str, int],
+             firsts: dict[str, int]) -> list[tuple]:
+        """The batch's change to its tasks' own runs (`rows`: the batch's own rows), as rows to
+        upsert: per task, its latest own row counted in and the one it had before out, a group
+        each; none for the states it passed through within the batch. Those net to nothing (n
+        and attempts 0, no task run in them: readers skip them, and only first_id is read of a
+        group without task runs, which the task's current group carries). A state the task is
+        back in keeps its group however it nets: its latest_id must move to the task's new row."""
+        latest = {row[0]: row for row in rows}  # each task's last own row
+        out = []
+        own, first = known.own, firsts.get
+        for task, (_, _, state, attempt, at, _) in latest.items():
+            before = own.get(task)
+            own[task] = (state, attempt)
+            if before is None:
+                out.append((run_id, task, 0, state, 1, attempt, at, first(task), latest_ids[task]))
+            elif before[0] == state:
+                out.append((run_id, task, 0, state, 0, attempt - before[1], at, None, latest_ids[task]))
+            else:
+                out.append((run_id, task, 0, before[0], -1, -before[1], None, None, None))
+                out.append((run_id, task, 0, state, 1, attempt, at, None, latest_ids[task]))
+        return out
+
+    def _mapped(self, known: _Known, rows: list[tuple], indexes: list[int] | None, single: bool) -> list[Group]:
+        """The batch's change to the mapped children of its tasks (`rows`: theirs alone, `indexes`
+        their map indexes if at hand; `single`: all of one task, known to be)."""
         out: dict[tuple[str, int, str], Group] = {}
 
         def group(task: str, kind: int, state: str) -> Group:
@@ -176,32 +218,16 @@ class Tally:
                 g = out[task, kind, state] = Group(task, kind, state, 0, 0, None, None, None)
             return g
 
-        if len(set(map(_TASK, rows))) == 1:  # the usual batch: one task's children
-            by_task = [(rows[0][0], rows)]
+        if not rows:
+            return []
+        if single or (rows[0][0] == rows[-1][0] and len(set(map(_TASK, rows))) == 1):  # the usual batch
+            self._children(known, rows[0][0], rows, list(map(_INDEX, rows)) if indexes is None else indexes, group)
         else:
-            by_task = [(task, list(found)) for task, found in groupby(sorted(rows, key=_TASK), _TASK)]  # stable
-        new_tasks = set()
-        for task, found in by_task:
-            if task not in known.codes and task not in known.own:
-                new_tasks.add(task)
-            indexes = list(map(_INDEX, found))
-            if None in indexes:
-                for _, _, state, attempt, at, _ in (r for r in found if r[1] is None):
-                    before = known.own.get(task)
-                    known.own[task] = (state, attempt)
-                    if before is not None:
-                        g = group(task, 0, before[0])
-                        g.n, g.attempts = g.n - 1, g.attempts - before[1]
-                    g = group(task, 0, state)
-                    g.n, g.attempts, g.latest_id = g.n + 1, g.attempts + attempt, -1
-                    g.last_time = at if g.last_time is None or at > g.last_time else g.last_time
-                found = [r for r in found if r[1] is not None]
-                indexes = list(map(_INDEX, found))
-            if found:
-                self._children(known, task, found, indexes, group)
-        for g in out.values():
-            if g.task in new_tasks:
-                g.first_id = -1
+            by_task: dict[str, list[tuple]] = {}
+            for row in rows:
+                by_task.setdefault(row[0], []).append(row)
+            for task, found in by_task.items():
+                self._children(known, task, found, list(map(_INDEX, found)), group)
         return list(out.values())
 
     def _children(self, known: _Known, task: str, found: list[tuple], indexes: list[int], group) -> None:
@@ -259,6 +285,27 @@ class Tally:
 
 _TASK, _INDEX, _STATE = itemgetter(0), itemgetter(1), itemgetter(2)
 _ATTEMPT, _TIME = itemgetter(3), itemgetter(4)
+
+
+def _batch_ids(tx: Tx, run_id: str, mark: int, n: int) -> range | list[int] | None:
+    """The ids of the run's rows after `mark`, which are the batch's `n` rows in its order; None
+    when they are not n (someone else's rows). One aggregate row when the ids follow each other
+    (SQLite: the writer holds the file; PostgreSQL: no other writer took a number between),
+    else each id read."""
+    count, low, high = tx.one("SELECT COUNT(*), MIN(id), MAX(id) FROM task_states WHERE run_id = ? AND id > ?",
+                              run_id, mark)
+    if count != n:
+        return None
+    if high - low + 1 == n:
+        return range(low, high + 1)
+    return [row[0] for row in tx.all("SELECT id FROM task_states WHERE run_id = ? AND id > ? ORDER BY id",
+                                     run_id, mark)]
+
+
+def _firsts(rows: list[tuple], ids: range | list[int], tasks: set[str]) -> dict[str, int]:
+    """The id of the first row in the batch of each of `tasks` (a dict built from pairs in C)."""
+    first = dict(zip(reversed(list(map(_TASK, rows))), reversed(ids)))  # the first one wins
+    return {task: first[task] for task in tasks}
 
 
 def _count_after(tx: Tx, run_id: str, mark: int) -> int:

@@ -188,3 +188,115 @@ def test_rows_nobody_counted_are_counted_by_the_reader_and_the_migration(backend
         assert {run_id: summed(backend, run_id) for run_id in runs} == expected
         backend.add_task_states(runs[1], [("m", 0, "Cancelled", 0, clock(), None)])
         check(backend, runs[1])
+
+
+# -- the counts a writer keeps, row for row against the database's own GROUP BY --------------------
+_FIELDS = "task, kind, state, n, attempts, last_time, first_id, latest_id"
+
+
+def truth(backend: Backend, run_id: str) -> dict:
+    """Per (task, kind, state): the run's counts as the migration computes them from the rows
+    (its own statement, over the latest row of each task run)."""
+    from flowspec.backend.schema import MIGRATIONS
+
+    insert = next(s for s in MIGRATIONS[-1] if s.startswith("INSERT INTO task_counts"))
+    query = insert[insert.index(" SELECT"):]
+    with backend._transaction(write=False) as tx:
+        rows = tx.all(f"WITH m (run_id, {_FIELDS}) AS ({query}) SELECT {_FIELDS} FROM m WHERE run_id = ?", run_id)
+    return {tuple(r[:3]): tuple(r[3:]) for r in rows}
+
+
+def kept(backend: Backend, run_id: str) -> tuple[dict, int, int]:
+    """The run's task_counts rows as stored, its mark and its last row's id."""
+    with backend._transaction(write=False) as tx:
+        rows = tx.all(f"SELECT {_FIELDS} FROM task_counts WHERE run_id = ?", run_id)
+        mark = tx.one("SELECT counted FROM task_count_marks WHERE run_id = ?", run_id)[0]
+        top = tx.one("SELECT MAX(id) FROM task_states WHERE run_id = ?", run_id)[0]
+    return {tuple(r[:3]): tuple(r[3:]) for r in rows}, mark, top
+
+
+def check_kept(backend: Backend, run_id: str, written: list[tuple]) -> None:
+    """What the writer stored equals the database's truth, field by field as the readers use them:
+    n and attempts of every state a task run is in; for a task's own run the latest_id (the row
+    `runs show` and the UI read) and last_time; a task's first row as the least first_id over
+    its groups; for children a last_time no earlier than the truth's, no later than the task's
+    latest child row, the greatest over the task's states equal to it. A stored group the truth
+    lacks holds no task run (n and attempts 0)."""
+    counts, mark, top = kept(backend, run_id)
+    want = truth(backend, run_id)
+    assert mark == top  # counted by the writer itself, nothing left for a reader to add
+    for key, (n, attempts, at, _, latest) in want.items():
+        assert key in counts, f"no group {key}"
+        got = counts[key]
+        assert got[:2] == (n, attempts), (key, got, want[key])
+        if key[1] == 0:
+            assert (got[2], got[4]) == (at, latest), (key, got, want[key])
+        else:
+            latest_child = max(r[4] for r in written if r[0] == key[0] and r[1] is not None)
+            assert at <= got[2] <= latest_child, (key, got, want[key])
+    for key, got in counts.items():
+        if key not in want:
+            assert got[:2] == (0, 0), (key, got)
+    for task in {key[0] for key in want}:
+        assert min(g[3] for k, g in counts.items() if k[0] == task and g[3] is not None) == \
+            min(w[3] for k, w in want.items() if k[0] == task)
+        children = [g[2] for k, g in counts.items() if k[0] == task and k[1] == 1 and g[0] > 0]
+        if children:
+            assert max(children) == max(w[2] for k, w in want.items() if k[0] == task and k[1] == 1)
+    # count_since's own question, from the run's first row, gives the same
+    from flowspec.backend import task_counts
+
+    with backend._transaction(write=False) as tx:
+        asked = {(g.task, g.kind, g.state): (g.n, g.attempts, g.first_id) for g in task_counts._delta(tx, run_id, 0)}
+    assert {k: v for k, v in asked.items() if v[0]} == {k: (w[0], w[1], w[3]) for k, w in want.items()}
+
+
+def counted_alone(backend: Backend, run_id: str, batches: list[list[tuple]], clock: Clock) -> None:
+    """Write `batches` (rows re-timed by `clock`) as the run's one writer, checking after each that
+    the writer counted it itself (its Tally knows the run) and what it stored."""
+    written: list[tuple] = []
+    for batch in batches:
+        batch = [(*r[:4], clock(), r[5]) for r in batch]
+        backend.add_task_states(run_id, batch)
+        written += batch
+        assert run_id in backend._tally._runs
+        check_kept(backend, run_id, written)
+
+
+def test_a_writers_counts_equal_the_migrations_group_by_batch_after_batch(backend_url: str) -> None:
+    """Own rows netted within a batch (a state passed through, a state the task is back in with
+    a new attempt or the same one), retries, mapped children beside their task's own rows, many
+    tasks in one batch; on PostgreSQL also with ids that do not follow each other."""
+    clock = Clock()
+    with open_backend(backend_url) as backend:
+        run_id = backend.create_flow_run(None, {}, (), "Running", flow_name="f").id
+        counted_alone(backend, run_id, [
+            [("a", None, "Pending", 0, 0, None), ("a", None, "Running", 1, 0, None), ("a", None, "Success", 1, 0, "ok")],
+            [("b", None, "Running", 1, 0, None), ("c", None, "Running", 1, 0, None)],
+            # back in Running within one batch: with attempt 2, and with the same attempt
+            [("b", None, "Retrying", 1, 0, "x"), ("b", None, "Running", 2, 0, None),
+             ("c", None, "Looping", 1, 0, None), ("c", None, "Running", 1, 0, None)],
+            [("b", None, "Running", 2, 0, "again")],  # the same state again, a row of its own
+            [("m", None, "Running", 1, 0, None)] + [("m", i, "Running", 1, 0, None) for i in range(6)]
+            + [("m", 2, "Retrying", 1, 0, "x"), ("m", 2, "Running", 2, 0, None), ("m", 0, "Success", 1, 0, None)],
+            [("m", i, "Success", 1, 0, None) for i in range(1, 6)] + [("m", 2, "Failed", 3, 0, None)]
+            + [("m", None, "Retrying", 1, 0, "x"), ("m", None, "Running", 2, 0, None), ("m", None, "Failed", 2, 0, None),
+               ("b", None, "Success", 2, 0, None), ("c", None, "Success", 1, 0, None)],
+            [("m", None, "Running", 3, 0, None), ("m", None, "Success", 3, 0, None), ("m", 5, "Skipped", 0, 0, None)],
+        ], clock)
+    for seed in range(4):
+        rng = random.Random(seed)
+        with open_backend(backend_url) as backend:
+            if seed == 3 and backend_url.startswith("postgres"):
+                with backend._transaction() as tx:  # ids with gaps, as other runs' writers leave them
+                    tx.run("ALTER SEQUENCE task_states_id_seq INCREMENT BY 3")
+            run_id = backend.create_flow_run(None, {}, (), "Running", flow_name="f").id
+            lanes = [lives(rng, clock, f"t{i}", None) for i in range(30)]
+            lanes += [lives(rng, clock, "map", i) for i in range(40)] + [lives(rng, clock, "map", None)]
+            lanes += [lives(rng, clock, f"late{i}", None, end=False) for i in range(5)]
+            rows, batches = interleaved(rng, lanes), []
+            while rows:
+                size = rng.choice([1, 2, 3, 8, 40, 150])
+                batches.append(rows[:size])
+                rows = rows[size:]
+            counted_alone(backend, run_id, batches, clock)
