@@ -197,9 +197,7 @@ _FIELDS = "task, kind, state, n, attempts, last_time, first_id, latest_id"
 def truth(backend: Backend, run_id: str) -> dict:
     """Per (task, kind, state): the run's counts as the migration computes them from the rows
     (its own statement, over the latest row of each task run)."""
-    from flowspec.backend.schema import MIGRATIONS
-
-    insert = next(s for s in MIGRATIONS[-1] if s.startswith("INSERT INTO task_counts"))
+    insert = next(s for s in MIGRATIONS[COUNTS_MIGRATION] if s.startswith("INSERT INTO task_counts"))
     query = insert[insert.index(" SELECT"):]
     with backend._transaction(write=False) as tx:
         rows = tx.all(f"WITH m (run_id, {_FIELDS}) AS ({query}) SELECT {_FIELDS} FROM m WHERE run_id = ?", run_id)
