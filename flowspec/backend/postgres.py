@@ -69,10 +69,8 @@ class PostgresBackend(Backend):
         from flowspec.backend.schedules import _number, _run_ids
 
         cursor = tx.cursor
-        # Kept for the connection's life, emptied at every commit.
-        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS scheduled_runs_in (ord INTEGER, id TEXT, flow_id BIGINT,"
-                       " flow_name TEXT, labels TEXT, parameters TEXT, scheduled_start DOUBLE PRECISION, clock TEXT)"
-                       " ON COMMIT DELETE ROWS")
+        if not self._temporary_table(cursor):
+            return super()._insert_scheduled_runs(tx, runs, now)
         with cursor.copy("COPY scheduled_runs_in FROM STDIN") as copy:
             for ord_, (run_id, row) in enumerate(zip(_run_ids(len(runs)), runs)):
                 copy.write_row((ord_, run_id, *row))
@@ -85,6 +83,24 @@ class PostgresBackend(Backend):
         created = cursor.rowcount
         cursor.execute("DELETE FROM scheduled_runs_in")  # a next batch in the same transaction starts empty
         return created
+
+    def _temporary_table(self, cursor) -> bool:
+        """Make sure the connection has the table runs are copied into (kept for the connection's
+        life, emptied at every commit); False where the database refuses this role temporary
+        tables (`REVOKE TEMPORARY`): runs are then inserted with multi-row statements."""
+        if self._no_temporary_tables:
+            return False
+        try:
+            with cursor.connection.transaction():  # a savepoint: a refusal leaves the pass's transaction usable
+                cursor.execute("CREATE TEMP TABLE IF NOT EXISTS scheduled_runs_in (ord INTEGER, id TEXT,"
+                               " flow_id BIGINT, flow_name TEXT, labels TEXT, parameters TEXT,"
+                               " scheduled_start DOUBLE PRECISION, clock TEXT) ON COMMIT DELETE ROWS")
+        except self._pg.errors.InsufficientPrivilege:
+            self._no_temporary_tables = True
+            return False
+        return True
+
+    _no_temporary_tables = False
 
     def _move_clocks(self, tx: Tx, moves: list[tuple[float, int, int]]) -> None:
         """As ScheduleStore's, with the clocks as three arrays: three parameters for the driver

@@ -688,3 +688,38 @@ def test_a_clock_runs_first_history_entry_is_its_own_row_also_in_a_database_of_b
         assert backend.schema_version() == SCHEMA_VERSION
         assert [(e.state, e.time, e.message) for e in backend.run_history(first.id)][:1] == [entry]
         assert [e.state for e in backend.run_history(first.id)] == [SCHEDULED, SUBMITTED]
+
+
+def test_a_role_refused_temporary_tables_schedules_all_the_same(postgres_url: str) -> None:
+    """PostgreSQL copies a pass's runs in through a temporary table; a database may refuse its
+    role those (`REVOKE TEMPORARY`): the pass then inserts them with statements, every run once."""
+    import uuid
+
+    import psycopg
+
+    from flowspec.schedules import Clock
+
+    suffix = uuid.uuid4().hex[:12]
+    role, name = f"limited_{suffix}", f"test_{suffix}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE DATABASE {name} OWNER {role}")
+        admin.execute(f"REVOKE TEMPORARY ON DATABASE {name} FROM PUBLIC, {role}")
+    url = postgres_url.replace("//flowspec@", f"//{role}@").rsplit("/", 1)[0] + f"/{name}"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TEMP TABLE t (a INTEGER)")  # what the pass meets
+        now = time.time()
+        with open_backend(url) as backend:
+            for i in range(3):
+                flow, _ = backend.register_flow("p", f"clocked-{i}", [], {"type": "local"}, f"c{i}", "", {})
+                backend.record_clocks(flow.id, [Clock(interval=60.0, start=float(i))], False, now)
+            made = backend.scheduler_pass(now, 600.0)
+            assert made == 30 and backend.scheduler_pass(now, 600.0) == 0
+            runs = backend.list_runs(states=[SCHEDULED])
+            assert len(runs) == 30 and len({(run.flow_name, run.scheduled_start) for run in runs}) == 30
+            assert states(backend, runs[0].id) == [SCHEDULED]
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
