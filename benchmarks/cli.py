@@ -392,6 +392,7 @@ class Bench:
             if key == "sub-mapped":
                 self.check(f"{n:,} mapped subflow children (local-dask)", "< 60 s", row["wall"] < 60,
                            f"{row['wall']:.1f} s, cpu {row['cpu']:.1f} s", row["cpu"] < 60)
+
     def restart(self, length: int = 10_000) -> None:
         """A chain of `length` tasks keeping their results whose last task fails, then `flowspec runs
         restart RUN` as users type it (target: under 3 s): the last task runs again, the others

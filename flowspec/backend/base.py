@@ -16,7 +16,7 @@ seconds (floats).
 from __future__ import annotations
 
 from flowspec.backend.agents import AGENT_SEEN_WINDOW_S, Agent, AgentStore, _agent, agent_reason
-from flowspec.backend.claims import ClaimStore, SlotBlock, _HELD_BY, plan_claim, same_gist, slot_blocks
+from flowspec.backend.claims import ClaimStore, SlotBlock, _HELD_BY, plan_claims, same_gist, slot_blocks
 from flowspec.backend.core import NotFoundError, Store, Tx, _marks, labels_match, normalize_labels, redact_url
 from flowspec.backend.flows import _FLOW_COLS, Flow, FlowStore, _flow
 from flowspec.backend.kv import KVStore
@@ -48,7 +48,7 @@ __all__ = [
     "HEARTBEAT_TIMEOUT_S", "Backend", "CANCELLED", "CANCELLING",
     "ConcurrencyLimit", "FAILED", "FINAL_STATES", "Flow", "FlowRun", "LogLine", "NotFoundError",
     "QUEUED", "RUNNING", "RUN_STATES", "SCHEDULED", "SUBMITTED", "SUCCESS", "StateEvent",
-    "TaskRunState", "WAITING_STATES", "agent_reason", "labels_match", "plan_claim", "redact_url",
+    "TaskRunState", "WAITING_STATES", "agent_reason", "labels_match", "plan_claims", "redact_url",
 ]
 # Also importable from here, as before the split: the schema, the rows' SQL columns and
 # converters, and the rules the parts share.

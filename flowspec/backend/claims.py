@@ -71,18 +71,6 @@ def same_gist(message: str | None, blocks: list[SlotBlock]) -> bool:
     return _HELD_BY.sub("", message or "") == "; ".join(b.gist for b in blocks)
 
 
-def plan_claim(
-    candidates: Iterable[FlowRun],
-    agent_labels: Iterable[str],
-    limits: dict[str, int],
-    holders: dict[str, list[str]],
-) -> tuple[FlowRun | None, list[tuple[FlowRun, list[SlotBlock]]]]:
-    """Choose the run an agent takes now, and the runs it found blocked by full limits
-    (`plan_claims` for one run)."""
-    chosen, blocked = plan_claims(candidates, agent_labels, limits, holders, 1)
-    return (chosen[0] if chosen else None), blocked
-
-
 def plan_claims(
     candidates: Iterable[FlowRun],
     agent_labels: Iterable[str],

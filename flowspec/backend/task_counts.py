@@ -147,8 +147,10 @@ class Tally:
         """Count `rows` (task, map_index, state, attempt, time, message), just written after
         `mark`, and move the mark past them; returns the new mark."""
         known = self._runs.pop(run_id, None)
-        if known is None and mark == 0 and len(rows) == _count_after(tx, run_id, 0):
-            known = _Known(0)  # the run's first rows, all ours
+        ids: range | list[int] | None = None
+        if known is None and mark == 0:
+            ids = _batch_ids(tx, run_id, 0, len(rows))
+            known = None if ids is None else _Known(0)  # the run's first rows, all ours
         for state in set(map(_STATE, rows)) - self._codes.keys():
             if len(self._states) > 255:
                 known = None  # a byte per child no longer tells every state apart
@@ -161,8 +163,7 @@ class Tally:
         new_tasks = {task for task in tasks if task not in known.codes and task not in known.own}
         indexes = list(map(_INDEX, rows))
         mine = list(map(is_, indexes, repeat(None))) if None in indexes else None  # a task's own rows
-        ids: range | list[int] | None = None
-        if new_tasks or mine:
+        if (new_tasks or mine) and ids is None:
             # A task's first row (a task first seen here) and its own latest row: by their places
             # in the batch, whose ids these are
             ids = _batch_ids(tx, run_id, mark, len(rows))
@@ -306,10 +307,6 @@ def _firsts(rows: list[tuple], ids: range | list[int], tasks: set[str]) -> dict[
     """The id of the first row in the batch of each of `tasks` (a dict built from pairs in C)."""
     first = dict(zip(reversed(list(map(_TASK, rows))), reversed(ids)))  # the first one wins
     return {task: first[task] for task in tasks}
-
-
-def _count_after(tx: Tx, run_id: str, mark: int) -> int:
-    return tx.one("SELECT COUNT(*) FROM task_states WHERE run_id = ? AND id > ?", run_id, mark)[0]
 
 
 def groups(tx: Tx, run_id: str) -> list[Group]:
